@@ -1,0 +1,217 @@
+"""SAM-CLIP configuration (arXiv 2310.15308): one SAM ViT-Det backbone, SAM's prompt encoder and mask
+decoder, a CLIP head distilled from a CLIP teacher, and the teacher's frozen text tower."""
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, CLIPTextConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+from transformers.models.sam.configuration_sam import (
+    SamMaskDecoderConfig,
+    SamPromptEncoderConfig,
+    SamVisionConfig,
+)
+
+# SAM's image normalisation (ImageNet statistics); the shared encoder always sees it, on both paths.
+SAM_IMAGE_MEAN = [0.485, 0.456, 0.406]
+SAM_IMAGE_STD = [0.229, 0.224, 0.225]
+
+
+@strict
+class SamClipHeadConfig(PreTrainedConfig):
+    r"""
+    The CLIP head: `num_hidden_layers` transformer blocks on the encoder's trunk tokens (copies of SAM's last
+    encoder layer at merge time), then pooling, LayerNorm and an MLP into the CLIP teacher's embedding space.
+
+    Args:
+        num_hidden_layers (`int`, defaults to 3): blocks in the head (the paper uses 3).
+        pooling (`str`, defaults to `"max"`): `"max"` (the paper's choice) or `"mean"` over patch tokens.
+        project_before_pool (`bool`, defaults to `False`): apply LayerNorm+MLP to every token, then pool
+            (dense features and pooled embedding then come from the same map), instead of pooling first as in
+            the paper.
+        mlp_hidden_sizes (`list[int]`, *optional*): hidden widths of the MLP (two in the paper); `None` means
+            two layers of twice the encoder width.
+        projection_dim (`int`, defaults to 768): size of the output embedding (= the teacher's).
+        image_size (`int`, defaults to 224): default input size of the CLIP path (224/336/448 in the paper).
+        hidden_act (`str`, defaults to `"gelu"`): activation of the MLP.
+        layer_norm_eps (`float`, defaults to 1e-6): epsilon of the LayerNorm.
+    """
+
+    model_type = "samclip_head"
+    base_config_key = "head_config"
+
+    num_hidden_layers: int = 3
+    pooling: str = "max"
+    project_before_pool: bool = False
+    mlp_hidden_sizes: list[int] | tuple[int, ...] | None = None
+    projection_dim: int = 768
+    image_size: int = 224
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-6
+
+    def validate_architecture(self):
+        """Reject head settings the model cannot build, naming the allowed values."""
+        if self.pooling not in ("max", "mean"):
+            raise ValueError(f"head_config.pooling must be 'max' or 'mean', got {self.pooling!r}.")
+        if self.num_hidden_layers < 0:
+            raise ValueError(f"head_config.num_hidden_layers must be >= 0, got {self.num_hidden_layers}.")
+        if self.projection_dim <= 0:
+            raise ValueError(f"head_config.projection_dim must be positive, got {self.projection_dim}.")
+
+
+@strict
+class SamClipConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`SamClipModel`].
+
+    Args:
+        vision_config (`SamVisionConfig` or `dict`): the shared ViT-Det encoder (SAM's image encoder).
+        prompt_encoder_config (`SamPromptEncoderConfig` or `dict`): SAM's prompt encoder.
+        mask_decoder_config (`SamMaskDecoderConfig` or `dict`): SAM's mask decoder (the SAM head).
+        text_config (`PreTrainedConfig` or `dict`): the CLIP teacher's text tower (any text model config
+            known to `AutoConfig`, e.g. `CLIPTextConfig`, `SiglipTextConfig`).
+        head_config (`SamClipHeadConfig` or `dict`): the CLIP head.
+        text_projection_dim (`int`, *optional*): output size of the linear text projection (CLIP has one);
+            `None` when the text tower's pooled output is already the embedding (SigLIP).
+        logit_scale_init_value (`float`, defaults to 2.6592): log of the contrastive temperature.
+        logit_bias_init_value (`float`, *optional*): SigLIP's logit bias; `None` for CLIP.
+        initializer_range (`float`, defaults to 0.02): std of the normal initialiser of new layers.
+    """
+
+    model_type = "samclip"
+    sub_configs_defaults = {
+        "vision_config": SamVisionConfig,
+        "prompt_encoder_config": SamPromptEncoderConfig,
+        "mask_decoder_config": SamMaskDecoderConfig,
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="clip_text_model"),
+        "head_config": SamClipHeadConfig,
+    }
+
+    vision_config: dict | PreTrainedConfig | None = None
+    prompt_encoder_config: dict | PreTrainedConfig | None = None
+    mask_decoder_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    head_config: dict | PreTrainedConfig | None = None
+    text_projection_dim: int | None = 768
+    logit_scale_init_value: float = 2.6592
+    logit_bias_init_value: float | None = None
+    initializer_range: float = 0.02
+    tie_word_embeddings: bool = True
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.head_config.mlp_hidden_sizes is None:
+            self.head_config.mlp_hidden_sizes = [2 * self.vision_config.hidden_size] * 2
+        else:
+            self.head_config.mlp_hidden_sizes = list(self.head_config.mlp_hidden_sizes)
+
+    def validate_architecture(self):
+        """Check that SAM's parts and the text tower fit together; errors name the fields to change."""
+        vision, prompt, decoder, head = (
+            self.vision_config,
+            self.prompt_encoder_config,
+            self.mask_decoder_config,
+            self.head_config,
+        )
+        problems = []
+        if vision.image_size % vision.patch_size:
+            problems.append(f"vision_config.image_size ({vision.image_size}) is not a multiple of patch_size ({vision.patch_size})")
+        if (prompt.image_size, prompt.patch_size) != (vision.image_size, vision.patch_size):
+            problems.append(
+                f"prompt_encoder_config image_size/patch_size ({prompt.image_size}/{prompt.patch_size}) differ from "
+                f"vision_config ({vision.image_size}/{vision.patch_size})"
+            )
+        if not (vision.output_channels == prompt.hidden_size == decoder.hidden_size):
+            problems.append(
+                f"vision_config.output_channels ({vision.output_channels}), prompt_encoder_config.hidden_size "
+                f"({prompt.hidden_size}) and mask_decoder_config.hidden_size ({decoder.hidden_size}) must be equal"
+            )
+        if vision.num_pos_feats * 2 != vision.output_channels:
+            problems.append(
+                f"vision_config.num_pos_feats ({vision.num_pos_feats}) must be output_channels // 2 "
+                f"({vision.output_channels // 2})"
+            )
+        if head.image_size % vision.patch_size:
+            problems.append(f"head_config.image_size ({head.image_size}) is not a multiple of patch_size ({vision.patch_size})")
+        embed_dim = self.text_projection_dim or getattr(self.text_config, "hidden_size", None)
+        if embed_dim != head.projection_dim:
+            problems.append(
+                f"head_config.projection_dim ({head.projection_dim}) must equal the text embedding size "
+                f"({embed_dim}: text_projection_dim, or text_config.hidden_size when there is no projection)"
+            )
+        if problems:
+            raise ValueError("Invalid SamClipConfig: " + "; ".join(problems) + ".")
+
+    @property
+    def image_size(self) -> int:
+        """Input size of the SAM path (the prompt encoder's coordinate frame)."""
+        return self.vision_config.image_size
+
+    @property
+    def patch_size(self) -> int:
+        """Patch size of the shared encoder."""
+        return self.vision_config.patch_size
+
+
+def _sam_vit_b_vision(**overrides) -> dict:
+    # SAM ViT-B; initializer_range 0.02 (SamVisionConfig's 1e-10 default yields a dead encoder when trained from scratch).
+    base = dict(
+        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, image_size=1024, patch_size=16,
+        output_channels=256, num_pos_feats=128, window_size=14, global_attn_indexes=[2, 5, 8, 11],
+        initializer_range=0.02,
+    )
+    base.update(overrides)
+    return base
+
+
+def _preset_samclip_vit_b16() -> SamClipConfig:
+    # The paper: SAM ViT-B/16 backbone; CLIP teacher OpenCLIP ViT-L/14 (DataComp-1B), 768-d embeddings.
+    text = CLIPTextConfig(
+        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+        max_position_embeddings=77, hidden_act="gelu", projection_dim=768, bos_token_id=49406, eos_token_id=49407,
+        pad_token_id=0,
+    )
+    return SamClipConfig(
+        vision_config=_sam_vit_b_vision(),
+        prompt_encoder_config=dict(hidden_size=256, image_size=1024, patch_size=16),
+        mask_decoder_config=dict(hidden_size=256),
+        text_config=text,
+        head_config=dict(num_hidden_layers=3, pooling="max", projection_dim=768, image_size=224),
+        text_projection_dim=768,
+    )
+
+
+def _preset_samclip_tiny() -> SamClipConfig:
+    # For tests: every part present, a few thousand parameters each, 64 px SAM path, 32 px CLIP path.
+    text = CLIPTextConfig(
+        vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=16, projection_dim=24, bos_token_id=97, eos_token_id=98, pad_token_id=1,
+    )
+    return SamClipConfig(
+        vision_config=_sam_vit_b_vision(
+            hidden_size=32, num_hidden_layers=4, num_attention_heads=4, image_size=64, patch_size=8,
+            output_channels=32, num_pos_feats=16, window_size=4, global_attn_indexes=[1, 3], mlp_dim=64,
+        ),
+        prompt_encoder_config=dict(hidden_size=32, image_size=64, patch_size=8, mask_input_channels=8),
+        mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_attention_heads=4, iou_head_hidden_dim=32),
+        text_config=text,
+        head_config=dict(num_hidden_layers=2, projection_dim=24, image_size=32, mlp_hidden_sizes=[48, 48]),
+        text_projection_dim=24,
+    )
+
+
+SAMCLIP_PRESETS = {
+    "samclip-vit-b16": _preset_samclip_vit_b16,
+    "samclip-tiny": _preset_samclip_tiny,
+}
+
+
+def samclip_config_from_preset(name: str, **overrides) -> SamClipConfig:
+    """Build the config of a named variant ("samclip-vit-b16": the paper; "samclip-tiny": for tests)."""
+    if name not in SAMCLIP_PRESETS:
+        raise ValueError(f"Unknown SAM-CLIP preset {name!r}; choose one of {sorted(SAMCLIP_PRESETS)}.")
+    config = SAMCLIP_PRESETS[name]()
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+__all__ = ["SamClipConfig", "SamClipHeadConfig", "SAMCLIP_PRESETS", "samclip_config_from_preset"]

@@ -1,0 +1,642 @@
+"""SAM-CLIP (arXiv 2310.15308): SAM's ViT-Det encoder shared by SAM's mask decoder and a CLIP head.
+
+Built from transformers' SAM modules (encoder layers, neck, prompt encoder, mask decoder) and any text tower
+known to `AutoModel` (CLIP, SigLIP). Only the CLIP head, the size-flexible encoder forward, the merge and the
+segmentation helpers are new.
+"""
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.sam.modeling_sam import (
+    SamMaskDecoder,
+    SamModel,
+    SamPositionalEmbedding,
+    SamPromptEncoder,
+    SamVisionAttention,
+    SamVisionEncoder,
+    SamVisionLayer,
+)
+from transformers.utils import ModelOutput
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
+
+from .configuration_samclip import SamClipConfig, SamClipHeadConfig
+
+# The 80 prompt templates of CLIP's ImageNet evaluation are long; these are the compact set used by default for
+# class embeddings (callers may pass CLIP's full list). The first is the zero-shot pipeline's default.
+DEFAULT_TEMPLATES = (
+    "This is a photo of {}.",
+    "a photo of a {}.",
+    "a picture of a {}.",
+    "a {} on a plain background.",
+)
+POINT_PAD_LABEL = -10
+
+
+@dataclass
+class SamClipVisionEncoderOutput(ModelOutput):
+    r"""
+    last_hidden_state (`torch.Tensor` of shape `(batch_size, output_channels, grid_h, grid_w)`):
+        SAM image embeddings (the neck's output); `None` when the neck was skipped.
+    trunk_hidden_state (`torch.Tensor` of shape `(batch_size, grid_h, grid_w, hidden_size)`):
+        The ViT trunk tokens before the neck, which the CLIP head reads.
+    """
+
+    last_hidden_state: torch.Tensor | None = None
+    trunk_hidden_state: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class SamClipOutput(ModelOutput):
+    r"""
+    loss (`torch.Tensor`, *optional*): CLIP contrastive loss, when `return_loss=True`.
+    logits_per_image (`torch.Tensor` of shape `(image_batch_size, text_batch_size)`): scaled image-text scores.
+    logits_per_text (`torch.Tensor` of shape `(text_batch_size, image_batch_size)`): their transpose.
+    text_embeds (`torch.Tensor` of shape `(text_batch_size, projection_dim)`): L2-normalised text embeddings.
+    image_embeds (`torch.Tensor` of shape `(batch_size, projection_dim)`): L2-normalised CLIP-head embeddings.
+    iou_scores (`torch.Tensor` of shape `(batch_size, point_batch_size, num_masks)`): SAM head IoU predictions.
+    pred_masks (`torch.Tensor` of shape `(batch_size, point_batch_size, num_masks, 4*grid, 4*grid)`): SAM
+        low-resolution mask logits, to be post-processed by the processor.
+    image_embeddings (`torch.Tensor` of shape `(batch_size, output_channels, grid, grid)`): SAM image embeddings
+        of the pass (reuse them with `image_embeddings=` for more prompts).
+    vision_hidden_states, vision_attentions: per-layer outputs of the shared encoder, when requested.
+    """
+
+    loss: torch.Tensor | None = None
+    logits_per_image: torch.Tensor | None = None
+    logits_per_text: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
+    iou_scores: torch.Tensor | None = None
+    pred_masks: torch.Tensor | None = None
+    image_embeddings: torch.Tensor | None = None
+    vision_hidden_states: tuple[torch.Tensor, ...] | None = None
+    vision_attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class SamClipSemanticSegmentationOutput(ModelOutput):
+    r"""
+    logits (`torch.Tensor` of shape `(batch_size, 1 + num_classes, height, width)`): channel 0 is background,
+        channel `c + 1` is class `c`.
+    label_map (`torch.LongTensor` of shape `(batch_size, height, width)`): argmax of `logits` (0 = background).
+    """
+
+    logits: torch.Tensor | None = None
+    label_map: torch.LongTensor | None = None
+
+
+class SamClipVisionEncoder(SamVisionEncoder):
+    """SAM's ViT-Det encoder, run at any input size that is a multiple of the patch size (bicubic-interpolated
+    absolute position embedding; windowed layers pad to the window, global layers interpolate their relative
+    position tables as in SAM). Same parameters and names as `SamVisionEncoder`, so SAM weights load as is."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._pos_embed_cache = {}
+
+    def interpolated_pos_embed(self, grid_h: int, grid_w: int) -> torch.Tensor:
+        """The absolute position embedding resized to a `grid_h x grid_w` token grid (cached when frozen)."""
+        pos_embed = self.pos_embed
+        if pos_embed.shape[1:3] == (grid_h, grid_w):
+            return pos_embed
+        # Cache only values outside autograd; the parameter version invalidates entries after optimizer steps.
+        cacheable = not (torch.is_grad_enabled() and pos_embed.requires_grad)
+        key = (grid_h, grid_w, pos_embed._version, pos_embed.device, pos_embed.dtype)
+        if cacheable and key in self._pos_embed_cache:
+            return self._pos_embed_cache[key]
+        resized = F.interpolate(
+            pos_embed.permute(0, 3, 1, 2).float(), size=(grid_h, grid_w), mode="bicubic", align_corners=False
+        )
+        resized = resized.to(pos_embed.dtype).permute(0, 2, 3, 1)
+        if cacheable:
+            self._pos_embed_cache = {key: resized}
+        return resized
+
+    @merge_with_config_defaults
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward(self, pixel_values: torch.Tensor | None = None, compute_neck: bool = True, **kwargs):
+        r"""
+        compute_neck (`bool`, defaults to `True`): run the neck (SAM image embeddings); the CLIP path skips it.
+        """
+        if pixel_values is None:
+            raise ValueError("You have to specify pixel_values.")
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.num_channels:
+            raise ValueError(
+                f"pixel_values must have shape (batch, {self.config.num_channels}, height, width); got "
+                f"{tuple(pixel_values.shape)}."
+            )
+        height, width = pixel_values.shape[-2:]
+        patch = self.config.patch_size
+        if height % patch or width % patch:
+            raise ValueError(
+                f"Image size {height}x{width} is not a multiple of the patch size {patch}; resize or pad the image "
+                f"(SamClipProcessor does this) to a multiple of {patch}."
+            )
+        hidden_states = self.patch_embed.projection(pixel_values).permute(0, 2, 3, 1)
+        if self.pos_embed is not None:
+            hidden_states = hidden_states + self.interpolated_pos_embed(height // patch, width // patch)
+        for layer_module in self.layers:
+            hidden_states = layer_module(hidden_states)
+        return SamClipVisionEncoderOutput(
+            last_hidden_state=self.neck(hidden_states) if compute_neck else None,
+            trunk_hidden_state=hidden_states,
+        )
+
+
+class SamClipProjector(nn.Module):
+    """LayerNorm then an MLP (hidden sizes from the config) into the teacher's embedding space."""
+
+    def __init__(self, input_size: int, config: SamClipHeadConfig):
+        super().__init__()
+        self.layer_norm = nn.LayerNorm(input_size, eps=config.layer_norm_eps)
+        sizes = [input_size, *config.mlp_hidden_sizes, config.projection_dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.activation = ACT2FN[config.hidden_act]
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.layer_norm(hidden_states)
+        for index, layer in enumerate(self.layers):
+            hidden_states = layer(hidden_states)
+            if index < len(self.layers) - 1:
+                hidden_states = self.activation(hidden_states)
+        return hidden_states
+
+
+class SamClipHead(nn.Module):
+    """The CLIP head: transformer blocks shaped like SAM's last encoder layer on the trunk tokens, then pooling and
+    projection (in either order, `project_before_pool`)."""
+
+    def __init__(self, config: SamClipConfig):
+        super().__init__()
+        vision, head = config.vision_config, config.head_config
+        last = vision.num_hidden_layers - 1
+        # The blocks are copies of SAM's last layer, so they use its attention kind (global in SAM).
+        self.window_size = 0 if last in vision.global_attn_indexes else vision.window_size
+        self.layers = nn.ModuleList(
+            SamVisionLayer(vision, window_size=self.window_size) for _ in range(head.num_hidden_layers)
+        )
+        self.projector = SamClipProjector(vision.hidden_size, head)
+        self.pooling = head.pooling
+        self.project_before_pool = head.project_before_pool
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Pool a `(batch, h, w, dim)` token map over space."""
+        flat = tokens.flatten(1, 2)
+        return flat.amax(dim=1) if self.pooling == "max" else flat.mean(dim=1)
+
+    def forward(self, trunk_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return `(head_tokens (batch, h, w, hidden), image_embedding (batch, projection_dim))`, unnormalised."""
+        tokens = trunk_tokens
+        for layer in self.layers:
+            tokens = layer(tokens)
+        if self.project_before_pool:
+            embedding = self.pool(self.projector(tokens))
+        else:
+            embedding = self.projector(self.pool(tokens))
+        return tokens, embedding
+
+    def dense_features(self, head_tokens: torch.Tensor) -> torch.Tensor:
+        """Per-patch embeddings in text space, `(batch, projection_dim, h, w)`, unnormalised."""
+        return self.projector(head_tokens).permute(0, 3, 1, 2)
+
+
+class SamClipPreTrainedModel(PreTrainedModel):
+    """Weight initialisation and loading conventions of SAM-CLIP."""
+
+    config: SamClipConfig
+    base_model_prefix = "samclip"
+    main_input_name = "pixel_values"
+    input_modalities = ("image", "text")
+    _no_split_modules = ["SamVisionLayer", "CLIPEncoderLayer", "CLIPTextEmbeddings", "SiglipEncoderLayer"]
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+
+    def _init_weights(self, module: nn.Module):
+        super()._init_weights(module)
+        if isinstance(module, SamVisionAttention) and module.use_rel_pos:
+            init.zeros_(module.rel_pos_h)
+            init.zeros_(module.rel_pos_w)
+        elif isinstance(module, SamPositionalEmbedding):
+            init.normal_(module.positional_embedding, std=module.scale)
+        elif isinstance(module, SamClipModel):
+            init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+            if module.logit_bias is not None:
+                init.constant_(module.logit_bias, self.config.logit_bias_init_value)
+
+
+class SamClipModel(SamClipPreTrainedModel):
+    """SAM-CLIP: one image encoder, a SAM head for promptable masks and a CLIP head for image-text tasks.
+
+    Parameter names of the SAM parts equal `SamModel`'s; the text tower is `text_model` + `text_projection` as in
+    `CLIPModel`. Build one from two teachers with [`SamClipModel.from_teachers`].
+    """
+
+    _tied_weights_keys = {
+        "prompt_encoder.shared_embedding.positional_embedding": "shared_image_embedding.positional_embedding"
+    }
+
+    def __init__(self, config: SamClipConfig):
+        super().__init__(config)
+        config.validate_architecture()
+        config.head_config.validate_architecture()
+        self.shared_image_embedding = SamPositionalEmbedding(config.vision_config)
+        self.vision_encoder = SamClipVisionEncoder(config.vision_config)
+        self.prompt_encoder = SamPromptEncoder(config)
+        # The decoder is a plain module, so it takes the attention backend from its config.
+        config.mask_decoder_config._attn_implementation = config._attn_implementation
+        self.mask_decoder = SamMaskDecoder(config.mask_decoder_config)
+        self.clip_head = SamClipHead(config)
+        self.text_model = AutoModel.from_config(config.text_config)
+        self.text_projection = (
+            nn.Linear(config.text_config.hidden_size, config.text_projection_dim, bias=False)
+            if config.text_projection_dim is not None
+            else None
+        )
+        self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        self.logit_bias = (
+            nn.Parameter(torch.tensor(config.logit_bias_init_value)) if config.logit_bias_init_value is not None else None
+        )
+        self.post_init()
+
+    # SAM's dense positional grid, computed exactly as SamModel does (parity of the SAM head depends on it).
+    get_image_wide_positional_embeddings = SamModel.get_image_wide_positional_embeddings
+
+    def get_input_embeddings(self):
+        return self.vision_encoder.get_input_embeddings()
+
+    # ----------------------------------------------------------------------------------------------- encoders
+    @torch.no_grad()
+    def get_image_embeddings(self, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:
+        """SAM image embeddings `(batch, output_channels, grid, grid)` of SAM-path pixel values, as `SamModel`'s."""
+        return self.vision_encoder(pixel_values, **kwargs).last_hidden_state
+
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+        """CLIP-head features of CLIP-path pixel values, as `CLIPModel.get_image_features` in transformers 5:
+        `pooler_output` is the (unnormalised) embedding in text space, `last_hidden_state` the head's tokens."""
+        trunk = self.vision_encoder(pixel_values, compute_neck=False, **kwargs).trunk_hidden_state
+        tokens, embedding = self.clip_head(trunk)
+        return BaseModelOutputWithPooling(last_hidden_state=tokens.flatten(1, 2), pooler_output=embedding)
+
+    def get_dense_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Per-patch CLIP-head embeddings in text space, `(batch, projection_dim, grid_h, grid_w)`, unnormalised."""
+        trunk = self.vision_encoder(pixel_values, compute_neck=False).trunk_hidden_state
+        tokens, _ = self.clip_head(trunk)
+        return self.clip_head.dense_features(tokens)
+
+    def get_text_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        """Text features as `CLIPModel.get_text_features`: `pooler_output` is the projected, unnormalised embedding."""
+        max_length = getattr(self.config.text_config, "max_position_embeddings", None)
+        if max_length is not None and input_ids.shape[-1] > max_length:
+            raise ValueError(
+                f"Text of {input_ids.shape[-1]} tokens is longer than the text tower accepts ({max_length}); "
+                "tokenize with truncation=True and max_length <= that limit."
+            )
+        outputs = self.text_model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, return_dict=True, **kwargs
+        )
+        if self.text_projection is not None:
+            outputs.pooler_output = self.text_projection(outputs.pooler_output)
+        return outputs
+
+    # ------------------------------------------------------------------------------------------- SAM head
+    def _check_prompts(self, batch_size, input_points, input_labels, input_boxes, input_masks):
+        size = self.config.image_size
+        if input_points is not None:
+            if input_points.ndim != 4 or input_points.shape[-1] != 2:
+                raise ValueError(
+                    "input_points must have shape (batch, point_batch, points_per_mask, 2); got "
+                    f"{tuple(input_points.shape)}."
+                )
+            if input_points.shape[0] != batch_size:
+                raise ValueError(
+                    f"input_points are for {input_points.shape[0]} images but {batch_size} images were given; pass "
+                    "one entry per image (several prompts of one image go in the point_batch dimension)."
+                )
+            if input_labels is not None and input_labels.shape != input_points.shape[:-1]:
+                raise ValueError(
+                    f"input_labels shape {tuple(input_labels.shape)} does not match input_points "
+                    f"{tuple(input_points.shape[:-1])}."
+                )
+            real = input_labels != POINT_PAD_LABEL if input_labels is not None else torch.ones_like(input_points[..., 0], dtype=torch.bool)
+            coords = input_points[real]
+            if coords.numel() and (coords.min() < 0 or coords.max() > size):
+                raise ValueError(
+                    f"Point coordinates must lie inside the {size}x{size} model input (got values in "
+                    f"[{coords.min().item():.1f}, {coords.max().item():.1f}]); pass prompts in original image "
+                    "coordinates through SamClipProcessor, which rescales them."
+                )
+        if input_boxes is not None:
+            if input_boxes.ndim != 3 or input_boxes.shape[-1] != 4:
+                raise ValueError(f"input_boxes must have shape (batch, boxes, 4); got {tuple(input_boxes.shape)}.")
+            if input_boxes.shape[0] != batch_size:
+                raise ValueError(
+                    f"input_boxes are for {input_boxes.shape[0]} images but {batch_size} images were given."
+                )
+            if input_boxes.numel() and (input_boxes.min() < 0 or input_boxes.max() > size):
+                raise ValueError(
+                    f"Box coordinates must lie inside the {size}x{size} model input; pass boxes in original image "
+                    "coordinates through SamClipProcessor, which rescales them."
+                )
+            if (input_boxes[..., 2] < input_boxes[..., 0]).any() or (input_boxes[..., 3] < input_boxes[..., 1]).any():
+                raise ValueError("Boxes must be (x0, y0, x1, y1) with x1 >= x0 and y1 >= y0.")
+            if input_points is not None and input_points.shape[1] != input_boxes.shape[1]:
+                raise ValueError(
+                    f"Got {input_points.shape[1]} point prompts and {input_boxes.shape[1]} boxes per image; give "
+                    "as many of each (one mask per pair)."
+                )
+        if input_masks is not None:
+            expected = 4 * self.config.prompt_encoder_config.image_embedding_size
+            if input_masks.ndim != 4 or input_masks.shape[-2:] != (expected, expected):
+                raise ValueError(
+                    f"input_masks must have shape (batch, 1, {expected}, {expected}) (low-resolution mask logits); "
+                    f"got {tuple(input_masks.shape)}."
+                )
+            if input_masks.shape[0] != batch_size:
+                raise ValueError(f"input_masks are for {input_masks.shape[0]} images but {batch_size} were given.")
+
+    def segment(
+        self,
+        image_embeddings: torch.Tensor,
+        input_points: torch.Tensor | None = None,
+        input_labels: torch.Tensor | None = None,
+        input_boxes: torch.Tensor | None = None,
+        input_masks: torch.Tensor | None = None,
+        multimask_output: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run SAM's prompt encoder and mask decoder on image embeddings; returns `(pred_masks, iou_scores)`."""
+        self._check_prompts(image_embeddings.shape[0], input_points, input_labels, input_boxes, input_masks)
+        if input_points is not None and input_labels is None:
+            input_labels = torch.ones_like(input_points[..., 0], dtype=torch.int)
+        positional = self.get_image_wide_positional_embeddings().repeat(image_embeddings.shape[0], 1, 1, 1)
+        sparse, dense = self.prompt_encoder(
+            input_points=input_points, input_labels=input_labels, input_boxes=input_boxes, input_masks=input_masks
+        )
+        masks, iou = self.mask_decoder(
+            image_embeddings=image_embeddings,
+            image_positional_embeddings=positional,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask_output,
+        )
+        return masks, iou
+
+    # -------------------------------------------------------------------------------------------- forward
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        input_points: torch.Tensor | None = None,
+        input_labels: torch.Tensor | None = None,
+        input_boxes: torch.Tensor | None = None,
+        input_masks: torch.Tensor | None = None,
+        image_embeddings: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        return_loss: bool = False,
+        **kwargs,
+    ) -> SamClipOutput:
+        r"""
+        One call for every task. With `pixel_values` and no prompts, the CLIP head runs (`image_embeds`); with
+        text too, `logits_per_image`/`logits_per_text`. With SAM prompts (points, boxes, masks) the SAM head runs
+        (`pred_masks`, `iou_scores`) on SAM-path pixel values or on precomputed `image_embeddings`. With prompts
+        and text, both heads read ONE encoder pass (the stage-3 setting).
+        """
+        has_prompts = any(x is not None for x in (input_points, input_boxes, input_masks))
+        if pixel_values is not None and image_embeddings is not None:
+            raise ValueError("Pass either pixel_values or image_embeddings, not both.")
+        if pixel_values is None and image_embeddings is None and input_ids is None:
+            raise ValueError("Nothing to do: pass pixel_values, image_embeddings (with prompts) and/or input_ids.")
+        if image_embeddings is not None and not has_prompts:
+            raise ValueError("image_embeddings are only used by the SAM head: pass point, box or mask prompts too.")
+
+        out = SamClipOutput()
+        image_embeds = text_embeds = None
+        if pixel_values is not None:
+            if has_prompts and tuple(pixel_values.shape[-2:]) != (self.config.image_size,) * 2:
+                raise ValueError(
+                    f"SAM prompts need {self.config.image_size}x{self.config.image_size} pixel values (the SAM "
+                    f"path), got {tuple(pixel_values.shape[-2:])}; use SamClipProcessor with prompts, which resizes "
+                    "and pads to that size."
+                )
+            encoded = self.vision_encoder(pixel_values, compute_neck=has_prompts, **kwargs)
+            out.vision_hidden_states, out.vision_attentions = encoded.hidden_states, encoded.attentions
+            image_embeddings = encoded.last_hidden_state
+            if input_ids is not None or not has_prompts:
+                _, pooled = self.clip_head(encoded.trunk_hidden_state)
+                image_embeds = F.normalize(pooled, dim=-1)
+                out.image_embeds = image_embeds
+        if has_prompts:
+            out.pred_masks, out.iou_scores = self.segment(
+                image_embeddings, input_points, input_labels, input_boxes, input_masks, multimask_output
+            )
+            out.image_embeddings = image_embeddings
+        if input_ids is not None:
+            text = self.get_text_features(input_ids, attention_mask=attention_mask, position_ids=position_ids)
+            text_embeds = F.normalize(text.pooler_output, dim=-1)
+            out.text_embeds = text_embeds
+        if image_embeds is not None and text_embeds is not None:
+            logits_per_text = text_embeds @ image_embeds.t() * self.logit_scale.exp()
+            if self.logit_bias is not None:
+                logits_per_text = logits_per_text + self.logit_bias
+            out.logits_per_text, out.logits_per_image = logits_per_text, logits_per_text.t()
+            if return_loss:
+                targets = torch.arange(len(logits_per_text), device=logits_per_text.device)
+                out.loss = (F.cross_entropy(logits_per_text, targets) + F.cross_entropy(logits_per_text.t(), targets)) / 2
+        return out
+
+    # ------------------------------------------------------------------------------- semantic segmentation
+    @torch.no_grad()
+    def encode_class_names(self, class_names, tokenizer, templates=DEFAULT_TEMPLATES) -> torch.Tensor:
+        """Template-averaged, L2-normalised text embeddings `(num_classes, projection_dim)` of class names."""
+        class_names = list(class_names)
+        if not class_names:
+            raise ValueError("The class list is empty; give at least one class name.")
+        if not templates:
+            raise ValueError("templates is empty; give at least one template such as 'a photo of a {}.'.")
+        prompts = [template.format(name) for name in class_names for template in templates]
+        max_length = getattr(self.config.text_config, "max_position_embeddings", None)
+        tokens = tokenizer(prompts, padding=True, truncation=max_length is not None, max_length=max_length, return_tensors="pt")
+        tokens = {k: v.to(self.device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
+        embeds = F.normalize(self.get_text_features(**tokens).pooler_output, dim=-1)
+        embeds = embeds.reshape(len(class_names), len(templates), -1).mean(dim=1)
+        return F.normalize(embeds, dim=-1)
+
+    def _class_logits(self, dense: torch.Tensor, class_embeds, background_embeds, background_threshold):
+        if class_embeds.ndim != 2 or class_embeds.shape[0] == 0:
+            raise ValueError("class_embeds must be a non-empty (num_classes, dim) tensor; see encode_class_names().")
+        dense = F.normalize(dense, dim=1)
+        cosine = torch.einsum("bdhw,cd->bchw", dense, class_embeds.to(dense.dtype))
+        if background_embeds is not None:
+            background = torch.einsum("bdhw,cd->bchw", dense, background_embeds.to(dense.dtype)).amax(1, keepdim=True)
+        elif background_threshold is not None:
+            background = torch.full_like(cosine[:, :1], background_threshold)
+        else:
+            background = torch.full_like(cosine[:, :1], -2.0)  # cosine >= -1: background never wins
+        return torch.cat([background, cosine], dim=1) * self.logit_scale.exp()
+
+    @torch.no_grad()
+    def semantic_segmentation(
+        self,
+        pixel_values: torch.Tensor,
+        class_embeds: torch.Tensor,
+        background_embeds: torch.Tensor | None = None,
+        background_threshold: float | None = None,
+        output_size: tuple[int, int] | None = None,
+    ) -> SamClipSemanticSegmentationOutput:
+        """Zero-shot semantic segmentation with the CLIP head alone (the paper's Table 2): per-patch cosine with
+        each class embedding, bilinearly upsampled to `output_size` (default: the input size), argmax per pixel.
+        Background (label 0) scores the best `background_embeds` match, or the constant `background_threshold`."""
+        logits = self._class_logits(
+            self.get_dense_image_features(pixel_values), class_embeds, background_embeds, background_threshold
+        )
+        logits = F.interpolate(logits, size=output_size or pixel_values.shape[-2:], mode="bilinear", align_corners=False)
+        return SamClipSemanticSegmentationOutput(logits=logits, label_map=logits.argmax(1))
+
+    @torch.no_grad()
+    def semantic_segmentation_refined(
+        self,
+        pixel_values: torch.Tensor,
+        class_embeds: torch.Tensor,
+        background_embeds: torch.Tensor | None = None,
+        background_threshold: float | None = None,
+        num_points: int = 3,
+        min_pixels: int = 1,
+        mask_prompt_scale: float = 8.0,
+        output_size: tuple[int, int] | None = None,
+    ) -> SamClipSemanticSegmentationOutput:
+        """SAM-refined zero-shot semantic segmentation (the paper's Table 5), from ONE SAM-path encoder pass.
+
+        The CLIP head's coarse map gives, for each class present, a mask prompt (its region, as logits of
+        +-`mask_prompt_scale`) and up to `num_points` positive points at its most confident patches; the SAM head
+        returns one refined mask per class, and each pixel takes the class with the highest mask logit (background
+        where no mask logit is positive)."""
+        size = self.config.image_size
+        if tuple(pixel_values.shape[-2:]) != (size, size):
+            raise ValueError(f"SAM refinement runs on the {size}x{size} SAM path; got {tuple(pixel_values.shape[-2:])}.")
+        encoded = self.vision_encoder(pixel_values, compute_neck=True)
+        tokens, _ = self.clip_head(encoded.trunk_hidden_state)
+        coarse = self._class_logits(
+            self.clip_head.dense_features(tokens), class_embeds, background_embeds, background_threshold
+        )
+        low_res = 4 * self.config.prompt_encoder_config.image_embedding_size
+        labels_low = F.interpolate(coarse, size=(low_res, low_res), mode="bilinear", align_corners=False).argmax(1)
+        grid = coarse.shape[-1]
+        num_classes = class_embeds.shape[0]
+        refined = []
+        for image_index in range(pixel_values.shape[0]):
+            grid_labels = coarse[image_index].argmax(0)
+            present = [c for c in range(1, num_classes + 1) if (grid_labels == c).sum() >= min_pixels]
+            logits = torch.full((num_classes + 1, low_res, low_res), -1e4, device=coarse.device, dtype=coarse.dtype)
+            logits[0] = 0.0
+            if present:
+                points, masks = [], []
+                for c in present:
+                    score = coarse[image_index, c].masked_fill(grid_labels != c, float("-inf")).flatten()
+                    top = score.topk(min(num_points, int((grid_labels == c).sum()))).indices
+                    top = torch.cat([top, top[:1].repeat(num_points - len(top))])  # repeat when the region is tiny
+                    xy = torch.stack([top % grid, top // grid], dim=-1).to(coarse.dtype)
+                    points.append((xy + 0.5) * (size / grid))
+                    masks.append(((labels_low[image_index] == c).to(coarse.dtype) * 2 - 1) * mask_prompt_scale)
+                count = len(present)
+                pred, _ = self.segment(
+                    encoded.last_hidden_state[image_index : image_index + 1].expand(count, -1, -1, -1),
+                    input_points=torch.stack(points)[:, None],
+                    input_labels=torch.ones(count, 1, num_points, dtype=torch.int, device=coarse.device),
+                    input_masks=torch.stack(masks)[:, None],
+                    multimask_output=False,
+                )
+                logits[present] = pred[:, 0, 0].to(logits.dtype)
+            refined.append(logits)
+        logits = F.interpolate(torch.stack(refined), size=output_size or (size, size), mode="bilinear", align_corners=False)
+        return SamClipSemanticSegmentationOutput(logits=logits, label_map=logits.argmax(1))
+
+    # ------------------------------------------------------------------------------------------------ merge
+    @classmethod
+    def from_teachers(cls, sam_model, clip_model, **head_options) -> "SamClipModel":
+        """Merge a `SamModel` and a CLIP-like dual encoder (`CLIPModel`, `SiglipModel`) as the paper initialises
+        SAM-CLIP: encoder, prompt encoder and mask decoder from SAM; CLIP-head blocks copied from SAM's last encoder
+        layer; text tower, text projection and logit scale (and bias) from the CLIP teacher. `head_options` are
+        `SamClipHeadConfig` fields (e.g. `num_hidden_layers`, `pooling`, `project_before_pool`, `image_size`)."""
+        missing = [name for name in ("vision_encoder", "prompt_encoder", "mask_decoder", "shared_image_embedding") if not hasattr(sam_model, name)]
+        if missing:
+            raise ValueError(f"sam_model must be a transformers SamModel; {type(sam_model).__name__} lacks {missing}.")
+        if not (hasattr(clip_model, "text_model") and hasattr(clip_model, "logit_scale") and hasattr(clip_model, "get_image_features")):
+            raise ValueError(
+                f"clip_model must be a dual encoder with text_model, logit_scale and get_image_features "
+                f"(CLIPModel, SiglipModel); got {type(clip_model).__name__}."
+            )
+        sam_config, clip_config = sam_model.config, clip_model.config
+        text_projection = getattr(clip_model, "text_projection", None)
+        embed_dim = text_projection.out_features if text_projection is not None else clip_config.text_config.hidden_size
+        if head_options.get("projection_dim", embed_dim) != embed_dim:
+            raise ValueError(
+                f"projection_dim={head_options['projection_dim']} does not match the CLIP teacher's embedding size "
+                f"({embed_dim}); the CLIP head must output the teacher's space (leave projection_dim unset)."
+            )
+        patch = sam_config.vision_config.patch_size
+        teacher_size = clip_config.vision_config.image_size
+        head = {"projection_dim": embed_dim, "image_size": max(patch, round(teacher_size / patch) * patch)}
+        head.update(head_options)
+        logit_bias = getattr(clip_model, "logit_bias", None)
+        config = SamClipConfig(
+            vision_config=copy.deepcopy(sam_config.vision_config),
+            prompt_encoder_config=copy.deepcopy(sam_config.prompt_encoder_config),
+            mask_decoder_config=copy.deepcopy(sam_config.mask_decoder_config),
+            text_config=copy.deepcopy(clip_config.text_config),
+            head_config=SamClipHeadConfig(**head),
+            text_projection_dim=text_projection.out_features if text_projection is not None else None,
+            logit_scale_init_value=float(clip_model.logit_scale.detach()),
+            logit_bias_init_value=float(logit_bias.detach().reshape(-1)[0]) if logit_bias is not None else None,
+        )
+        config._attn_implementation = sam_config._attn_implementation
+        config.vision_config._attn_implementation = sam_config.vision_config._attn_implementation
+        try:
+            config.validate_architecture()
+        except ValueError as error:
+            raise ValueError(f"These teachers cannot be merged: {error}") from None
+        model = cls(config).to(dtype=next(sam_model.parameters()).dtype, device=next(sam_model.parameters()).device)
+        sam_state = sam_model.state_dict()
+        result = model.load_state_dict(sam_state, strict=False)
+        if result.unexpected_keys:
+            raise ValueError(f"SAM teacher has parameters SAM-CLIP cannot place: {result.unexpected_keys[:5]}.")
+        last_layer = sam_model.vision_encoder.layers[-1].state_dict()
+        for layer in model.clip_head.layers:
+            layer.load_state_dict(last_layer)
+        model.text_model.load_state_dict(clip_model.text_model.state_dict())
+        if text_projection is not None:
+            model.text_projection.load_state_dict(text_projection.state_dict())
+        with torch.no_grad():
+            model.logit_scale.copy_(clip_model.logit_scale.reshape(()))
+            if logit_bias is not None:
+                model.logit_bias.copy_(logit_bias.reshape(()))
+        return model.eval() if not sam_model.training else model
+
+
+__all__ = [
+    "DEFAULT_TEMPLATES",
+    "SamClipHead",
+    "SamClipModel",
+    "SamClipOutput",
+    "SamClipPreTrainedModel",
+    "SamClipSemanticSegmentationOutput",
+    "SamClipVisionEncoder",
+]

@@ -1,0 +1,52 @@
+"""Prompts from ground-truth masks (SAM's evaluation protocol) and the mask IoU."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def mask_depth(mask: np.ndarray) -> np.ndarray:
+    """Chessboard-free 4-neighbour erosion depth of a bool mask: 1 on the boundary, +1 per step inward.
+
+    A cheap stand-in for the distance transform (no scipy needed).
+    """
+    depth = np.zeros(mask.shape, dtype=np.int32)
+    current = mask.astype(bool)
+    level = 0
+    while current.any():
+        level += 1
+        depth[current] = level
+        padded = np.pad(current, 1, constant_values=False)
+        current = (
+            current & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+        )
+    return depth
+
+
+def center_point(mask: np.ndarray) -> tuple[float, float]:
+    """The ``(x, y)`` pixel deepest inside a non-empty mask (SAM's first evaluation point); ties go to
+    the first in row-major order, so the choice is deterministic."""
+    row, col = np.unravel_index(int(np.argmax(mask_depth(mask))), mask.shape)
+    return float(col), float(row)
+
+
+def random_points(rng: np.random.Generator, mask: np.ndarray, count: int) -> list[tuple[float, float]]:
+    """``count`` ``(x, y)`` pixels drawn uniformly (with replacement) from a non-empty mask."""
+    rows, cols = np.nonzero(mask)
+    picks = rng.integers(0, len(rows), size=count)
+    return [(float(cols[i]), float(rows[i])) for i in picks]
+
+
+def evaluation_points(mask: np.ndarray, num_points: int, seed: int) -> list[tuple[float, float]]:
+    """The positive points of a ``num_points``-point evaluation prompt: the centre point, then random
+    points of the mask drawn from ``seed``."""
+    points = [center_point(mask)]
+    if num_points > 1:
+        points += random_points(np.random.default_rng(seed), mask, num_points - 1)
+    return points
+
+
+def mask_iou(prediction: np.ndarray, target: np.ndarray) -> float:
+    """Intersection over union of two bool masks (1.0 when both are empty)."""
+    union = np.logical_or(prediction, target).sum()
+    return 1.0 if union == 0 else float(np.logical_and(prediction, target).sum() / union)
