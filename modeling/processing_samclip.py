@@ -1,0 +1,173 @@
+"""SAM-CLIP processor: SAM preprocessing for the SAM path, a CLIP-path view with SAM normalisation, the CLIP
+teacher's tokenizer, and post-processing of masks and semantic maps back to the original image size."""
+
+import torch
+from transformers import CLIPImageProcessorPil, SamImageProcessorPil, SamProcessor
+from transformers.models.sam.image_processing_pil_sam import _rle_to_mask
+from transformers.processing_utils import ProcessorMixin
+from transformers.tokenization_utils_base import BatchEncoding
+
+from .configuration_samclip import SAM_IMAGE_MEAN, SAM_IMAGE_STD
+
+VIEWS = ("sam", "clip", "dense")
+
+
+def _box_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """Greedy non-maximum suppression on (x0, y0, x1, y1) boxes; indices kept, best score first."""
+    order = scores.flatten().argsort(descending=True)
+    boxes = boxes.float()
+    area = (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
+    keep = []
+    suppressed = torch.zeros(len(boxes), dtype=torch.bool)
+    for index in order.tolist():
+        if suppressed[index]:
+            continue
+        keep.append(index)
+        top_left = torch.maximum(boxes[index, :2], boxes[:, :2])
+        bottom_right = torch.minimum(boxes[index, 2:], boxes[:, 2:])
+        inter = (bottom_right - top_left).clamp(min=0).prod(dim=1)
+        iou = inter / (area[index] + area - inter).clamp(min=1e-9)
+        suppressed |= iou > iou_threshold
+    return torch.tensor(keep, dtype=torch.long)
+
+
+class SamClipImageProcessor(SamImageProcessorPil):
+    """SAM's PIL image processor whose mask-generation post-processing needs no torchvision (its NMS is plain
+    torch), so transformers' `mask-generation` pipeline runs wherever torch does."""
+
+    def post_process_for_mask_generation(self, all_masks, all_scores, all_boxes, crops_nms_thresh):
+        """Keep the masks that survive NMS of their boxes; returns (masks, scores, rle_masks, boxes)."""
+        keep = _box_nms(all_boxes, all_scores, crops_nms_thresh)
+        rle_masks = [all_masks[i] for i in keep.tolist()]
+        return [_rle_to_mask(rle) for rle in rle_masks], all_scores[keep], rle_masks, all_boxes[keep]
+
+
+class SamClipProcessor(SamProcessor):
+    r"""
+    Prepares inputs of [`SamClipModel`]. Three image views, chosen by `view=` (default: `"sam"` when prompts are
+    given, else `"clip"`):
+
+    - `"sam"`: SAM's longest-side resize + pad to the SAM size, SAM normalisation; prompts are rescaled.
+    - `"clip"`: the CLIP-path view for classification/retrieval (`clip_image_processor`: shortest-side resize and
+      centre crop to the CLIP-path size, SAM normalisation: the shared encoder always sees SAM statistics).
+    - `"dense"`: SAM-style resize + pad at the CLIP-path size, for zero-shot semantic segmentation; maps come back
+      to the original size with [`post_process_semantic_segmentation`].
+
+    Args:
+        image_processor (`SamClipImageProcessor`): the SAM-path processor.
+        clip_image_processor (`CLIPImageProcessorPil`): the CLIP-path processor.
+        tokenizer: the CLIP teacher's tokenizer.
+    """
+
+    def __init__(self, image_processor=None, clip_image_processor=None, tokenizer=None, **kwargs):
+        ProcessorMixin.__init__(self, image_processor, clip_image_processor, tokenizer, **kwargs)
+        self.target_size = self.image_processor.size["longest_edge"]
+
+    @classmethod
+    def from_sizes(cls, tokenizer, sam_size: int = 1024, clip_size: int = 224) -> "SamClipProcessor":
+        """Build the processor for a SAM-path size and a CLIP-path size, with SAM normalisation on both views."""
+        sam = SamClipImageProcessor(
+            size={"longest_edge": sam_size},
+            pad_size={"height": sam_size, "width": sam_size},
+            mask_size={"longest_edge": sam_size // 4},
+            mask_pad_size={"height": sam_size // 4, "width": sam_size // 4},
+            image_mean=SAM_IMAGE_MEAN,
+            image_std=SAM_IMAGE_STD,
+        )
+        clip = CLIPImageProcessorPil(
+            size={"shortest_edge": clip_size},
+            crop_size={"height": clip_size, "width": clip_size},
+            image_mean=SAM_IMAGE_MEAN,
+            image_std=SAM_IMAGE_STD,
+        )
+        return cls(image_processor=sam, clip_image_processor=clip, tokenizer=tokenizer)
+
+    @property
+    def clip_size(self) -> int:
+        """Side of the CLIP-path view (and of the dense view)."""
+        return self.clip_image_processor.crop_size["height"]
+
+    def __call__(
+        self,
+        images=None,
+        text=None,
+        segmentation_maps=None,
+        input_points=None,
+        input_labels=None,
+        input_boxes=None,
+        view: str | None = None,
+        return_tensors: str = "pt",
+        **kwargs,
+    ) -> BatchEncoding:
+        """Preprocess images (in the chosen view), prompts (original-image coordinates) and text."""
+        has_prompts = any(x is not None for x in (input_points, input_boxes))
+        view = view or ("sam" if has_prompts or segmentation_maps is not None else "clip")
+        if view not in VIEWS:
+            raise ValueError(f"view must be one of {VIEWS}, got {view!r}.")
+        if has_prompts and view != "sam":
+            raise ValueError("Point and box prompts need the SAM view; drop view= or pass view='sam'.")
+        if images is None and text is None:
+            raise ValueError("Give images and/or text to process.")
+        encoding = BatchEncoding()
+        if images is not None:
+            if view == "sam":
+                encoding = super().__call__(
+                    images, segmentation_maps=segmentation_maps, input_points=input_points,
+                    input_labels=input_labels, input_boxes=input_boxes, return_tensors=return_tensors, **kwargs,
+                )
+                self._check_prompt_range(encoding)
+            elif view == "dense":
+                size = self.clip_size
+                encoding = self.image_processor(
+                    images, size={"longest_edge": size}, pad_size={"height": size, "width": size},
+                    return_tensors=return_tensors, **kwargs,
+                )
+            else:
+                encoding = self.clip_image_processor(images, return_tensors=return_tensors, **kwargs)
+        elif has_prompts:
+            raise ValueError("Prompts need the image they refer to: pass images= as well.")
+        if text is not None:
+            texts = [text] if isinstance(text, str) else list(text)
+            if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
+                raise ValueError("text must be a non-empty string or a non-empty list of non-empty strings.")
+            max_length = self.tokenizer.model_max_length if self.tokenizer.model_max_length < 10**6 else None
+            tokens = self.tokenizer(
+                texts, padding=True, truncation=max_length is not None, max_length=max_length, return_tensors=return_tensors
+            )
+            encoding.update({k: v for k, v in tokens.items() if k in ("input_ids", "attention_mask")})
+        return encoding
+
+    def _check_prompt_range(self, encoding):
+        # Rescaled prompts beyond the SAM frame mean the user's coordinates were outside their image.
+        limit = self.target_size
+        for key in ("input_points", "input_boxes"):
+            values = encoding.get(key)
+            if values is None:
+                continue
+            values = torch.as_tensor(values)
+            real = values[values != self.point_pad_value]
+            if real.numel() and (real.min() < 0 or real.max() > limit + 1e-3):
+                raise ValueError(
+                    f"{key} fall outside the image: prompts are (x, y) pixel coordinates of the original image, "
+                    "within its width and height."
+                )
+
+    def post_process_semantic_segmentation(self, logits, original_sizes, reshaped_input_sizes, view: str = "dense"):
+        """Resize `(batch, classes, h, w)` class logits of the `"dense"` or `"sam"` view back to each original
+        image; returns one `(height, width)` label map (0 = background) per image."""
+        size = self.clip_size if view == "dense" else self.target_size
+        maps = self.image_processor.post_process_masks(
+            [logits[i : i + 1] for i in range(len(logits))],
+            original_sizes,
+            reshaped_input_sizes,
+            binarize=False,
+            pad_size={"height": size, "width": size},
+        )
+        return [m[0].argmax(0) for m in maps]
+
+    @property
+    def model_input_names(self):
+        return ["pixel_values", "input_ids", "attention_mask", "input_points", "input_labels", "input_boxes"]
+
+
+__all__ = ["SamClipImageProcessor", "SamClipProcessor"]

@@ -1,0 +1,63 @@
+"""transformers-samclip: SAM-CLIP for Hugging Face transformers.
+
+Importing the package registers SAM-CLIP with transformers' Auto classes and pipelines, and marks the model
+classes for remote code so that every `save_pretrained` folder also loads with `trust_remote_code=True`.
+"""
+
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForMaskGeneration,
+    AutoModelForZeroShotImageClassification,
+    AutoImageProcessor,
+    AutoProcessor,
+)
+
+from .modeling import (
+    DEFAULT_TEMPLATES,
+    SAMCLIP_PRESETS,
+    SamClipConfig,
+    SamClipHeadConfig,
+    SamClipModel,
+    SamClipOutput,
+    SamClipPreTrainedModel,
+    SamClipImageProcessor,
+    SamClipProcessor,
+    SamClipSemanticSegmentationOutput,
+    samclip_config_from_preset,
+)
+
+__version__ = "0.1.0"
+
+
+def _register() -> None:
+    AutoConfig.register(SamClipConfig.model_type, SamClipConfig, exist_ok=True)
+    AutoConfig.register(SamClipHeadConfig.model_type, SamClipHeadConfig, exist_ok=True)
+    for auto_class in (AutoModel, AutoModelForZeroShotImageClassification, AutoModelForMaskGeneration):
+        auto_class.register(SamClipConfig, SamClipModel, exist_ok=True)
+    AutoImageProcessor.register(SamClipConfig, image_processor_classes={"pil": SamClipImageProcessor}, exist_ok=True)
+    AutoProcessor.register(SamClipConfig, SamClipProcessor, exist_ok=True)
+    SamClipConfig.register_for_auto_class()
+    SamClipModel.register_for_auto_class("AutoModel")
+    SamClipImageProcessor.register_for_auto_class("AutoImageProcessor")
+    SamClipProcessor.register_for_auto_class("AutoProcessor")
+
+
+_register()
+
+from .pipelines import ZeroShotSemanticSegmentationPipeline  # noqa: E402  (registers the pipeline task)
+
+__all__ = [
+    "DEFAULT_TEMPLATES",
+    "SAMCLIP_PRESETS",
+    "SamClipConfig",
+    "SamClipHeadConfig",
+    "SamClipModel",
+    "SamClipOutput",
+    "SamClipPreTrainedModel",
+    "SamClipImageProcessor",
+    "SamClipProcessor",
+    "SamClipSemanticSegmentationOutput",
+    "ZeroShotSemanticSegmentationPipeline",
+    "samclip_config_from_preset",
+]

@@ -1,0 +1,38 @@
+"""The mosaic world: Fashion-MNIST mosaics with exact ground truth and two trained tiny teachers."""
+
+from .fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist, load_fashion_mnist_arrays
+from .mosaics import (
+    ItemSource,
+    generate_item_view,
+    generate_mosaic,
+    item_source,
+    iter_mosaics,
+    make_item_views,
+    make_mosaic_dataset,
+    mask_to_box,
+    mosaic_features,
+)
+from .prompts import center_point, evaluation_points, mask_iou, random_points
+from .teachers import SHIPPED_TEACHERS_DIR, build_teachers, load_mosaic_teachers
+
+__all__ = [
+    "FASHION_MNIST_CLASSES",
+    "ItemSource",
+    "SHIPPED_TEACHERS_DIR",
+    "build_teachers",
+    "center_point",
+    "evaluation_points",
+    "generate_item_view",
+    "generate_mosaic",
+    "item_source",
+    "iter_mosaics",
+    "load_fashion_mnist",
+    "load_fashion_mnist_arrays",
+    "load_mosaic_teachers",
+    "make_item_views",
+    "make_mosaic_dataset",
+    "mask_iou",
+    "mask_to_box",
+    "mosaic_features",
+    "random_points",
+]

@@ -1,0 +1,627 @@
+"""Train, measure and load the two tiny teachers of the mosaic world: a ``CLIPModel`` and a ``SamModel``.
+
+Rebuild the shipped teachers (one-time; ~10 CPU min for CLIP, ~45 for SAM, 1 thread each)::
+
+    python -m transformers_samclip.mosaic.teachers --threads 1
+
+or both at once on two cores: ``--only clip`` and ``--only sam`` in two processes. Training resumes
+from the last checkpoint in ``--work-dir``. Measured metrics go to ``teachers/BUILD.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .fashion_mnist import FASHION_MNIST_CLASSES
+from .mosaics import generate_item_view, generate_mosaic, item_source, iter_mosaics, make_item_views
+from .prompts import evaluation_points, mask_depth, mask_iou
+
+SHIPPED_TEACHERS_DIR = Path(__file__).resolve().parent / "teachers"
+DEFAULT_WORK_DIR = Path("runs") / "mosaic-teachers"
+REBUILD_COMMAND = "python -m transformers_samclip.mosaic.teachers --threads 1"
+
+# transformers' zero-shot-image-classification pipeline formats labels with this by default.
+PIPELINE_TEMPLATE = "This is a photo of {}."
+CAPTION_TEMPLATES = (
+    PIPELINE_TEMPLATE,
+    "a photo of a {}.",
+    "a {} on a plain background.",
+    "a picture of a {}.",
+    "a {}.",
+    "{}",
+)
+BOS_TOKEN = "<|startoftext|>"
+EOS_TOKEN = "<|endoftext|>"
+CLIP_IMAGE_SIZE = 32
+SAM_IMAGE_SIZE = 128
+SAM_PATCH_SIZE = 8
+# Prompts on items less visible than this are ambiguous (a sliver of a shirt): SAM trains and is
+# measured only on the others, as callers of the mosaic world are told to do.
+MIN_VISIBLE_FRACTION = 0.3
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared training plumbing
+# ----------------------------------------------------------------------------------------------
+
+
+def _cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int):
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+class _Checkpointer:
+    """Periodic training state in ``work_dir`` so that an interrupted build resumes where it stopped.
+
+    Data is drawn from generators keyed by (seed, step), so no data state needs saving.
+    """
+
+    def __init__(self, work_dir: Path, name: str, seed: int, steps: int):
+        self.path = Path(work_dir) / f"{name}-seed{seed}-steps{steps}.pt"
+
+    def load(self, model, optimizer, scheduler) -> tuple[int, float]:
+        if not self.path.exists():
+            return 0, 0.0
+        state = torch.load(self.path, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _log(f"resumed {self.path} at step {state['step']}")
+        return state["step"], state["elapsed"]
+
+    def save(self, model, optimizer, scheduler, step: int, elapsed: float) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "step": step,
+            "elapsed": elapsed,
+        }
+        torch.save(state, self.path.with_suffix(".tmp"))
+        self.path.with_suffix(".tmp").replace(self.path)
+
+
+def _param_count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------------------------
+# CLIP teacher
+# ----------------------------------------------------------------------------------------------
+
+
+def caption_corpus() -> list[str]:
+    """Every training caption: each template with each class name."""
+    return [template.format(name) for template in CAPTION_TEMPLATES for name in FASHION_MNIST_CLASSES]
+
+
+def build_clip_tokenizer():
+    """A ``CLIPTokenizer`` whose BPE vocabulary is learned from :func:`caption_corpus`.
+
+    bos = 0 and eos = pad = 1 (eos != 2, so CLIP pools at the first eos); every byte (with and without
+    the end-of-word suffix) is in the vocabulary, so any text tokenizes without unknown tokens.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import CLIPTokenizer
+
+    reference = CLIPTokenizer()  # only its normalizer and pre-tokenizer are borrowed
+    bpe = Tokenizer(models.BPE(unk_token=EOS_TOKEN, end_of_word_suffix="</w>", continuing_subword_prefix=""))
+    bpe.normalizer = reference.backend_tokenizer.normalizer
+    bpe.pre_tokenizer = reference.backend_tokenizer.pre_tokenizer
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=4096,
+        special_tokens=[BOS_TOKEN, EOS_TOKEN],
+        initial_alphabet=alphabet,
+        end_of_word_suffix="</w>",
+        show_progress=False,
+    )
+    bpe.train_from_iterator(caption_corpus(), trainer)
+    model = json.loads(bpe.to_str())["model"]
+    vocab = dict(model["vocab"])
+    for symbol in alphabet:
+        vocab.setdefault(symbol + "</w>", len(vocab))
+    merges = [tuple(pair) if isinstance(pair, list) else tuple(pair.split(" ")) for pair in model["merges"]]
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=32)
+    if tokenizer.eos_token_id == 2 or tokenizer.bos_token_id is None:
+        raise RuntimeError("tokenizer special ids are wrong")
+    return tokenizer
+
+
+def build_clip_processor(tokenizer=None):
+    """``CLIPProcessor`` of the CLIP teacher: 32 px images, the caption tokenizer."""
+    from transformers import CLIPImageProcessorPil, CLIPProcessor
+
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": CLIP_IMAGE_SIZE}, crop_size={"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE}
+    )
+    return CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer or build_clip_tokenizer())
+
+
+def tiny_clip_config(tokenizer):
+    """~0.8M-parameter ``CLIPConfig``: ViT 128 wide, 4 layers, 32 px, patch 4; text 128 wide, 4 layers."""
+    from transformers import CLIPConfig
+
+    text_config = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 128,
+        "intermediate_size": 512,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 32,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    vision_config = {
+        "hidden_size": 128,
+        "intermediate_size": 512,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "image_size": CLIP_IMAGE_SIZE,
+        "patch_size": 4,
+    }
+    return CLIPConfig(text_config=text_config, vision_config=vision_config, projection_dim=64)
+
+
+def _multi_positive_clip_loss(logits_per_image: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    # Captions repeat within a batch (10 classes): every same-class caption is a positive.
+    same = (labels[:, None] == labels[None, :]).float()
+    targets = same / same.sum(dim=1, keepdim=True)
+    image_loss = -(targets * F.log_softmax(logits_per_image, dim=1)).sum(dim=1).mean()
+    text_loss = -(targets * F.log_softmax(logits_per_image.t(), dim=1)).sum(dim=1).mean()
+    return (image_loss + text_loss) / 2
+
+
+@torch.no_grad()
+def clip_class_embeddings(model, processor, template: str = PIPELINE_TEMPLATE) -> torch.Tensor:
+    """L2-normalised projected text embeddings [10, D] of the class names in ``template``."""
+    texts = [template.format(name) for name in FASHION_MNIST_CLASSES]
+    tokens = processor.tokenizer(texts, padding=True, return_tensors="pt")
+    features = model.get_text_features(**tokens).pooler_output
+    return F.normalize(features, dim=-1)
+
+
+@torch.no_grad()
+def evaluate_clip_zero_shot(
+    model, processor, num_items: int | None = None, seed: int = 0, batch_size: int = 500
+) -> float:
+    """Zero-shot top-1 on the Fashion-MNIST test item views (all 10,000 by default), pipeline template."""
+    model.eval()
+    views = make_item_views("test", num_items=num_items, seed=seed)
+    classes = clip_class_embeddings(model, processor)
+    correct = 0
+    for start in range(0, len(views), batch_size):
+        rows = views[start : start + batch_size]
+        pixels = processor.image_processor(rows["image"], return_tensors="pt")["pixel_values"]
+        images = F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
+        correct += int(((images @ classes.t()).argmax(dim=1) == torch.tensor(rows["label"])).sum())
+    return correct / len(views)
+
+
+def train_clip(
+    seed: int = 0,
+    steps: int = 2500,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    work_dir: Path = DEFAULT_WORK_DIR,
+    log_every: int = 50,
+    checkpoint_every: int = 250,
+):
+    """Train the CLIP teacher contrastively on fresh single-item train views; returns (model, processor, info)."""
+    from transformers import CLIPModel
+
+    torch.manual_seed(seed)
+    processor = build_clip_processor()
+    model = CLIPModel(tiny_clip_config(processor.tokenizer))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05, betas=(0.9, 0.98))
+    scheduler = _cosine_with_warmup(optimizer, warmup_steps=min(200, steps // 10 + 1), total_steps=steps)
+    checkpointer = _Checkpointer(work_dir, "clip", seed, steps)
+    start_step, elapsed = checkpointer.load(model, optimizer, scheduler)
+    source = item_source("train")
+    num_templates = len(CAPTION_TEMPLATES)
+    model.train()
+    started = time.perf_counter() - elapsed
+    for step in range(start_step, steps):
+        rng = np.random.default_rng([seed, 1, step])
+        indices = rng.integers(0, len(source.labels), size=batch_size)
+        images = [generate_item_view(rng, source.images[i])[0] for i in indices]
+        labels = torch.as_tensor(source.labels[indices])
+        captions = [
+            CAPTION_TEMPLATES[t].format(FASHION_MNIST_CLASSES[c])
+            for t, c in zip(rng.integers(0, num_templates, size=batch_size), labels.tolist())
+        ]
+        inputs = processor(text=captions, images=images, padding=True, return_tensors="pt")
+        outputs = model(**inputs)
+        loss = _multi_positive_clip_loss(outputs.logits_per_image, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        with torch.no_grad():  # CLIP's clamp: keep the temperature from running away
+            model.logit_scale.clamp_(0, math.log(100))
+        done = step + 1
+        if done % log_every == 0 or done == steps:
+            _log(f"clip step {done}/{steps} loss {loss.item():.4f} lr {scheduler.get_last_lr()[0]:.2e} "
+                 f"elapsed {time.perf_counter() - started:.0f}s")
+        if done % checkpoint_every == 0 and done < steps:
+            checkpointer.save(model, optimizer, scheduler, done, time.perf_counter() - started)
+    model.eval()
+    info = {"steps": steps, "batch_size": batch_size, "lr": lr, "train_seconds": round(time.perf_counter() - started, 1)}
+    return model, processor, info
+
+
+# ----------------------------------------------------------------------------------------------
+# SAM teacher
+# ----------------------------------------------------------------------------------------------
+
+
+def build_sam_processor():
+    """``SamProcessor`` of the SAM teacher: 128 px canvas, 64 px low-resolution masks."""
+    from transformers import SamImageProcessorPil, SamProcessor
+
+    low_res = 4 * SAM_IMAGE_SIZE // SAM_PATCH_SIZE
+    image_processor = SamImageProcessorPil(
+        size={"longest_edge": SAM_IMAGE_SIZE},
+        pad_size={"height": SAM_IMAGE_SIZE, "width": SAM_IMAGE_SIZE},
+        mask_size={"longest_edge": low_res},
+        mask_pad_size={"height": low_res, "width": low_res},
+    )
+    return SamProcessor(image_processor=image_processor)
+
+
+def tiny_sam_config():
+    """~1.3M-parameter ``SamConfig``: ViT 128 wide, 6 layers, patch 8 on a 128 px canvas (16x16 grid),
+    windows of 8 with global attention at layers 2 and 5, 96-channel neck, prompt encoder and decoder."""
+    from transformers import SamConfig
+
+    channels = 96
+    vision_config = {
+        "hidden_size": 128,
+        "output_channels": channels,
+        "num_hidden_layers": 6,
+        "num_attention_heads": 4,
+        "image_size": SAM_IMAGE_SIZE,
+        "patch_size": SAM_PATCH_SIZE,
+        "window_size": 8,
+        "global_attn_indexes": [2, 5],
+        "num_pos_feats": channels // 2,
+        "mlp_ratio": 4.0,
+        # The default (1e-10) initialises a dead encoder that outputs ~0 for every image.
+        "initializer_range": 0.02,
+    }
+    prompt_encoder_config = {
+        "hidden_size": channels,
+        "image_size": SAM_IMAGE_SIZE,
+        "patch_size": SAM_PATCH_SIZE,
+        "mask_input_channels": 16,
+    }
+    mask_decoder_config = {
+        "hidden_size": channels,
+        "mlp_dim": 4 * channels,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "iou_head_hidden_dim": channels,
+    }
+    return SamConfig(
+        vision_config=vision_config,
+        prompt_encoder_config=prompt_encoder_config,
+        mask_decoder_config=mask_decoder_config,
+    )
+
+
+def _sample_positive(rng: np.random.Generator, mask: np.ndarray, depth: np.ndarray) -> tuple[float, float]:
+    # Half uniform over the mask, half biased to the interior (where evaluation's centre point lies).
+    weights = (mask if rng.random() < 0.5 else depth.astype(np.float64) ** 2).ravel().astype(np.float64)
+    flat = int(rng.choice(weights.size, p=weights / weights.sum()))
+    return float(flat % mask.shape[1]), float(flat // mask.shape[1])
+
+
+def _sample_negative(rng: np.random.Generator, mask: np.ndarray, box) -> tuple[float, float] | None:
+    x0, y0, x1, y1 = (int(v) for v in box)
+    rows, cols = np.nonzero(~mask[y0 : y1 + 1, x0 : x1 + 1])
+    if len(rows) == 0:
+        return None
+    i = int(rng.integers(len(rows)))
+    return float(cols[i] + x0), float(rows[i] + y0)
+
+
+def _sam_training_batch(rng, source, processor, batch_size: int, prompts_per_image: int):
+    """Mosaics and prompts for one step: boxes, single points and 2-3-point prompts on the same items."""
+    mosaics = [generate_mosaic(rng, source, SAM_IMAGE_SIZE) for _ in range(batch_size)]
+    pixel_values = processor.image_processor([m["image"] for m in mosaics], return_tensors="pt")["pixel_values"]
+    size = SAM_IMAGE_SIZE
+    targets = np.zeros((batch_size, prompts_per_image, size, size), dtype=np.float32)
+    boxes = np.zeros((batch_size, prompts_per_image, 4), dtype=np.float32)
+    one_point = np.zeros((batch_size, prompts_per_image, 1, 2), dtype=np.float32)
+    multi_points = np.zeros((batch_size, prompts_per_image, 3, 2), dtype=np.float32)
+    multi_labels = np.full((batch_size, prompts_per_image, 3), -10, dtype=np.int64)
+    for b, mosaic in enumerate(mosaics):
+        eligible = [k for k, f in enumerate(mosaic["visible_fraction"]) if f >= MIN_VISIBLE_FRACTION]
+        order = rng.permutation(eligible)
+        for p in range(prompts_per_image):
+            k = int(order[p % len(order)])
+            mask = mosaic["instance_masks"][k]
+            depth = mask_depth(mask)
+            targets[b, p] = mask
+            box = np.asarray(mosaic["boxes"][k], dtype=np.float32)
+            if rng.random() < 0.5:  # a little jitter: users' boxes are rarely pixel-tight
+                span = np.array([box[2] - box[0], box[3] - box[1]] * 2) + 1
+                box = box + np.clip(rng.normal(0, 0.04, 4) * span, -4, 4)
+            boxes[b, p] = np.clip(box, 0, size - 1)
+            one_point[b, p, 0] = _sample_positive(rng, mask, depth)
+            count = int(rng.integers(2, 4))
+            points = [_sample_positive(rng, mask, depth) for _ in range(count)]
+            labels = [1] * count
+            if rng.random() < 0.35:
+                negative = _sample_negative(rng, mask, mosaic["boxes"][k])
+                if negative is not None:
+                    points[-1], labels[-1] = negative, 0
+            multi_points[b, p, :count] = points
+            multi_labels[b, p, :count] = labels
+    return {
+        "pixel_values": pixel_values,
+        "targets": torch.from_numpy(targets),
+        "boxes": torch.from_numpy(boxes),
+        "one_point": torch.from_numpy(one_point),
+        "multi_points": torch.from_numpy(multi_points),
+        "multi_labels": torch.from_numpy(multi_labels),
+    }
+
+
+def _mask_losses(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-mask BCE + dice and IoU of logits [B, P, M, h, w] (upsampled to the target size) against
+    targets [B, P, H, W]; both returned as [B, P, M]."""
+    b, p, m, h, w = logits.shape
+    size = targets.shape[-2:]
+    logits = F.interpolate(logits.reshape(b * p * m, 1, h, w), size=size, mode="bilinear", align_corners=False)
+    logits = logits.reshape(b, p, m, -1)
+    target = targets.reshape(b, p, 1, -1).expand_as(logits)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=-1)
+    prob = logits.sigmoid()
+    dice = 1 - (2 * (prob * target).sum(-1) + 1) / (prob.sum(-1) + target.sum(-1) + 1)
+    with torch.no_grad():
+        hard = logits > 0
+        inter = (hard & (target > 0.5)).sum(-1).float()
+        union = (hard | (target > 0.5)).sum(-1).float()
+        iou = inter / union.clamp(min=1)
+    return bce + dice, iou
+
+
+def _sam_loss(model, embeddings, batch):
+    """SAM's recipe: single-mask output for boxes and multi-point prompts, the best of three for a lone
+    point; the IoU head regresses each mask's actual IoU."""
+    targets = batch["targets"]
+    total, parts = 0.0, {}
+    calls = {
+        "box": dict(input_boxes=batch["boxes"], multimask_output=False),
+        "point": dict(input_points=batch["one_point"], input_labels=torch.ones_like(batch["one_point"][..., 0]).long(),
+                      multimask_output=True),
+        "points": dict(input_points=batch["multi_points"], input_labels=batch["multi_labels"], multimask_output=False),
+    }
+    for name, kwargs in calls.items():
+        outputs = model(image_embeddings=embeddings, **kwargs)
+        mask_loss, iou = _mask_losses(outputs.pred_masks, targets)
+        loss = mask_loss.min(dim=-1).values.mean() + F.mse_loss(outputs.iou_scores, iou)
+        parts[name] = loss.item()
+        total = total + loss
+    return total, parts
+
+
+def train_sam(
+    seed: int = 0,
+    steps: int = 6000,
+    batch_size: int = 16,
+    prompts_per_image: int = 3,
+    lr: float = 8e-4,
+    work_dir: Path = DEFAULT_WORK_DIR,
+    log_every: int = 50,
+    checkpoint_every: int = 200,
+):
+    """Train the SAM teacher on fresh train mosaics with box and point prompts; returns (model, processor, info)."""
+    from transformers import SamModel
+
+    torch.manual_seed(seed)
+    processor = build_sam_processor()
+    model = SamModel(tiny_sam_config())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05, betas=(0.9, 0.98))
+    scheduler = _cosine_with_warmup(optimizer, warmup_steps=min(300, steps // 10 + 1), total_steps=steps)
+    checkpointer = _Checkpointer(work_dir, "sam", seed, steps)
+    start_step, elapsed = checkpointer.load(model, optimizer, scheduler)
+    source = item_source("train")
+    model.train()
+    started = time.perf_counter() - elapsed
+    running = {}
+    for step in range(start_step, steps):
+        batch = _sam_training_batch(np.random.default_rng([seed, 2, step]), source, processor, batch_size,
+                                    prompts_per_image)
+        # One encoder pass with gradients, shared by all prompt kinds (get_image_embeddings is no_grad).
+        embeddings = model.vision_encoder(batch["pixel_values"]).last_hidden_state
+        loss, parts = _sam_loss(model, embeddings, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        for name, value in parts.items():
+            running[name] = 0.98 * running.get(name, value) + 0.02 * value
+        done = step + 1
+        if done % log_every == 0 or done == steps:
+            smoothed = " ".join(f"{k} {v:.4f}" for k, v in running.items())
+            _log(f"sam step {done}/{steps} loss {loss.item():.4f} (ema {smoothed}) lr {scheduler.get_last_lr()[0]:.2e} "
+                 f"elapsed {time.perf_counter() - started:.0f}s")
+        if done % checkpoint_every == 0 and done < steps:
+            checkpointer.save(model, optimizer, scheduler, done, time.perf_counter() - started)
+    model.eval()
+    info = {
+        "steps": steps,
+        "batch_size": batch_size,
+        "prompts_per_image": prompts_per_image,
+        "lr": lr,
+        "train_seconds": round(time.perf_counter() - started, 1),
+    }
+    return model, processor, info
+
+
+@torch.no_grad()
+def evaluate_sam(model, processor, num_mosaics: int = 500, seed: int = 0) -> dict:
+    """Mask mIoU on test mosaics (items with visible fraction >= 0.3) for a box prompt, one centre point
+    (the mask with the highest predicted IoU of three; ``point1_oracle`` takes the best) and three points
+    (centre + two random, single-mask output)."""
+    model.eval()
+    scores = {"box": [], "point1": [], "point1_oracle": [], "point3": []}
+    for index, mosaic in enumerate(iter_mosaics("test", num_mosaics, seed, SAM_IMAGE_SIZE)):
+        keep = [k for k, f in enumerate(mosaic["visible_fraction"]) if f >= MIN_VISIBLE_FRACTION]
+        masks = [mosaic["instance_masks"][k] for k in keep]
+        pixels = processor.image_processor([mosaic["image"]], return_tensors="pt")["pixel_values"]
+        embeddings = model.get_image_embeddings(pixels)
+        boxes = torch.tensor([[mosaic["boxes"][k] for k in keep]], dtype=torch.float32)
+        points1 = torch.tensor([[evaluation_points(m, 1, seed=0) for m in masks]], dtype=torch.float32)
+        points3 = torch.tensor([[evaluation_points(m, 3, seed=index * 10 + j) for j, m in enumerate(masks)]],
+                               dtype=torch.float32)
+
+        def predict(**kwargs):
+            outputs = model(image_embeddings=embeddings, **kwargs)
+            logits = F.interpolate(outputs.pred_masks[0], size=(SAM_IMAGE_SIZE, SAM_IMAGE_SIZE), mode="bilinear",
+                                   align_corners=False)
+            return (logits > 0).numpy(), outputs.iou_scores[0].numpy()
+
+        box_masks, _ = predict(input_boxes=boxes, multimask_output=False)
+        point_masks, point_iou = predict(input_points=points1, input_labels=torch.ones(points1.shape[:3], dtype=torch.long),
+                                         multimask_output=True)
+        three_masks, _ = predict(input_points=points3, input_labels=torch.ones(points3.shape[:3], dtype=torch.long),
+                                 multimask_output=False)
+        for j, target in enumerate(masks):
+            scores["box"].append(mask_iou(box_masks[j, 0], target))
+            candidates = [mask_iou(point_masks[j, m], target) for m in range(point_masks.shape[1])]
+            scores["point1"].append(candidates[int(np.argmax(point_iou[j]))])
+            scores["point1_oracle"].append(max(candidates))
+            scores["point3"].append(mask_iou(three_masks[j, 0], target))
+    result = {f"{name}_miou": round(float(np.mean(values)), 4) for name, values in scores.items()}
+    result.update(num_mosaics=num_mosaics, num_instances=len(scores["box"]), min_visible_fraction=MIN_VISIBLE_FRACTION)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Build, record, load
+# ----------------------------------------------------------------------------------------------
+
+
+def _versions() -> dict:
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def _update_build_record(output_dir: Path, name: str, record: dict) -> None:
+    path = output_dir / "BUILD.json"
+    build = json.loads(path.read_text()) if path.exists() else {}
+    build[name] = record
+    build["versions"] = _versions()
+    path.write_text(json.dumps(build, indent=2, sort_keys=True) + "\n")
+
+
+def build_teachers(
+    output_dir: Path | str = SHIPPED_TEACHERS_DIR,
+    seed: int = 0,
+    only: str | None = None,
+    threads: int = 1,
+    clip_steps: int = 2500,
+    sam_steps: int = 6000,
+    work_dir: Path | str = DEFAULT_WORK_DIR,
+    command: str | None = None,
+) -> dict:
+    """Train the teachers from ``seed``, save them to ``output_dir/{clip,sam}`` (safetensors, with their
+    processors) and record the measured test metrics in ``output_dir/BUILD.json``."""
+    torch.set_num_threads(threads)
+    output_dir, work_dir = Path(output_dir), Path(work_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    command = command or REBUILD_COMMAND
+    if only in (None, "clip"):
+        began = time.perf_counter()
+        model, processor, info = train_clip(seed=seed, steps=clip_steps, work_dir=work_dir)
+        top1 = evaluate_clip_zero_shot(model, processor)
+        _log(f"clip zero-shot top-1 on 10,000 test views: {top1:.4f}")
+        model.save_pretrained(output_dir / "clip")
+        processor.save_pretrained(output_dir / "clip")
+        info.update(command=command, seed=seed, threads=threads, parameters=_param_count(model),
+                    wall_seconds=round(time.perf_counter() - began, 1),
+                    metrics={"zero_shot_top1": round(top1, 4), "num_views": 10000, "template": PIPELINE_TEMPLATE,
+                             "views": "make_item_views('test', seed=0)"})
+        _update_build_record(output_dir, "clip", info)
+    if only in (None, "sam"):
+        began = time.perf_counter()
+        model, processor, info = train_sam(seed=seed, steps=sam_steps, work_dir=work_dir)
+        metrics = evaluate_sam(model, processor)
+        _log(f"sam test metrics: {metrics}")
+        model.save_pretrained(output_dir / "sam")
+        processor.save_pretrained(output_dir / "sam")
+        metrics["mosaics"] = "iter_mosaics('test', 500, seed=0)"
+        info.update(command=command, seed=seed, threads=threads, parameters=_param_count(model),
+                    wall_seconds=round(time.perf_counter() - began, 1), metrics=metrics)
+        _update_build_record(output_dir, "sam", info)
+    return json.loads((output_dir / "BUILD.json").read_text())
+
+
+def load_mosaic_teachers(device: str | torch.device = "cpu", teachers_dir: Path | str = SHIPPED_TEACHERS_DIR) -> dict:
+    """The trained mosaic-world teachers, in eval mode: ``sam_model``, ``sam_processor``, ``clip_model``,
+    ``clip_processor``."""
+    from transformers import CLIPModel, CLIPProcessor, SamModel, SamProcessor
+
+    teachers_dir = Path(teachers_dir)
+    missing = [name for name in ("clip", "sam") if not (teachers_dir / name / "model.safetensors").exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"mosaic teachers {missing} not found in {teachers_dir}; rebuild them with `{REBUILD_COMMAND}` "
+            "(about 10 CPU minutes for CLIP and 45 for SAM)."
+        )
+    sam_model = SamModel.from_pretrained(teachers_dir / "sam").to(device).eval()
+    clip_model = CLIPModel.from_pretrained(teachers_dir / "clip").to(device).eval()
+    return {
+        "sam_model": sam_model,
+        "sam_processor": SamProcessor.from_pretrained(teachers_dir / "sam"),
+        "clip_model": clip_model,
+        "clip_processor": CLIPProcessor.from_pretrained(teachers_dir / "clip"),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Command line of :func:`build_teachers`."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output-dir", type=Path, default=SHIPPED_TEACHERS_DIR)
+    parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR, help="checkpoints for resuming")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", choices=("clip", "sam"))
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core box)")
+    parser.add_argument("--clip-steps", type=int, default=2500)
+    parser.add_argument("--sam-steps", type=int, default=6000)
+    args = parser.parse_args(argv)
+    command = "python -m transformers_samclip.mosaic.teachers " + " ".join(sys.argv[1:] if argv is None else argv)
+    return build_teachers(args.output_dir, seed=args.seed, only=args.only, threads=args.threads,
+                          clip_steps=args.clip_steps, sam_steps=args.sam_steps, work_dir=args.work_dir,
+                          command=command.strip())
+
+
+if __name__ == "__main__":
+    main()
