@@ -96,10 +96,12 @@ class SamClipProcessor(SamProcessor):
         input_labels=None,
         input_boxes=None,
         view: str | None = None,
+        dense_size: int | None = None,
         return_tensors: str = "pt",
         **kwargs,
     ) -> BatchEncoding:
-        """Preprocess images (in the chosen view), prompts (original-image coordinates) and text."""
+        """Preprocess images (in the chosen view), prompts (original-image coordinates) and text.
+        `dense_size` overrides the side of the `"dense"` view (default: the CLIP-path size)."""
         has_prompts = any(x is not None for x in (input_points, input_boxes))
         view = view or ("sam" if has_prompts or segmentation_maps is not None else "clip")
         if view not in VIEWS:
@@ -117,7 +119,7 @@ class SamClipProcessor(SamProcessor):
                 )
                 self._check_prompt_range(encoding)
             elif view == "dense":
-                size = self.clip_size
+                size = dense_size or self.clip_size
                 encoding = self.image_processor(
                     images, size={"longest_edge": size}, pad_size={"height": size, "width": size},
                     return_tensors=return_tensors, **kwargs,
@@ -152,10 +154,11 @@ class SamClipProcessor(SamProcessor):
                     "within its width and height."
                 )
 
-    def post_process_semantic_segmentation(self, logits, original_sizes, reshaped_input_sizes, view: str = "dense"):
-        """Resize `(batch, classes, h, w)` class logits of the `"dense"` or `"sam"` view back to each original
-        image; returns one `(height, width)` label map (0 = background) per image."""
-        size = self.clip_size if view == "dense" else self.target_size
+    def post_process_semantic_segmentation(self, logits, original_sizes, reshaped_input_sizes):
+        """Resize `(batch, classes, S, S)` class logits of a `"dense"` or `"sam"` view (S = that view's side, as
+        returned by the model's segmentation methods) back to each original image; returns one `(height, width)`
+        label map (0 = background) per image."""
+        size = logits.shape[-1]
         maps = self.image_processor.post_process_masks(
             [logits[i : i + 1] for i in range(len(logits))],
             original_sizes,
