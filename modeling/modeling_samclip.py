@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub.errors import StrictDataclassError
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
@@ -597,22 +598,23 @@ class SamClipModel(SamClipPreTrainedModel):
         head = {"projection_dim": embed_dim, "image_size": max(patch, round(teacher_size / patch) * patch)}
         head.update(head_options)
         logit_bias = getattr(clip_model, "logit_bias", None)
-        config = SamClipConfig(
-            vision_config=copy.deepcopy(sam_config.vision_config),
-            prompt_encoder_config=copy.deepcopy(sam_config.prompt_encoder_config),
-            mask_decoder_config=copy.deepcopy(sam_config.mask_decoder_config),
-            text_config=copy.deepcopy(clip_config.text_config),
-            head_config=SamClipHeadConfig(**head),
-            text_projection_dim=text_projection.out_features if text_projection is not None else None,
-            logit_scale_init_value=float(clip_model.logit_scale.detach()),
-            logit_bias_init_value=float(logit_bias.detach().reshape(-1)[0]) if logit_bias is not None else None,
-        )
+        try:
+            config = SamClipConfig(
+                vision_config=copy.deepcopy(sam_config.vision_config),
+                prompt_encoder_config=copy.deepcopy(sam_config.prompt_encoder_config),
+                mask_decoder_config=copy.deepcopy(sam_config.mask_decoder_config),
+                text_config=copy.deepcopy(clip_config.text_config),
+                head_config=SamClipHeadConfig(**head),
+                text_projection_dim=text_projection.out_features if text_projection is not None else None,
+                logit_scale_init_value=float(clip_model.logit_scale.detach()),
+                logit_bias_init_value=float(logit_bias.detach().reshape(-1)[0]) if logit_bias is not None else None,
+            )
+        except (ValueError, StrictDataclassError) as error:
+            # Strict config validation wraps our ValueError; surface its message alone.
+            cause = error.__cause__ or error
+            raise ValueError(f"These teachers cannot be merged: {cause}") from None
         config._attn_implementation = sam_config._attn_implementation
         config.vision_config._attn_implementation = sam_config.vision_config._attn_implementation
-        try:
-            config.validate_architecture()
-        except ValueError as error:
-            raise ValueError(f"These teachers cannot be merged: {error}") from None
         model = cls(config).to(dtype=next(sam_model.parameters()).dtype, device=next(sam_model.parameters()).device)
         sam_state = sam_model.state_dict()
         result = model.load_state_dict(sam_state, strict=False)
