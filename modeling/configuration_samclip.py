@@ -131,14 +131,22 @@ class SamClipConfig(PreTrainedConfig):
             )
         if head.image_size % vision.patch_size:
             problems.append(f"head_config.image_size ({head.image_size}) is not a multiple of patch_size ({vision.patch_size})")
-        embed_dim = self.text_projection_dim or getattr(self.text_config, "hidden_size", None)
-        if embed_dim != head.projection_dim:
+        if self.text_embed_dim != head.projection_dim:
             problems.append(
                 f"head_config.projection_dim ({head.projection_dim}) must equal the text embedding size "
-                f"({embed_dim}: text_projection_dim, or text_config.hidden_size when there is no projection)"
+                f"({self.text_embed_dim}: text_projection_dim, or the text tower's own output size when there is "
+                "no projection)"
             )
         if problems:
             raise ValueError("Invalid SamClipConfig: " + "; ".join(problems) + ".")
+
+    @property
+    def text_embed_dim(self) -> int:
+        """Size of the text embedding space: the linear projection's output (CLIP), else the text tower's
+        pooled output (SigLIP's `projection_size` head, or its hidden size)."""
+        if self.text_projection_dim is not None:
+            return self.text_projection_dim
+        return getattr(self.text_config, "projection_size", None) or self.text_config.hidden_size
 
     @property
     def image_size(self) -> int:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from huggingface_hub.errors import StrictDataclassError
 from torch import nn
+import transformers
 from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
@@ -96,6 +97,19 @@ class SamClipSemanticSegmentationOutput(ModelOutput):
 
     logits: torch.Tensor | None = None
     label_map: torch.LongTensor | None = None
+
+
+def _build_text_tower(text_config) -> PreTrainedModel:
+    """The teacher's text tower class from its config: AutoModel where registered (CLIP), else the transformers
+    class named after the config (SiglipTextConfig -> SiglipTextModel, which AutoModel does not map)."""
+    try:
+        return AutoModel.from_config(text_config)
+    except ValueError:
+        name = type(text_config).__name__.removesuffix("Config") + "Model"
+        model_class = getattr(transformers, name, None)
+        if model_class is None:
+            raise ValueError(f"No text model class for {type(text_config).__name__}; expected transformers.{name}.") from None
+        return model_class._from_config(text_config)
 
 
 class SamClipVisionEncoder(SamVisionEncoder):
@@ -259,7 +273,7 @@ class SamClipModel(SamClipPreTrainedModel):
         config.mask_decoder_config._attn_implementation = config._attn_implementation
         self.mask_decoder = SamMaskDecoder(config.mask_decoder_config)
         self.clip_head = SamClipHead(config)
-        self.text_model = AutoModel.from_config(config.text_config)
+        self.text_model = _build_text_tower(config.text_config)
         self.text_projection = (
             nn.Linear(config.text_config.hidden_size, config.text_projection_dim, bias=False)
             if config.text_projection_dim is not None
@@ -587,7 +601,12 @@ class SamClipModel(SamClipPreTrainedModel):
             )
         sam_config, clip_config = sam_model.config, clip_model.config
         text_projection = getattr(clip_model, "text_projection", None)
-        embed_dim = text_projection.out_features if text_projection is not None else clip_config.text_config.hidden_size
+        text_config = clip_config.text_config
+        embed_dim = (
+            text_projection.out_features
+            if text_projection is not None
+            else getattr(text_config, "projection_size", None) or text_config.hidden_size
+        )
         if head_options.get("projection_dim", embed_dim) != embed_dim:
             raise ValueError(
                 f"projection_dim={head_options['projection_dim']} does not match the CLIP teacher's embedding size "

@@ -365,3 +365,27 @@ def test_presets_build_valid_configs():
     assert paper.head_config.mlp_hidden_sizes == [1536, 1536]
     with pytest.raises(ValueError, match="Unknown SAM-CLIP preset"):
         samclip_config_from_preset("samclip-vit-h")
+
+
+def test_merge_with_a_siglip_teacher(teachers):
+    from transformers import SiglipConfig, SiglipModel
+
+    sam, _ = teachers
+    torch.manual_seed(0)
+    siglip = SiglipModel(SiglipConfig(
+        text_config=dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, max_position_embeddings=16, projection_size=24,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                           image_size=32, patch_size=8),
+    )).eval()
+    with torch.no_grad():
+        siglip.logit_bias.fill_(-3.5)
+    model = SamClipModel.from_teachers(sam, siglip)
+    ids = torch.randint(3, 64, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert_close(model.get_text_features(ids).pooler_output, siglip.get_text_features(ids).pooler_output)
+        out = model(pixel_values=torch.randn(1, 3, 32, 32), input_ids=ids)
+    assert model.text_projection is None and model.config.text_embed_dim == 24
+    image, text = out.image_embeds, out.text_embeds
+    assert_close(out.logits_per_image, image @ text.t() * siglip.logit_scale.exp() - 3.5)
