@@ -1,0 +1,42 @@
+"""Evaluation harness: metrics, evaluators for any dataset of the right shape (SAM-CLIP models and the plain
+teachers), the paper's baselines, and the mosaic-world tables. Command line: `samclip evaluate` (see `cli.py`)."""
+
+from .classification import class_text_embeddings, evaluate_zero_shot_classification, image_embeddings
+from .metrics import confusion_matrix, instance_miou, mask_ious, mean_iou, per_class_iou, top1_accuracy
+from .mosaic import RESULT_COLUMNS, evaluate_samclip_on_mosaic, evaluate_teachers_on_mosaic, format_results_table
+from .prompted import evaluate_prompted_segmentation
+from .semantic import (
+    calibrate_background_threshold,
+    evaluate_cascade_baseline,
+    evaluate_label_maps,
+    evaluate_maskclip_baseline,
+    evaluate_semantic_segmentation,
+    label_map_from_cosines,
+    maskclip_dense_features,
+    segment_everything,
+)
+
+__all__ = [
+    "RESULT_COLUMNS",
+    "calibrate_background_threshold",
+    "class_text_embeddings",
+    "confusion_matrix",
+    "evaluate_cascade_baseline",
+    "evaluate_label_maps",
+    "evaluate_maskclip_baseline",
+    "evaluate_prompted_segmentation",
+    "evaluate_samclip_on_mosaic",
+    "evaluate_semantic_segmentation",
+    "evaluate_teachers_on_mosaic",
+    "evaluate_zero_shot_classification",
+    "format_results_table",
+    "image_embeddings",
+    "instance_miou",
+    "label_map_from_cosines",
+    "mask_ious",
+    "maskclip_dense_features",
+    "mean_iou",
+    "per_class_iou",
+    "segment_everything",
+    "top1_accuracy",
+]

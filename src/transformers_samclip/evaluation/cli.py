@@ -1,0 +1,173 @@
+"""`samclip evaluate MODEL`: evaluate a saved SAM-CLIP model (folder or Hub id), or the word `teachers` for the
+shipped mosaic-world teachers and the two baselines, on a suite; print a markdown table and write JSON with every
+number, the seed, the sizes, the wall time and the software versions.
+
+    samclip evaluate teachers --threads 1                       # teacher + baseline rows, mosaic test split
+    samclip evaluate runs/distill/final --teachers --threads 1  # merged model row, teacher rows beside it
+    samclip evaluate MODEL --suite imagefolder:/data/pets       # zero-shot top-1 on an image folder
+    samclip evaluate MODEL --suite user/dataset --split test    # a Hub dataset (semantic seg. if it has a map column)
+
+The mosaic suite with its defaults (10,000 items, 500 mosaics), 1 torch thread on the shared 2-core machine under
+load: ~5 min for `teachers`, ~3 min for a merged model (add ~5 min for `--teachers`). What the rows should reach:
+see `evaluation/mosaic.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ._common import subset, versions
+from .classification import evaluate_zero_shot_classification
+from .mosaic import evaluate_samclip_on_mosaic, evaluate_teachers_on_mosaic, format_results_table
+from .semantic import evaluate_maskclip_baseline, evaluate_semantic_segmentation
+
+SEMANTIC_COLUMNS = ("semantic_map", "annotation", "segmentation", "label_map", "semantic_segmentation")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="samclip evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("model", help="a saved SamClipModel folder or Hub id, or 'teachers'")
+    parser.add_argument("--suite", default="mosaic", help="mosaic | imagefolder:PATH | HUB_DATASET_ID")
+    parser.add_argument("--split", default="test", help="split of an imagefolder/Hub suite")
+    parser.add_argument("--num-items", type=int, default=10000, help="mosaic: test item views for zero-shot top-1")
+    parser.add_argument("--num-mosaics", type=int, default=500, help="mosaic: test mosaics for segmentation")
+    parser.add_argument("--calibration-mosaics", type=int, default=20,
+                        help="mosaic: train mosaics for the background threshold (also: train images of a dataset)")
+    parser.add_argument("--limit", type=int, help="imagefolder/Hub: evaluate the first N images only")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core box)")
+    parser.add_argument("--output", type=Path, default=Path("results.json"), help="JSON file to write")
+    parser.add_argument("--teachers", action="store_true", help="mosaic: add the teacher and baseline rows")
+    parser.add_argument("--teachers-dir", type=Path, help="teachers saved elsewhere (default: the shipped ones)")
+    return parser
+
+
+def _load_model(name: str):
+    # Importing this package registered SAM-CLIP with the Auto classes; remote code covers other versions.
+    from transformers import AutoModel, AutoProcessor
+
+    model = AutoModel.from_pretrained(name, trust_remote_code=True).eval()
+    return model, AutoProcessor.from_pretrained(name, trust_remote_code=True)
+
+
+def _load_suite(suite: str, split: str):
+    import datasets
+
+    if suite.startswith("imagefolder:"):
+        return datasets.load_dataset("imagefolder", data_dir=suite.split(":", 1)[1], split=split)
+    return datasets.load_dataset(suite, split=split)
+
+
+def _find_columns(dataset) -> dict:
+    """Image, class-label and semantic-map columns of a dataset, and its class names (None where absent)."""
+    import datasets
+
+    features = dataset.features
+    images = [name for name, feature in features.items() if isinstance(feature, datasets.Image)]
+    labels = [name for name, feature in features.items() if isinstance(feature, datasets.ClassLabel)]
+    semantic = [name for name in SEMANTIC_COLUMNS if name in features]
+    image_column = next((name for name in images if name not in semantic), None)
+    return {
+        "image": image_column,
+        "label": labels[0] if labels else None,
+        "semantic": semantic[0] if semantic else None,
+        "class_names": features[labels[0]].names if labels else None,
+    }
+
+
+def _calibration_images(args):
+    """The first train images of the suite for the background threshold (None when the evaluated split is train
+    itself or there is no train split: calibrating on evaluated images would be cheating)."""
+    if args.split != "train":
+        try:
+            return subset(_load_suite(args.suite, "train"), args.calibration_mosaics)
+        except (ValueError, KeyError, FileNotFoundError):
+            pass
+    print(f"{args.suite}: no separate train split to calibrate the background threshold; "
+          "background is never predicted.")
+    return None
+
+
+def _evaluate_dataset(args, model, processor) -> dict[str, dict]:
+    """Zero-shot top-1 (a ClassLabel column) and semantic mIoU (a semantic-map column) on an imagefolder/Hub suite."""
+    dataset = _load_suite(args.suite, args.split)
+    columns = _find_columns(dataset)
+    if columns["image"] is None or columns["class_names"] is None:
+        raise SystemExit(f"{args.suite}: need an Image column and a ClassLabel column (found {columns}).")
+    is_teachers = args.model == "teachers"
+    clip, clip_processor = (model["clip_model"], model["clip_processor"]) if is_teachers else (model, processor)
+    name = "CLIP teacher" if is_teachers else args.model
+    rows = {name: {"zero_shot_top1": evaluate_zero_shot_classification(
+        clip, clip_processor, dataset, columns["class_names"], image_column=columns["image"],
+        label_column=columns["label"], limit=args.limit)["top1"]}}
+    if columns["semantic"] is None:
+        print(f"{args.suite}: no semantic-map column ({', '.join(SEMANTIC_COLUMNS)}); semantic segmentation skipped.")
+        return rows
+    calibration = _calibration_images(args)
+    common = dict(calibration_dataset=calibration, image_column=columns["image"],
+                  semantic_column=columns["semantic"], limit=args.limit)
+    if is_teachers:
+        rows["MaskCLIP baseline"] = {"semseg_miou": evaluate_maskclip_baseline(
+            clip, clip_processor, dataset, columns["class_names"], **common)["miou"]}
+    else:
+        for refine, key in ((False, "semseg_miou"), (True, "semseg_refined_miou")):
+            rows[name][key] = evaluate_semantic_segmentation(
+                model, processor, dataset, columns["class_names"], refine=refine, **common)["miou"]
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `samclip evaluate`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    began = time.perf_counter()
+    teachers = None
+    if args.model == "teachers" or (args.teachers and args.suite == "mosaic"):
+        from ..mosaic import SHIPPED_TEACHERS_DIR, load_mosaic_teachers
+
+        try:
+            teachers = load_mosaic_teachers(teachers_dir=args.teachers_dir or SHIPPED_TEACHERS_DIR)
+        except FileNotFoundError as error:
+            print(f"samclip evaluate: {error}", file=sys.stderr)
+            return 1
+    model, processor = (teachers, None) if args.model == "teachers" else _load_model(args.model)
+    mosaic_sizes = dict(num_items=args.num_items, num_mosaics=args.num_mosaics, seed=args.seed,
+                        calibration_mosaics=args.calibration_mosaics)
+    if args.suite != "mosaic":
+        rows = _evaluate_dataset(args, model, processor)
+    else:
+        rows = evaluate_teachers_on_mosaic(teachers, **mosaic_sizes) if teachers else {}
+        if args.model != "teachers":
+            rows[args.model] = evaluate_samclip_on_mosaic(model, processor, **mosaic_sizes)
+    table = format_results_table(rows)
+    print(table)
+    record = {
+        "command": "samclip evaluate " + " ".join(argv),
+        "model": args.model,
+        "suite": args.suite,
+        "split": args.split if args.suite != "mosaic" else "test",
+        "seed": args.seed,
+        "threads": args.threads,
+        "sizes": mosaic_sizes if args.suite == "mosaic" else {"limit": args.limit},
+        "rows": rows,
+        "table": table,
+        "wall_seconds": round(time.perf_counter() - began, 1),
+        "versions": versions(),
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

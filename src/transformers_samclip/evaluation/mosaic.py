@@ -1,0 +1,129 @@
+"""The paper's tables in miniature on the mosaic world: a merged model's row, and the teacher and baseline rows.
+
+Run::
+
+    samclip evaluate teachers --threads 1                  # teacher + baseline rows
+    samclip evaluate path/to/model --teachers --threads 1  # merged model, with the teacher rows for comparison
+
+Data: zero-shot top-1 on `make_item_views("test", num_items, seed)`; prompted and semantic segmentation on
+`make_mosaic_dataset("test", num_mosaics, seed)`; background thresholds calibrated on
+`make_mosaic_dataset("train", calibration_mosaics, seed)` (train items only). Defaults (10,000 items, 500 mosaics),
+1 torch thread, the shared 2-core machine under load: ~5 min for the teacher rows (the cascade is half of it), ~3 min
+for a merged model's row. Targets: issue 3's teacher floors (top-1 >= 0.80, box >= 0.85, 1-point >= 0.70); a merged
+model close to the teachers and above both baselines in semseg mIoU.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ..mosaic import FASHION_MNIST_CLASSES, load_mosaic_teachers, make_item_views, make_mosaic_dataset
+from .classification import evaluate_zero_shot_classification
+from .prompted import evaluate_prompted_segmentation
+from .semantic import evaluate_cascade_baseline, evaluate_maskclip_baseline, evaluate_semantic_segmentation
+
+# (result key, table header), in the order of the paper's tables.
+RESULT_COLUMNS = (
+    ("zero_shot_top1", "zero-shot top-1"),
+    ("box_miou", "box mIoU"),
+    ("point1_miou", "1-point mIoU"),
+    ("point3_miou", "3-point mIoU"),
+    ("semseg_miou", "semseg mIoU"),
+    ("semseg_refined_miou", "refined semseg mIoU"),
+)
+
+
+def _mosaic_data(num_items: int | None, num_mosaics: int | None, calibration_mosaics: int, seed: int) -> dict:
+    return {
+        "items": make_item_views("test", num_items=num_items, seed=seed) if num_items != 0 else None,
+        "mosaics": make_mosaic_dataset("test", num_mosaics, seed) if num_mosaics else None,
+        "calibration": make_mosaic_dataset("train", calibration_mosaics, seed) if num_mosaics else None,
+    }
+
+
+def _sizes(data: dict, seed: int) -> dict:
+    return {
+        "num_items": len(data["items"]) if data["items"] is not None else 0,
+        "num_mosaics": len(data["mosaics"]) if data["mosaics"] is not None else 0,
+        "calibration_mosaics": len(data["calibration"]) if data["calibration"] is not None else 0,
+        "seed": seed,
+    }
+
+
+def _prompted_row(model, processor, mosaics, seed: int) -> dict:
+    result = evaluate_prompted_segmentation(model, processor, mosaics, seed=seed)
+    return {key: result[key] for key in ("box_miou", "point1_miou", "point3_miou", "num_instances")}
+
+
+def _semseg_row(result: dict, prefix: str = "semseg") -> dict:
+    row = {f"{prefix}_miou": result["miou"], f"{prefix}_per_class_iou": result["per_class_iou"]}
+    if "background_threshold" in result:
+        row[f"{prefix}_background_threshold"] = result["background_threshold"]
+    return row
+
+
+def evaluate_samclip_on_mosaic(
+    model, processor, *, num_items: int | None = 10000, num_mosaics: int = 500, seed: int = 0,
+    calibration_mosaics: int = 20,
+) -> dict:
+    """Every mosaic-world metric of a merged `SamClipModel`: `zero_shot_top1`, `box_miou`, `point1_miou`,
+    `point3_miou`, `semseg_miou`, `semseg_refined_miou`, plus sizes, background thresholds and wall time.
+    `num_items=None` takes all 10,000 test items; 0 skips a part."""
+    began = time.perf_counter()
+    data = _mosaic_data(num_items, num_mosaics, calibration_mosaics, seed)
+    row = _sizes(data, seed)
+    if data["items"] is not None:
+        row["zero_shot_top1"] = evaluate_zero_shot_classification(
+            model, processor, data["items"], FASHION_MNIST_CLASSES
+        )["top1"]
+    if data["mosaics"] is not None:
+        row.update(_prompted_row(model, processor, data["mosaics"], seed))
+        for refine, prefix in ((False, "semseg"), (True, "semseg_refined")):
+            row.update(_semseg_row(evaluate_semantic_segmentation(
+                model, processor, data["mosaics"], FASHION_MNIST_CLASSES, refine=refine,
+                calibration_dataset=data["calibration"],
+            ), prefix))
+    row["wall_seconds"] = round(time.perf_counter() - began, 1)
+    return row
+
+
+def evaluate_teachers_on_mosaic(
+    teachers: dict | None = None, *, num_items: int | None = 10000, num_mosaics: int = 500, seed: int = 0,
+    calibration_mosaics: int = 20,
+) -> dict[str, dict]:
+    """The teacher and baseline rows: "CLIP teacher" (zero_shot_top1), "SAM teacher" (box/point mIoUs), "MaskCLIP
+    baseline" and "SAM+CLIP cascade" (semseg_miou). `teachers` is a dict as returned by `load_mosaic_teachers()`
+    (the shipped ones by default)."""
+    teachers = teachers or load_mosaic_teachers()
+    sam, sam_processor = teachers["sam_model"], teachers["sam_processor"]
+    clip, clip_processor = teachers["clip_model"], teachers["clip_processor"]
+    data = _mosaic_data(num_items, num_mosaics, calibration_mosaics, seed)
+    sizes = _sizes(data, seed)
+    rows = {}
+
+    def timed(name: str, evaluate) -> None:
+        began = time.perf_counter()
+        rows[name] = {**evaluate(), **sizes, "wall_seconds": round(time.perf_counter() - began, 1)}
+
+    if data["items"] is not None:
+        timed("CLIP teacher", lambda: {"zero_shot_top1": evaluate_zero_shot_classification(
+            clip, clip_processor, data["items"], FASHION_MNIST_CLASSES)["top1"]})
+    if data["mosaics"] is not None:
+        timed("SAM teacher", lambda: _prompted_row(sam, sam_processor, data["mosaics"], seed))
+        timed("MaskCLIP baseline", lambda: _semseg_row(evaluate_maskclip_baseline(
+            clip, clip_processor, data["mosaics"], FASHION_MNIST_CLASSES, calibration_dataset=data["calibration"])))
+        timed("SAM+CLIP cascade", lambda: _semseg_row(evaluate_cascade_baseline(
+            sam, sam_processor, clip, clip_processor, data["mosaics"], FASHION_MNIST_CLASSES)))
+    return rows
+
+
+def format_results_table(rows: dict[str, dict]) -> str:
+    """A markdown table, one row per model, the columns of `RESULT_COLUMNS` in that order, '-' where a row lacks a
+    metric."""
+    header = "| model | " + " | ".join(title for _, title in RESULT_COLUMNS) + " |"
+    rule = "|---|" + "---:|" * len(RESULT_COLUMNS)
+    lines = [header, rule]
+    for name, row in rows.items():
+        cells = [f"{row[key]:.3f}" if row.get(key) is not None else "-" for key, _ in RESULT_COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,267 @@
+"""The evaluation harness: metrics by hand, evaluators on tiny random models, oracles that must score 1.0, the
+`samclip evaluate` command, and (when shipped) the trained mosaic teachers against floors."""
+
+import json
+import math
+import types
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import CLIPImageProcessorPil, CLIPProcessor, SamProcessor
+
+from transformers_samclip.evaluation import (
+    calibrate_background_threshold,
+    confusion_matrix,
+    evaluate_label_maps,
+    evaluate_prompted_segmentation,
+    evaluate_samclip_on_mosaic,
+    evaluate_teachers_on_mosaic,
+    evaluate_zero_shot_classification,
+    format_results_table,
+    instance_miou,
+    label_map_from_cosines,
+    mask_ious,
+    mean_iou,
+    per_class_iou,
+    top1_accuracy,
+)
+from transformers_samclip.mosaic import FASHION_MNIST_CLASSES, SHIPPED_TEACHERS_DIR, make_mosaic_dataset
+
+TINY = dict(num_items=12, num_mosaics=3, calibration_mosaics=2, seed=0)
+ROW_KEYS = ("zero_shot_top1", "box_miou", "point1_miou", "point3_miou", "semseg_miou", "semseg_refined_miou")
+
+
+# --------------------------------------------------------------------------------------------------- metrics
+def test_confusion_matrix_and_miou_by_hand():
+    target = np.array([[0, 0, 1], [1, 2, 2]])
+    prediction = np.array([[0, 1, 1], [1, 2, 0]])
+    confusion = confusion_matrix(prediction, target, num_classes=4)
+    expected = np.zeros((4, 4), dtype=np.int64)
+    expected[0, 0], expected[0, 1], expected[1, 1], expected[2, 2], expected[2, 0] = 1, 1, 2, 1, 1
+    np.testing.assert_array_equal(confusion, expected)
+    # class 0: 1 / (2 + 2 - 1); class 1: 2 / (2 + 3 - 2); class 2: 1 / (2 + 1 - 1); class 3 absent: left out
+    ious = per_class_iou(confusion)
+    np.testing.assert_allclose(ious[:3], [1 / 3, 2 / 3, 1 / 2])
+    assert math.isnan(ious[3])
+    assert mean_iou(confusion) == pytest.approx((1 / 3 + 2 / 3 + 1 / 2) / 3)
+
+
+def test_confusion_matrix_ignores_ignore_index():
+    target = np.array([0, 255, 1, 255])
+    prediction = np.array([0, 1, 1, 0])
+    assert confusion_matrix(prediction, target, 2, ignore_index=255).sum() == 2
+    assert mean_iou(confusion_matrix(prediction, target, 2, ignore_index=255)) == 1.0
+
+
+def test_perfect_and_empty_predictions():
+    target = np.random.default_rng(0).integers(0, 5, size=(16, 16))
+    assert mean_iou(confusion_matrix(target, target, 5)) == 1.0
+    # All background: background IoU = its share of pixels, every other present class 0.
+    present = np.unique(target)
+    expected = (target == 0).mean() / len(present)
+    assert mean_iou(confusion_matrix(np.zeros_like(target), target, 5)) == pytest.approx(expected)
+    masks = np.zeros((2, 4, 4), dtype=bool)
+    masks[0, :2] = True
+    np.testing.assert_array_equal(mask_ious(masks, masks), [1.0, 1.0])  # an empty pair counts as perfect
+    assert instance_miou(np.zeros_like(masks), masks) == pytest.approx(0.5)
+
+
+def test_top1_accuracy():
+    scores = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    assert top1_accuracy(scores, [0, 1, 1]) == pytest.approx(2 / 3)
+
+
+def test_label_map_from_cosines_threshold():
+    cosines = torch.tensor([[[0.9, 0.1]], [[0.2, 0.3]]])  # 2 classes, 1x2 pixels
+    assert label_map_from_cosines(cosines, None).tolist() == [[1, 2]]
+    assert label_map_from_cosines(cosines, 0.5).tolist() == [[1, 0]]
+
+
+# ---------------------------------------------------------------------------------------- oracles score 1.0
+def test_ground_truth_segmenter_scores_one():
+    mosaics = make_mosaic_dataset("test", 3, seed=1)
+    targets = iter(np.asarray(m) for m in mosaics["semantic_map"])
+    result = evaluate_label_maps(lambda images: [next(targets) for _ in images], mosaics, FASHION_MNIST_CLASSES,
+                                 batch_size=2)
+    assert result["miou"] == 1.0
+    assert result["per_class_iou"]["background"] == 1.0
+    assert sum(v is None for v in result["per_class_iou"].values()) >= 1  # absent classes are left out
+
+
+def test_background_calibration_finds_the_gap():
+    # Cosines made from the ground truth: 0.8 for an item's own class, 0.2 elsewhere. The "image" column holds a
+    # key, so that the fake cosine maps can look their ground truth up.
+    targets = [np.asarray(m, dtype=np.int64) for m in make_mosaic_dataset("train", 3, seed=2)["semantic_map"]]
+    dataset = datasets.Dataset.from_dict({"image": [0, 1, 2], "semantic_map": targets})
+
+    def cosine_maps(keys):
+        return [0.2 + 0.6 * torch.nn.functional.one_hot(torch.from_numpy(targets[k]), 11).permute(2, 0, 1)[1:].float()
+                for k in keys]
+
+    threshold = calibrate_background_threshold(cosine_maps, dataset, FASHION_MNIST_CLASSES)
+    assert 0.2 < threshold <= 0.8 + 1e-6
+    segment = lambda keys: [label_map_from_cosines(c, threshold) for c in cosine_maps(keys)]  # noqa: E731
+    assert evaluate_label_maps(segment, dataset, FASHION_MNIST_CLASSES)["miou"] == 1.0
+
+
+class BoxOracle(torch.nn.Module):
+    """A fake SAM whose box prompt returns the filled box: exact on rectangular instances."""
+
+    def get_image_embeddings(self, pixel_values):
+        return pixel_values
+
+    def forward(self, image_embeddings, input_boxes=None, multimask_output=False, **kwargs):
+        size = image_embeddings.shape[-1]
+        ys, xs = torch.arange(size)[:, None], torch.arange(size)[None, :]
+        x0, y0, x1, y1 = (input_boxes[0, :, i, None, None] for i in range(4))
+        inside = (xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1)
+        logits = torch.where(inside, 10.0, -10.0)[None, :, None]
+        return types.SimpleNamespace(pred_masks=logits, iou_scores=torch.ones(logits.shape[:3]))
+
+
+def test_box_oracle_scores_one(processor):
+    # Non-square images (96 x 128, padded by SAM's processor) check the coordinate and un-padding path.
+    sam_processor = SamProcessor(image_processor=type(processor.image_processor)(
+        size={"longest_edge": 128}, pad_size={"height": 128, "width": 128}))
+    rng = np.random.default_rng(0)
+    rows = {"image": [], "instance_masks": [], "boxes": []}
+    for _ in range(3):
+        masks, boxes = [], []
+        for _ in range(2):
+            x0, y0 = (int(v) for v in rng.integers(0, 60, size=2))
+            mask = np.zeros((96, 128), dtype=bool)
+            mask[y0 : y0 + 30, x0 : x0 + 40] = True
+            masks.append(Image.fromarray(mask))
+            boxes.append([x0, y0, x0 + 39, y0 + 29])
+        rows["image"].append(Image.fromarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)))
+        rows["instance_masks"].append(masks)
+        rows["boxes"].append(boxes)
+    dataset = datasets.Dataset.from_dict(rows, features=datasets.Features({
+        "image": datasets.Image(), "instance_masks": datasets.List(datasets.Image()),
+        "boxes": datasets.List(datasets.List(datasets.Value("float32"), length=4))}))
+    result = evaluate_prompted_segmentation(BoxOracle(), sam_processor, dataset, modes=("box",))
+    assert result["box_miou"] == 1.0 and result["num_instances"] == 6
+
+
+# ------------------------------------------------------------------------------------ tiny random models
+@pytest.fixture(scope="module")
+def tiny_teachers(teachers, processor, tokenizer):
+    sam, clip = teachers
+    clip_processor = CLIPProcessor(
+        image_processor=CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=tokenizer,
+    )
+    return {"sam_model": sam, "sam_processor": SamProcessor(image_processor=processor.image_processor),
+            "clip_model": clip, "clip_processor": clip_processor}
+
+
+def test_samclip_on_mosaic_ranges_and_determinism(merged, processor):
+    first = evaluate_samclip_on_mosaic(merged, processor, **TINY)
+    for key in ROW_KEYS:
+        assert 0.0 <= first[key] <= 1.0, key
+    assert first["num_items"] == 12 and first["num_mosaics"] == 3
+    second = evaluate_samclip_on_mosaic(merged, processor, **TINY)
+    assert {k: second[k] for k in ROW_KEYS} == {k: first[k] for k in ROW_KEYS}
+
+
+def test_teachers_on_mosaic_rows_and_merge_parity(tiny_teachers, merged, processor):
+    rows = evaluate_teachers_on_mosaic(tiny_teachers, **TINY)
+    assert list(rows) == ["CLIP teacher", "SAM teacher", "MaskCLIP baseline", "SAM+CLIP cascade"]
+    assert 0 <= rows["MaskCLIP baseline"]["semseg_miou"] <= 1 and 0 <= rows["SAM+CLIP cascade"]["semseg_miou"] <= 1
+    # A fresh merge carries SAM's encoder and decoder unchanged: its prompted masks are the teacher's.
+    mosaics = make_mosaic_dataset("test", TINY["num_mosaics"], TINY["seed"])
+    merged_prompted = evaluate_prompted_segmentation(merged, processor, mosaics)
+    for key in ("box_miou", "point1_miou", "point3_miou"):
+        assert merged_prompted[key] == pytest.approx(rows["SAM teacher"][key], abs=1e-6)
+    table = format_results_table(rows)
+    assert table.splitlines()[0].startswith("| model | zero-shot top-1 | box mIoU")
+    assert "| CLIP teacher |" in table and "| - |" in table
+
+
+def test_zero_shot_same_api_for_clip_and_samclip(tiny_teachers, merged, processor):
+    views = datasets.Dataset.from_dict(
+        {"image": [Image.new("RGB", (40, 30), (i * 20, 0, 0)) for i in range(6)], "label": [0, 1, 2, 0, 1, 2]})
+    for model, model_processor in ((tiny_teachers["clip_model"], tiny_teachers["clip_processor"]), (merged, processor)):
+        result = evaluate_zero_shot_classification(model, model_processor, views, ["cat", "dog", "bird"],
+                                                   batch_size=4)
+        assert 0 <= result["top1"] <= 1 and result["num_images"] == 6
+
+
+def test_cli_on_tiny_saved_model(merged, processor, tmp_path):
+    from transformers_samclip.cli import main
+
+    merged.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    output = tmp_path / "out" / "results.json"
+    argv = ["evaluate", str(tmp_path / "model"), "--num-items", "8", "--num-mosaics", "2",
+            "--calibration-mosaics", "2", "--output", str(output)]
+    assert main(argv) == 0
+    record = json.loads(output.read_text())
+    assert {"command", "model", "suite", "seed", "sizes", "rows", "table", "wall_seconds", "versions"} <= set(record)
+    row = record["rows"][str(tmp_path / "model")]
+    assert set(ROW_KEYS) <= set(row) and record["sizes"]["num_mosaics"] == 2
+
+
+# ----------------------------------------------------------------------------------- shipped teachers
+shipped = pytest.mark.skipif(
+    not all((SHIPPED_TEACHERS_DIR / name / "model.safetensors").exists() for name in ("clip", "sam")),
+    reason="the trained mosaic teachers are not shipped yet",
+)
+
+# Placeholders: issue 3's teacher targets (top-1 0.80, box 0.85, 1-point 0.70) less a margin, and "clearly above
+# chance" for the baselines; tighten to slightly below the measured subset values once the teachers ship.
+SUBSET_FLOORS = {
+    "CLIP teacher": {"zero_shot_top1": 0.75},
+    "SAM teacher": {"box_miou": 0.75, "point1_miou": 0.55, "point3_miou": 0.60},
+    "MaskCLIP baseline": {"semseg_miou": 0.10},
+    "SAM+CLIP cascade": {"semseg_miou": 0.10},
+}
+
+
+def _check_floors(rows, floors):
+    for name, metrics in floors.items():
+        for key, floor in metrics.items():
+            assert rows[name][key] >= floor, f"{name} {key} = {rows[name][key]:.3f} < {floor}"
+
+
+@shipped
+def test_shipped_teachers_subset():
+    _check_floors(evaluate_teachers_on_mosaic(num_items=300, num_mosaics=50), SUBSET_FLOORS)
+
+
+@shipped
+@pytest.mark.slow
+def test_shipped_teachers_full_test_split():
+    _check_floors(evaluate_teachers_on_mosaic(num_items=None, num_mosaics=500), SUBSET_FLOORS)
+
+
+def test_cli_teachers_from_a_folder(tiny_teachers, tmp_path):
+    from transformers_samclip.evaluation.cli import main
+
+    for name in ("sam", "clip"):
+        tiny_teachers[f"{name}_model"].save_pretrained(tmp_path / name)
+        tiny_teachers[f"{name}_processor"].save_pretrained(tmp_path / name)
+    output = tmp_path / "teachers.json"
+    argv = ["teachers", "--teachers-dir", str(tmp_path), "--num-items", "6", "--num-mosaics", "2",
+            "--calibration-mosaics", "2", "--output", str(output)]
+    assert main(argv) == 0
+    rows = json.loads(output.read_text())["rows"]
+    assert list(rows) == ["CLIP teacher", "SAM teacher", "MaskCLIP baseline", "SAM+CLIP cascade"]
+
+
+def test_cli_imagefolder_suite(merged, processor, tmp_path):
+    from transformers_samclip.evaluation.cli import main
+
+    merged.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    for index, name in enumerate(["cat", "dog", "cat", "dog"]):
+        (tmp_path / "images" / name).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (24, 20), (60 * index, 90, 0)).save(tmp_path / "images" / name / f"{index}.png")
+    output = tmp_path / "folder.json"
+    assert main([str(tmp_path / "model"), "--suite", f"imagefolder:{tmp_path / 'images'}", "--split", "train",
+                 "--output", str(output)]) == 0
+    row = json.loads(output.read_text())["rows"][str(tmp_path / "model")]
+    assert 0 <= row["zero_shot_top1"] <= 1 and "semseg_miou" not in row
