@@ -1,0 +1,16 @@
+"""Hub release (export, model card, push) and the loader the Gradio demo uses."""
+
+from .card import METRICS, load_results, render_model_card
+from .export import HubError, LoadedModel, export_model, load_mosaic_model, load_samclip, push_model
+
+__all__ = [
+    "METRICS",
+    "HubError",
+    "LoadedModel",
+    "export_model",
+    "load_mosaic_model",
+    "load_results",
+    "load_samclip",
+    "push_model",
+    "render_model_card",
+]

@@ -1,0 +1,87 @@
+"""`samclip export`, `samclip push` and `samclip demo`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+# The Space lives in the source checkout's demo/ (it is deployed as its own repo, not inside the package).
+DEMO_APP = Path(__file__).resolve().parents[3] / "demo" / "app.py"
+
+
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model_dir", help="model folder, Hub id, or 'mosaic' (the shipped mosaic model)")
+    parser.add_argument("--results", type=Path, help="evaluation JSON of `samclip evaluate` (fills model-index)")
+    parser.add_argument("--model-name", help="row of the results JSON that is this model (default: folder name)")
+    parser.add_argument("--base-model", action="append", dest="base_models", metavar="ID",
+                        help="a teacher's Hub id (give twice: SAM, CLIP); default: the mosaic teachers")
+
+
+def _export_options(args) -> dict:
+    options = {"results_json": args.results, "model_name": args.model_name}
+    if args.base_models:
+        options["base_models"] = args.base_models
+    return options
+
+
+def export_main(argv=None) -> int:
+    """Write a Hub-ready folder with weights, remote code, processor and model card."""
+    parser = argparse.ArgumentParser(prog="samclip export", description=export_main.__doc__)
+    _export_arguments(parser)
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--repo-id", help="Hub id written into the card's usage snippets")
+    args = parser.parse_args(argv)
+    from .export import export_model
+
+    out = export_model(args.model_dir, args.out_dir, repo_id=args.repo_id, **_export_options(args))
+    print(f"exported to {out}")
+    return 0
+
+
+def push_main(argv=None) -> int:
+    """Export a model and upload it to a Hub model repo."""
+    parser = argparse.ArgumentParser(prog="samclip push", description=push_main.__doc__)
+    _export_arguments(parser)
+    parser.add_argument("repo_id")
+    parser.add_argument("--private", action="store_true")
+    args = parser.parse_args(argv)
+    from .export import HubError, push_model
+
+    try:
+        url = push_model(args.model_dir, args.repo_id, private=args.private, **_export_options(args))
+    except HubError as error:
+        print(f"samclip push: error: {error}", file=sys.stderr)
+        return 1
+    print(f"pushed {args.repo_id}: {url}")
+    return 0
+
+
+def load_demo_app(path: Path = DEMO_APP):
+    """Import the Space's `app.py` as a module."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: `samclip demo` runs from a source checkout (pass --app PATH).")
+    spec = importlib.util.spec_from_file_location("samclip_demo_app", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def demo_main(argv=None) -> int:
+    """Start the Gradio demo on 127.0.0.1."""
+    parser = argparse.ArgumentParser(prog="samclip demo", description=demo_main.__doc__)
+    parser.add_argument("--model", help="model folder or Hub id (default: $SAMCLIP_MODEL, else the mosaic model)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--app", type=Path, default=DEMO_APP, help="the Space's app.py")
+    args = parser.parse_args(argv)
+    try:
+        app = load_demo_app(args.app)
+        app.main(model=args.model, port=args.port, share=args.share, threads=args.threads)
+    except FileNotFoundError as error:  # no app.py, or no shipped mosaic model or teachers
+        print(f"samclip demo: error: {error}", file=sys.stderr)
+        return 1
+    return 0

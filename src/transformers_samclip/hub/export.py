@@ -1,0 +1,124 @@
+"""Hub release: load a SAM-CLIP model (a folder, a Hub id, or the shipped mosaic model), write a Hub-ready
+folder (weights, config with `auto_map`, processor, remote code, model card), and upload it."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import NamedTuple
+
+from ..modeling import SamClipModel, SamClipProcessor
+from .card import DEFAULT_BASE_MODELS, MODEL_CARD_TEMPLATE, load_results, render_model_card
+
+# Where `samclip distill` writes the mosaic model: relative to the working directory, then to the checkout.
+MOSAIC_MODEL_NAME = "samclip-mosaic"
+MOSAIC_MODEL_DIRS = (Path("outputs") / MOSAIC_MODEL_NAME, Path(__file__).resolve().parents[3] / "outputs" / MOSAIC_MODEL_NAME)
+# Besides AutoModel (written by save_pretrained), the task Auto classes the pipelines load through.
+TASK_AUTO_CLASSES = ("AutoModelForZeroShotImageClassification", "AutoModelForMaskGeneration")
+
+
+class HubError(RuntimeError):
+    """A Hub operation failed for a reason the user can act on; the message is one line."""
+
+
+class LoadedModel(NamedTuple):
+    model: SamClipModel
+    processor: SamClipProcessor
+    description: str
+    merged_teachers: bool = False  # the not-yet-distilled fallback of `load_mosaic_model`
+
+
+def load_mosaic_model() -> LoadedModel:
+    """The shipped mosaic model: the distilled one from `samclip distill` when present, else the shipped
+    mosaic teachers merged with `SamClipModel.from_teachers` (the paper's initialisation, not yet distilled)."""
+    for folder in MOSAIC_MODEL_DIRS:
+        if (folder / "config.json").exists():
+            return load_samclip(folder)
+    from ..mosaic import load_mosaic_teachers
+
+    teachers = load_mosaic_teachers()
+    model = SamClipModel.from_teachers(teachers["sam_model"], teachers["clip_model"])
+    processor = SamClipProcessor.from_sizes(
+        teachers["clip_processor"].tokenizer, sam_size=model.config.image_size, clip_size=model.config.head_config.image_size
+    )
+    return LoadedModel(
+        model, processor,
+        "No distilled mosaic model is shipped yet (`samclip distill` writes outputs/samclip-mosaic): this is the "
+        "shipped mosaic teachers merged with `SamClipModel.from_teachers`, whose CLIP head is not yet trained.",
+        merged_teachers=True,
+    )
+
+
+def load_samclip(source: str | Path) -> LoadedModel:
+    """Load a model and its processor from a folder or Hub id; `"mosaic"` means [`load_mosaic_model`]."""
+    if str(source) == "mosaic":
+        return load_mosaic_model()
+    model = SamClipModel.from_pretrained(source).eval()
+    return LoadedModel(model, SamClipProcessor.from_pretrained(source), f"`{source}`")
+
+
+def export_model(
+    model_dir: str | Path,
+    out_dir: str | Path,
+    results_json: str | Path | None = None,
+    repo_id: str | None = None,
+    model_name: str | None = None,
+    base_models=DEFAULT_BASE_MODELS,
+    template_path: str | Path = MODEL_CARD_TEMPLATE,
+) -> Path:
+    """Write a Hub-ready folder: `model.safetensors`, `config.json` with `auto_map`, processor and tokenizer
+    files, the remote code from `modeling/`, and `README.md` rendered from the card template.
+
+    `model_dir` is a folder, a Hub id or `"mosaic"`; `results_json` is the `samclip evaluate` output, whose row
+    of `model_name` (default: the folder's name) or `model_dir` fills `model-index`; `repo_id` goes into the
+    usage snippets."""
+    loaded = load_samclip(model_dir)
+    model_name = model_name or (MOSAIC_MODEL_NAME if str(model_dir) == "mosaic" else Path(str(model_dir)).name)
+    repo_id = repo_id or f"transformers-samclip/{model_name}"
+    results = load_results(results_json) if results_json else None
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = loaded.model
+    # save_pretrained adds AutoConfig/AutoModel to an existing auto_map, so the task classes set here survive.
+    model.config.auto_map = {name: f"modeling_samclip.{type(model).__name__}" for name in TASK_AUTO_CLASSES}
+    model.save_pretrained(out_dir)
+    loaded.processor.save_pretrained(out_dir)
+    card = render_model_card(
+        model, repo_id=repo_id, model_name=model_name, results=results, base_models=base_models,
+        model_description=loaded.description if loaded.merged_teachers else "",
+        template_path=template_path, row_names=(str(model_dir),),
+    )
+    card.save(out_dir / "README.md")
+    return out_dir
+
+
+def push_model(
+    model_dir: str | Path,
+    repo_id: str,
+    results_json: str | Path | None = None,
+    private: bool = False,
+    token: str | None = None,
+    commit_message: str = "Upload SAM-CLIP model",
+    **export_options,
+) -> str:
+    """Export `model_dir` to a temporary folder and upload it to the Hub model repo `repo_id` (created if needed).
+    Returns the commit URL; raises [`HubError`] with a one-line message when the Hub cannot be reached or refuses."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    with tempfile.TemporaryDirectory(prefix="samclip-push-") as folder:
+        export_model(model_dir, folder, results_json=results_json, repo_id=repo_id, **export_options)
+        api = HfApi(token=token)
+        try:
+            api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+            commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message)
+        except OfflineModeIsEnabled:
+            raise HubError(f"cannot push to {repo_id}: the Hub is offline here (HF_HUB_OFFLINE is set); the export "
+                           "itself works: `samclip export MODEL_DIR OUT_DIR`.") from None
+        except HfHubHTTPError as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise HubError(f"cannot push to {repo_id}: the Hub refused ({first_line}); check the repo id and "
+                           "your token (`hf auth login`).") from None
+        except (OSError, ValueError) as error:  # connection failures and missing tokens
+            raise HubError(f"cannot push to {repo_id}: {type(error).__name__}: {error}".splitlines()[0]) from None
+    return str(getattr(commit, "commit_url", commit))

@@ -1,0 +1,224 @@
+"""Hub release: export folder, model card (metadata, model-index, executed snippets), remote-code reload in a
+process without the package, and push (offline message, upload calls)."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+
+from transformers_samclip.hub import export_model, load_results, push_model
+from transformers_samclip.hub.card import METRICS, results_table
+from transformers_samclip.hub.export import MOSAIC_MODEL_DIRS
+
+REPO_ID = "someone/samclip-tiny"
+# Run before anything else in a child process: transformers_samclip cannot be imported there.
+BLOCK_PACKAGE = "import sys; sys.modules['transformers_samclip'] = None\nimport torch; torch.set_num_threads(1)\n"
+# Shaped like `samclip evaluate --output`: rows keyed by the evaluated path, sizes and timings beside metrics.
+RESULTS = {
+    "model": "outputs/samclip-tiny",
+    "rows": {
+        "CLIP teacher": {"zero_shot_top1": 0.75, "num_items": 10000, "wall_seconds": 12.5},
+        "SAM teacher": {"box_miou": 0.66, "point1_miou": 0.45, "point3_miou": 0.55, "semseg_miou": None},
+        "outputs/samclip-tiny": {"zero_shot_top1": 0.71, "box_miou": 0.62, "point1_miou": 0.4, "semseg_miou": 0.3},
+    },
+    "versions": {"torch": "2.13.0"},
+}
+
+
+def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh offline interpreter; fail the test with its output when it fails."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory, teachers, processor):
+    from transformers_samclip import SamClipModel
+
+    folder = tmp_path_factory.mktemp("samclip-tiny")
+    SamClipModel.from_teachers(*teachers).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_model_dir, tmp_path_factory):
+    results = tmp_path_factory.mktemp("results") / "results.json"
+    results.write_text(json.dumps(RESULTS))
+    return export_model(tiny_model_dir, tmp_path_factory.mktemp("export"), results_json=results, repo_id=REPO_ID,
+                         model_name="samclip-tiny")
+
+
+def test_export_writes_a_hub_folder(exported):
+    names = {path.name for path in exported.iterdir()}
+    expected = {"model.safetensors", "config.json", "processor_config.json", "tokenizer.json", "README.md",
+                "configuration_samclip.py", "modeling_samclip.py", "processing_samclip.py"}
+    assert expected <= names, expected - names
+    auto_map = json.loads((exported / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoConfig"] == "configuration_samclip.SamClipConfig"
+    for auto_class in ("AutoModel", "AutoModelForZeroShotImageClassification", "AutoModelForMaskGeneration"):
+        assert auto_map[auto_class] == "modeling_samclip.SamClipModel"
+    processor_map = json.loads((exported / "processor_config.json").read_text())["auto_map"]
+    assert processor_map["AutoProcessor"] == "processing_samclip.SamClipProcessor"
+
+
+def test_card_metadata_and_model_index(exported):
+    card = ModelCard.load(exported / "README.md")
+    data = card.data.to_dict()
+    assert data["license"] == "apache-2.0"
+    assert data["library_name"] == "transformers"
+    assert data["pipeline_tag"] == "zero-shot-image-classification"
+    assert len(data["base_model"]) == 2 and data["datasets"] == ["zalando-datasets/fashion_mnist"]
+    assert {"samclip", "sam", "clip", "custom_code"} <= set(data["tags"])
+    results = card.data.eval_results
+    assert {r.metric_name: r.metric_value for r in results} == {
+        "Zero-shot top-1": 0.71, "Box mIoU": 0.62, "1-point mIoU": 0.4, "Semantic seg. mIoU": 0.3,
+    }
+    assert all(r.dataset_split == "test" for r in results)
+    assert "| Model | Zero-shot top-1 | Box mIoU | 1-point mIoU | 3-point mIoU | Semantic seg. mIoU |" in card.text
+    assert "| CLIP teacher | 0.7500 | – | – | – | – |" in card.text
+    assert "| SAM teacher | – | 0.6600 | 0.4500 | 0.5500 | – |" in card.text
+    assert "| samclip-tiny | 0.7100 | 0.6200 | 0.4000 | – | 0.3000 |" in card.text
+    assert "SAM-refined" not in card.text.split("## Results")[1].split("## Usage")[0]  # no model reports it
+
+
+def test_results_json_shapes_and_missing_keys(tmp_path):
+    rows = [{"model": "a", "zero_shot_top1": 0.5, "note": "text", "flag": True}, {"name": "b", "box_miou": 1}]
+    path = tmp_path / "list.json"
+    path.write_text(json.dumps(rows))
+    assert load_results(path) == {"a": {"zero_shot_top1": 0.5}, "b": {"box_miou": 1.0}}
+    path.write_text(json.dumps({"a": {"semseg_refined_miou": 0.25}, "versions": {"torch": "2.13"}}))
+    results = load_results(path)
+    assert results["a"] == {"semseg_refined_miou": 0.25} and results["versions"] == {}
+    titles, table = results_table(results)
+    assert titles == [METRICS[-1].title] and table == [("a", ["0.2500"]), ("versions", ["–"])]
+
+
+def test_card_without_results(tiny_model_dir, tmp_path):
+    card = ModelCard.load(export_model(tiny_model_dir, tmp_path, repo_id=REPO_ID) / "README.md")
+    assert "model-index" not in card.content.split("---")[1]
+    assert "No evaluation results" in card.text
+
+
+def test_card_snippets_run_on_the_export_without_the_package(exported, tmp_path):
+    blocks = re.findall(r"```python\n(.*?)```", (exported / "README.md").read_text(), re.DOTALL)
+    assert len(blocks) == 3 and all(REPO_ID in block for block in blocks)
+    runner = BLOCK_PACKAGE + textwrap.dedent(f"""
+        for index, block in enumerate({[b.replace(REPO_ID, str(exported)) for b in blocks]!r}):
+            exec(compile(block, f"snippet {{index}}", "exec"), {{"__name__": "__main__"}})
+            print("snippet", index, "ok")
+    """)
+    output = run_python(runner, tmp_path).stdout
+    assert all(f"snippet {i} ok" in output for i in range(3))
+    assert "'label': 'Sneaker'" in output  # the classification snippet printed its ranked labels
+
+
+def test_export_reloads_as_remote_code_with_identical_outputs(exported, tiny_model_dir, processor, image, tmp_path):
+    from transformers_samclip import SamClipModel
+
+    original = SamClipModel.from_pretrained(tiny_model_dir).eval()
+    clip_inputs = processor(images=image, text=["a red box", "noise"], view="clip")
+    sam_inputs = processor(images=image, input_points=[[[[30, 20], [60, 10]]]], input_labels=[[[1, 0]]],
+                           input_boxes=[[[20, 10, 50, 30]]])
+    torch.save({"clip": dict(clip_inputs), "sam": dict(sam_inputs)}, tmp_path / "inputs.pt")
+    with torch.no_grad():
+        expected = {"logits_per_image": original(**clip_inputs).logits_per_image,
+                    "pred_masks": original(**sam_inputs).pred_masks}
+    run_python(BLOCK_PACKAGE + textwrap.dedent(f"""
+        from transformers import AutoModel, AutoProcessor
+        folder = {str(exported)!r}
+        model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+        processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        assert type(processor).__name__ == "SamClipProcessor", type(processor)
+        inputs = torch.load("inputs.pt")
+        with torch.no_grad():
+            outputs = {{"logits_per_image": model(**inputs["clip"]).logits_per_image,
+                        "pred_masks": model(**inputs["sam"]).pred_masks}}
+        from PIL import Image
+        image = Image.fromarray((torch.rand(48, 80, 3) * 255).byte().numpy())
+        outputs["same_processing"] = processor(images=image, view="clip")["pixel_values"]
+        torch.save(outputs, "outputs.pt")
+    """), tmp_path)
+    reloaded = torch.load(tmp_path / "outputs.pt")
+    for key, value in expected.items():
+        torch.testing.assert_close(reloaded[key], value, atol=1e-5, rtol=1e-5)
+    assert reloaded["same_processing"].shape == clip_inputs["pixel_values"].shape
+
+
+def test_push_offline_fails_with_one_line(tiny_model_dir, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    samclip = Path(sys.executable).with_name("samclip")
+    result = subprocess.run([str(samclip), "push", str(tiny_model_dir), "someone/samclip-tiny"], env=env,
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path, check=False)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("samclip push")]
+    assert errors == [(
+        "samclip push: error: cannot push to someone/samclip-tiny: the Hub is offline here (HF_HUB_OFFLINE is set); "
+        "the export itself works: `samclip export MODEL_DIR OUT_DIR`."
+    )]
+    assert "Traceback" not in result.stderr
+
+
+def test_push_creates_the_repo_and_uploads_the_export(tiny_model_dir, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+
+    class RecordingApi:
+        def __init__(self, token=None):
+            calls.append(("init", token))
+
+        def create_repo(self, repo_id, **kwargs):
+            calls.append(("create_repo", repo_id, kwargs))
+
+        def upload_folder(self, repo_id, folder_path, commit_message):
+            calls.append(("upload_folder", repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
+            return "https://huggingface.co/someone/samclip-tiny/commit/abc"
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
+    url = push_model(tiny_model_dir, "someone/samclip-tiny", private=True, token="hf_test")
+    assert url.endswith("/commit/abc")
+    assert calls[0] == ("init", "hf_test")
+    assert calls[1] == ("create_repo", "someone/samclip-tiny", {"repo_type": "model", "private": True, "exist_ok": True})
+    assert calls[2][0] == "upload_folder" and {"README.md", "model.safetensors", "modeling_samclip.py"} <= set(calls[2][2])
+
+
+def test_mosaic_fallback_merges_the_teachers(teachers, tokenizer, monkeypatch):
+    from types import SimpleNamespace
+
+    from transformers_samclip import mosaic
+    from transformers_samclip.hub import export as export_module
+
+    sam, clip = teachers
+    monkeypatch.setattr(export_module, "MOSAIC_MODEL_DIRS", ())
+    monkeypatch.setattr(mosaic, "load_mosaic_teachers", lambda: {
+        "sam_model": sam, "clip_model": clip, "clip_processor": SimpleNamespace(tokenizer=tokenizer),
+    })
+    loaded = export_module.load_samclip("mosaic")
+    assert loaded.merged_teachers and "merged with `SamClipModel.from_teachers`" in loaded.description
+    assert loaded.processor.target_size == sam.config.vision_config.image_size
+    assert loaded.processor.clip_size == loaded.model.config.head_config.image_size
+
+
+@pytest.mark.slow
+def test_export_the_mosaic_model(tmp_path):
+    from transformers_samclip.mosaic import SHIPPED_TEACHERS_DIR
+
+    shipped = any((folder / "config.json").exists() for folder in MOSAIC_MODEL_DIRS)
+    if not shipped and not (SHIPPED_TEACHERS_DIR / "sam" / "model.safetensors").exists():
+        pytest.skip("neither a distilled mosaic model (outputs/samclip-mosaic) nor the mosaic teachers are shipped")
+    folder = export_model("mosaic", tmp_path / "samclip-mosaic")
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.model_name == "samclip-mosaic"
+    run_python(BLOCK_PACKAGE + f"from transformers import AutoModel\nAutoModel.from_pretrained({str(folder)!r}, "
+               "trust_remote_code=True)", tmp_path)
