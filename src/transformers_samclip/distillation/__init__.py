@@ -1,0 +1,49 @@
+"""SAM-CLIP distillation: losses, prompt sampler, data, teacher-output cache, the multi-stage trainer and the
+`samclip distill` command (see SAM-CLIP.md sections 3-4)."""
+
+from .cache import TeacherOutputCache, fingerprint, fingerprint_model
+from .data import (
+    DistillationImageDataset,
+    IterableDistillationImageDataset,
+    PairedDataset,
+    PairedIterableDataset,
+    SamClipDistillationCollator,
+    decode_image,
+    decode_mask,
+)
+from .losses import (
+    clip_distillation_loss,
+    dice_loss,
+    sam_distillation_loss,
+    sigmoid_focal_loss,
+)
+from .prompts import PromptSampler, SamPrompts
+from .trainer import (
+    STAGES,
+    SamClipDistillationModule,
+    SamClipDistillationTrainer,
+    configure_trainable,
+)
+
+__all__ = [
+    "STAGES",
+    "DistillationImageDataset",
+    "IterableDistillationImageDataset",
+    "PairedDataset",
+    "PairedIterableDataset",
+    "PromptSampler",
+    "SamClipDistillationCollator",
+    "SamClipDistillationModule",
+    "SamClipDistillationTrainer",
+    "SamPrompts",
+    "TeacherOutputCache",
+    "clip_distillation_loss",
+    "configure_trainable",
+    "decode_image",
+    "decode_mask",
+    "dice_loss",
+    "fingerprint",
+    "fingerprint_model",
+    "sam_distillation_loss",
+    "sigmoid_focal_loss",
+]

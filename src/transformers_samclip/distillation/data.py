@@ -1,0 +1,204 @@
+"""Data of SAM-CLIP distillation: D_CLIP (any images), D_SAM (images with optional instance masks), their pairing
+for stage 2 (each optimizer step sees one CLIP batch and one SAM batch) and the collator that makes the views,
+the prompts and attaches cached teacher outputs.
+
+Unreadable samples never stop a run: a dataset replaces a sample it cannot decode by the next readable one and
+counts the failure; the collator reports the count per batch (`num_skipped`), and the trainer sums it."""
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+import datasets
+import numpy as np
+import torch
+from PIL import Image
+
+from .prompts import PromptSampler
+
+logger = logging.getLogger(__name__)
+
+
+def decode_image(value) -> Image.Image:
+    """A fully loaded PIL image from a PIL image, a `datasets` image dict (`bytes`/`path`), a path or an array;
+    raises on unreadable data."""
+    if isinstance(value, Image.Image):
+        image = value
+    elif isinstance(value, dict):
+        image = datasets.Image().decode_example(value)
+    elif isinstance(value, (str, os.PathLike)):
+        image = Image.open(value)
+    else:
+        image = Image.fromarray(np.asarray(value))
+    image.load()  # PIL decodes lazily: force it here, inside the caller's error handling
+    return image
+
+
+def decode_mask(value) -> np.ndarray:
+    """A bool `(height, width)` mask from an image (any mode; nonzero = inside) or an array."""
+    if isinstance(value, (Image.Image, dict, str, os.PathLike)):
+        return np.asarray(decode_image(value).convert("L")) > 0
+    return np.asarray(value).astype(bool)
+
+
+def _without_decoding(dataset, columns):
+    # Decode images ourselves (inside try) rather than inside `datasets`, where a corrupt file raises mid-iteration.
+    features = dataset.features or {}
+    for column in columns:
+        feature = features.get(column)
+        if isinstance(feature, datasets.Image):
+            dataset = dataset.cast_column(column, datasets.Image(decode=False))
+        elif isinstance(getattr(feature, "feature", None), datasets.Image):
+            dataset = dataset.cast_column(column, datasets.List(datasets.Image(decode=False)))
+    return dataset
+
+
+class DistillationImageDataset(torch.utils.data.Dataset):
+    """A map-style `datasets.Dataset` of images (and optional instance masks) for distillation.
+
+    Items are dicts: `index`, `image` (RGB PIL), `masks` (list of bool arrays, when `masks_column` is set),
+    `skipped` (unreadable samples replaced by this one), plus row `index` of each tensor in `cached` (teacher
+    outputs from `TeacherOutputCache`).
+    """
+
+    def __init__(self, dataset, image_column: str = "image", masks_column: str | None = None, max_retries: int = 16):
+        self.dataset = _without_decoding(dataset, [image_column] + ([masks_column] if masks_column else []))
+        self.fingerprint = getattr(dataset, "_fingerprint", None)
+        self.image_column, self.masks_column, self.max_retries = image_column, masks_column, max_retries
+        self.cached: dict[str, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def load(self, index: int) -> dict:
+        """Decode sample `index`; raises when it is unreadable."""
+        row = self.dataset[int(index)]
+        item = {"index": int(index), "image": decode_image(row[self.image_column]).convert("RGB")}
+        if self.masks_column:
+            item["masks"] = [decode_mask(m) for m in (row[self.masks_column] or [])]
+        return item
+
+    def __getitem__(self, index: int) -> dict:
+        for attempt in range(self.max_retries):
+            current = (int(index) + attempt) % len(self)
+            try:
+                item = self.load(current)
+            except Exception as error:  # any decoding failure: skip the sample, never the run
+                logger.warning("skipping unreadable sample %d: %s", current, error)
+                continue
+            item["skipped"] = attempt
+            item.update({name: values[current] for name, values in self.cached.items()})
+            return item
+        raise RuntimeError(f"{self.max_retries} consecutive unreadable samples from index {index}; is the data broken?")
+
+
+class IterableDistillationImageDataset(torch.utils.data.IterableDataset):
+    """A streaming (`datasets.IterableDataset`) source of D_CLIP images; unreadable samples are skipped and
+    counted on the next readable item. Its views change with the stream, so no teacher cache applies."""
+
+    def __init__(self, dataset, image_column: str = "image"):
+        self.dataset = _without_decoding(dataset, [image_column])
+        self.image_column = image_column
+
+    def __iter__(self):
+        skipped = 0
+        for index, row in enumerate(self.dataset):
+            try:
+                image = decode_image(row[self.image_column]).convert("RGB")
+            except Exception as error:
+                logger.warning("skipping unreadable streamed sample %d: %s", index, error)
+                skipped += 1
+                continue
+            yield {"index": index, "image": image, "skipped": skipped}
+            skipped = 0
+
+
+class PairedDataset(torch.utils.data.Dataset):
+    """Stage 2 data: item `i` is CLIP sample `i` plus the index of a SAM sample (`i` modulo the SAM set); the
+    collator loads the SAM samples of the first `sam_batch_size` items of each batch, so one batch holds one CLIP
+    batch and one SAM batch and samplers, sharding and resuming work as for any dataset."""
+
+    def __init__(self, clip_dataset: DistillationImageDataset, num_sam_samples: int):
+        self.clip_dataset, self.num_sam_samples = clip_dataset, num_sam_samples
+
+    def __len__(self) -> int:
+        return len(self.clip_dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"clip": self.clip_dataset[index], "sam_index": int(index) % self.num_sam_samples}
+
+
+class PairedIterableDataset(torch.utils.data.IterableDataset):
+    """`PairedDataset` for a streaming D_CLIP."""
+
+    def __init__(self, clip_dataset: IterableDistillationImageDataset, num_sam_samples: int):
+        self.clip_dataset, self.num_sam_samples = clip_dataset, num_sam_samples
+
+    def __iter__(self):
+        for count, item in enumerate(self.clip_dataset):
+            yield {"clip": item, "sam_index": count % self.num_sam_samples}
+
+
+@dataclass
+class SamClipDistillationCollator:
+    """Batches for `SamClipDistillationTrainer`.
+
+    CLIP side: `clip_pixel_values` (the student's CLIP-path view, SAM normalisation; side drawn per batch from
+    `clip_sizes` when given, e.g. `[224, 448]`) and either `clip_teacher_embeds` (cached) or
+    `clip_teacher_pixel_values` (the teacher's own preprocessing of the same images).
+    SAM side (stage 2, when `sam_dataset` is set): `sam_pixel_values` (SAM view, shared by teacher and student:
+    the merged encoder starts as the SAM teacher's and sees the same input), `input_boxes`, `input_points`,
+    `input_labels` from `prompt_sampler` in the SAM frame, and `sam_teacher_embeddings` when cached.
+    `num_skipped` counts unreadable samples replaced in this batch.
+    """
+
+    processor: object  # SamClipProcessor of the student
+    clip_teacher_image_processor: object | None = None
+    sam_dataset: DistillationImageDataset | None = None
+    sam_batch_size: int = 1
+    prompt_sampler: PromptSampler = field(default_factory=PromptSampler)
+    clip_sizes: list[int] | None = None
+    seed: int = 0
+
+    def __call__(self, features: list[dict]) -> dict:
+        paired = "sam_index" in features[0]
+        clip_items = [f["clip"] for f in features] if paired else features
+        batch = self._clip_batch(clip_items)
+        skipped = sum(item["skipped"] for item in clip_items)
+        if paired and self.sam_dataset is not None and self.sam_batch_size > 0:
+            sam_items = [self.sam_dataset[f["sam_index"]] for f in features[: self.sam_batch_size]]
+            batch.update(self._sam_batch(sam_items))
+            skipped += sum(item["skipped"] for item in sam_items)
+        batch["num_skipped"] = torch.tensor(skipped)
+        return batch
+
+    def _clip_batch(self, items: list[dict]) -> dict:
+        images = [item["image"] for item in items]
+        kwargs = {}
+        if self.clip_sizes:
+            size = int(np.random.default_rng([self.seed, items[0]["index"]]).choice(self.clip_sizes))
+            kwargs = {"size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size}}
+        batch = {"clip_pixel_values": self.processor.clip_image_processor(images, return_tensors="pt", **kwargs)["pixel_values"]}
+        if all("clip_teacher_embeds" in item for item in items):
+            batch["clip_teacher_embeds"] = torch.stack([item["clip_teacher_embeds"] for item in items])
+        elif self.clip_teacher_image_processor is not None:
+            batch["clip_teacher_pixel_values"] = self.clip_teacher_image_processor(images, return_tensors="pt")["pixel_values"]
+        return batch
+
+    def _sam_batch(self, items: list[dict]) -> dict:
+        encoding = self.processor.image_processor([item["image"] for item in items], return_tensors="pt")
+        prompts = []
+        for item, (height, width), (new_height, new_width) in zip(
+            items, encoding["original_sizes"].tolist(), encoding["reshaped_input_sizes"].tolist()
+        ):
+            sampled = self.prompt_sampler(item.get("masks"), height, width, item["index"])
+            prompts.append(sampled.scaled(new_width / width, new_height / height))
+        batch = {"sam_pixel_values": encoding["pixel_values"]}
+        if self.prompt_sampler.num_boxes:
+            batch["input_boxes"] = torch.from_numpy(np.stack([p.boxes for p in prompts]))
+        if self.prompt_sampler.num_point_prompts:
+            batch["input_points"] = torch.from_numpy(np.stack([p.points for p in prompts]))
+            batch["input_labels"] = torch.from_numpy(np.stack([p.labels for p in prompts]))
+        if all("sam_teacher_embeddings" in item for item in items):
+            batch["sam_teacher_embeddings"] = torch.stack([item["sam_teacher_embeddings"] for item in items])
+        return batch

@@ -1,0 +1,54 @@
+"""SAM-CLIP distillation losses (SAM-CLIP.md section 3): cosine distillation for the CLIP head; focal + dice
+against the SAM teacher's soft masks (and optionally MSE on the IoU head) for the SAM head."""
+
+import torch
+import torch.nn.functional as F
+
+
+def clip_distillation_loss(student_embeds: torch.Tensor, teacher_embeds: torch.Tensor) -> torch.Tensor:
+    """Mean over images of `1 - cos(student, teacher)`; inputs `(batch, dim)`, normalised or not."""
+    return (1 - F.cosine_similarity(student_embeds, teacher_embeds.to(student_embeds.dtype), dim=-1)).mean()
+
+
+def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
+    """SAM's (RetinaNet's) focal loss with soft `targets` in [0, 1], averaged over pixels then masks.
+
+    `logits` and `targets` are `(..., height, width)`; every leading index is one mask."""
+    probs = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = probs * targets + (1 - probs) * (1 - targets)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    return loss.flatten(-2).mean(-1).mean()
+
+
+def dice_loss(logits: torch.Tensor, targets: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Soft dice loss `1 - (2 |p t| + s) / (|p| + |t| + s)` per mask (`(..., height, width)`), averaged."""
+    probs = logits.sigmoid().flatten(-2)
+    targets = targets.flatten(-2)
+    dice = (2 * (probs * targets).sum(-1) + smooth) / (probs.sum(-1) + targets.sum(-1) + smooth)
+    return (1 - dice).mean()
+
+
+def sam_distillation_loss(
+    student_masks: torch.Tensor,
+    teacher_masks: torch.Tensor,
+    student_iou: torch.Tensor | None = None,
+    teacher_iou: torch.Tensor | None = None,
+    focal_weight: float = 20.0,
+    dice_weight: float = 1.0,
+    iou_weight: float = 0.0,
+) -> dict[str, torch.Tensor]:
+    """Focal + dice between student mask logits and soft targets `sigmoid(teacher logits)` (same prompts, same
+    shape `(batch, prompts, masks, h, w)`), weighted 20:1 as in SAM's training, plus `iou_weight` x MSE between the
+    IoU heads. Returns the terms `focal`, `dice`, `iou` and their weighted sum `loss`."""
+    targets = teacher_masks.detach().to(student_masks.dtype).sigmoid()
+    focal = sigmoid_focal_loss(student_masks, targets)
+    dice = dice_loss(student_masks, targets)
+    loss = focal_weight * focal + dice_weight * dice
+    iou = student_masks.new_zeros(())
+    if iou_weight and student_iou is not None and teacher_iou is not None:
+        iou = F.mse_loss(student_iou, teacher_iou.detach().to(student_iou.dtype))
+        loss = loss + iou_weight * iou
+    return {"loss": loss, "focal": focal, "dice": dice, "iou": iou}

@@ -1,0 +1,245 @@
+"""Run a distillation recipe end to end: teachers, merge, data, teacher cache, stages (each resumable), saving,
+and (mosaic world) the evaluation table. `samclip distill` (cli.py) is a thin command line over `run_recipe`."""
+
+import copy
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from transformers import TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from .cache import TeacherOutputCache, fingerprint, fingerprint_model
+from .data import (
+    DistillationImageDataset,
+    IterableDistillationImageDataset,
+    PairedDataset,
+    PairedIterableDataset,
+    SamClipDistillationCollator,
+)
+from .prompts import PromptSampler
+from .trainer import SamClipDistillationTrainer
+
+logger = logging.getLogger(__name__)
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+# LoRA on the shared encoder's attention and MLP projections; the two heads train in full (modules_to_save).
+LORA_TARGETS = r".*vision_encoder\.layers\.\d+\.(attn\.(qkv|proj)|mlp\.lin[12])"
+
+
+def load_recipe(name_or_path: str) -> dict:
+    """A recipe by name (`mosaic`, `samclip-vit-b16`: files in `transformers_samclip/recipes/`) or JSON path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = RECIPES_DIR / f"{name_or_path}.json"
+    if not path.is_file():
+        available = sorted(p.stem for p in RECIPES_DIR.glob("*.json"))
+        raise FileNotFoundError(f"No recipe {name_or_path!r}; give a JSON path or one of {available}.")
+    recipe = json.loads(path.read_text())
+    recipe["name"] = path.stem
+    return recipe
+
+
+def load_teachers(spec: dict) -> dict:
+    """`sam_model`, `sam_processor`, `clip_model`, `clip_processor` of a recipe's `teachers` entry."""
+    if spec.get("source") == "mosaic":
+        from ..mosaic import load_mosaic_teachers
+
+        return load_mosaic_teachers()
+    from transformers import AutoModel, AutoProcessor, SamModel, SamProcessor
+
+    return {
+        "sam_model": SamModel.from_pretrained(spec["sam"]).eval(),
+        "sam_processor": SamProcessor.from_pretrained(spec["sam"]),
+        "clip_model": AutoModel.from_pretrained(spec["clip"]).eval(),
+        "clip_processor": AutoProcessor.from_pretrained(spec["clip"]),
+    }
+
+
+def load_image_dataset(spec: dict):
+    """A `datasets` dataset from a recipe `data` entry: `source` is `mosaic-items`, `mosaic` (the mosaic world),
+    or anything `datasets.load_dataset` takes (`imagefolder` with `data_dir`, a Hub id; `streaming: true`)."""
+    spec = {k: v for k, v in spec.items() if k not in ("masks_column", "image_column", "clip_sizes")}
+    source = spec.pop("source")
+    if source == "mosaic-items":
+        from ..mosaic import make_item_views
+
+        return make_item_views(**spec)
+    if source == "mosaic":
+        from ..mosaic import make_mosaic_dataset
+
+        min_visible = spec.pop("min_visible_fraction", 0.0)
+        dataset = make_mosaic_dataset(**spec)
+        # Heavily occluded slivers are ambiguous prompts (the teacher was neither trained nor measured on them).
+        return dataset.map(
+            lambda row: {"instance_masks": [m for m, f in zip(row["instance_masks"], row["visible_fraction"]) if f >= min_visible]},
+            desc="dropping occluded slivers",
+        )
+    import datasets
+
+    return datasets.load_dataset(source, **spec)
+
+
+def _wrap(dataset, spec: dict, masks: bool = False):
+    import datasets
+
+    image_column = spec.get("image_column", "image")
+    if isinstance(dataset, datasets.IterableDataset):
+        return IterableDistillationImageDataset(dataset, image_column)
+    return DistillationImageDataset(dataset, image_column, spec.get("masks_column") if masks else None)
+
+
+def _training_args(stage_dir: Path, stage: dict, seed: int, max_steps: int | None) -> TrainingArguments:
+    values = dict(
+        output_dir=str(stage_dir), use_cpu=not torch.cuda.is_available(), remove_unused_columns=False, report_to=[],
+        seed=seed, save_strategy="steps", save_total_limit=2, logging_first_step=True, dataloader_num_workers=0,
+    )
+    values.update(stage.get("training_args", {}))
+    if max_steps is not None:
+        values["max_steps"] = max_steps
+    return TrainingArguments(**values)
+
+
+def _stage_dirs(output_dir: Path, stages: list[dict]) -> list[Path]:
+    return [output_dir / f"stage{i + 1}-{stage['stage']}" for i, stage in enumerate(stages)]
+
+
+def run_recipe(
+    recipe: dict,
+    output_dir,
+    *,
+    seed: int = 0,
+    max_steps: int | None = None,
+    naive: bool = False,
+    sam_loss_weight: float | None = None,
+    pooling: str | None = None,
+    project_before_pool: bool | None = None,
+    lora: bool = False,
+    cache_dir=None,
+    evaluate: bool = True,
+    teachers: dict | None = None,
+) -> dict:
+    """Run every stage of `recipe` into `output_dir` and return the results dict (also written to
+    `output_dir/results.json` on the main process). Re-running with the same `output_dir` resumes: finished
+    stages are loaded, an interrupted one continues from its last checkpoint."""
+    from .. import SamClipModel, SamClipProcessor
+
+    began = time.perf_counter()
+    recipe = copy.deepcopy(recipe)
+    output_dir = Path(output_dir)
+    set_seed(seed)
+    head = dict(recipe["model"].get("head", {}))
+    if pooling is not None:
+        head["pooling"] = pooling
+    if project_before_pool is not None:
+        head["project_before_pool"] = project_before_pool
+    losses = dict(recipe.get("losses", {}))
+    if sam_loss_weight is not None:
+        losses["sam_loss_weight"] = sam_loss_weight
+    if naive:
+        losses["sam_loss_weight"] = 0.0
+    stages = recipe["stages"]
+    stage_dirs = _stage_dirs(output_dir, stages)
+    all_args = [_training_args(d, s, seed, max_steps) for d, s in zip(stage_dirs, stages)]
+    state = all_args[0].distributed_state  # set up by TrainingArguments (accelerate launch or a single process)
+
+    teachers = teachers or load_teachers(recipe["teachers"])
+    sam_teacher, clip_teacher = teachers["sam_model"], teachers["clip_model"]
+    student = SamClipModel.from_teachers(sam_teacher, clip_teacher, image_size=recipe["model"]["clip_size"], **head)
+    processor = SamClipProcessor.from_sizes(
+        teachers["clip_processor"].tokenizer, sam_size=recipe["model"]["sam_size"], clip_size=recipe["model"]["clip_size"]
+    )
+    untrained_state = {k: v.clone() for k, v in student.state_dict().items()} if evaluate else None
+
+    with all_args[0].main_process_first(desc="datasets and teacher cache"):
+        clip_data = _wrap(load_image_dataset(recipe["data"]["clip"]), recipe["data"]["clip"])
+        sam_data = _wrap(load_image_dataset(recipe["data"]["sam"]), recipe["data"]["sam"], masks=True)
+        cache = None
+        if recipe.get("teacher_cache", True) and isinstance(clip_data, DistillationImageDataset):
+            cache = TeacherOutputCache(cache_dir or output_dir / "teacher-cache")
+            clip_data.cached["clip_teacher_embeds"] = cache.clip_image_embeddings(
+                clip_teacher, teachers["clip_processor"].image_processor, clip_data)
+            if losses.get("sam_loss_weight", 10.0):
+                sam_data.cached["sam_teacher_embeddings"] = cache.sam_image_embeddings(
+                    sam_teacher, processor.image_processor, sam_data)
+
+    trainer = None
+    for index, (stage, stage_dir, args) in enumerate(zip(stages, stage_dirs, all_args)):
+        final_dir = stage_dir / "final"
+        if (final_dir / "model.safetensors").is_file():
+            state.print(f"stage {index + 1} ({stage['stage']}) already finished: loading {final_dir}")
+            student = SamClipModel.from_pretrained(final_dir).eval()
+            continue
+        kind = stage["stage"]
+        use_lora = lora and kind == "distillation"
+        trained = student
+        if use_lora:
+            from peft import LoraConfig, get_peft_model
+
+            trained = get_peft_model(student, LoraConfig(target_modules=LORA_TARGETS,
+                                                         modules_to_save=["clip_head", "mask_decoder"], **recipe["lora"]))
+        with_sam = kind == "distillation" and losses.get("sam_loss_weight", 10.0) > 0
+        clip_sizes = stage.get("clip_sizes", recipe["data"]["clip"].get("clip_sizes"))
+        collator = SamClipDistillationCollator(
+            processor, None if cache else teachers["clip_processor"].image_processor,
+            sam_dataset=sam_data if with_sam else None, sam_batch_size=stage.get("sam_batch_size", 1),
+            prompt_sampler=PromptSampler(seed=seed, **recipe.get("prompts", {})), clip_sizes=clip_sizes, seed=seed,
+        )
+        if kind == "distillation":
+            paired = PairedIterableDataset if isinstance(clip_data, torch.utils.data.IterableDataset) else PairedDataset
+            train_dataset = paired(clip_data, len(sam_data))
+        else:
+            train_dataset = clip_data
+        trainer = SamClipDistillationTrainer(
+            trained, stage=kind, clip_teacher=clip_teacher, sam_teacher=sam_teacher,
+            encoder_lr_scale=stage.get("encoder_lr_scale", 0.1), args=args, train_dataset=train_dataset,
+            data_collator=collator, **losses,
+        )
+        checkpoint = get_last_checkpoint(str(stage_dir)) if stage_dir.is_dir() else None
+        state.print(f"stage {index + 1}/{len(stages)}: {kind} -> {stage_dir}"
+                    + (f" (resuming from {Path(checkpoint).name})" if checkpoint else ""))
+        trainer.train(resume_from_checkpoint=checkpoint)
+        if use_lora:
+            student = trained.merge_and_unload()
+        if state.is_main_process:
+            student.save_pretrained(final_dir)
+            (final_dir / "skipped_samples.json").write_text(json.dumps({"skipped_samples": trainer.skipped_samples}))
+        state.wait_for_everyone()
+
+    results = {"recipe": recipe["name"], "seed": seed, "naive": naive, "lora": lora, "head": head, "losses": losses,
+               "max_steps": max_steps, "num_processes": state.num_processes, "threads": torch.get_num_threads()}
+    if state.is_main_process:
+        student.save_pretrained(output_dir)
+        processor.save_pretrained(output_dir)
+        results["train_wall_seconds"] = round(time.perf_counter() - began, 1)
+        if evaluate and recipe.get("evaluation") is not None:
+            untrained = SamClipModel.from_teachers(sam_teacher, clip_teacher, image_size=recipe["model"]["clip_size"], **head)
+            untrained.load_state_dict(untrained_state)
+            results["rows"] = evaluate_rows(student, untrained, processor, teachers, recipe["evaluation"],
+                                            cache_dir or output_dir / "teacher-cache")
+        results["wall_seconds"] = round(time.perf_counter() - began, 1)
+        (output_dir / "results.json").write_text(json.dumps(results, indent=2))
+    state.wait_for_everyone()
+    if trainer is not None:
+        trainer.accelerator.end_training()
+    return results
+
+
+def evaluate_rows(model, untrained, processor, teachers: dict, spec: dict, cache_dir) -> dict:
+    """Mosaic-world rows: teachers and baselines (cached in `cache_dir`: they depend only on the teachers and the
+    evaluation sizes), the untrained merge and the distilled model."""
+    from ..evaluation import evaluate_samclip_on_mosaic, evaluate_teachers_on_mosaic
+
+    key = fingerprint(fingerprint_model(teachers["sam_model"]), fingerprint_model(teachers["clip_model"]), spec,
+                      fingerprint_model(untrained), processor.to_dict() if hasattr(processor, "to_dict") else None)
+    cached = Path(cache_dir) / f"eval-{key}.json"
+    if cached.is_file():
+        rows = json.loads(cached.read_text())
+    else:
+        rows = evaluate_teachers_on_mosaic(teachers, **spec)
+        rows["untrained merge"] = evaluate_samclip_on_mosaic(untrained.eval(), processor, **spec)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_text(json.dumps(rows))
+    rows["SAM-CLIP (distilled)"] = evaluate_samclip_on_mosaic(model.eval(), processor, **spec)
+    return rows

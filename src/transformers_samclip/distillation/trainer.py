@@ -1,0 +1,242 @@
+"""`SamClipDistillationTrainer`: SAM-CLIP's multi-stage distillation (SAM-CLIP.md sections 3-4) on the
+`transformers.Trainer`.
+
+The trainer wraps the student in `SamClipDistillationModule`, whose single forward runs the student's CLIP
+pass and SAM pass and the losses: one forward and one backward per step is what DistributedDataParallel
+requires, and the teachers (frozen, eval mode, kept out of the state dict and moved with the module) never
+enter checkpoints. Checkpoints hold the student as a `save_pretrained` folder."""
+
+import os
+from collections import defaultdict
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from transformers import Trainer
+
+from .losses import clip_distillation_loss, sam_distillation_loss
+
+STAGES = ("head_probing", "distillation", "resolution_adaptation")
+# Parameter-name parts trained at `encoder_lr_scale` x the learning rate in stage 2 (the SAM side).
+SCALED_LR_PARTS = ("vision_encoder.", "mask_decoder.")
+
+
+def _embedding(output) -> torch.Tensor:
+    # get_image_features returns a BaseModelOutputWithPooling in transformers 5, a tensor in older versions.
+    return getattr(output, "pooler_output", output)
+
+
+def configure_trainable(student: nn.Module, stage: str, train_sam_head: bool = True) -> None:
+    """Freeze what `stage` does not train: stages 1 and 3 train the CLIP head only; stage 2 trains the CLIP head,
+    the shared encoder and (when `train_sam_head`) the neck and the SAM mask decoder. The prompt encoder, SAM's
+    positional embedding and the text tower stay frozen. With PEFT LoRA on the encoder, its adapters train in
+    stage 2 instead of its weights."""
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}.")
+    trained = ["clip_head."]
+    if stage == "distillation":
+        trained.append("vision_encoder.")
+        if train_sam_head:
+            trained.append("mask_decoder.")
+    # Without SAM rehearsal the neck gets no gradient; a trainable unused parameter would stall DDP.
+    untouched = () if train_sam_head else ("vision_encoder.neck.",)
+    lora = hasattr(student, "peft_config")
+    for name, parameter in student.named_parameters():
+        if "lora_" in name:
+            train = stage == "distillation"
+        elif "original_module" in name or (lora and "vision_encoder." in name):
+            train = False  # PEFT's frozen copies, and the encoder weights under LoRA
+        else:
+            train = any(part in name for part in trained) and not any(part in name for part in untouched)
+        parameter.requires_grad_(train)
+
+
+class SamClipDistillationModule(nn.Module):
+    """Student + frozen teachers + losses, as one module whose forward returns the loss terms.
+
+    Args:
+        student: a `SamClipModel` (or a PEFT model around one).
+        clip_teacher: a dual encoder with `get_image_features` (CLIPModel, SiglipModel); `None` when every batch
+            brings cached `clip_teacher_embeds`.
+        sam_teacher: a `SamModel`; needed for SAM batches.
+        sam_loss_weight: lambda of `L_CLIP + lambda * L_SAM` (paper: 10).
+        focal_weight, dice_weight, iou_weight: weights inside `L_SAM` (SAM: 20:1; IoU-head MSE optional).
+        distill_single_mask: also distill the single-mask output (box and multi-point prompts use it at test time).
+    """
+
+    def __init__(self, student, clip_teacher=None, sam_teacher=None, sam_loss_weight: float = 10.0,
+                 focal_weight: float = 20.0, dice_weight: float = 1.0, iou_weight: float = 1.0,
+                 distill_single_mask: bool = True):
+        super().__init__()
+        self.student = student
+        # A plain attribute (not a submodule): teachers stay out of state_dict, optimizer, DDP and checkpoints.
+        self.__dict__["teachers"] = {"clip": clip_teacher, "sam": sam_teacher}
+        for teacher in self.teachers.values():
+            if teacher is not None:
+                teacher.eval().requires_grad_(False)
+        self.sam_loss_weight, self.distill_single_mask = sam_loss_weight, distill_single_mask
+        self.loss_weights = {"focal_weight": focal_weight, "dice_weight": dice_weight, "iou_weight": iou_weight}
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to()/.float() reach the teachers too, so they always live where the student does.
+        for teacher in self.teachers.values():
+            if teacher is not None:
+                teacher._apply(fn, *args, **kwargs)
+        return super()._apply(fn, *args, **kwargs)
+
+    def gradient_checkpointing_enable(self, **kwargs):
+        """Enable gradient checkpointing in the student (Trainer's `gradient_checkpointing=True`)."""
+        self.student.gradient_checkpointing_enable(**kwargs)
+
+    def forward(self, clip_pixel_values=None, clip_teacher_pixel_values=None, clip_teacher_embeds=None,
+                sam_pixel_values=None, sam_teacher_embeddings=None, input_boxes=None, input_points=None,
+                input_labels=None) -> dict[str, torch.Tensor]:
+        """Loss terms of one step: `loss` and, when computed, `loss_clip`, `loss_sam`, `loss_focal`, `loss_dice`,
+        `loss_iou`."""
+        terms = {}
+        loss = 0.0
+        if clip_pixel_values is not None:
+            if clip_teacher_embeds is None:
+                with torch.no_grad():
+                    clip_teacher_embeds = _embedding(self.teachers["clip"].get_image_features(pixel_values=clip_teacher_pixel_values))
+            student_embeds = self.student(pixel_values=clip_pixel_values).image_embeds
+            terms["loss_clip"] = clip_distillation_loss(student_embeds, clip_teacher_embeds)
+            loss = loss + terms["loss_clip"]
+        if sam_pixel_values is not None and self.sam_loss_weight:
+            sam = self.sam_loss(sam_pixel_values, sam_teacher_embeddings, input_boxes, input_points, input_labels)
+            terms.update({f"loss_{name}": value for name, value in sam.items() if name != "loss"})
+            terms["loss_sam"] = sam["loss"]
+            loss = loss + self.sam_loss_weight * sam["loss"]
+        terms["loss"] = loss
+        return terms
+
+    def sam_loss(self, pixel_values, teacher_embeddings, input_boxes, input_points, input_labels) -> dict:
+        """`L_SAM` averaged over prompt kinds (boxes, points) and mask outputs (3 multimask, 1 single)."""
+        teacher = self.teachers["sam"]
+        if teacher_embeddings is None:
+            with torch.no_grad():
+                teacher_embeddings = teacher.get_image_embeddings(pixel_values)
+        embeddings = self.student.vision_encoder(pixel_values).last_hidden_state
+        prompt_sets = []
+        if input_boxes is not None:
+            prompt_sets.append({"input_boxes": input_boxes})
+        if input_points is not None:
+            prompt_sets.append({"input_points": input_points, "input_labels": input_labels})
+        outputs = [True, False] if self.distill_single_mask else [True]
+        totals = defaultdict(float)
+        for prompts in prompt_sets:
+            for multimask in outputs:
+                with torch.no_grad():
+                    target = teacher(image_embeddings=teacher_embeddings, multimask_output=multimask, **prompts)
+                masks, iou = self.student.segment(embeddings, multimask_output=multimask, **prompts)
+                terms = sam_distillation_loss(masks, target.pred_masks, iou, target.iou_scores, **self.loss_weights)
+                for name, value in terms.items():
+                    totals[name] = totals[name] + value / (len(prompt_sets) * len(outputs))
+        return dict(totals)
+
+
+class SamClipDistillationTrainer(Trainer):
+    """A `Trainer` for one stage of SAM-CLIP distillation.
+
+    Args:
+        model: the student `SamClipModel` (or a PEFT model around one), or a ready `SamClipDistillationModule`.
+        stage: `"head_probing"` (stage 1: CLIP head only, cosine loss), `"distillation"` (stage 2: L_CLIP +
+            lambda L_SAM; encoder and SAM head at `encoder_lr_scale` x LR) or `"resolution_adaptation"` (stage 3:
+            CLIP head only, at new CLIP resolutions).
+        clip_teacher, sam_teacher: frozen teachers (see `SamClipDistillationModule`).
+        sam_loss_weight: lambda (paper: 10); 0 gives the naive baseline (CLIP loss only, no rehearsal).
+        encoder_lr_scale: LR multiplier of the shared encoder and the SAM head in stage 2 (paper: 0.1).
+        focal_weight, dice_weight, iou_weight, distill_single_mask: see `SamClipDistillationModule`.
+        **kwargs: the usual `Trainer` arguments (`args`, `train_dataset`, `data_collator`, ...).
+
+    Each loss term is logged on its own (`loss_clip`, `loss_sam`, `loss_focal`, `loss_dice`, `loss_iou`), and
+    `skipped_samples` counts unreadable samples replaced so far.
+    """
+
+    def __init__(self, model=None, *, stage: str = "distillation", clip_teacher=None, sam_teacher=None,
+                 sam_loss_weight: float = 10.0, encoder_lr_scale: float = 0.1, focal_weight: float = 20.0,
+                 dice_weight: float = 1.0, iou_weight: float = 1.0, distill_single_mask: bool = True, **kwargs):
+        if not isinstance(model, SamClipDistillationModule):
+            model = SamClipDistillationModule(
+                model, clip_teacher=clip_teacher, sam_teacher=sam_teacher,
+                sam_loss_weight=sam_loss_weight if stage == "distillation" else 0.0,
+                focal_weight=focal_weight, dice_weight=dice_weight, iou_weight=iou_weight,
+                distill_single_mask=distill_single_mask,
+            )
+        configure_trainable(model.student, stage, train_sam_head=bool(model.sam_loss_weight))
+        self.stage, self.encoder_lr_scale = stage, encoder_lr_scale
+        self._loss_terms = defaultdict(list)
+        self.skipped_samples = 0
+        super().__init__(model=model, **kwargs)
+
+    @property
+    def student(self):
+        """The student being trained (unwrapped)."""
+        return self.accelerator.unwrap_model(self.model).student
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Run the (wrapped) distillation module; record each loss term for logging."""
+        skipped = inputs.pop("num_skipped", None)
+        if skipped is not None:
+            self.skipped_samples += int(skipped)
+        outputs = model(**inputs)
+        if model.training:
+            for name, value in outputs.items():
+                if name != "loss":
+                    self._loss_terms[name].append(value.detach().float().item())
+        return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the mean of each loss term since the last log (and the skipped-sample count) to training logs."""
+        if "loss" in logs:
+            logs.update({name: round(sum(v) / len(v), 6) for name, v in self._loss_terms.items() if v})
+            logs["skipped_samples"] = self.skipped_samples
+            self._loss_terms.clear()
+        super().log(logs, start_time)
+
+    def create_optimizer(self, model=None):
+        """AdamW (or `args.optim`) with the paper's LR split: the shared encoder and SAM head at
+        `encoder_lr_scale` x LR, the CLIP head (and LoRA adapters) at the full LR."""
+        if self.optimizer is not None:
+            return self.optimizer
+        opt_model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(opt_model))
+        groups = {}
+        for name, parameter in opt_model.named_parameters():
+            if not parameter.requires_grad:
+                continue
+            scaled = any(part in name for part in SCALED_LR_PARTS) and "lora_" not in name
+            key = (name in decay, scaled)
+            groups.setdefault(key, {
+                "params": [], "weight_decay": self.args.weight_decay if key[0] else 0.0,
+                "lr": self.args.learning_rate * (self.encoder_lr_scale if scaled else 1.0),
+            })["params"].append(parameter)
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        self.optimizer = optimizer_cls(list(groups.values()), **optimizer_kwargs)
+        return self.optimizer
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        # Checkpoints hold the student alone, as a loadable save_pretrained folder (no teachers).
+        output_dir = output_dir or self.args.output_dir
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        self.student.save_pretrained(output_dir)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        student = self.student
+        path = os.path.join(resume_from_checkpoint, "adapter_model.safetensors")
+        if os.path.isfile(path):  # a PEFT student saves its adapters (and the modules it trains in full)
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(student, load_file(path))
+            return
+        state = load_file(os.path.join(resume_from_checkpoint, "model.safetensors"))
+        result = student.load_state_dict(state, strict=False)
+        tied_keys = getattr(student, "_tied_weights_keys", None) or {}
+        tied = set(tied_keys) | set(tied_keys.values())
+        if result.unexpected_keys or set(result.missing_keys) - tied:
+            raise ValueError(f"Checkpoint {resume_from_checkpoint} does not match the student: {result}.")

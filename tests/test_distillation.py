@@ -1,0 +1,380 @@
+"""SAM-CLIP distillation: losses, prompts, data, teacher cache and the trainer's stages on tiny random teachers."""
+
+import io
+import math
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import CLIPImageProcessorPil, TrainingArguments
+
+from transformers_samclip import SamClipModel
+from transformers_samclip.distillation import (
+    DistillationImageDataset,
+    IterableDistillationImageDataset,
+    PairedDataset,
+    PromptSampler,
+    SamClipDistillationCollator,
+    SamClipDistillationTrainer,
+    TeacherOutputCache,
+    clip_distillation_loss,
+    dice_loss,
+    sam_distillation_loss,
+    sigmoid_focal_loss,
+)
+from transformers_samclip.distillation.prompts import POINT_PAD_LABEL
+
+LN2 = math.log(2)
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+def _images_and_masks(count: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    images, masks = [], []
+    for i in range(count):
+        array = (rng.random((48, 64, 3)) * 255).astype(np.uint8)
+        mask = np.zeros((48, 64), dtype=bool)
+        y, x = rng.integers(0, 24), rng.integers(0, 36)
+        mask[y : y + 16 + i % 8, x : x + 20] = True
+        array[mask] = [230, 40, 40]
+        images.append(Image.fromarray(array))
+        masks.append([Image.fromarray(mask)])
+    return images, masks
+
+
+@pytest.fixture(scope="module")
+def image_dataset():
+    images, masks = _images_and_masks(24)
+    features = datasets.Features({"image": datasets.Image(), "masks": datasets.List(datasets.Image())})
+    return datasets.Dataset.from_dict({"image": images, "masks": masks}, features=features)
+
+
+@pytest.fixture(scope="module")
+def teacher_processor():
+    return CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+
+
+def _trainer(tmp_path, student, teachers, processor, teacher_processor, image_dataset, stage, steps=1, **kwargs):
+    sam, clip = teachers
+    clip_data = DistillationImageDataset(image_dataset)
+    sam_data = DistillationImageDataset(image_dataset, masks_column="masks")
+    collator = SamClipDistillationCollator(processor, teacher_processor, sam_dataset=sam_data, sam_batch_size=2,
+                                           clip_sizes=kwargs.pop("clip_sizes", None))
+    train = PairedDataset(clip_data, len(sam_data)) if stage == "distillation" else clip_data
+    values = dict(use_cpu=True, remove_unused_columns=False, report_to=[], max_steps=steps, learning_rate=1e-3,
+                  per_device_train_batch_size=4, logging_steps=1, save_strategy="no", disable_tqdm=True)
+    values.update(kwargs.pop("args", {}))
+    args = TrainingArguments(str(tmp_path), **values)
+    return SamClipDistillationTrainer(student, stage=stage, clip_teacher=clip, sam_teacher=sam, args=args,
+                                      train_dataset=train, data_collator=collator, **kwargs)
+
+
+def _snapshot(module):
+    return {name: value.detach().clone() for name, value in module.state_dict().items()}
+
+
+def _changed(before, module):
+    return {name for name, value in module.state_dict().items() if not torch.equal(before[name], value)}
+
+
+# --------------------------------------------------------------------------------------------------- losses
+def test_clip_distillation_loss_is_one_minus_cosine():
+    student = torch.tensor([[1.0, 0.0], [2.0, 0.0]])
+    teacher = torch.tensor([[0.0, 3.0], [1.0, 1.0]])
+    expected = ((1 - 0.0) + (1 - 1 / math.sqrt(2))) / 2
+    assert clip_distillation_loss(student, teacher).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_focal_and_dice_match_hand_computed_values():
+    zero = torch.zeros(1, 1)
+    # p = 0.5, target 1: ce = ln 2, (1 - p_t)^2 = 1/4, alpha_t = 0.25.
+    assert sigmoid_focal_loss(zero, torch.ones(1, 1)).item() == pytest.approx(0.25 * 0.25 * LN2, abs=1e-6)
+    # soft target 0.5: p_t = 0.5, alpha_t = 0.5.
+    assert sigmoid_focal_loss(zero, torch.full((1, 1), 0.5)).item() == pytest.approx(0.5 * 0.25 * LN2, abs=1e-6)
+    # p = 0.5 everywhere, targets [1, 1, 0, 0]: dice = (2 * 1 + 1) / (2 + 2 + 1) = 0.6.
+    assert dice_loss(torch.zeros(2, 2), torch.tensor([[1.0, 1.0], [0.0, 0.0]])).item() == pytest.approx(0.4, abs=1e-6)
+
+
+def test_sam_distillation_loss_weights_and_soft_targets():
+    student = torch.zeros(1, 1, 3, 2, 2)
+    teacher = torch.zeros(1, 1, 3, 2, 2)  # soft targets 0.5 everywhere
+    student_iou, teacher_iou = torch.full((1, 1, 3), 0.5), torch.full((1, 1, 3), 0.7)
+    terms = sam_distillation_loss(student, teacher, student_iou, teacher_iou, iou_weight=1.0)
+    focal, dice = 0.5 * 0.25 * LN2, 1 - 3 / 5  # dice: (2 * 4 * 0.25 + 1) / (2 + 2 + 1)
+    assert terms["focal"].item() == pytest.approx(focal, abs=1e-6)
+    assert terms["dice"].item() == pytest.approx(dice, abs=1e-6)
+    assert terms["iou"].item() == pytest.approx(0.04, abs=1e-6)
+    assert terms["loss"].item() == pytest.approx(20 * focal + dice + 0.04, abs=1e-5)
+    without_iou = sam_distillation_loss(student, teacher, student_iou, teacher_iou)
+    assert without_iou["loss"].item() == pytest.approx(20 * focal + dice, abs=1e-5)
+
+
+# -------------------------------------------------------------------------------------------------- prompts
+def test_prompt_sampler_is_deterministic_and_prompts_lie_inside_masks():
+    rng = np.random.default_rng(1)
+    masks = []
+    for _ in range(3):
+        mask = np.zeros((40, 50), dtype=bool)
+        y, x = rng.integers(0, 20, size=2)
+        mask[y : y + 15, x : x + 12] = True
+        masks.append(mask)
+    sampler = PromptSampler(num_boxes=4, num_point_prompts=5, max_points=3, box_jitter=0.0, seed=7)
+    first, again = sampler(masks, 40, 50, index=3), sampler(masks, 40, 50, index=3)
+    for name in ("boxes", "points", "labels"):
+        np.testing.assert_array_equal(getattr(first, name), getattr(again, name))
+    assert not np.array_equal(first.points, sampler(masks, 40, 50, index=4).points)
+    tight = {tuple(float(v) for v in (np.flatnonzero(m.any(0))[0], np.flatnonzero(m.any(1))[0],
+                                       np.flatnonzero(m.any(0))[-1], np.flatnonzero(m.any(1))[-1])) for m in masks}
+    assert {tuple(box.tolist()) for box in first.boxes} <= tight  # no jitter: exactly a mask's tight box
+    union = np.logical_or.reduce(masks)
+    for points, labels in zip(first.points, first.labels):
+        real = labels == 1
+        assert 1 <= real.sum() <= 3 and (labels[~real] == POINT_PAD_LABEL).all()
+        owners = [m for m in masks if all(m[int(y), int(x)] for x, y in points[real])]
+        assert owners, "all points of one prompt come from one mask"
+        assert all(union[int(y), int(x)] for x, y in points[real])
+
+
+def test_prompt_sampler_without_masks_uses_the_grid():
+    sampler = PromptSampler(num_boxes=2, num_point_prompts=3, grid_size=4)
+    prompts = sampler([], 32, 48, index=0)
+    assert prompts.boxes.shape == (2, 4) and prompts.points.shape == (3, 3, 2)
+    cells = {(x, y) for x in (np.arange(4) + 0.5) * 12 for y in (np.arange(4) + 0.5) * 8}
+    assert all((float(x), float(y)) in cells for x, y in prompts.points[:, 0])
+    assert (prompts.boxes[:, 2] <= 47).all() and (prompts.boxes[:, 3] <= 31).all()
+
+
+# ----------------------------------------------------------------------------------------------------- data
+def test_collator_builds_both_batches_with_prompts_in_the_sam_frame(processor, teacher_processor, image_dataset):
+    clip_data = DistillationImageDataset(image_dataset)
+    sam_data = DistillationImageDataset(image_dataset, masks_column="masks")
+    collator = SamClipDistillationCollator(processor, teacher_processor, sam_dataset=sam_data, sam_batch_size=2,
+                                           prompt_sampler=PromptSampler(box_jitter=0.0), clip_sizes=[32, 64])
+    batch = collator([PairedDataset(clip_data, len(sam_data))[i] for i in range(5)])
+    assert batch["clip_pixel_values"].shape[0] == 5 and batch["clip_pixel_values"].shape[-1] in (32, 64)
+    assert batch["clip_teacher_pixel_values"].shape == (5, 3, 32, 32)
+    assert batch["sam_pixel_values"].shape == (2, 3, 64, 64)
+    assert batch["input_boxes"].shape == (2, 2, 4) and batch["input_points"].shape == (2, 2, 3, 2)
+    # 48x64 images are resized by 64/64 = 1: boxes stay the tight mask boxes (x1 <= 63, y1 <= 47).
+    mask = np.asarray(image_dataset[0]["masks"][0])
+    box = [np.flatnonzero(mask.any(0))[0], np.flatnonzero(mask.any(1))[0], np.flatnonzero(mask.any(0))[-1],
+           np.flatnonzero(mask.any(1))[-1]]
+    assert batch["input_boxes"][0, 0].tolist() == pytest.approx([float(v) for v in box])
+    assert int(batch["num_skipped"]) == 0
+
+
+def test_corrupt_samples_are_skipped_and_counted(tmp_path, merged, teachers, processor, teacher_processor):
+    images, _ = _images_and_masks(6)
+    encoded = []
+    for image in images:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        encoded.append({"bytes": buffer.getvalue(), "path": None})
+    encoded[2] = {"bytes": b"not an image at all", "path": None}
+    dataset = datasets.Dataset.from_dict({"image": encoded}, features=datasets.Features({"image": datasets.Image()}))
+    data = DistillationImageDataset(dataset)
+    item = data[2]
+    assert item["index"] == 3 and item["skipped"] == 1
+    trainer = _trainer(tmp_path, merged, teachers, processor, teacher_processor, dataset, "head_probing", steps=2,
+                       args={"per_device_train_batch_size": 3})
+    trainer.train()
+    assert trainer.skipped_samples == 1
+    assert trainer.state.log_history[-2]["skipped_samples"] == 1
+
+
+def test_streaming_imagefolder_feeds_the_collator(tmp_path, processor, teacher_processor):
+    images, _ = _images_and_masks(3)
+    for i, image in enumerate(images):
+        image.save(tmp_path / f"{i + 1}.png")
+    (tmp_path / "1b.png").write_bytes(b"\x89PNG broken")  # between readable files: counted on the next one
+    stream = datasets.load_dataset("imagefolder", data_dir=str(tmp_path), split="train", streaming=True)
+    items = list(IterableDistillationImageDataset(stream))
+    assert len(items) == 3 and sum(item["skipped"] for item in items) == 1
+    batch = SamClipDistillationCollator(processor, teacher_processor)(items)
+    assert batch["clip_pixel_values"].shape == (3, 3, 32, 32) and int(batch["num_skipped"]) == 1
+
+
+# ---------------------------------------------------------------------------------------------------- cache
+def test_teacher_cache_hit_miss_and_invalidation(tmp_path, tokenizer, teachers, teacher_processor, image_dataset):
+    from conftest import make_tiny_teachers
+
+    _, clip = teachers
+    data = DistillationImageDataset(image_dataset)
+    cache = TeacherOutputCache(tmp_path, batch_size=5, shard_size=10)
+    first = cache.clip_image_embeddings(clip, teacher_processor, data)
+    assert (cache.hits, cache.misses) == (0, 1) and first.shape == (len(data), clip.config.projection_dim)
+    assert len(list(tmp_path.glob("clip-*/shard-*.safetensors"))) == 3
+    with torch.no_grad():
+        pixels = teacher_processor([data[7]["image"]], return_tensors="pt")["pixel_values"]
+        expected = clip.get_image_features(pixel_values=pixels).pooler_output[0]
+    torch.testing.assert_close(first[7], expected, atol=1e-5, rtol=1e-5)
+
+    again = TeacherOutputCache(tmp_path)
+    torch.testing.assert_close(again.clip_image_embeddings(clip, teacher_processor, data), first)
+    assert (again.hits, again.misses) == (1, 0)
+
+    _, other_clip = make_tiny_teachers(tokenizer, seed=1)  # other weights
+    again.clip_image_embeddings(other_clip, teacher_processor, data)
+    other_size = CLIPImageProcessorPil(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32})
+    again.clip_image_embeddings(clip, other_size, data)  # other preprocessing
+    again.clip_image_embeddings(clip, teacher_processor, DistillationImageDataset(image_dataset.select(range(10))))
+    assert (again.hits, again.misses) == (1, 3)
+
+
+def test_cached_teacher_outputs_reach_the_batch(tmp_path, teachers, processor, teacher_processor, image_dataset):
+    sam, clip = teachers
+    clip_data = DistillationImageDataset(image_dataset)
+    sam_data = DistillationImageDataset(image_dataset, masks_column="masks")
+    cache = TeacherOutputCache(tmp_path)
+    clip_data.cached["clip_teacher_embeds"] = cache.clip_image_embeddings(clip, teacher_processor, clip_data)
+    sam_data.cached["sam_teacher_embeddings"] = cache.sam_image_embeddings(sam, processor.image_processor, sam_data)
+    collator = SamClipDistillationCollator(processor, None, sam_dataset=sam_data, sam_batch_size=2)
+    batch = collator([PairedDataset(clip_data, len(sam_data))[i] for i in range(3)])
+    assert "clip_teacher_pixel_values" not in batch and batch["clip_teacher_embeds"].shape[0] == 3
+    with torch.no_grad():
+        expected = sam.get_image_embeddings(batch["sam_pixel_values"])
+    torch.testing.assert_close(batch["sam_teacher_embeddings"], expected, atol=1e-5, rtol=1e-5)
+
+
+# -------------------------------------------------------------------------------------------------- trainer
+@pytest.mark.parametrize(("stage", "clip_sizes"), [("head_probing", None), ("resolution_adaptation", [32, 64])])
+def test_stage1_and_stage3_steps_change_only_the_clip_head(tmp_path, merged, teachers, processor, teacher_processor,
+                                                            image_dataset, stage, clip_sizes):
+    sam, clip = teachers
+    before, sam_before, clip_before = _snapshot(merged), _snapshot(sam), _snapshot(clip)
+    trainer = _trainer(tmp_path, merged, teachers, processor, teacher_processor, image_dataset, stage, steps=2,
+                       clip_sizes=clip_sizes)
+    trainer.train()
+    changed = _changed(before, merged)
+    assert changed and all(name.startswith("clip_head.") for name in changed)
+    assert not _changed(sam_before, sam) and not _changed(clip_before, clip)
+    assert "loss_clip" in trainer.state.log_history[0] and "loss_sam" not in trainer.state.log_history[0]
+
+
+def test_stage2_step_trains_encoder_and_heads_only_with_tenth_lr(tmp_path, merged, teachers, processor,
+                                                                  teacher_processor, image_dataset):
+    sam, clip = teachers
+    before, sam_before, clip_before = _snapshot(merged), _snapshot(sam), _snapshot(clip)
+    trainer = _trainer(tmp_path, merged, teachers, processor, teacher_processor, image_dataset, "distillation")
+    trainer.train()
+    changed = _changed(before, merged)
+    for part in ("vision_encoder.layers.", "vision_encoder.neck.", "mask_decoder.", "clip_head."):
+        assert any(name.startswith(part) for name in changed), part
+    frozen = ("prompt_encoder.", "shared_image_embedding.", "text_model.", "text_projection.", "logit_scale")
+    assert not [name for name in changed if name.startswith(frozen)]
+    assert not _changed(sam_before, sam) and not _changed(clip_before, clip)
+    assert sam.training is False and clip.training is False
+    encoder_ids = {id(p) for p in merged.vision_encoder.parameters()} | {id(p) for p in merged.mask_decoder.parameters()}
+    rates = {("sam_side" if id(group["params"][0]) in encoder_ids else "clip_head"): group["initial_lr"]
+             for group in trainer.optimizer.param_groups}
+    assert rates["sam_side"] == pytest.approx(0.1 * rates["clip_head"]) and rates["clip_head"] == pytest.approx(1e-3)
+    logged = trainer.state.log_history[0]
+    for term in ("loss", "loss_clip", "loss_sam", "loss_focal", "loss_dice", "loss_iou"):
+        assert term in logged, term
+    assert logged["loss"] == pytest.approx(logged["loss_clip"] + 10 * logged["loss_sam"], rel=1e-4)
+
+
+def test_gradient_checkpointing_step(tmp_path, merged, teachers, processor, teacher_processor, image_dataset):
+    before = _snapshot(merged)
+    trainer = _trainer(tmp_path, merged, teachers, processor, teacher_processor, image_dataset, "distillation",
+                       args={"gradient_checkpointing": True})
+    trainer.train()
+    assert merged.is_activation_checkpointing
+    assert any(n.startswith("vision_encoder.layers.") for n in _changed(before, merged))
+
+
+def test_naive_stage2_trains_no_sam_side(tmp_path, merged, teachers, processor, teacher_processor, image_dataset):
+    before = _snapshot(merged)
+    trainer = _trainer(tmp_path, merged, teachers, processor, teacher_processor, image_dataset, "distillation",
+                       sam_loss_weight=0.0)
+    trainer.train()
+    changed = _changed(before, merged)
+    assert any(n.startswith("vision_encoder.layers.") for n in changed)
+    assert not [n for n in changed if n.startswith(("mask_decoder.", "vision_encoder.neck."))]
+    assert "loss_sam" not in trainer.state.log_history[0]
+
+
+def test_lora_stage2_trains_adapters_and_merges(tmp_path, merged, teachers, processor, teacher_processor, image_dataset):
+    from peft import LoraConfig, get_peft_model
+
+    from transformers_samclip.distillation.run import LORA_TARGETS
+
+    before = _snapshot(merged)
+    peft_model = get_peft_model(merged, LoraConfig(r=2, lora_alpha=4, target_modules=LORA_TARGETS,
+                                                   modules_to_save=["clip_head", "mask_decoder"]))
+    trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
+    trainer = _trainer(tmp_path, peft_model, teachers, processor, teacher_processor, image_dataset, "distillation")
+    trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert any("lora_A" in n for n in trainable)
+    assert not [n for n in trainable if "vision_encoder" in n and "lora_" not in n]
+    trainer.train()
+    student = peft_model.merge_and_unload()
+    assert isinstance(student, SamClipModel)
+    changed = _changed(before, student)
+    assert any(n.startswith("vision_encoder.layers.") for n in changed) and any(n.startswith("clip_head.") for n in changed)
+    assert not [n for n in changed if n.startswith(("prompt_encoder.", "text_model.", "vision_encoder.neck."))]
+
+
+def test_siglip_teacher(tmp_path, processor, teacher_processor, image_dataset, teachers):
+    from transformers import SiglipConfig, SiglipModel
+
+    sam, _ = teachers
+    config = SiglipConfig(
+        text_config=dict(vocab_size=300, hidden_size=24, intermediate_size=48, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=40,
+                         pad_token_id=1, bos_token_id=2, eos_token_id=3),
+        vision_config=dict(hidden_size=24, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+    )
+    torch.manual_seed(0)
+    siglip = SiglipModel(config).eval()
+    student = SamClipModel.from_teachers(sam, siglip)
+    before = _snapshot(student)
+    trainer = _trainer(tmp_path, student, (sam, siglip), processor, teacher_processor, image_dataset, "distillation")
+    trainer.train()
+    assert math.isfinite(trainer.state.log_history[0]["loss_clip"])
+    assert any(n.startswith("clip_head.") for n in _changed(before, student))
+
+
+def test_short_distillation_beats_the_untrained_merge_on_clip_cosine(tmp_path, teachers, processor,
+                                                                     teacher_processor, image_dataset):
+    sam, clip = teachers
+    student = SamClipModel.from_teachers(sam, clip)
+    held_out = _images_and_masks(8, seed=5)[0]
+
+    @torch.no_grad()
+    def cosine(model):
+        student_embeds = model.get_image_features(processor(held_out, view="clip")["pixel_values"]).pooler_output
+        teacher_embeds = clip.get_image_features(teacher_processor(held_out, return_tensors="pt")["pixel_values"]).pooler_output
+        return torch.nn.functional.cosine_similarity(student_embeds, teacher_embeds).mean().item()
+
+    start = cosine(student.eval())
+    trainer = _trainer(tmp_path, student, teachers, processor, teacher_processor, image_dataset, "head_probing",
+                       steps=30, args={"per_device_train_batch_size": 8, "logging_steps": 10})
+    trainer.train()
+    assert cosine(student.eval()) > start + 0.1
+
+
+def test_resume_from_checkpoint_restores_the_student(tmp_path, teachers, processor, teacher_processor, image_dataset):
+    sam, clip = teachers
+    student = SamClipModel.from_teachers(sam, clip)
+    trainer = _trainer(tmp_path, student, teachers, processor, teacher_processor, image_dataset, "distillation",
+                       steps=2, args={"save_strategy": "steps", "save_steps": 2})
+    trainer.train()
+    checkpoint = tmp_path / "checkpoint-2"
+    assert (checkpoint / "model.safetensors").is_file() and (checkpoint / "config.json").is_file()
+    assert SamClipModel.from_pretrained(checkpoint) is not None  # checkpoints are loadable models (no teachers)
+    fresh = SamClipModel.from_teachers(sam, clip)
+    resumed = _trainer(tmp_path, fresh, teachers, processor, teacher_processor, image_dataset, "distillation",
+                       steps=3, args={"save_strategy": "no"})
+    resumed._load_from_checkpoint(str(checkpoint))
+    for name, value in student.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[name], value)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.state.global_step == 3

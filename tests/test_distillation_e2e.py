@@ -1,0 +1,187 @@
+"""End-to-end distillation checks (slow): the command killed and resumed, 2-process accelerate launch on CPU, the
+shipped mosaic recipe shortened, and two optimizer steps at the paper's full architecture size."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import pytest
+import torch
+from transformers import (
+    CLIPImageProcessorPil,
+    CLIPProcessor,
+    SamImageProcessorPil,
+    SamProcessor,
+)
+
+from transformers_samclip.distillation.run import load_recipe
+
+pytestmark = pytest.mark.slow
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
+       "HF_DATASETS_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="module")
+def tiny_recipe(tmp_path_factory, tokenizer, teachers):
+    """The mosaic recipe shrunk onto tiny random teachers saved to disk (64 px SAM, 32 px CLIP)."""
+    root = tmp_path_factory.mktemp("tiny-recipe")
+    sam, clip = teachers
+    sam.save_pretrained(root / "sam")
+    SamProcessor(SamImageProcessorPil(size={"longest_edge": 64}, pad_size={"height": 64, "width": 64},
+                                      mask_size={"longest_edge": 16}, mask_pad_size={"height": 16, "width": 16})
+                 ).save_pretrained(root / "sam")
+    clip.save_pretrained(root / "clip")
+    CLIPProcessor(CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+                  tokenizer).save_pretrained(root / "clip")
+    recipe = load_recipe("mosaic")
+    recipe["teachers"] = {"sam": str(root / "sam"), "clip": str(root / "clip")}
+    recipe["model"] = {"sam_size": 64, "clip_size": 32, "head": {"num_hidden_layers": 1}}
+    recipe["data"]["clip"].update(num_items=64, size=32)
+    recipe["data"]["sam"].update(num_mosaics=16, canvas_size=64)
+    recipe["evaluation"] = None
+    for stage, steps in zip(recipe["stages"], (2, 40)):
+        stage["training_args"].update(max_steps=steps, per_device_train_batch_size=8, save_steps=2, logging_steps=1,
+                                      dataloader_num_workers=0)
+    path = root / "tiny.json"
+    path.write_text(json.dumps(recipe))
+    return path
+
+
+def _command(recipe, output_dir, *extra):
+    return [sys.executable, "-m", "transformers_samclip.distillation.cli", "--recipe", str(recipe),
+            "--output-dir", str(output_dir), "--no-eval", "--threads", "1", *extra]
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_recipe):
+    output = tmp_path / "run"
+    first = subprocess.Popen(_command(tiny_recipe, output), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    stage2 = output / "stage2-distillation"
+    deadline = time.time() + 240
+    while time.time() < deadline and first.poll() is None:
+        states = list(stage2.glob("checkpoint-*/trainer_state.json"))
+        if states:
+            time.sleep(0.2)  # let the checkpoint's last file land
+            break
+        time.sleep(0.05)
+    assert first.poll() is None, "the run ended before it could be killed:\n" + first.communicate()[0][-3000:]
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert not (stage2 / "final").exists()
+    steps = sorted(int(p.name.split("-")[1]) for p in stage2.glob("checkpoint-*") if (p / "trainer_state.json").is_file())
+    second = subprocess.run(_command(tiny_recipe, output), env=ENV, capture_output=True, text=True, timeout=280)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    log = second.stdout + second.stderr
+    assert "stage 1 (head_probing) already finished" in log
+    assert f"resuming from checkpoint-{steps[-1]}" in log
+    state = json.loads((stage2 / "checkpoint-40" / "trainer_state.json").read_text())
+    assert state["global_step"] == 40
+    resumed_steps = [entry["step"] for entry in state["log_history"] if "loss" in entry]
+    assert resumed_steps[-1] == 40 and (output / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("num_processes", [1, 2])
+def test_accelerate_launch_on_cpu(tmp_path, tiny_recipe, num_processes):
+    if shutil.which("accelerate") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "accelerate")):
+        pytest.skip("accelerate launcher not installed")
+    launcher = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    processes = ["--multi_gpu", "--num_processes", "2"] if num_processes == 2 else ["--num_processes", "1"]
+    command = [launcher, "launch", *processes, "--num_machines", "1", "--mixed_precision",
+               "no", "--dynamo_backend", "no", "--main_process_port", "0", "-m",
+               "transformers_samclip.distillation.cli", "--recipe", str(tiny_recipe), "--output-dir",
+               str(tmp_path / "ddp"), "--no-eval", "--threads", "1", "--max-steps", "3"]
+    result = subprocess.run(command, env={**ENV, "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True, timeout=280)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = json.loads((tmp_path / "ddp" / "results.json").read_text())
+    assert results["num_processes"] == num_processes and (tmp_path / "ddp" / "model.safetensors").is_file()
+
+
+def test_shortened_mosaic_recipe_beats_the_untrained_merge(tmp_path):
+    from transformers_samclip.mosaic import SHIPPED_TEACHERS_DIR
+
+    if not (SHIPPED_TEACHERS_DIR / "sam" / "model.safetensors").is_file():
+        pytest.skip("the shipped mosaic teachers are not built yet")
+    recipe = load_recipe("mosaic")
+    recipe["evaluation"] = {"num_items": 500, "num_mosaics": 30, "seed": 0}
+    path = tmp_path / "short.json"
+    path.write_text(json.dumps(recipe))
+    result = subprocess.run(
+        [sys.executable, "-m", "transformers_samclip.distillation.cli", "--recipe", str(path), "--output-dir",
+         str(tmp_path / "run"), "--max-steps", "40"], env=ENV, capture_output=True, text=True, timeout=290)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = json.loads((tmp_path / "run" / "results.json").read_text())["rows"]
+    merged, untrained = rows["SAM-CLIP (distilled)"], rows["untrained merge"]
+    assert merged["zero_shot_top1"] > untrained["zero_shot_top1"]
+    assert merged["semseg_miou"] > untrained["semseg_miou"]
+
+
+def test_two_optimizer_steps_at_paper_size(tmp_path):
+    """SAM ViT-B at 1024 px and a ViT-L/14-shaped CLIP teacher, random weights, batch 1, stage 2."""
+    import datasets
+    import numpy as np
+    from PIL import Image
+    from transformers import (
+        CLIPConfig,
+        CLIPModel,
+        SamConfig,
+        SamModel,
+        TrainingArguments,
+    )
+
+    from transformers_samclip import (
+        SamClipModel,
+        SamClipProcessor,
+        samclip_config_from_preset,
+    )
+    from transformers_samclip.distillation import (
+        DistillationImageDataset,
+        PairedDataset,
+        PromptSampler,
+        SamClipDistillationCollator,
+        SamClipDistillationTrainer,
+    )
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    preset = samclip_config_from_preset("samclip-vit-b16")
+    sam = SamModel(SamConfig(vision_config=preset.vision_config.to_dict(),
+                             prompt_encoder_config=preset.prompt_encoder_config.to_dict(),
+                             mask_decoder_config=preset.mask_decoder_config.to_dict())).eval()
+    clip = CLIPModel(CLIPConfig(
+        text_config=preset.text_config.to_dict(),
+        vision_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                           image_size=224, patch_size=14),
+        projection_dim=768)).eval()
+    student = SamClipModel.from_teachers(sam, clip)
+    assert student.config.head_config.image_size == 224
+
+    from conftest import make_char_tokenizer
+
+    processor = SamClipProcessor.from_sizes(make_char_tokenizer(), sam_size=1024, clip_size=224)
+    rng = np.random.default_rng(0)
+    image = Image.fromarray((rng.random((480, 640, 3)) * 255).astype(np.uint8))
+    mask = np.zeros((480, 640), dtype=bool)
+    mask[100:300, 200:400] = True
+    dataset = datasets.Dataset.from_dict(
+        {"image": [image] * 2, "masks": [[Image.fromarray(mask)]] * 2},
+        features=datasets.Features({"image": datasets.Image(), "masks": datasets.List(datasets.Image())}))
+    clip_data, sam_data = DistillationImageDataset(dataset), DistillationImageDataset(dataset, masks_column="masks")
+    collator = SamClipDistillationCollator(
+        processor, CLIPImageProcessorPil(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}),
+        sam_dataset=sam_data, sam_batch_size=1, prompt_sampler=PromptSampler(num_boxes=1, num_point_prompts=1))
+    args = TrainingArguments(str(tmp_path), use_cpu=True, remove_unused_columns=False, report_to=[], max_steps=2,
+                             per_device_train_batch_size=1, learning_rate=4e-5, logging_steps=1, save_strategy="no",
+                             disable_tqdm=True)
+    trainer = SamClipDistillationTrainer(student, stage="distillation", clip_teacher=clip, sam_teacher=sam, args=args,
+                                         train_dataset=PairedDataset(clip_data, len(sam_data)), data_collator=collator)
+    before = student.vision_encoder.layers[0].attn.qkv.weight.detach().clone()
+    trainer.train()
+    assert trainer.state.global_step == 2
+    assert all(np.isfinite(entry["loss"]) for entry in trainer.state.log_history if "loss" in entry)
+    assert not torch.equal(before, student.vision_encoder.layers[0].attn.qkv.weight)
