@@ -427,13 +427,15 @@ class SamClipModel(SamClipPreTrainedModel):
         image_embeddings: torch.Tensor | None = None,
         multimask_output: bool = True,
         return_loss: bool = False,
+        return_image_embeds: bool | None = None,
         **kwargs,
     ) -> SamClipOutput:
         r"""
         One call for every task. With `pixel_values` and no prompts, the CLIP head runs (`image_embeds`); with
         text too, `logits_per_image`/`logits_per_text`. With SAM prompts (points, boxes, masks) the SAM head runs
         (`pred_masks`, `iou_scores`) on SAM-path pixel values or on precomputed `image_embeddings`. With prompts
-        and text, both heads read ONE encoder pass (the stage-3 setting).
+        and text, both heads read ONE encoder pass (the stage-3 setting); `return_image_embeds=True` asks for the
+        CLIP head's embedding beside the masks without text.
         """
         has_prompts = any(x is not None for x in (input_points, input_boxes, input_masks))
         if pixel_values is not None and image_embeddings is not None:
@@ -455,7 +457,7 @@ class SamClipModel(SamClipPreTrainedModel):
             encoded = self.vision_encoder(pixel_values, compute_neck=has_prompts, **kwargs)
             out.vision_hidden_states, out.vision_attentions = encoded.hidden_states, encoded.attentions
             image_embeddings = encoded.last_hidden_state
-            if input_ids is not None or not has_prompts:
+            if return_image_embeds or input_ids is not None or not has_prompts:
                 _, pooled = self.clip_head(encoded.trunk_hidden_state)
                 image_embeds = F.normalize(pooled, dim=-1)
                 out.image_embeds = image_embeds

@@ -135,7 +135,11 @@ def test_forward_returns_clip_fields_and_one_encoder_pass_for_both_heads(merged,
     assert_close(both.pred_masks, sam_only.pred_masks)
     assert_close(clip_only.logits_per_image, image @ text_embeds.t() * merged.logit_scale.exp())
     assert_close(clip_only.logits_per_text, clip_only.logits_per_image.t())
-    assert clip_only.pred_masks is None and sam_only.logits_per_image is None
+    assert clip_only.pred_masks is None and sam_only.logits_per_image is None and sam_only.image_embeds is None
+    with torch.no_grad():
+        with_embeds = merged(pixel_values=pixels, input_points=points, input_labels=labels, return_image_embeds=True)
+    assert_close(with_embeds.image_embeds, both.image_embeds)
+    assert_close(with_embeds.pred_masks, sam_only.pred_masks)
 
 
 def test_clip_path_runs_at_any_multiple_of_the_patch_size(merged):
