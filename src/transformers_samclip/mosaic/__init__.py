@@ -13,7 +13,19 @@ from .mosaics import (
     mosaic_features,
 )
 from .prompts import center_point, evaluation_points, mask_iou, random_points
-from .teachers import SHIPPED_TEACHERS_DIR, build_teachers, load_mosaic_teachers
+
+_TEACHER_NAMES = ("SHIPPED_TEACHERS_DIR", "build_teachers", "load_mosaic_teachers")
+
+
+def __getattr__(name):
+    # Imported on first use, so that `python -m transformers_samclip.mosaic.teachers` runs the module
+    # once, not twice.
+    if name in _TEACHER_NAMES:
+        from . import teachers
+
+        return getattr(teachers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "FASHION_MNIST_CLASSES",

@@ -6,11 +6,13 @@ Read from Debian's ``dataset-fashion-mnist`` IDX files when present, else from t
 from __future__ import annotations
 
 import gzip
+import io
 import os
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 FASHION_MNIST_CLASSES = (
     "T-shirt/top",
@@ -79,6 +81,13 @@ def load_fashion_mnist_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
+def _png_bytes(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image, mode="L").save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+@lru_cache(maxsize=2)
 def load_fashion_mnist(split: str):
     """Return one split as a ``datasets.Dataset`` with ``image`` (28x28 L) and ``label`` (ClassLabel)."""
     import datasets
@@ -87,5 +96,6 @@ def load_fashion_mnist(split: str):
     features = datasets.Features(
         {"image": datasets.Image(), "label": datasets.ClassLabel(names=list(FASHION_MNIST_CLASSES))}
     )
-    # Arrays are handed to the Image feature as-is: encoding 70k PNGs would take seconds for nothing.
-    return datasets.Dataset.from_dict({"image": list(images), "label": labels.tolist()}, features=features)
+    # Encoding the PNGs here is several times faster than the Image feature's generic array path.
+    encoded = [{"bytes": _png_bytes(image), "path": None} for image in images]
+    return datasets.Dataset.from_dict({"image": encoded, "label": labels.tolist()}, features=features)

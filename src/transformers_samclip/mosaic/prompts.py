@@ -6,7 +6,7 @@ import numpy as np
 
 
 def mask_depth(mask: np.ndarray) -> np.ndarray:
-    """Chessboard-free 4-neighbour erosion depth of a bool mask: 1 on the boundary, +1 per step inward.
+    """4-neighbour erosion depth of a bool mask: 1 on the boundary, +1 per step inward.
 
     A cheap stand-in for the distance transform (no scipy needed).
     """
@@ -24,10 +24,12 @@ def mask_depth(mask: np.ndarray) -> np.ndarray:
 
 
 def center_point(mask: np.ndarray) -> tuple[float, float]:
-    """The ``(x, y)`` pixel deepest inside a non-empty mask (SAM's first evaluation point); ties go to
-    the first in row-major order, so the choice is deterministic."""
-    row, col = np.unravel_index(int(np.argmax(mask_depth(mask))), mask.shape)
-    return float(col), float(row)
+    """The ``(x, y)`` pixel deepest inside a non-empty mask (SAM's first evaluation point). Among equally
+    deep pixels (a ridge), the one nearest the ridge's mean, first in row-major order on a tie."""
+    depth = mask_depth(mask)
+    rows, cols = np.nonzero(depth == depth.max())
+    nearest = int(np.argmin((rows - rows.mean()) ** 2 + (cols - cols.mean()) ** 2))
+    return float(cols[nearest]), float(rows[nearest])
 
 
 def random_points(rng: np.random.Generator, mask: np.ndarray, count: int) -> list[tuple[float, float]]:

@@ -1,11 +1,14 @@
 """Train, measure and load the two tiny teachers of the mosaic world: a ``CLIPModel`` and a ``SamModel``.
 
-Rebuild the shipped teachers (one-time; ~10 CPU min for CLIP, ~45 for SAM, 1 thread each)::
+Rebuild the shipped teachers (one-time; wall-clock budgets of 20 min for CLIP and 45 min for SAM,
+1 thread each, then a few minutes of measurement)::
 
     python -m transformers_samclip.mosaic.teachers --threads 1
 
 or both at once on two cores: ``--only clip`` and ``--only sam`` in two processes. Training resumes
-from the last checkpoint in ``--work-dir``. Measured metrics go to ``teachers/BUILD.json``.
+from the last checkpoint in ``--work-dir`` (a larger ``--*-minutes`` continues a finished run).
+The budgets are wall-clock, so the steps reached depend on the machine's load: they are recorded,
+with the measured test metrics, in ``teachers/BUILD.json``; ``--measure-only`` re-measures.
 """
 
 from __future__ import annotations
@@ -55,14 +58,32 @@ MIN_VISIBLE_FRACTION = 0.3
 # ----------------------------------------------------------------------------------------------
 
 
-def _cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int):
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+class _Schedule:
+    """Linear warmup, then cosine decay over whichever runs out first: ``max_steps`` or ``minutes``.
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    A wall-clock budget keeps a build on a shared, busy machine to a known length; the steps it took
+    are recorded with the result.
+    """
+
+    def __init__(self, optimizer, lr: float, warmup_steps: int, max_steps: int | None, minutes: float | None):
+        if max_steps is None and minutes is None:
+            raise ValueError("give max_steps or minutes")
+        self.optimizer, self.lr, self.warmup_steps = optimizer, lr, warmup_steps
+        self.max_steps, self.seconds = max_steps, None if minutes is None else 60.0 * minutes
+
+    def progress(self, step: int, elapsed: float) -> float:
+        by_steps = step / self.max_steps if self.max_steps else 0.0
+        by_time = elapsed / self.seconds if self.seconds else 0.0
+        return max(by_steps, by_time)
+
+    def set_lr(self, step: int, elapsed: float) -> float:
+        if step < self.warmup_steps:
+            factor = (step + 1) / self.warmup_steps
+        else:
+            factor = 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(self.progress(step, elapsed), 1.0)))
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr * factor
+        return self.lr * factor
 
 
 def _log(message: str) -> None:
@@ -75,25 +96,23 @@ class _Checkpointer:
     Data is drawn from generators keyed by (seed, step), so no data state needs saving.
     """
 
-    def __init__(self, work_dir: Path, name: str, seed: int, steps: int):
-        self.path = Path(work_dir) / f"{name}-seed{seed}-steps{steps}.pt"
+    def __init__(self, work_dir: Path, name: str, seed: int):
+        self.path = Path(work_dir) / f"{name}-seed{seed}.pt"
 
-    def load(self, model, optimizer, scheduler) -> tuple[int, float]:
+    def load(self, model, optimizer) -> tuple[int, float]:
         if not self.path.exists():
             return 0, 0.0
         state = torch.load(self.path, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         _log(f"resumed {self.path} at step {state['step']}")
         return state["step"], state["elapsed"]
 
-    def save(self, model, optimizer, scheduler, step: int, elapsed: float) -> None:
+    def save(self, model, optimizer, step: int, elapsed: float) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         state = {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
             "step": step,
             "elapsed": elapsed,
         }
@@ -103,6 +122,42 @@ class _Checkpointer:
 
 def _param_count(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def _train_loop(name, model, step_loss, seed, lr, warmup_steps, max_steps, minutes, work_dir, log_every,
+                checkpoint_every, weight_decay=0.05) -> dict:
+    """AdamW on ``step_loss(step) -> (loss, {part: value})`` under :class:`_Schedule`, checkpointed for
+    resuming; returns the steps taken and the training time."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
+    schedule = _Schedule(optimizer, lr, warmup_steps, max_steps, minutes)
+    checkpointer = _Checkpointer(work_dir, name, seed)
+    step, elapsed = checkpointer.load(model, optimizer)
+    model.train()
+    started = time.perf_counter() - elapsed
+    running = {}
+    while schedule.progress(step, time.perf_counter() - started) < 1.0:
+        current_lr = schedule.set_lr(step, time.perf_counter() - started)
+        loss, parts = step_loss(step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        step += 1
+        for part, value in parts.items():
+            running[part] = 0.95 * running.get(part, value) + 0.05 * value
+        elapsed = time.perf_counter() - started
+        if step % log_every == 0:
+            smoothed = " ".join(f"{k} {v:.4f}" for k, v in running.items())
+            _log(f"{name} step {step} loss {loss.item():.4f} (ema {smoothed}) lr {current_lr:.2e} "
+                 f"elapsed {elapsed:.0f}s progress {schedule.progress(step, elapsed):.1%}")
+        if step % checkpoint_every == 0:
+            checkpointer.save(model, optimizer, step, elapsed)
+    # The final state too: a later run with a larger budget continues from here.
+    checkpointer.save(model, optimizer, step, time.perf_counter() - started)
+    model.eval()
+    _log(f"{name} done: {step} steps in {time.perf_counter() - started:.0f}s")
+    return {"steps": step, "train_seconds": round(time.perf_counter() - started, 1), "lr": lr,
+            "max_steps": max_steps, "minutes": minutes}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -159,7 +214,7 @@ def build_clip_processor(tokenizer=None):
 
 
 def tiny_clip_config(tokenizer):
-    """~0.8M-parameter ``CLIPConfig``: ViT 128 wide, 4 layers, 32 px, patch 4; text 128 wide, 4 layers."""
+    """~1.7M-parameter ``CLIPConfig``: ViT 128 wide, 4 layers, 32 px, patch 8; text 128 wide, 4 layers."""
     from transformers import CLIPConfig
 
     text_config = {
@@ -179,7 +234,9 @@ def tiny_clip_config(tokenizer):
         "num_hidden_layers": 4,
         "num_attention_heads": 4,
         "image_size": CLIP_IMAGE_SIZE,
-        "patch_size": 4,
+        # 4x4 patches of 8 px (as ViTs on MNIST use 7 px): a quarter of the cost of patch 4, which
+        # learned too slowly on a shared 2-core machine (0.37 top-1 after 20 min).
+        "patch_size": 8,
     }
     return CLIPConfig(text_config=text_config, vision_config=vision_config, projection_dim=64)
 
@@ -221,12 +278,13 @@ def evaluate_clip_zero_shot(
 
 def train_clip(
     seed: int = 0,
-    steps: int = 2500,
-    batch_size: int = 256,
-    lr: float = 1e-3,
+    max_steps: int | None = None,
+    minutes: float | None = 20.0,
+    batch_size: int = 128,
+    lr: float = 7e-4,
     work_dir: Path = DEFAULT_WORK_DIR,
-    log_every: int = 50,
-    checkpoint_every: int = 250,
+    log_every: int = 25,
+    checkpoint_every: int = 100,
 ):
     """Train the CLIP teacher contrastively on fresh single-item train views; returns (model, processor, info)."""
     from transformers import CLIPModel
@@ -234,15 +292,10 @@ def train_clip(
     torch.manual_seed(seed)
     processor = build_clip_processor()
     model = CLIPModel(tiny_clip_config(processor.tokenizer))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05, betas=(0.9, 0.98))
-    scheduler = _cosine_with_warmup(optimizer, warmup_steps=min(200, steps // 10 + 1), total_steps=steps)
-    checkpointer = _Checkpointer(work_dir, "clip", seed, steps)
-    start_step, elapsed = checkpointer.load(model, optimizer, scheduler)
     source = item_source("train")
     num_templates = len(CAPTION_TEMPLATES)
-    model.train()
-    started = time.perf_counter() - elapsed
-    for step in range(start_step, steps):
+
+    def step_loss(step):
         rng = np.random.default_rng([seed, 1, step])
         indices = rng.integers(0, len(source.labels), size=batch_size)
         images = [generate_item_view(rng, source.images[i])[0] for i in indices]
@@ -251,24 +304,15 @@ def train_clip(
             CAPTION_TEMPLATES[t].format(FASHION_MNIST_CLASSES[c])
             for t, c in zip(rng.integers(0, num_templates, size=batch_size), labels.tolist())
         ]
-        inputs = processor(text=captions, images=images, padding=True, return_tensors="pt")
-        outputs = model(**inputs)
-        loss = _multi_positive_clip_loss(outputs.logits_per_image, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
         with torch.no_grad():  # CLIP's clamp: keep the temperature from running away
             model.logit_scale.clamp_(0, math.log(100))
-        done = step + 1
-        if done % log_every == 0 or done == steps:
-            _log(f"clip step {done}/{steps} loss {loss.item():.4f} lr {scheduler.get_last_lr()[0]:.2e} "
-                 f"elapsed {time.perf_counter() - started:.0f}s")
-        if done % checkpoint_every == 0 and done < steps:
-            checkpointer.save(model, optimizer, scheduler, done, time.perf_counter() - started)
-    model.eval()
-    info = {"steps": steps, "batch_size": batch_size, "lr": lr, "train_seconds": round(time.perf_counter() - started, 1)}
+        inputs = processor(text=captions, images=images, padding=True, return_tensors="pt")
+        loss = _multi_positive_clip_loss(model(**inputs).logits_per_image, labels)
+        return loss, {"clip": loss.item()}
+
+    info = _train_loop("clip", model, step_loss, seed, lr, 50, max_steps, minutes, work_dir, log_every,
+                       checkpoint_every)
+    info["batch_size"] = batch_size
     return model, processor, info
 
 
@@ -292,20 +336,20 @@ def build_sam_processor():
 
 
 def tiny_sam_config():
-    """~1.3M-parameter ``SamConfig``: ViT 128 wide, 6 layers, patch 8 on a 128 px canvas (16x16 grid),
-    windows of 8 with global attention at layers 2 and 5, 96-channel neck, prompt encoder and decoder."""
+    """~1.1M-parameter ``SamConfig``: ViT 128 wide, 4 layers, patch 8 on a 128 px canvas (16x16 grid),
+    windows of 8 with global attention at layers 1 and 3, 64-channel neck, prompt encoder and decoder."""
     from transformers import SamConfig
 
-    channels = 96
+    channels = 64
     vision_config = {
         "hidden_size": 128,
         "output_channels": channels,
-        "num_hidden_layers": 6,
+        "num_hidden_layers": 4,
         "num_attention_heads": 4,
         "image_size": SAM_IMAGE_SIZE,
         "patch_size": SAM_PATCH_SIZE,
         "window_size": 8,
-        "global_attn_indexes": [2, 5],
+        "global_attn_indexes": [1, 3],
         "num_pos_feats": channels // 2,
         "mlp_ratio": 4.0,
         # The default (1e-10) initialises a dead encoder that outputs ~0 for every image.
@@ -391,21 +435,22 @@ def _sam_training_batch(rng, source, processor, batch_size: int, prompts_per_ima
 
 
 def _mask_losses(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-mask BCE + dice and IoU of logits [B, P, M, h, w] (upsampled to the target size) against
-    targets [B, P, H, W]; both returned as [B, P, M]."""
+    """Per-mask BCE + dice and IoU of low-resolution logits [B, P, M, h, w] against full-resolution bool
+    targets [B, P, H, W]; both returned as [B, P, M].
+
+    The loss is taken at the logits' resolution against area-averaged (soft) targets: nearly the same edges
+    as upsampling the logits, at a quarter of the cost, which here is a third of a training step.
+    """
     b, p, m, h, w = logits.shape
-    size = targets.shape[-2:]
-    logits = F.interpolate(logits.reshape(b * p * m, 1, h, w), size=size, mode="bilinear", align_corners=False)
-    logits = logits.reshape(b, p, m, -1)
-    target = targets.reshape(b, p, 1, -1).expand_as(logits)
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=-1)
+    soft = F.adaptive_avg_pool2d(targets.reshape(b * p, 1, *targets.shape[-2:]), (h, w))
+    soft = soft.reshape(b, p, 1, h * w).expand(b, p, m, h * w)
+    logits = logits.reshape(b, p, m, h * w)
+    bce = F.binary_cross_entropy_with_logits(logits, soft, reduction="none").mean(dim=-1)
     prob = logits.sigmoid()
-    dice = 1 - (2 * (prob * target).sum(-1) + 1) / (prob.sum(-1) + target.sum(-1) + 1)
+    dice = 1 - (2 * (prob * soft).sum(-1) + 1) / (prob.sum(-1) + soft.sum(-1) + 1)
     with torch.no_grad():
-        hard = logits > 0
-        inter = (hard & (target > 0.5)).sum(-1).float()
-        union = (hard | (target > 0.5)).sum(-1).float()
-        iou = inter / union.clamp(min=1)
+        hard, target = logits > 0, soft > 0.5
+        iou = (hard & target).sum(-1).float() / (hard | target).sum(-1).float().clamp(min=1)
     return bce + dice, iou
 
 
@@ -431,13 +476,14 @@ def _sam_loss(model, embeddings, batch):
 
 def train_sam(
     seed: int = 0,
-    steps: int = 6000,
+    max_steps: int | None = None,
+    minutes: float | None = 45.0,
     batch_size: int = 16,
     prompts_per_image: int = 3,
     lr: float = 8e-4,
     work_dir: Path = DEFAULT_WORK_DIR,
-    log_every: int = 50,
-    checkpoint_every: int = 200,
+    log_every: int = 25,
+    checkpoint_every: int = 100,
 ):
     """Train the SAM teacher on fresh train mosaics with box and point prompts; returns (model, processor, info)."""
     from transformers import SamModel
@@ -445,42 +491,30 @@ def train_sam(
     torch.manual_seed(seed)
     processor = build_sam_processor()
     model = SamModel(tiny_sam_config())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05, betas=(0.9, 0.98))
-    scheduler = _cosine_with_warmup(optimizer, warmup_steps=min(300, steps // 10 + 1), total_steps=steps)
-    checkpointer = _Checkpointer(work_dir, "sam", seed, steps)
-    start_step, elapsed = checkpointer.load(model, optimizer, scheduler)
+    # transformers initialises the decoder with N(0, 0.02); with five small layers in a row (hypernetwork
+    # MLP times upscaling convs) its masks start at ~1e-4 and training stalls. SAM's own code keeps
+    # PyTorch's default (fan-in scaled) init there, which starts at a usable scale.
+    for module in model.mask_decoder.modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            module.reset_parameters()
+    # transformers draws SAM's random Fourier frequencies with std = hidden_size // 2 (64 here), harmless
+    # for pretrained weights but fatal from scratch: point, box and grid encodings alias on a 16x16 grid and
+    # the decoder cannot tell where a prompt is. SAM's own PositionEmbeddingRandom uses std 1.
+    with torch.no_grad():
+        model.shared_image_embedding.positional_embedding.normal_(0.0, 1.0)
+    model.tie_weights()
     source = item_source("train")
-    model.train()
-    started = time.perf_counter() - elapsed
-    running = {}
-    for step in range(start_step, steps):
-        batch = _sam_training_batch(np.random.default_rng([seed, 2, step]), source, processor, batch_size,
-                                    prompts_per_image)
+
+    def step_loss(step):
+        rng = np.random.default_rng([seed, 2, step])
+        batch = _sam_training_batch(rng, source, processor, batch_size, prompts_per_image)
         # One encoder pass with gradients, shared by all prompt kinds (get_image_embeddings is no_grad).
         embeddings = model.vision_encoder(batch["pixel_values"]).last_hidden_state
-        loss, parts = _sam_loss(model, embeddings, batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        for name, value in parts.items():
-            running[name] = 0.98 * running.get(name, value) + 0.02 * value
-        done = step + 1
-        if done % log_every == 0 or done == steps:
-            smoothed = " ".join(f"{k} {v:.4f}" for k, v in running.items())
-            _log(f"sam step {done}/{steps} loss {loss.item():.4f} (ema {smoothed}) lr {scheduler.get_last_lr()[0]:.2e} "
-                 f"elapsed {time.perf_counter() - started:.0f}s")
-        if done % checkpoint_every == 0 and done < steps:
-            checkpointer.save(model, optimizer, scheduler, done, time.perf_counter() - started)
-    model.eval()
-    info = {
-        "steps": steps,
-        "batch_size": batch_size,
-        "prompts_per_image": prompts_per_image,
-        "lr": lr,
-        "train_seconds": round(time.perf_counter() - started, 1),
-    }
+        return _sam_loss(model, embeddings, batch)
+
+    info = _train_loop("sam", model, step_loss, seed, lr, 100, max_steps, minutes, work_dir, log_every,
+                       checkpoint_every)
+    info.update(batch_size=batch_size, prompts_per_image=prompts_per_image)
     return model, processor, info
 
 
@@ -542,13 +576,29 @@ def _update_build_record(output_dir: Path, name: str, record: dict) -> None:
     path.write_text(json.dumps(build, indent=2, sort_keys=True) + "\n")
 
 
+def _clip_metrics(model, processor) -> dict:
+    top1 = evaluate_clip_zero_shot(model, processor)
+    _log(f"clip zero-shot top-1 on 10,000 test views: {top1:.4f}")
+    return {"zero_shot_top1": round(top1, 4), "num_views": 10000, "template": PIPELINE_TEMPLATE,
+            "views": "make_item_views('test', seed=0)"}
+
+
+def _sam_metrics(model, processor) -> dict:
+    metrics = evaluate_sam(model, processor)
+    _log(f"sam test metrics: {metrics}")
+    metrics["mosaics"] = "iter_mosaics('test', 500, seed=0)"
+    return metrics
+
+
 def build_teachers(
     output_dir: Path | str = SHIPPED_TEACHERS_DIR,
     seed: int = 0,
     only: str | None = None,
     threads: int = 1,
-    clip_steps: int = 2500,
-    sam_steps: int = 6000,
+    clip_minutes: float | None = 20.0,
+    sam_minutes: float | None = 45.0,
+    clip_steps: int | None = None,
+    sam_steps: int | None = None,
     work_dir: Path | str = DEFAULT_WORK_DIR,
     command: str | None = None,
 ) -> dict:
@@ -558,30 +608,38 @@ def build_teachers(
     output_dir, work_dir = Path(output_dir), Path(work_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     command = command or REBUILD_COMMAND
-    if only in (None, "clip"):
+    trainers = {
+        "clip": (lambda: train_clip(seed=seed, max_steps=clip_steps, minutes=clip_minutes, work_dir=work_dir),
+                 _clip_metrics),
+        "sam": (lambda: train_sam(seed=seed, max_steps=sam_steps, minutes=sam_minutes, work_dir=work_dir),
+                _sam_metrics),
+    }
+    for name, (train, measure) in trainers.items():
+        if only not in (None, name):
+            continue
         began = time.perf_counter()
-        model, processor, info = train_clip(seed=seed, steps=clip_steps, work_dir=work_dir)
-        top1 = evaluate_clip_zero_shot(model, processor)
-        _log(f"clip zero-shot top-1 on 10,000 test views: {top1:.4f}")
-        model.save_pretrained(output_dir / "clip")
-        processor.save_pretrained(output_dir / "clip")
-        info.update(command=command, seed=seed, threads=threads, parameters=_param_count(model),
-                    wall_seconds=round(time.perf_counter() - began, 1),
-                    metrics={"zero_shot_top1": round(top1, 4), "num_views": 10000, "template": PIPELINE_TEMPLATE,
-                             "views": "make_item_views('test', seed=0)"})
-        _update_build_record(output_dir, "clip", info)
-    if only in (None, "sam"):
-        began = time.perf_counter()
-        model, processor, info = train_sam(seed=seed, steps=sam_steps, work_dir=work_dir)
-        metrics = evaluate_sam(model, processor)
-        _log(f"sam test metrics: {metrics}")
-        model.save_pretrained(output_dir / "sam")
-        processor.save_pretrained(output_dir / "sam")
-        metrics["mosaics"] = "iter_mosaics('test', 500, seed=0)"
+        model, processor, info = train()
+        metrics = measure(model, processor)
+        model.save_pretrained(output_dir / name)
+        processor.save_pretrained(output_dir / name)
         info.update(command=command, seed=seed, threads=threads, parameters=_param_count(model),
                     wall_seconds=round(time.perf_counter() - began, 1), metrics=metrics)
-        _update_build_record(output_dir, "sam", info)
+        _update_build_record(output_dir, name, info)
     return json.loads((output_dir / "BUILD.json").read_text())
+
+
+def measure_teachers(teachers_dir: Path | str = SHIPPED_TEACHERS_DIR, only: str | None = None, threads: int = 1) -> dict:
+    """Measure saved teachers again and rewrite the metrics in their ``BUILD.json``."""
+    torch.set_num_threads(threads)
+    teachers_dir = Path(teachers_dir)
+    loaded = load_mosaic_teachers(teachers_dir=teachers_dir)
+    build = json.loads((teachers_dir / "BUILD.json").read_text())
+    if only in (None, "clip"):
+        build["clip"]["metrics"] = _clip_metrics(loaded["clip_model"], loaded["clip_processor"])
+    if only in (None, "sam"):
+        build["sam"]["metrics"] = _sam_metrics(loaded["sam_model"], loaded["sam_processor"])
+    (teachers_dir / "BUILD.json").write_text(json.dumps(build, indent=2, sort_keys=True) + "\n")
+    return build
 
 
 def load_mosaic_teachers(device: str | torch.device = "cpu", teachers_dir: Path | str = SHIPPED_TEACHERS_DIR) -> dict:
@@ -594,7 +652,7 @@ def load_mosaic_teachers(device: str | torch.device = "cpu", teachers_dir: Path 
     if missing:
         raise FileNotFoundError(
             f"mosaic teachers {missing} not found in {teachers_dir}; rebuild them with `{REBUILD_COMMAND}` "
-            "(about 10 CPU minutes for CLIP and 45 for SAM)."
+            "(wall-clock budgets of 20 minutes for CLIP and 45 for SAM)."
         )
     sam_model = SamModel.from_pretrained(teachers_dir / "sam").to(device).eval()
     clip_model = CLIPModel.from_pretrained(teachers_dir / "clip").to(device).eval()
@@ -614,12 +672,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=("clip", "sam"))
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core box)")
-    parser.add_argument("--clip-steps", type=int, default=2500)
-    parser.add_argument("--sam-steps", type=int, default=6000)
+    parser.add_argument("--clip-minutes", type=float, default=20.0, help="wall-clock budget of the CLIP training")
+    parser.add_argument("--sam-minutes", type=float, default=45.0, help="wall-clock budget of the SAM training")
+    parser.add_argument("--clip-steps", type=int, help="stop CLIP after this many steps (the schedule follows)")
+    parser.add_argument("--sam-steps", type=int, help="stop SAM after this many steps (the schedule follows)")
+    parser.add_argument("--measure-only", action="store_true", help="re-measure the saved teachers, no training")
     args = parser.parse_args(argv)
+    if args.measure_only:
+        return measure_teachers(args.output_dir, only=args.only, threads=args.threads)
     command = "python -m transformers_samclip.mosaic.teachers " + " ".join(sys.argv[1:] if argv is None else argv)
     return build_teachers(args.output_dir, seed=args.seed, only=args.only, threads=args.threads,
-                          clip_steps=args.clip_steps, sam_steps=args.sam_steps, work_dir=args.work_dir,
+                          clip_minutes=args.clip_minutes, sam_minutes=args.sam_minutes, clip_steps=args.clip_steps,
+                          sam_steps=args.sam_steps, work_dir=args.work_dir,
                           command=command.strip())
 
 
