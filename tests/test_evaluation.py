@@ -211,13 +211,15 @@ shipped = pytest.mark.skipif(
     reason="the trained mosaic teachers are not shipped yet",
 )
 
-# Placeholders: issue 3's teacher targets (top-1 0.80, box 0.85, 1-point 0.70) less a margin, and "clearly above
-# chance" for the baselines; tighten to slightly below the measured subset values once the teachers ship.
+# A little below what the shipped teachers measured (300 items / 50 mosaics: CLIP 0.743, SAM box 0.673,
+# 1-point 0.625, 3-point 0.622, MaskCLIP 0.071, cascade 0.079; full split: 0.699 / 0.691 / 0.629 / 0.636).
+# The metrics are deterministic; the floors sit under both sizes. They are below issue 3's targets (0.80, 0.85,
+# 0.70): see BUILD.json and the closing note for what limits the teachers.
 SUBSET_FLOORS = {
-    "CLIP teacher": {"zero_shot_top1": 0.75},
-    "SAM teacher": {"box_miou": 0.75, "point1_miou": 0.55, "point3_miou": 0.60},
-    "MaskCLIP baseline": {"semseg_miou": 0.10},
-    "SAM+CLIP cascade": {"semseg_miou": 0.10},
+    "CLIP teacher": {"zero_shot_top1": 0.66},
+    "SAM teacher": {"box_miou": 0.64, "point1_miou": 0.59, "point3_miou": 0.59},
+    "MaskCLIP baseline": {"semseg_miou": 0.04},
+    "SAM+CLIP cascade": {"semseg_miou": 0.04},
 }
 
 
