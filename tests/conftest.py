@@ -80,6 +80,15 @@ def processor(tokenizer):
 
 
 @pytest.fixture(scope="session")
+def saved_tiny_model(tmp_path_factory, teachers, processor):
+    """A folder holding the merged tiny model and its processor, as `save_pretrained` writes them."""
+    folder = tmp_path_factory.mktemp("samclip-tiny")
+    SamClipModel.from_teachers(*teachers).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def image():
     rng = np.random.default_rng(0)
     array = (rng.random((48, 80, 3)) * 255).astype(np.uint8)

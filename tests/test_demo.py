@@ -39,13 +39,8 @@ def app_module():
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, teachers, processor):
-    from transformers_samclip import SamClipModel
-
-    folder = tmp_path_factory.mktemp("demo-model")
-    SamClipModel.from_teachers(*teachers).save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+def model_dir(saved_tiny_model):
+    return saved_tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -41,13 +41,8 @@ def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, teachers, processor):
-    from transformers_samclip import SamClipModel
-
-    folder = tmp_path_factory.mktemp("samclip-tiny")
-    SamClipModel.from_teachers(*teachers).save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+def tiny_model_dir(saved_tiny_model):
+    return saved_tiny_model
 
 
 @pytest.fixture(scope="module")
