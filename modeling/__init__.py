@@ -7,6 +7,7 @@ from .modeling_samclip import (
     SamClipOutput,
     SamClipPreTrainedModel,
     SamClipSemanticSegmentationOutput,
+    encode_class_names,
 )
 from .processing_samclip import SamClipImageProcessor, SamClipProcessor
 
@@ -21,5 +22,6 @@ __all__ = [
     "SamClipImageProcessor",
     "SamClipProcessor",
     "SamClipSemanticSegmentationOutput",
+    "encode_class_names",
     "samclip_config_from_preset",
 ]

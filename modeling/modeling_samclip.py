@@ -6,7 +6,6 @@ segmentation helpers are new.
 """
 
 import copy
-import math
 from dataclasses import dataclass
 
 import torch
@@ -110,6 +109,25 @@ def _build_text_tower(text_config) -> PreTrainedModel:
         if model_class is None:
             raise ValueError(f"No text model class for {type(text_config).__name__}; expected transformers.{name}.") from None
         return model_class._from_config(text_config)
+
+
+@torch.no_grad()
+def encode_class_names(model, class_names, tokenizer, templates=DEFAULT_TEMPLATES) -> torch.Tensor:
+    """Zero-shot class embeddings `(num_classes, dim)` from any dual encoder with `get_text_features` (SAM-CLIP,
+    CLIP, SigLIP): each class is the mean of its L2-normalised template embeddings, renormalised, as in CLIP's
+    zero-shot evaluation."""
+    class_names = list(class_names)
+    if not class_names:
+        raise ValueError("The class list is empty; give at least one class name.")
+    if not templates:
+        raise ValueError("templates is empty; give at least one template such as 'a photo of a {}.'.")
+    prompts = [template.format(name) for name in class_names for template in templates]
+    max_length = getattr(model.config.text_config, "max_position_embeddings", None)
+    tokens = tokenizer(prompts, padding=True, truncation=max_length is not None, max_length=max_length, return_tensors="pt")
+    tokens = {k: v.to(model.device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
+    embeds = F.normalize(model.get_text_features(**tokens).pooler_output, dim=-1)
+    embeds = embeds.reshape(len(class_names), len(templates), -1).mean(dim=1)
+    return F.normalize(embeds, dim=-1)
 
 
 class SamClipVisionEncoder(SamVisionEncoder):
@@ -481,21 +499,9 @@ class SamClipModel(SamClipPreTrainedModel):
         return out
 
     # ------------------------------------------------------------------------------- semantic segmentation
-    @torch.no_grad()
     def encode_class_names(self, class_names, tokenizer, templates=DEFAULT_TEMPLATES) -> torch.Tensor:
         """Template-averaged, L2-normalised text embeddings `(num_classes, projection_dim)` of class names."""
-        class_names = list(class_names)
-        if not class_names:
-            raise ValueError("The class list is empty; give at least one class name.")
-        if not templates:
-            raise ValueError("templates is empty; give at least one template such as 'a photo of a {}.'.")
-        prompts = [template.format(name) for name in class_names for template in templates]
-        max_length = getattr(self.config.text_config, "max_position_embeddings", None)
-        tokens = tokenizer(prompts, padding=True, truncation=max_length is not None, max_length=max_length, return_tensors="pt")
-        tokens = {k: v.to(self.device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
-        embeds = F.normalize(self.get_text_features(**tokens).pooler_output, dim=-1)
-        embeds = embeds.reshape(len(class_names), len(templates), -1).mean(dim=1)
-        return F.normalize(embeds, dim=-1)
+        return encode_class_names(self, class_names, tokenizer, templates)
 
     def _class_logits(self, dense: torch.Tensor, class_embeds, background_embeds, background_threshold):
         if class_embeds.ndim != 2 or class_embeds.shape[0] == 0:
@@ -656,6 +662,7 @@ class SamClipModel(SamClipPreTrainedModel):
 
 __all__ = [
     "DEFAULT_TEMPLATES",
+    "encode_class_names",
     "SamClipHead",
     "SamClipModel",
     "SamClipOutput",

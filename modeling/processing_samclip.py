@@ -154,10 +154,10 @@ class SamClipProcessor(SamProcessor):
                     "within its width and height."
                 )
 
-    def post_process_semantic_segmentation(self, logits, original_sizes, reshaped_input_sizes):
-        """Resize `(batch, classes, S, S)` class logits of a `"dense"` or `"sam"` view (S = that view's side, as
-        returned by the model's segmentation methods) back to each original image; returns one `(height, width)`
-        label map (0 = background) per image."""
+    def resize_semantic_logits(self, logits, original_sizes, reshaped_input_sizes):
+        """Crop the padding off `(batch, classes, S, S)` maps of a `"dense"` or `"sam"` view (S = that view's side,
+        as returned by the model's segmentation methods) and resize them bilinearly to each original image;
+        returns one `(classes, height, width)` tensor per image."""
         size = logits.shape[-1]
         maps = self.image_processor.post_process_masks(
             [logits[i : i + 1] for i in range(len(logits))],
@@ -166,7 +166,12 @@ class SamClipProcessor(SamProcessor):
             binarize=False,
             pad_size={"height": size, "width": size},
         )
-        return [m[0].argmax(0) for m in maps]
+        return [m[0] for m in maps]
+
+    def post_process_semantic_segmentation(self, logits, original_sizes, reshaped_input_sizes):
+        """Label maps `(height, width)` (0 = background) at each original image size, from class logits of a
+        `"dense"` or `"sam"` view (see `resize_semantic_logits`)."""
+        return [m.argmax(0) for m in self.resize_semantic_logits(logits, original_sizes, reshaped_input_sizes)]
 
     @property
     def model_input_names(self):

@@ -13,19 +13,9 @@ from transformers import (
     AutoProcessor,
 )
 
-from .modeling import (
-    DEFAULT_TEMPLATES,
-    SAMCLIP_PRESETS,
-    SamClipConfig,
-    SamClipHeadConfig,
-    SamClipModel,
-    SamClipOutput,
-    SamClipPreTrainedModel,
-    SamClipImageProcessor,
-    SamClipProcessor,
-    SamClipSemanticSegmentationOutput,
-    samclip_config_from_preset,
-)
+from .modeling import *  # noqa: F403  (the model classes, defined once in modeling/)
+from .modeling import SamClipConfig, SamClipHeadConfig, SamClipImageProcessor, SamClipModel, SamClipProcessor
+from .modeling import __all__ as _model_names
 
 __version__ = "0.1.0"
 
@@ -47,17 +37,4 @@ _register()
 
 from .pipelines import ZeroShotSemanticSegmentationPipeline  # noqa: E402  (registers the pipeline task)
 
-__all__ = [
-    "DEFAULT_TEMPLATES",
-    "SAMCLIP_PRESETS",
-    "SamClipConfig",
-    "SamClipHeadConfig",
-    "SamClipModel",
-    "SamClipOutput",
-    "SamClipPreTrainedModel",
-    "SamClipImageProcessor",
-    "SamClipProcessor",
-    "SamClipSemanticSegmentationOutput",
-    "ZeroShotSemanticSegmentationPipeline",
-    "samclip_config_from_preset",
-]
+__all__ = [*_model_names, "ZeroShotSemanticSegmentationPipeline"]

@@ -95,13 +95,9 @@ class ZeroShotSemanticSegmentationPipeline(Pipeline):
     def postprocess(self, model_outputs):
         labels = ["background", *model_outputs["candidate_labels"]]
         logits = model_outputs["logits"].float()
-        resized = self.processor.image_processor.post_process_masks(
-            [logits],
-            model_outputs["original_sizes"],
-            model_outputs["reshaped_input_sizes"],
-            binarize=False,
-            pad_size={"height": logits.shape[-2], "width": logits.shape[-1]},
-        )[0][0]
+        (resized,) = self.processor.resize_semantic_logits(
+            logits, model_outputs["original_sizes"], model_outputs["reshaped_input_sizes"]
+        )
         label_map = resized.argmax(0)
         probabilities = resized.softmax(0)
         segments = []

@@ -45,17 +45,6 @@ def sam_view(processor, images):
     return processor.image_processor([rgb(image) for image in images], return_tensors="pt")
 
 
-def maps_to_original(image_processor, maps: torch.Tensor, original_sizes, reshaped_input_sizes) -> list[torch.Tensor]:
-    """Crop the padding off `(batch, C, S, S)` maps of a SAM-style letterboxed view and resize them bilinearly to
-    each original image; returns one `(C, height, width)` tensor per image."""
-    size = maps.shape[-1]
-    resized = image_processor.post_process_masks(
-        [maps[i : i + 1] for i in range(len(maps))], original_sizes, reshaped_input_sizes, binarize=False,
-        pad_size={"height": size, "width": size},
-    )
-    return [m[0] for m in resized]
-
-
 def as_mask(value) -> np.ndarray:
     """A bool array from a decoded mask (PIL mode "1"/"L" image or array)."""
     return np.asarray(value).astype(bool)

@@ -15,28 +15,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..modeling import DEFAULT_TEMPLATES
+from ..modeling import DEFAULT_TEMPLATES, encode_class_names
 from ._common import clip_view, iter_batches, model_device, subset
 from .metrics import top1_accuracy
 
 
-@torch.no_grad()
 def class_text_embeddings(model, tokenizer, class_names, templates=None) -> torch.Tensor:
-    """Template-averaged, L2-normalised text embeddings `(num_classes, dim)` of `class_names` (each class: the mean of
-    its normalised template embeddings, renormalised, as in CLIP's zero-shot evaluation)."""
-    templates = list(templates or DEFAULT_TEMPLATES)
-    class_names = list(class_names)
-    if not class_names:
-        raise ValueError("class_names is empty.")
-    prompts = [template.format(name) for name in class_names for template in templates]
-    max_length = getattr(model.config.text_config, "max_position_embeddings", None)
-    tokens = tokenizer(prompts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-    device = model_device(model)
-    features = model.get_text_features(
-        input_ids=tokens["input_ids"].to(device), attention_mask=tokens["attention_mask"].to(device)
-    ).pooler_output
-    embeds = F.normalize(features, dim=-1).reshape(len(class_names), len(templates), -1).mean(dim=1)
-    return F.normalize(embeds, dim=-1)
+    """Template-averaged, L2-normalised text embeddings `(num_classes, dim)` of `class_names` for any dual encoder
+    (the model package's `encode_class_names`, with this harness's argument order)."""
+    return encode_class_names(model, class_names, tokenizer, tuple(templates or DEFAULT_TEMPLATES))
 
 
 @torch.no_grad()

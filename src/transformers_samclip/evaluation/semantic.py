@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._common import iter_batches, maps_to_original, model_device, rgb, sam_view, subset
+from ._common import iter_batches, model_device, rgb, sam_view, subset
 from .classification import class_text_embeddings, image_embeddings
 from .metrics import confusion_matrix, mean_iou, per_class_iou
 
@@ -126,8 +126,8 @@ def samclip_cosine_maps(model, processor, class_embeds: torch.Tensor, size: int)
         encoding = processor(images=[rgb(image) for image in images], view="dense", dense_size=size)
         pixel_values = encoding["pixel_values"].to(model_device(model))
         cosines = _upsampled_cosines(model.get_dense_image_features(pixel_values), class_embeds, (size, size))
-        return maps_to_original(
-            processor.image_processor, cosines.cpu(), encoding["original_sizes"], encoding["reshaped_input_sizes"]
+        return processor.resize_semantic_logits(
+            cosines.cpu(), encoding["original_sizes"], encoding["reshaped_input_sizes"]
         )
 
     return cosine_maps
