@@ -1,6 +1,13 @@
 """SAM-CLIP distillation: losses, prompt sampler, data, teacher-output cache, the multi-stage trainer and the
 `samclip distill` command (see SAM-CLIP.md sections 3-4)."""
 
+from .annotations import (
+    decode_rle,
+    encode_rle,
+    load_coco_instances,
+    load_sa1b,
+    polygons_to_mask,
+)
 from .cache import TeacherOutputCache, fingerprint, fingerprint_model
 from .data import (
     DistillationImageDataset,
@@ -41,9 +48,14 @@ __all__ = [
     "configure_trainable",
     "decode_image",
     "decode_mask",
+    "decode_rle",
     "dice_loss",
+    "encode_rle",
     "fingerprint",
     "fingerprint_model",
+    "load_coco_instances",
+    "load_sa1b",
+    "polygons_to_mask",
     "sam_distillation_loss",
     "sigmoid_focal_loss",
 ]

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .annotations import decode_rle
 from .prompts import PromptSampler
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,10 @@ def decode_image(value) -> Image.Image:
 
 
 def decode_mask(value) -> np.ndarray:
-    """A bool `(height, width)` mask from an image (any mode; nonzero = inside) or an array."""
+    """A bool `(height, width)` mask from an image (any mode; nonzero = inside), COCO RLE (a dict with `size`
+    and `counts`, see `decode_rle`) or an array."""
+    if isinstance(value, dict) and "counts" in value:
+        return decode_rle(value)
     if isinstance(value, (Image.Image, dict, str, os.PathLike)):
         return np.asarray(decode_image(value).convert("L")) > 0
     return np.asarray(value).astype(bool)

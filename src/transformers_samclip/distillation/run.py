@@ -59,9 +59,21 @@ def load_teachers(spec: dict) -> dict:
 
 def load_image_dataset(spec: dict):
     """A `datasets` dataset from a recipe `data` entry: `source` is `mosaic-items`, `mosaic` (the mosaic world),
-    or anything `datasets.load_dataset` takes (`imagefolder` with `data_dir`, a Hub id; `streaming: true`)."""
+    `coco` (`annotation_file`, `image_dir`, and `load_coco_instances`' options), `sa1b` (`data_dir`,
+    `max_images`), or anything `datasets.load_dataset` takes (`imagefolder` with `data_dir`, a Hub id;
+    `streaming: true`). `coco` and `sa1b` put the masks in the column `masks_column` (default `instance_masks`),
+    which stage 2 then samples its prompts from."""
+    masks_column = spec.get("masks_column") or "instance_masks"
     spec = {k: v for k, v in spec.items() if k not in ("masks_column", "image_column", "clip_sizes")}
     source = spec.pop("source")
+    if source == "coco":
+        from .annotations import load_coco_instances
+
+        return load_coco_instances(masks_column=masks_column, **spec)
+    if source == "sa1b":
+        from .annotations import load_sa1b
+
+        return load_sa1b(spec.pop("data_dir"), masks_column=masks_column, **spec)
     if source == "mosaic-items":
         from ..mosaic import make_item_views
 
@@ -87,7 +99,8 @@ def _wrap(dataset, spec: dict, masks: bool = False):
     image_column = spec.get("image_column", "image")
     if isinstance(dataset, datasets.IterableDataset):
         return IterableDistillationImageDataset(dataset, image_column)
-    return DistillationImageDataset(dataset, image_column, spec.get("masks_column") if masks else None)
+    masks_column = spec.get("masks_column") or ("instance_masks" if spec.get("source") in ("coco", "sa1b") else None)
+    return DistillationImageDataset(dataset, image_column, masks_column if masks else None)
 
 
 def _training_args(stage_dir: Path, stage: dict, seed: int, max_steps: int | None) -> TrainingArguments:
