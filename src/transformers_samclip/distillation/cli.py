@@ -9,6 +9,7 @@ Also runs under accelerate (evaluation on the main process only)::
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -21,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", default="outputs/samclip-mosaic", help="checkpoints, model, results; "
                         "re-running with the same folder resumes")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per process (1 is fastest on busy CPUs)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per process (default: the cores divided among the processes)")
     parser.add_argument("--max-steps", type=int, default=None, help="override the optimizer steps of every stage")
     parser.add_argument("--naive", action="store_true", help="naive baseline: CLIP loss only, no SAM rehearsal")
     parser.add_argument("--lambda", dest="sam_loss_weight", type=float, default=None, help="weight of L_SAM (10)")
@@ -38,6 +39,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     import torch
 
+    if args.threads is None:
+        # Under `accelerate launch` every process gets its share; oversubscribed cores slow each step down.
+        args.threads = max(1, (os.cpu_count() or 1) // int(os.environ.get("WORLD_SIZE", "1")))
     torch.set_num_threads(args.threads)
     from .run import load_recipe, run_recipe
 
