@@ -20,9 +20,11 @@ from transformers_samclip.distillation import (
     decode_mask,
     decode_rle,
     encode_rle,
+    is_rle,
     load_coco_instances,
     load_sa1b,
     polygons_to_mask,
+    rle_area,
 )
 from transformers_samclip.distillation.run import _wrap, load_image_dataset
 
@@ -257,7 +259,9 @@ def test_recipe_coco_entry_reaches_the_collator(tmp_path, processor):
     sam_data = _wrap(load_image_dataset(spec), spec, masks=True)
     item = sam_data[0]
     assert item["image"].mode == "RGB" and item["image"].size == (64, 48) and item["skipped"] == 0
-    _assert_masks_equal(item["masks"], masks[1])
+    # RLE masks stay encoded until the prompt sampler decodes the ones it prompts.
+    assert all(is_rle(mask) for mask in item["masks"])
+    _assert_masks_equal([decode_mask(mask) for mask in item["masks"]], masks[1])
     assert sam_data[2]["masks"] == []
     collator = SamClipDistillationCollator(processor, sam_dataset=sam_data, sam_batch_size=3,
                                            prompt_sampler=PromptSampler(num_boxes=2, box_jitter=0.0))
@@ -267,3 +271,31 @@ def test_recipe_coco_entry_reaches_the_collator(tmp_path, processor):
     boxes = {tuple(box) for box in batch["input_boxes"][0].tolist()}
     assert boxes == {(10.0, 5.0, 30.0, 20.0), (40.0, 30.0, 59.0, 43.0)}
     assert int(batch["num_skipped"]) == 0
+
+
+def test_prompt_sampler_gives_the_same_prompts_from_rle_as_from_decoded_masks():
+    rng = np.random.default_rng(3)
+    masks = [rng.random((37, 53)) < p for p in (0.002, 0.3, 0.6)]  # the first is below min_mask_area
+    rles = [encode_rle(mask) for mask in masks]
+    assert [rle_area(rle) for rle in rles] == [int(mask.sum()) for mask in masks]
+    sampler = PromptSampler(num_boxes=3, num_point_prompts=3, min_mask_area=16, seed=5)
+    for index in range(4):
+        from_arrays, from_rles = sampler(masks, 37, 53, index), sampler(rles, 37, 53, index)
+        for name in ("boxes", "points", "labels"):
+            np.testing.assert_array_equal(getattr(from_arrays, name), getattr(from_rles, name))
+
+
+def test_a_corrupt_rle_sample_is_skipped_and_counted(tmp_path):
+    mask = np.zeros((8, 8), dtype=bool)
+    mask[2:5, 3:6] = True
+    good, corrupt = encode_rle(mask), {"size": [8, 8], "counts": "0"}  # runs cover 0 of 64 pixels
+    image = Image.new("RGB", (8, 8))
+    dataset = datasets.Dataset.from_dict(
+        {"image": [image, image], "instance_masks": [[corrupt], [good]]},
+        features=datasets.Features({"image": datasets.Image(), "instance_masks": [{"size": [datasets.Value("int32")],
+                                                                                    "counts": datasets.Value("string")}]}),
+    )
+    spec = {"masks_column": "instance_masks"}
+    item = _wrap(dataset, spec, masks=True)[0]
+    assert item["index"] == 1 and item["skipped"] == 1
+    np.testing.assert_array_equal(decode_mask(item["masks"][0]), mask)

@@ -4,9 +4,11 @@
 from .annotations import (
     decode_rle,
     encode_rle,
+    is_rle,
     load_coco_instances,
     load_sa1b,
     polygons_to_mask,
+    rle_area,
 )
 from .cache import TeacherOutputCache, fingerprint, fingerprint_model
 from .data import (
@@ -51,11 +53,13 @@ __all__ = [
     "decode_rle",
     "dice_loss",
     "encode_rle",
+    "is_rle",
     "fingerprint",
     "fingerprint_model",
     "load_coco_instances",
     "load_sa1b",
     "polygons_to_mask",
+    "rle_area",
     "sam_distillation_loss",
     "sigmoid_focal_loss",
 ]

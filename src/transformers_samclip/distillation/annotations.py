@@ -82,13 +82,29 @@ def encode_rle(mask) -> dict:
     return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": _counts_to_string(counts)}
 
 
-def decode_rle(rle: dict) -> np.ndarray:
-    """The bool `(height, width)` mask of COCO RLE `{"size": [height, width], "counts": ...}`, `counts` being
-    the compressed string (`str` or `bytes`) or the uncompressed list of run lengths."""
+def is_rle(value) -> bool:
+    """Whether `value` is a COCO RLE dict (`size` and `counts`)."""
+    return isinstance(value, dict) and "counts" in value and "size" in value
+
+
+def _checked_counts(rle: dict) -> tuple[int, int, list[int]]:
     height, width = (int(v) for v in rle["size"])
     counts = _counts(rle)
     if sum(counts) != height * width or min(counts, default=0) < 0:
         raise ValueError(f"RLE runs cover {sum(counts)} pixels, not {height}x{width}")
+    return height, width, counts
+
+
+def rle_area(rle: dict) -> int:
+    """Pixels inside the mask of COCO RLE `rle`, from its run lengths alone (no decoding); raises like
+    `decode_rle` on a corrupt one."""
+    return int(sum(_checked_counts(rle)[2][1::2]))
+
+
+def decode_rle(rle: dict) -> np.ndarray:
+    """The bool `(height, width)` mask of COCO RLE `{"size": [height, width], "counts": ...}`, `counts` being
+    the compressed string (`str` or `bytes`) or the uncompressed list of run lengths."""
+    height, width, counts = _checked_counts(rle)
     values = np.arange(len(counts)) % 2 == 1
     return np.repeat(values, counts).reshape((height, width), order="F")
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .annotations import decode_rle
+from .annotations import decode_rle, is_rle, rle_area
 from .prompts import PromptSampler
 
 logger = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def decode_image(value) -> Image.Image:
 def decode_mask(value) -> np.ndarray:
     """A bool `(height, width)` mask from an image (any mode; nonzero = inside), COCO RLE (a dict with `size`
     and `counts`, see `decode_rle`) or an array."""
-    if isinstance(value, dict) and "counts" in value:
+    if is_rle(value):
         return decode_rle(value)
     if isinstance(value, (Image.Image, dict, str, os.PathLike)):
         return np.asarray(decode_image(value).convert("L")) > 0
@@ -60,7 +60,9 @@ def _without_decoding(dataset, columns):
 class DistillationImageDataset(torch.utils.data.Dataset):
     """A map-style `datasets.Dataset` of images (and optional instance masks) for distillation.
 
-    Items are dicts: `index`, `image` (RGB PIL), `masks` (list of bool arrays, when `masks_column` is set),
+    Items are dicts: `index`, `image` (RGB PIL), `masks` (list of bool arrays, when `masks_column` is set; COCO
+    RLE dicts stay encoded, checked, for the prompt sampler to decode the few it prompts: an SA-1B image has
+    about 100 masks of 1500 x 2250 px, 340 MB decoded),
     `skipped` (unreadable samples replaced by this one), plus row `index` of each tensor in `cached` (teacher
     outputs from `TeacherOutputCache`).
     """
@@ -79,7 +81,11 @@ class DistillationImageDataset(torch.utils.data.Dataset):
         row = self.dataset[int(index)]
         item = {"index": int(index), "image": decode_image(row[self.image_column]).convert("RGB")}
         if self.masks_column:
-            item["masks"] = [decode_mask(m) for m in (row[self.masks_column] or [])]
+            masks = row[self.masks_column] or []
+            for mask in masks:
+                if is_rle(mask):
+                    rle_area(mask)  # a corrupt RLE raises here, so the sample is skipped and counted
+            item["masks"] = [mask if is_rle(mask) else decode_mask(mask) for mask in masks]
         return item
 
     def __getitem__(self, index: int) -> dict:

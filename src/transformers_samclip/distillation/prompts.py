@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .annotations import decode_rle, is_rle, rle_area
+
 POINT_PAD_LABEL = -10  # SAM's label for padding points (zero embedding)
 
 
@@ -52,10 +54,11 @@ class PromptSampler:
     seed: int = 0
 
     def __call__(self, masks, height: int, width: int, index: int) -> SamPrompts:
-        """Prompts for sample `index`: `masks` is a list of bool `(height, width)` arrays (may be empty)."""
+        """Prompts for sample `index`: `masks` is a list of bool `(height, width)` arrays or COCO RLE dicts (may be
+        empty); an RLE mask is decoded only when it is prompted."""
         rng = np.random.default_rng([self.seed, index])
-        masks = [np.asarray(m, dtype=bool) for m in (masks or [])]
-        masks = [m for m in masks if m.sum() >= self.min_mask_area]
+        masks = [m if is_rle(m) else np.asarray(m, dtype=bool) for m in (masks or [])]
+        masks = [m for m in masks if (rle_area(m) if is_rle(m) else m.sum()) >= self.min_mask_area]
         if masks:
             return self._from_masks(rng, masks, height, width)
         return self._from_grid(rng, height, width)
@@ -63,7 +66,7 @@ class PromptSampler:
     def _choose(self, rng, masks, count):
         # Every mask once (random order) before any repeats, so small images spread prompts over their objects.
         order = np.concatenate([rng.permutation(len(masks)) for _ in range(-(-count // len(masks)))])
-        return [masks[i] for i in order[:count]]
+        return [decode_rle(masks[i]) if is_rle(masks[i]) else masks[i] for i in order[:count]]
 
     def _from_masks(self, rng, masks, height, width) -> SamPrompts:
         boxes = np.zeros((self.num_boxes, 4), dtype=np.float32)
