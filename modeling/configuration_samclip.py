@@ -33,6 +33,10 @@ class SamClipHeadConfig(PreTrainedConfig):
         image_size (`int`, defaults to 224): default input size of the CLIP path (224/336/448 in the paper).
         hidden_act (`str`, defaults to `"gelu"`): activation of the MLP.
         layer_norm_eps (`float`, defaults to 1e-6): epsilon of the LayerNorm.
+        dense_value_layers (`int`, defaults to 2): for per-patch (dense) features, the last this many blocks run
+            with their attention replaced by its value projection, MaskCLIP's read-out: each patch keeps its own
+            content instead of the global mix that pooling is trained on. 0 reads the pooled path's tokens. 2 was
+            chosen on training mosaics (plain semantic mIoU 0.078 / 0.074 / 0.101 / 0.097 for 0 / 1 / 2 / 3).
     """
 
     model_type = "samclip_head"
@@ -46,6 +50,7 @@ class SamClipHeadConfig(PreTrainedConfig):
     image_size: int = 224
     hidden_act: str = "gelu"
     layer_norm_eps: float = 1e-6
+    dense_value_layers: int = 2
 
     def validate_architecture(self):
         """Reject head settings the model cannot build, naming the allowed values."""
@@ -53,6 +58,8 @@ class SamClipHeadConfig(PreTrainedConfig):
             raise ValueError(f"head_config.pooling must be 'max' or 'mean', got {self.pooling!r}.")
         if self.num_hidden_layers < 0:
             raise ValueError(f"head_config.num_hidden_layers must be >= 0, got {self.num_hidden_layers}.")
+        if self.dense_value_layers < 0:
+            raise ValueError(f"head_config.dense_value_layers must be >= 0, got {self.dense_value_layers}.")
         if self.projection_dim <= 0:
             raise ValueError(f"head_config.projection_dim must be positive, got {self.projection_dim}.")
 

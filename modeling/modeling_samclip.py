@@ -222,6 +222,7 @@ class SamClipHead(nn.Module):
         )
         self.projector = SamClipProjector(vision.hidden_size, head)
         self.pooling = head.pooling
+        self.dense_value_layers = head.dense_value_layers
         self.project_before_pool = head.project_before_pool
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -240,9 +241,23 @@ class SamClipHead(nn.Module):
             embedding = self.projector(self.pool(tokens))
         return tokens, embedding
 
-    def dense_features(self, head_tokens: torch.Tensor) -> torch.Tensor:
-        """Per-patch embeddings in text space, `(batch, projection_dim, h, w)`, unnormalised."""
-        return self.projector(head_tokens).permute(0, 3, 1, 2)
+    def dense_features(self, trunk_tokens: torch.Tensor) -> torch.Tensor:
+        """Per-patch embeddings in text space, `(batch, projection_dim, h, w)`, unnormalised, from `(batch, h, w,
+        hidden)` trunk tokens; the last `dense_value_layers` blocks read out MaskCLIP-style (`_value_only_block`)."""
+        tokens = trunk_tokens
+        first_value_only = len(self.layers) - min(self.dense_value_layers, len(self.layers))
+        for index, layer in enumerate(self.layers):
+            tokens = layer(tokens) if index < first_value_only else _value_only_block(layer, tokens)
+        return self.projector(tokens).permute(0, 3, 1, 2)
+
+
+def _value_only_block(layer: SamVisionLayer, hidden_states: torch.Tensor) -> torch.Tensor:
+    # A block whose attention output is its value projection alone: every patch keeps its own content, as in
+    # MaskCLIP, because the attention mix is what pooling is trained on, not what a per-patch map needs.
+    attention = layer.attn
+    value = attention.qkv(layer.layer_norm1(hidden_states)).unflatten(-1, (3, -1))[..., 2, :]
+    hidden_states = hidden_states + attention.proj(value)
+    return hidden_states + layer.mlp(layer.layer_norm2(hidden_states))
 
 
 class SamClipPreTrainedModel(PreTrainedModel):
@@ -325,8 +340,7 @@ class SamClipModel(SamClipPreTrainedModel):
     def get_dense_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Per-patch CLIP-head embeddings in text space, `(batch, projection_dim, grid_h, grid_w)`, unnormalised."""
         trunk = self.vision_encoder(pixel_values, compute_neck=False).trunk_hidden_state
-        tokens, _ = self.clip_head(trunk)
-        return self.clip_head.dense_features(tokens)
+        return self.clip_head.dense_features(trunk)
 
     def get_text_features(
         self,
@@ -556,9 +570,9 @@ class SamClipModel(SamClipPreTrainedModel):
         if tuple(pixel_values.shape[-2:]) != (size, size):
             raise ValueError(f"SAM refinement runs on the {size}x{size} SAM path; got {tuple(pixel_values.shape[-2:])}.")
         encoded = self.vision_encoder(pixel_values, compute_neck=True)
-        tokens, _ = self.clip_head(encoded.trunk_hidden_state)
         coarse = self._class_logits(
-            self.clip_head.dense_features(tokens), class_embeds, background_embeds, background_threshold
+            self.clip_head.dense_features(encoded.trunk_hidden_state), class_embeds, background_embeds,
+            background_threshold,
         )
         low_res = 4 * self.config.prompt_encoder_config.image_embedding_size
         labels_low = F.interpolate(coarse, size=(low_res, low_res), mode="bilinear", align_corners=False).argmax(1)

@@ -164,15 +164,36 @@ def test_pos_embed_interpolation_is_exact_at_native_size_and_cache_follows_train
 def test_project_before_pool_and_mean_pooling(teachers, pixels):
     sam, clip = teachers
     for options in ({"pooling": "mean"}, {"project_before_pool": True}):
-        model = SamClipModel.from_teachers(sam, clip, **options)
+        model = SamClipModel.from_teachers(sam, clip, dense_value_layers=0, **options)
         with torch.no_grad():
-            tokens = model.clip_head(model.vision_encoder(pixels).trunk_hidden_state)[0]
-            dense = model.clip_head.dense_features(tokens)
+            trunk = model.vision_encoder(pixels).trunk_hidden_state
+            tokens = model.clip_head(trunk)[0]
+            dense = model.clip_head.dense_features(trunk)
             pooled = model.get_image_features(pixels).pooler_output
         if options.get("project_before_pool"):
             assert_close(pooled, dense.amax(dim=(2, 3)))
         else:
             assert_close(pooled, model.clip_head.projector(tokens.mean(dim=(1, 2))))
+
+
+def test_dense_value_layers_keep_each_patch_to_itself(teachers):
+    sam, clip = teachers
+    trunk = torch.randn(1, 4, 4, sam.config.vision_config.hidden_size, generator=torch.Generator().manual_seed(2))
+    changed = trunk.clone()
+    changed[0, 1, 2] += torch.randn(trunk.shape[-1], generator=torch.Generator().manual_seed(3))  # not a constant:
+    # LayerNorm would remove a uniform shift
+    for value_layers, only_that_patch in ((0, False), (1, False), (2, True), (5, True)):
+        model = SamClipModel.from_teachers(sam, clip, num_hidden_layers=2, dense_value_layers=value_layers).eval()
+        with torch.no_grad():
+            moved = (model.clip_head.dense_features(changed) - model.clip_head.dense_features(trunk)).abs().amax(1)[0]
+        assert moved[1, 2] > 0
+        others = moved.clone()
+        others[1, 2] = 0
+        # With every block value-only (5 is capped at the 2 blocks) no patch sees another (the other patches'
+        # features are computed from the very same inputs, so they are equal to the bit); with fewer, they mix.
+        assert bool(others.amax() == 0) == only_that_patch, (value_layers, others.amax())
+    with pytest.raises(ValueError, match="dense_value_layers must be >= 0"):
+        SamClipModel.from_teachers(sam, clip, dense_value_layers=-1)
 
 
 # --------------------------------------------------------------------------------- semantic segmentation
