@@ -110,21 +110,57 @@ def test_shortened_mosaic_recipe_beats_the_untrained_merge(tmp_path):
         pytest.skip("the shipped mosaic teachers are not built yet")
     recipe = load_recipe("mosaic")
     recipe["evaluation"] = {"num_items": 500, "num_mosaics": 30, "seed": 0}
-    recipe["data"]["clip"]["num_items"] = 3000  # 40 steps see 2,560 views; generating 24,000 would only cost time
+    # A third of the default's head probing (375 x 64 views of 12,000 items) and 60 distillation steps.
+    recipe["data"]["clip"]["num_items"] = 12000
+    for stage, steps in zip(recipe["stages"], (375, 60)):
+        stage["training_args"]["max_steps"] = steps
     path = tmp_path / "short.json"
     path.write_text(json.dumps(recipe))
     result = subprocess.run(
         [sys.executable, "-m", "transformers_samclip.distillation.cli", "--recipe", str(path), "--output-dir",
-         str(tmp_path / "run"), "--max-steps", "40"], env=ENV, capture_output=True, text=True, timeout=290)
+         str(tmp_path / "run"), "--threads", "2"], env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = json.loads((tmp_path / "run" / "results.json").read_text())["rows"]
     merged, untrained = rows["SAM-CLIP (distilled)"], rows["untrained merge"]
     # The CLIP head learns; rehearsal keeps SAM (the untrained merge IS the SAM teacher there, so "beating" it
-    # means staying within 3%). Plain semantic segmentation is not asserted: 40 steps do not lift it (and the
-    # full recipe lifts only the SAM-refined variant above the untrained merge, see docs/ablations.md).
+    # means staying within 3%). Semantic segmentation is not asserted here: a third of the recipe leaves both maps
+    # at the all-background level (0.072, measured); the full recipe's model is checked in the test below.
     assert merged["zero_shot_top1"] > untrained["zero_shot_top1"] + 0.05
     for key in ("box_miou", "point1_miou", "point3_miou"):
         assert merged[key] >= 0.97 * untrained[key], key
+
+
+def test_shipped_distilled_model_meets_the_targets_and_beats_its_untrained_start(tmp_path):
+    """The model `samclip distill` made (shipped in the package), evaluated afresh exactly as the command does."""
+    from transformers import set_seed
+
+    from transformers_samclip import SamClipModel
+    from transformers_samclip.distillation.run import evaluate_rows
+    from transformers_samclip.hub.export import SHIPPED_MOSAIC_MODEL_DIR, load_samclip
+    from transformers_samclip.mosaic import load_mosaic_teachers
+
+    torch.set_num_threads(2)
+    recorded = json.loads((SHIPPED_MOSAIC_MODEL_DIR / "results.json").read_text())
+    shipped = load_samclip(SHIPPED_MOSAIC_MODEL_DIR)
+    set_seed(recorded["seed"])  # the untrained merge's new layers are drawn as `samclip distill` drew them
+    teachers = load_mosaic_teachers()
+    untrained = SamClipModel.from_teachers(teachers["sam_model"], teachers["clip_model"],
+                                           image_size=shipped.model.config.head_config.image_size, **recorded["head"])
+    rows = evaluate_rows(shipped.model, untrained, shipped.processor, teachers, load_recipe("mosaic")["evaluation"],
+                         tmp_path)
+    merged, start = rows["SAM-CLIP (distilled)"], rows["untrained merge"]
+    for name, row in recorded["rows"].items():  # inference only: the recorded table is reproduced
+        for key, value in row.items():
+            if key.endswith(("_top1", "_miou")):
+                assert abs(rows[name][key] - value) < 0.005, (name, key, rows[name][key], value)
+    assert merged["zero_shot_top1"] >= 0.95 * rows["CLIP teacher"]["zero_shot_top1"]
+    assert merged["box_miou"] >= 0.97 * rows["SAM teacher"]["box_miou"]
+    for key in ("semseg_miou", "semseg_refined_miou"):
+        assert merged[key] > max(rows["MaskCLIP baseline"]["semseg_miou"], rows["SAM+CLIP cascade"]["semseg_miou"])
+    for key in ("zero_shot_top1", "semseg_miou", "semseg_refined_miou"):
+        assert merged[key] > start[key], key
+    for key in ("box_miou", "point1_miou", "point3_miou"):  # the start IS the SAM teacher there
+        assert merged[key] >= 0.99 * start[key], key
 
 
 def test_two_optimizer_steps_at_paper_size(tmp_path):

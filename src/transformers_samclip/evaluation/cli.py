@@ -34,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="samclip evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("model", help="a saved SamClipModel folder or Hub id, or 'teachers'")
+    parser.add_argument("model", help="a saved SamClipModel folder or Hub id, 'mosaic' (the mosaic model: yours or the "
+                        "shipped one), or 'teachers'")
     parser.add_argument("--suite", default="mosaic", help="mosaic | imagefolder:PATH | HUB_DATASET_ID")
     parser.add_argument("--split", default="test", help="split of an imagefolder/Hub suite")
     parser.add_argument("--num-items", type=int, default=10000, help="mosaic: test item views for zero-shot top-1")
@@ -51,6 +52,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load_model(name: str):
+    if name == "mosaic":  # your own `samclip distill` output, else the distilled model the package ships
+        from ..hub.export import load_mosaic_model
+
+        loaded = load_mosaic_model()
+        return loaded.model.eval(), loaded.processor
     # Importing this package registered SAM-CLIP with the Auto classes; remote code covers other versions.
     from transformers import AutoModel, AutoProcessor
 

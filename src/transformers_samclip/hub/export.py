@@ -10,9 +10,15 @@ from typing import NamedTuple
 from ..modeling import SamClipModel, SamClipProcessor
 from .card import DEFAULT_BASE_MODELS, MODEL_CARD_TEMPLATE, load_results, render_model_card
 
-# Where `samclip distill` writes the mosaic model: relative to the working directory, then to the checkout.
+# Where the mosaic model is looked for: your own `samclip distill` output (relative to the working directory,
+# then to the checkout), then the one shipped in the package (mosaic/distilled, with its BUILD.json).
 MOSAIC_MODEL_NAME = "samclip-mosaic"
-MOSAIC_MODEL_DIRS = (Path("outputs") / MOSAIC_MODEL_NAME, Path(__file__).resolve().parents[3] / "outputs" / MOSAIC_MODEL_NAME)
+SHIPPED_MOSAIC_MODEL_DIR = Path(__file__).resolve().parents[1] / "mosaic" / "distilled"
+MOSAIC_MODEL_DIRS = (
+    Path("outputs") / MOSAIC_MODEL_NAME,
+    Path(__file__).resolve().parents[3] / "outputs" / MOSAIC_MODEL_NAME,
+    SHIPPED_MOSAIC_MODEL_DIR,
+)
 # Besides AutoModel (written by save_pretrained), the task Auto classes the pipelines load through.
 TASK_AUTO_CLASSES = ("AutoModelForZeroShotImageClassification", "AutoModelForMaskGeneration")
 
@@ -29,11 +35,16 @@ class LoadedModel(NamedTuple):
 
 
 def load_mosaic_model() -> LoadedModel:
-    """The shipped mosaic model: the distilled one from `samclip distill` when present, else the shipped
-    mosaic teachers merged with `SamClipModel.from_teachers` (the paper's initialisation, not yet distilled)."""
+    """The mosaic model: your own `samclip distill` output when present, else the distilled model shipped in the
+    package, else (a checkout without it) the shipped mosaic teachers merged with `SamClipModel.from_teachers`
+    (the paper's initialisation, not yet distilled)."""
     for folder in MOSAIC_MODEL_DIRS:
         if (folder / "config.json").exists():
-            return load_samclip(folder)
+            loaded = load_samclip(folder)
+            if folder == SHIPPED_MOSAIC_MODEL_DIR:
+                description = "the distilled mosaic model shipped with transformers-samclip (`samclip distill`, seed 0)"
+                loaded = loaded._replace(description=description)
+            return loaded
     from ..mosaic import load_mosaic_teachers
 
     teachers = load_mosaic_teachers()
@@ -43,7 +54,7 @@ def load_mosaic_model() -> LoadedModel:
     )
     return LoadedModel(
         model, processor,
-        "No distilled mosaic model is shipped yet (`samclip distill` writes outputs/samclip-mosaic): this is the "
+        "No distilled mosaic model found (`samclip distill` writes outputs/samclip-mosaic): this is the "
         "shipped mosaic teachers merged with `SamClipModel.from_teachers`, whose CLIP head is not yet trained.",
         merged_teachers=True,
     )
