@@ -299,3 +299,18 @@ def test_a_corrupt_rle_sample_is_skipped_and_counted(tmp_path):
     item = _wrap(dataset, spec, masks=True)[0]
     assert item["index"] == 1 and item["skipped"] == 1
     np.testing.assert_array_equal(decode_mask(item["masks"][0]), mask)
+
+
+def test_a_sample_whose_masks_are_not_its_image_size_is_skipped(tmp_path, caplog):
+    mask = np.zeros((8, 8), dtype=bool)
+    mask[1:4, 1:4] = True
+    wrong_size = np.zeros((8, 9), dtype=bool)
+    for encode in (encode_rle, lambda m: m.astype(np.uint8)):  # RLE masks and plain arrays
+        dataset = datasets.Dataset.from_dict({"image": [Image.new("RGB", (8, 8))] * 2,
+                                              "instance_masks": [[encode(wrong_size)], [encode(mask)]]})
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            item = _wrap(dataset, {"masks_column": "instance_masks"}, masks=True)[0]
+        assert item["index"] == 1 and item["skipped"] == 1
+        assert "mask of size 8x9 on an image of 8x8" in caplog.text
+        np.testing.assert_array_equal(decode_mask(item["masks"][0]), mask)

@@ -77,15 +77,23 @@ class DistillationImageDataset(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def load(self, index: int) -> dict:
-        """Decode sample `index`; raises when it is unreadable."""
+        """Decode sample `index`; raises when it is unreadable or its masks are not the image's size."""
         row = self.dataset[int(index)]
         item = {"index": int(index), "image": decode_image(row[self.image_column]).convert("RGB")}
         if self.masks_column:
-            masks = row[self.masks_column] or []
-            for mask in masks:
+            masks = []
+            for mask in row[self.masks_column] or []:
                 if is_rle(mask):
                     rle_area(mask)  # a corrupt RLE raises here, so the sample is skipped and counted
-            item["masks"] = [mask if is_rle(mask) else decode_mask(mask) for mask in masks]
+                    masks.append(mask)
+                else:
+                    masks.append(decode_mask(mask))
+                size = tuple(int(v) for v in mask["size"]) if is_rle(mask) else masks[-1].shape
+                if size != item["image"].size[::-1]:
+                    # Prompts from such a mask would point at the wrong pixels: skip the sample, do not train on it.
+                    raise ValueError(f"mask of size {size[0]}x{size[1]} on an image of {item['image'].height}x"
+                                     f"{item['image'].width}")
+            item["masks"] = masks
         return item
 
     def __getitem__(self, index: int) -> dict:
