@@ -81,6 +81,10 @@ class SamClipConfig(PreTrainedConfig):
         logit_scale_init_value (`float`, defaults to 2.6592): log of the contrastive temperature.
         logit_bias_init_value (`float`, *optional*): SigLIP's logit bias; `None` for CLIP.
         initializer_range (`float`, defaults to 0.02): std of the normal initialiser of new layers.
+        background_threshold (`float`, *optional*): default background score of zero-shot semantic segmentation:
+            a pixel whose best class cosine is below it is background. `samclip distill` calibrates it on training
+            images and stores it here; `None` (no calibration) means background is never predicted unless the
+            caller gives a threshold or background labels.
     """
 
     model_type = "samclip"
@@ -101,6 +105,7 @@ class SamClipConfig(PreTrainedConfig):
     logit_scale_init_value: float = 2.6592
     logit_bias_init_value: float | None = None
     initializer_range: float = 0.02
+    background_threshold: float | None = None
     tie_word_embeddings: bool = True
 
     def __post_init__(self, **kwargs):
@@ -144,6 +149,8 @@ class SamClipConfig(PreTrainedConfig):
                 f"({self.text_embed_dim}: text_projection_dim, or the text tower's own output size when there is "
                 "no projection)"
             )
+        if self.background_threshold is not None and not -1.0 <= self.background_threshold <= 1.0:
+            problems.append(f"background_threshold ({self.background_threshold}) is a cosine: it must lie in [-1, 1]")
         if problems:
             raise ValueError("Invalid SamClipConfig: " + "; ".join(problems) + ".")
 

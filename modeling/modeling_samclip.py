@@ -522,6 +522,8 @@ class SamClipModel(SamClipPreTrainedModel):
             raise ValueError("class_embeds must be a non-empty (num_classes, dim) tensor; see encode_class_names().")
         dense = F.normalize(dense, dim=1)
         cosine = torch.einsum("bdhw,cd->bchw", dense, class_embeds.to(dense.dtype))
+        if background_threshold is None and background_embeds is None:
+            background_threshold = self.config.background_threshold
         if background_embeds is not None:
             background = torch.einsum("bdhw,cd->bchw", dense, background_embeds.to(dense.dtype)).amax(1, keepdim=True)
         elif background_threshold is not None:
@@ -541,7 +543,8 @@ class SamClipModel(SamClipPreTrainedModel):
     ) -> SamClipSemanticSegmentationOutput:
         """Zero-shot semantic segmentation with the CLIP head alone (the paper's Table 2): per-patch cosine with
         each class embedding, bilinearly upsampled to `output_size` (default: the input size), argmax per pixel.
-        Background (label 0) scores the best `background_embeds` match, or the constant `background_threshold`."""
+        Background (label 0) scores the best `background_embeds` match, or the constant `background_threshold`
+        (default: `config.background_threshold`, calibrated by `samclip distill`)."""
         logits = self._class_logits(
             self.get_dense_image_features(pixel_values), class_embeds, background_embeds, background_threshold
         )

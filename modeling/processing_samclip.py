@@ -50,8 +50,8 @@ class SamClipProcessor(SamProcessor):
     - `"sam"`: SAM's longest-side resize + pad to the SAM size, SAM normalisation; prompts are rescaled.
     - `"clip"`: the CLIP-path view for classification/retrieval (`clip_image_processor`: shortest-side resize and
       centre crop to the CLIP-path size, SAM normalisation: the shared encoder always sees SAM statistics).
-    - `"dense"`: SAM-style resize + pad at the CLIP-path size, for zero-shot semantic segmentation; maps come back
-      to the original size with [`post_process_semantic_segmentation`].
+    - `"dense"`: SAM-style resize + pad at `dense_size` (twice the CLIP-path size), for zero-shot semantic
+      segmentation; maps come back to the original size with [`post_process_semantic_segmentation`].
 
     Args:
         image_processor (`SamClipImageProcessor`): the SAM-path processor.
@@ -84,8 +84,14 @@ class SamClipProcessor(SamProcessor):
 
     @property
     def clip_size(self) -> int:
-        """Side of the CLIP-path view (and of the dense view)."""
+        """Side of the CLIP-path view."""
         return self.clip_image_processor.crop_size["height"]
+
+    @property
+    def dense_size(self) -> int:
+        """Default side of the `"dense"` view: twice the CLIP-path size (the paper reads its 224 px head at 448 px),
+        so that an object spans several patches."""
+        return 2 * self.clip_size
 
     def __call__(
         self,
@@ -101,7 +107,7 @@ class SamClipProcessor(SamProcessor):
         **kwargs,
     ) -> BatchEncoding:
         """Preprocess images (in the chosen view), prompts (original-image coordinates) and text.
-        `dense_size` overrides the side of the `"dense"` view (default: the CLIP-path size)."""
+        `dense_size` overrides the side of the `"dense"` view (default: `self.dense_size`)."""
         has_prompts = any(x is not None for x in (input_points, input_boxes))
         view = view or ("sam" if has_prompts or segmentation_maps is not None else "clip")
         if view not in VIEWS:
@@ -119,7 +125,7 @@ class SamClipProcessor(SamProcessor):
                 )
                 self._check_prompt_range(encoding)
             elif view == "dense":
-                size = dense_size or self.clip_size
+                size = dense_size or self.dense_size
                 encoding = self.image_processor(
                     images, size={"longest_edge": size}, pad_size={"height": size, "width": size},
                     return_tensors=return_tensors, **kwargs,

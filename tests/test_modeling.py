@@ -218,6 +218,30 @@ def test_semantic_segmentation_is_patch_argmax_of_cosine(merged, pixels, tokeniz
     assert (with_background.label_map == 0).any() and (with_background.label_map > 0).any()
 
 
+def test_stored_background_threshold_is_the_default_and_an_argument_wins(merged, pixels, tokenizer, tmp_path):
+    class_embeds = merged.encode_class_names(["red", "noise"], tokenizer)
+    with torch.no_grad():
+        best = F.normalize(merged.get_dense_image_features(pixels), dim=1)
+        best = torch.einsum("bdhw,cd->bchw", best, class_embeds).amax(1)
+    middle = best.flatten().sort().values[best.numel() // 2 - 1 : best.numel() // 2 + 1]
+    threshold = float(middle.mean())  # half the patches fall below it, none on it
+    merged.config.background_threshold = threshold
+    try:
+        out = merged.semantic_segmentation(pixels, class_embeds, output_size=tuple(best.shape[-2:]))
+        assert torch.equal(out.label_map == 0, best < threshold)
+        assert 0 < (out.label_map == 0).float().mean() < 1
+        overridden = merged.semantic_segmentation(pixels, class_embeds, background_threshold=-1.5)
+        assert (overridden.label_map > 0).all()  # an explicit argument wins over the stored default
+        refined = merged.semantic_segmentation_refined(pixels, class_embeds)
+        assert (refined.label_map == 0).any()
+        merged.save_pretrained(tmp_path)
+        assert SamClipModel.from_pretrained(tmp_path).config.background_threshold == threshold
+    finally:
+        merged.config.background_threshold = None
+    with pytest.raises(Exception, match=r"background_threshold \(3.0\) is a cosine: it must lie in \[-1, 1\]"):
+        SamClipConfig(**{**merged.config.to_dict(), "background_threshold": 3.0})
+
+
 def test_semantic_segmentation_refined_uses_sam_head(merged, pixels, tokenizer):
     class_embeds = merged.encode_class_names(["red", "noise"], tokenizer)
     with torch.no_grad():

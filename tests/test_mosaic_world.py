@@ -24,8 +24,10 @@ from transformers_samclip.mosaic import (  # noqa: E402
     make_item_views,
     make_mosaic_dataset,
     mask_iou,
+    scene_captions,
 )
 from transformers_samclip.mosaic import fashion_mnist, teachers  # noqa: E402
+from transformers_samclip.mosaic.mosaics import SCENE_TEMPLATES  # noqa: E402
 
 # Floors a little below what the shipped build measured (500 test views: CLIP top-1 0.718; 100 test mosaics:
 # SAM box 0.666 / 1-point 0.611 mIoU; BUILD.json has the full-split numbers); the metrics are deterministic.
@@ -102,6 +104,22 @@ def test_mosaic_ground_truth_is_consistent():
             assert box == [cols.min(), rows.min(), cols.max(), rows.max()]  # tight, inclusive
         # The last pasted item is never occluded.
         assert mosaic["visible_fraction"][-1] == 1.0
+
+
+def test_scene_captions_name_each_visible_class_once():
+    for mosaic in iter_mosaics("test", num_mosaics=40, seed=4):
+        visible = {FASHION_MNIST_CLASSES[label] for label, fraction in zip(mosaic["labels"], mosaic["visible_fraction"])
+                   if fraction >= 0.3}
+        assert len(mosaic["captions"]) == len(SCENE_TEMPLATES) if visible else mosaic["captions"] == []
+        for caption in mosaic["captions"]:
+            named = [name for name in FASHION_MNIST_CLASSES if f"a {name}" in caption]
+            assert set(named) == visible and all(caption.count(f"a {name}") == 1 for name in named)
+    assert scene_captions([8, 7, 8], [1.0, 0.2, 1.0])[0] == "a photo of a Bag."  # hidden sneaker left out
+    assert scene_captions([0, 4, 8], [1.0, 0.5, 0.9])[0] == "a photo of a Bag, a Coat and a T-shirt/top."
+    assert scene_captions([3], [0.1]) == []
+    # The dataset column holds the generator's captions.
+    rows = make_mosaic_dataset("test", num_mosaics=3, seed=4)
+    assert rows["captions"] == [m["captions"] for m in iter_mosaics("test", num_mosaics=3, seed=4)]
 
 
 def test_mosaics_draw_from_their_own_split():

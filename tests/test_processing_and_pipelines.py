@@ -34,13 +34,14 @@ def test_clip_and_dense_views_and_text(processor, image, tokenizer):
     assert clip_view["pixel_values"].shape == (1, 3, 32, 32)
     assert clip_view["input_ids"].shape[0] == 2
     assert clip_view["input_ids"][0, 0] == tokenizer.bos_token_id
-    dense = processor(images=image, view="dense")
-    assert dense["pixel_values"].shape == (1, 3, 32, 32) and dense["reshaped_input_sizes"].tolist() == [[19, 32]]
+    dense = processor(images=image, view="dense")  # twice the CLIP-path size by default
+    assert processor.dense_size == 64
+    assert dense["pixel_values"].shape == (1, 3, 64, 64) and dense["reshaped_input_sizes"].tolist() == [[38, 64]]
     assert processor(images=image, view="dense", dense_size=48)["pixel_values"].shape == (1, 3, 48, 48)
 
 
 def test_semantic_maps_come_back_at_original_size(processor, image):
-    dense = processor(images=image, view="dense")
+    dense = processor(images=image, view="dense", dense_size=32)
     logits = torch.zeros(1, 3, 32, 32)
     logits[0, 2, :, 16:] = 1.0  # right half of the view -> class 2
     (label_map,) = processor.post_process_semantic_segmentation(

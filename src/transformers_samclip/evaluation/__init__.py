@@ -1,7 +1,9 @@
 """Evaluation harness: metrics, evaluators for any dataset of the right shape (SAM-CLIP models and the plain
-teachers), the paper's baselines, and the mosaic-world tables. Command line: `samclip evaluate` (see `cli.py`)."""
+teachers), the paper's baselines, the mosaic-world tables and a segmentation gallery (PNG). Command line:
+`samclip evaluate` (see `cli.py`)."""
 
 from .classification import class_text_embeddings, evaluate_zero_shot_classification, image_embeddings
+from .gallery import GalleryLayout, label_palette, mosaic_gallery, write_segmentation_gallery
 from .metrics import confusion_matrix, instance_miou, mask_ious, mean_iou, per_class_iou, top1_accuracy
 from .mosaic import RESULT_COLUMNS, evaluate_samclip_on_mosaic, evaluate_teachers_on_mosaic, format_results_table
 from .prompted import evaluate_prompted_segmentation
@@ -17,6 +19,7 @@ from .semantic import (
 )
 
 __all__ = [
+    "GalleryLayout",
     "RESULT_COLUMNS",
     "calibrate_background_threshold",
     "class_text_embeddings",
@@ -33,10 +36,13 @@ __all__ = [
     "image_embeddings",
     "instance_miou",
     "label_map_from_cosines",
+    "label_palette",
     "mask_ious",
     "maskclip_dense_features",
     "mean_iou",
+    "mosaic_gallery",
     "per_class_iou",
     "segment_everything",
     "top1_accuracy",
+    "write_segmentation_gallery",
 ]

@@ -6,6 +6,7 @@ number, the seed, the sizes, the wall time and the software versions.
     samclip evaluate runs/distill/final --teachers --threads 1  # merged model row, teacher rows beside it
     samclip evaluate MODEL --suite imagefolder:/data/pets       # zero-shot top-1 on an image folder
     samclip evaluate MODEL --suite user/dataset --split test    # a Hub dataset (semantic seg. if it has a map column)
+    samclip evaluate mosaic --num-items 0 --num-mosaics 8 --gallery gallery.png  # + a PNG of 8 segmented mosaics
 
 The mosaic suite with its defaults (10,000 items, 500 mosaics), 1 torch thread on the shared 2-core machine under
 load: ~5 min for `teachers`, ~3 min for a merged model (add ~5 min for `--teachers`). What the rows should reach:
@@ -48,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", type=Path, default=Path("results.json"), help="JSON file to write")
     parser.add_argument("--teachers", action="store_true", help="mosaic: add the teacher and baseline rows")
     parser.add_argument("--teachers-dir", type=Path, help="teachers saved elsewhere (default: the shipped ones)")
+    parser.add_argument("--gallery", type=Path, metavar="PATH",
+                        help="mosaic: also write a PNG of 8 test mosaics (image, ground truth, the model plain and "
+                        "SAM-refined, the SAM+CLIP cascade when the teachers are there); see evaluation/gallery.py")
     return parser
 
 
@@ -133,29 +137,44 @@ def _evaluate_dataset(args, model, processor) -> dict[str, dict]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `samclip evaluate`."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.gallery and args.suite != "mosaic":
+        parser.error(f"--gallery draws mosaics: it needs --suite mosaic, not {args.suite!r}")
+    if args.gallery and args.model == "teachers":
+        parser.error("--gallery shows a SAM-CLIP model's segmentation; 'teachers' has none: pass a model "
+                     "(e.g. 'mosaic'), the cascade column comes from the teachers anyway")
     torch.set_num_threads(args.threads)
     began = time.perf_counter()
     teachers = None
-    if args.model == "teachers" or (args.teachers and args.suite == "mosaic"):
+    teacher_rows = args.model == "teachers" or (args.teachers and args.suite == "mosaic")
+    if teacher_rows or args.gallery:  # the gallery wants them for its cascade column only
         from ..mosaic import SHIPPED_TEACHERS_DIR, load_mosaic_teachers
 
         try:
             teachers = load_mosaic_teachers(teachers_dir=args.teachers_dir or SHIPPED_TEACHERS_DIR)
         except FileNotFoundError as error:
-            print(f"samclip evaluate: {error}", file=sys.stderr)
-            return 1
+            if teacher_rows:
+                print(f"samclip evaluate: {error}", file=sys.stderr)
+                return 1
+            print(f"samclip evaluate: {error}; the gallery leaves out the cascade column.")
     model, processor = (teachers, None) if args.model == "teachers" else _load_model(args.model)
     mosaic_sizes = dict(num_items=args.num_items, num_mosaics=args.num_mosaics, seed=args.seed,
                         calibration_mosaics=args.calibration_mosaics)
     if args.suite != "mosaic":
         rows = _evaluate_dataset(args, model, processor)
     else:
-        rows = evaluate_teachers_on_mosaic(teachers, **mosaic_sizes) if teachers else {}
+        rows = evaluate_teachers_on_mosaic(teachers, **mosaic_sizes) if teacher_rows else {}
         if args.model != "teachers":
             rows[args.model] = evaluate_samclip_on_mosaic(model, processor, **mosaic_sizes)
     table = format_results_table(rows)
     print(table)
+    if args.gallery:
+        from .gallery import mosaic_gallery
+
+        mosaic_gallery(model, processor, teachers, args.gallery, seed=args.seed,
+                       calibration_mosaics=args.calibration_mosaics)
+        print(f"wrote {args.gallery}")
     record = {
         "command": "samclip evaluate " + " ".join(argv),
         "model": args.model,
@@ -166,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         "sizes": mosaic_sizes if args.suite == "mosaic" else {"limit": args.limit},
         "rows": rows,
         "table": table,
+        "gallery": str(args.gallery) if args.gallery else None,
         "wall_seconds": round(time.perf_counter() - began, 1),
         "versions": versions(),
     }

@@ -6,11 +6,13 @@ Run (teacher baselines, then a merged model, on the test mosaics)::
     samclip evaluate teachers --num-mosaics 500 --threads 1
     samclip evaluate path/to/model --num-mosaics 500 --threads 1
 
-mIoU is over the classes plus background, from one confusion matrix over the dataset. Background: a pixel is
-background when its best class cosine is below a threshold (the `background_threshold` of
+mIoU is over the classes plus background, from one confusion matrix over the dataset. SAM-CLIP is measured through
+its own `semantic_segmentation` / `semantic_segmentation_refined`, as users and the pipeline call them. Background:
+a pixel is background when its best class cosine is below a threshold (the `background_threshold` of
 `SamClipModel.semantic_segmentation`). The threshold is calibrated on a few TRAIN images (`calibration_dataset`:
 the threshold that maximises their mIoU, searched over quantiles of their best-class cosines), never on the test
-set; the cascade needs none (pixels no kept mask covers are background). Time per 128 px mosaic (1 torch thread,
+set; a distilled model carries the one `samclip distill` calibrated in its config; the cascade needs none (pixels
+no kept mask covers are background). Time per 128 px mosaic (1 torch thread,
 the shared 2-core machine under load): ~30 ms MaskCLIP, ~100 ms plain + refined SAM-CLIP together, ~300 ms cascade
 (64 grid prompts, one CLIP pass per kept mask). A distilled model should beat both baselines (the paper's claim 3:
 VOC 60.6 vs MaskCLIP-style and cascade 27.2).
@@ -119,16 +121,23 @@ def _upsampled_cosines(features: torch.Tensor, class_embeds: torch.Tensor, size)
     return F.interpolate(cosines, size=size, mode="bilinear", align_corners=False)
 
 
+def _samclip_segmentation(model, processor, images, class_embeds, refine: bool, size: int, background_threshold):
+    """The model's own segmentation methods, exactly as the pipeline calls them: `(logits, encoding)`."""
+    images = [rgb(image) for image in images]
+    encoding = sam_view(processor, images) if refine else processor(images=images, view="dense", dense_size=size)
+    method = model.semantic_segmentation_refined if refine else model.semantic_segmentation
+    pixel_values = encoding["pixel_values"].to(model_device(model), model.dtype)
+    return method(pixel_values, class_embeds, background_threshold=background_threshold).logits.float().cpu(), encoding
+
+
 def samclip_cosine_maps(model, processor, class_embeds: torch.Tensor, size: int) -> CosineMaps:
-    """Cosine maps of a SAM-CLIP model's dense CLIP-head features on the letterboxed view of side `size`."""
+    """Cosine maps of a SAM-CLIP model's dense CLIP-head features on the letterboxed view of side `size`, read from
+    `SamClipModel.semantic_segmentation` (its class channels are cosines times the logit scale)."""
 
     def cosine_maps(images):
-        encoding = processor(images=[rgb(image) for image in images], view="dense", dense_size=size)
-        pixel_values = encoding["pixel_values"].to(model_device(model))
-        cosines = _upsampled_cosines(model.get_dense_image_features(pixel_values), class_embeds, (size, size))
-        return processor.resize_semantic_logits(
-            cosines.cpu(), encoding["original_sizes"], encoding["reshaped_input_sizes"]
-        )
+        logits, encoding = _samclip_segmentation(model, processor, images, class_embeds, False, size, -2.0)
+        cosines = logits[:, 1:] / model.logit_scale.exp().item()
+        return processor.resize_semantic_logits(cosines, encoding["original_sizes"], encoding["reshaped_input_sizes"])
 
     return cosine_maps
 
@@ -150,33 +159,31 @@ def evaluate_semantic_segmentation(
     batch_size: int = 16,
     limit: int | None = None,
 ) -> dict:
-    """Zero-shot semantic segmentation mIoU of a `SamClipModel`: the CLIP head's per-patch cosines on the dense view
-    of side `dense_size` (default twice the CLIP-path size, as the paper's 448 px for a 224 px head), or with
-    `refine=True` the SAM-refined maps of `semantic_segmentation_refined` (one SAM-path pass). Background: see the
-    module docstring. Returns `{"miou", "per_class_iou", "num_images", "background_threshold", "dense_size"}`."""
+    """Zero-shot semantic segmentation mIoU of a `SamClipModel` through its own methods (what users and the pipeline
+    get): `semantic_segmentation` on the dense view of side `dense_size` (default `processor.dense_size`, twice the
+    CLIP-path size, as the paper's 448 px for a 224 px head), or with `refine=True` `semantic_segmentation_refined`
+    (one SAM-path pass). Background: an explicit `background_threshold`, else one calibrated on
+    `calibration_dataset`, else the model's `config.background_threshold`. Returns `{"miou", "per_class_iou",
+    "num_images", "background_threshold", "dense_size"}`."""
     model.eval()
     columns = dict(image_column=image_column, semantic_column=semantic_column, ignore_index=ignore_index,
                    batch_size=batch_size)
     class_embeds = class_text_embeddings(model, processor.tokenizer, class_names, templates)
-    # The refined path reads the CLIP head at the SAM-path size, so its threshold is calibrated there too.
-    size = processor.image_processor.size["longest_edge"] if refine else dense_size or 2 * processor.clip_size
-    cosine_maps = samclip_cosine_maps(model, processor, class_embeds, size)
-    threshold = _resolve_threshold(cosine_maps, background_threshold, calibration_dataset, class_names, columns)
+    size = dense_size or processor.dense_size
+    if background_threshold is None and calibration_dataset is None:
+        background_threshold = getattr(model.config, "background_threshold", None)
+    threshold = _resolve_threshold(samclip_cosine_maps(model, processor, class_embeds, size), background_threshold,
+                                   calibration_dataset, class_names, columns)
 
     def segment(images):
-        if not refine:
-            return [label_map_from_cosines(c, threshold) for c in cosine_maps(images)]
-        encoding = sam_view(processor, images)
-        output = model.semantic_segmentation_refined(
-            encoding["pixel_values"].to(model_device(model)), class_embeds, background_threshold=threshold
-        )
+        logits, encoding = _samclip_segmentation(model, processor, images, class_embeds, refine, size, threshold)
         return processor.post_process_semantic_segmentation(
-            output.logits.cpu(), encoding["original_sizes"], encoding["reshaped_input_sizes"]
+            logits, encoding["original_sizes"], encoding["reshaped_input_sizes"]
         )
 
     desc = "refined semantic segmentation" if refine else "semantic segmentation"
     result = evaluate_label_maps(segment, dataset, class_names, limit=limit, desc=desc, **columns)
-    result.update(background_threshold=threshold, dense_size=size)
+    result.update(background_threshold=threshold, dense_size=processor.image_processor.size["longest_edge"] if refine else size)
     return result
 
 
@@ -300,30 +307,25 @@ def _square_crop(image, mask: torch.Tensor, padding: float = 0.2):
     return image.crop((left, top, left + side, top + side))
 
 
-@torch.no_grad()
-def evaluate_cascade_baseline(
+def cascade_segmenter(
     sam_model,
     sam_processor,
     clip_model,
     clip_processor,
-    dataset,
     class_names,
     points_per_side: int = 8,
     pred_iou_threshold: float = 0.8,
     nms_threshold: float = 0.7,
     templates=None,
-    image_column: str = "image",
-    semantic_column: str = "semantic_map",
-    ignore_index: int | None = 255,
-    limit: int | None = None,
-) -> dict:
-    """Semantic mIoU of the SAM-then-CLIP cascade (the paper's Table 7 baseline): :func:`segment_everything`, each
-    mask's square crop classified zero-shot by the CLIP teacher, masks painted largest first (so smaller ones stay
-    visible on top); pixels no mask covers are background."""
+) -> Segmenter:
+    """The SAM-then-CLIP cascade as a segmenter `images -> label maps`: :func:`segment_everything`, each mask's
+    square crop classified zero-shot by the CLIP model, masks painted largest first (so smaller ones stay visible on
+    top); pixels no mask covers are background."""
     sam_model.eval()
     clip_model.eval()
     class_embeds = class_text_embeddings(clip_model, clip_processor.tokenizer, class_names, templates)
 
+    @torch.no_grad()
     def segment(images):
         maps = []
         for image in images:
@@ -339,8 +341,62 @@ def evaluate_cascade_baseline(
             maps.append(label_map)
         return maps
 
-    result = evaluate_label_maps(segment, dataset, class_names, image_column=image_column,
-                                 semantic_column=semantic_column, ignore_index=ignore_index, batch_size=1, limit=limit,
-                                 desc="SAM+CLIP cascade")
+    return segment
+
+
+# Predicted-IoU thresholds tried when the cascade is calibrated: SAM's own 0.88 suits SAM ViT-H; a small SAM's IoU
+# head predicts lower values for masks just as good, and a threshold that keeps no mask makes a vacuous baseline.
+CASCADE_IOU_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.88)
+
+
+def calibrate_cascade_iou_threshold(
+    sam_model, sam_processor, clip_model, clip_processor, class_names, calibration_dataset, **options
+) -> float:
+    """The predicted-IoU threshold of :data:`CASCADE_IOU_THRESHOLDS` with the best cascade mIoU on
+    `calibration_dataset` (training images); `options` go to :func:`cascade_segmenter` and
+    :func:`evaluate_label_maps`."""
+    columns = {k: options.pop(k) for k in ("image_column", "semantic_column", "ignore_index") if k in options}
+    scores = [
+        evaluate_label_maps(
+            cascade_segmenter(sam_model, sam_processor, clip_model, clip_processor, class_names, pred_iou_threshold=t,
+                              **options),
+            calibration_dataset, class_names, batch_size=1, desc=f"cascade calibration {t}", **columns,
+        )["miou"]
+        for t in CASCADE_IOU_THRESHOLDS
+    ]
+    return CASCADE_IOU_THRESHOLDS[int(np.argmax(scores))]
+
+
+@torch.no_grad()
+def evaluate_cascade_baseline(
+    sam_model,
+    sam_processor,
+    clip_model,
+    clip_processor,
+    dataset,
+    class_names,
+    points_per_side: int = 8,
+    pred_iou_threshold: float | None = 0.8,
+    nms_threshold: float = 0.7,
+    calibration_dataset=None,
+    templates=None,
+    image_column: str = "image",
+    semantic_column: str = "semantic_map",
+    ignore_index: int | None = 255,
+    limit: int | None = None,
+) -> dict:
+    """Semantic mIoU of the SAM-then-CLIP cascade (the paper's Table 7 baseline, :func:`cascade_segmenter`). With
+    `pred_iou_threshold=None` the threshold is the one of :data:`CASCADE_IOU_THRESHOLDS` with the best mIoU on
+    `calibration_dataset` (training images), as SAM-CLIP's background threshold is calibrated."""
+    columns = dict(image_column=image_column, semantic_column=semantic_column, ignore_index=ignore_index)
+    teachers = (sam_model, sam_processor, clip_model, clip_processor, class_names)
+    options = dict(points_per_side=points_per_side, nms_threshold=nms_threshold, templates=templates)
+    if pred_iou_threshold is None:
+        if calibration_dataset is None:
+            raise ValueError("pred_iou_threshold=None calibrates it: give calibration_dataset (training images).")
+        pred_iou_threshold = calibrate_cascade_iou_threshold(*teachers, calibration_dataset, **options, **columns)
+    segment = cascade_segmenter(*teachers, pred_iou_threshold=pred_iou_threshold, **options)
+    result = evaluate_label_maps(segment, dataset, class_names, batch_size=1, limit=limit, desc="SAM+CLIP cascade",
+                                 **columns)
     result.update(points_per_side=points_per_side, pred_iou_threshold=pred_iou_threshold)
     return result

@@ -11,6 +11,7 @@ from .mosaics import (
     make_mosaic_dataset,
     mask_to_box,
     mosaic_features,
+    scene_captions,
 )
 from .prompts import center_point, evaluation_points, mask_iou, random_points
 
@@ -46,5 +47,6 @@ __all__ = [
     "mask_iou",
     "mask_to_box",
     "mosaic_features",
+    "scene_captions",
     "random_points",
 ]

@@ -70,6 +70,34 @@ def random_tint(rng: np.random.Generator) -> np.ndarray:
     return (255 * value * (1 - saturation + saturation * rgb)).astype(np.float32)
 
 
+# Captions of a whole mosaic: each names the classes visible in it (items mostly hidden are left out).
+SCENE_TEMPLATES = ("a photo of {}.", "This is a photo of {}.", "{} on a textured background.", "{}.")
+# An item counts as visible in a caption when at least this fraction of it shows (as for SAM's prompts).
+CAPTION_MIN_VISIBLE_FRACTION = 0.3
+
+
+def join_names(names: list[str]) -> str:
+    """`["bag"]` -> "a bag"; `["bag", "coat"]` -> "a bag and a coat"; three or more with commas."""
+    phrases = [f"a {name}" for name in names]
+    return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+
+
+def scene_captions(labels, visible_fraction, min_visible_fraction: float = CAPTION_MIN_VISIBLE_FRACTION) -> list[str]:
+    """Captions of a mosaic, one per :data:`SCENE_TEMPLATES`, naming each class visible in it once.
+
+    The classes are listed front-most first (reverse paste order, itself random), so the order carries no
+    information about the class; an empty list when no item is visible enough. A pure function of the
+    mosaic's labels, so adding captions changes no image."""
+    names = []
+    for label, fraction in reversed(list(zip(labels, visible_fraction))):
+        name = FASHION_MNIST_CLASSES[int(label)]
+        if fraction >= min_visible_fraction and name not in names:
+            names.append(name)
+    if not names:
+        return []
+    return [template.format(join_names(names)) for template in SCENE_TEMPLATES]
+
+
 def _resized_item(image28: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image28).resize((size, size), Image.BILINEAR), dtype=np.float32)
 
@@ -101,7 +129,8 @@ def generate_mosaic(rng: np.random.Generator, items_source: ItemSource | str, ca
     Returns a dict with ``image`` (PIL RGB), ``instance_masks`` (list of bool [H, W], visible pixels
     only, paste order), ``boxes`` (tight ``[x0, y0, x1, y1]`` of each visible mask, inclusive),
     ``labels`` (class ids), ``semantic_map`` (uint8 [H, W]: 0 background, ``c + 1`` class ``c``),
-    ``visible_fraction`` (visible / unoccluded area) and ``item_indices`` (indices in the split).
+    ``visible_fraction`` (visible / unoccluded area), ``item_indices`` (indices in the split) and
+    ``captions`` (:func:`scene_captions`).
     Items hidden entirely by later ones are left out.
     """
     source = _as_source(items_source)
@@ -142,6 +171,7 @@ def generate_mosaic(rng: np.random.Generator, items_source: ItemSource | str, ca
         "semantic_map": semantic_map,
         "visible_fraction": visible_fraction,
         "item_indices": item_indices,
+        "captions": scene_captions(labels, visible_fraction),
     }
 
 
@@ -173,6 +203,7 @@ def mosaic_features():
             "labels": datasets.List(datasets.ClassLabel(names=list(FASHION_MNIST_CLASSES))),
             "visible_fraction": datasets.List(datasets.Value("float32")),
             "item_indices": datasets.List(datasets.Value("int32")),
+            "captions": datasets.List(datasets.Value("string")),
         }
     )
 
@@ -191,7 +222,8 @@ def make_mosaic_dataset(split: str = "test", num_mosaics: int = 1000, seed: int 
     Columns: ``image`` (RGB), ``semantic_map`` (L, 0 background / class + 1), ``instance_masks`` (list of
     mode-"1" images, decoding to bool arrays), ``boxes`` (list of ``[x0, y0, x1, y1]`` float32, inclusive),
     ``labels`` (list of ClassLabel), ``visible_fraction`` (list of float32), ``item_indices`` (list of
-    int32, indices into the Fashion-MNIST split). Same arguments, same bytes.
+    int32, indices into the Fashion-MNIST split), ``captions`` (list of strings naming the visible classes, see
+    :func:`scene_captions`). Same arguments, same bytes.
     """
     import datasets
 
@@ -200,7 +232,7 @@ def make_mosaic_dataset(split: str = "test", num_mosaics: int = 1000, seed: int 
         rows["image"].append(mosaic["image"])
         rows["semantic_map"].append(Image.fromarray(mosaic["semantic_map"], mode="L"))
         rows["instance_masks"].append([Image.fromarray(mask) for mask in mosaic["instance_masks"]])
-        for name in ("boxes", "labels", "visible_fraction", "item_indices"):
+        for name in ("boxes", "labels", "visible_fraction", "item_indices", "captions"):
             rows[name].append(mosaic[name])
     return datasets.Dataset.from_dict(rows, features=mosaic_features())
 

@@ -120,6 +120,20 @@ class _Checkpointer:
         self.path.with_suffix(".tmp").replace(self.path)
 
 
+def _load_weights(model, folder: Path) -> None:
+    """Warm start: copy the weights of the model saved in `folder` (same config) into `model`."""
+    from safetensors.torch import load_file
+
+    missing, unexpected = model.load_state_dict(load_file(folder / "model.safetensors"), strict=False)
+    model.tie_weights()
+    # Tied weights (SAM's shared positional embedding) are saved once; anything else missing is another model.
+    missing = [k for k in missing if "positional_embedding" not in k]
+    if unexpected or missing:
+        raise ValueError(f"{folder} does not hold this teacher's architecture: missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}")
+    _log(f"warm start from {folder}")
+
+
 def _param_count(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -484,8 +498,10 @@ def train_sam(
     work_dir: Path = DEFAULT_WORK_DIR,
     log_every: int = 25,
     checkpoint_every: int = 100,
+    init_from: Path | str | None = None,
 ):
-    """Train the SAM teacher on fresh train mosaics with box and point prompts; returns (model, processor, info)."""
+    """Train the SAM teacher on fresh train mosaics with box and point prompts; returns (model, processor, info).
+    `init_from` (a saved SamModel folder, e.g. the shipped teacher) continues training from its weights."""
     from transformers import SamModel
 
     torch.manual_seed(seed)
@@ -503,6 +519,8 @@ def train_sam(
     with torch.no_grad():
         model.shared_image_embedding.positional_embedding.normal_(0.0, 1.0)
     model.tie_weights()
+    if init_from is not None:
+        _load_weights(model, Path(init_from))
     source = item_source("train")
 
     def step_loss(step):
@@ -601,6 +619,7 @@ def build_teachers(
     sam_steps: int | None = None,
     work_dir: Path | str = DEFAULT_WORK_DIR,
     command: str | None = None,
+    init_from: Path | str | None = None,
 ) -> dict:
     """Train the teachers from ``seed``, save them to ``output_dir/{clip,sam}`` (safetensors, with their
     processors) and record the measured test metrics in ``output_dir/BUILD.json``."""
@@ -611,7 +630,8 @@ def build_teachers(
     trainers = {
         "clip": (lambda: train_clip(seed=seed, max_steps=clip_steps, minutes=clip_minutes, work_dir=work_dir),
                  _clip_metrics),
-        "sam": (lambda: train_sam(seed=seed, max_steps=sam_steps, minutes=sam_minutes, work_dir=work_dir),
+        "sam": (lambda: train_sam(seed=seed, max_steps=sam_steps, minutes=sam_minutes, work_dir=work_dir,
+                                  init_from=None if init_from is None else Path(init_from) / "sam"),
                 _sam_metrics),
     }
     for name, (train, measure) in trainers.items():
@@ -676,6 +696,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sam-minutes", type=float, default=45.0, help="wall-clock budget of the SAM training")
     parser.add_argument("--clip-steps", type=int, help="stop CLIP after this many steps (the schedule follows)")
     parser.add_argument("--sam-steps", type=int, help="stop SAM after this many steps (the schedule follows)")
+    parser.add_argument("--init-from", type=Path, help="continue from the teachers saved in this folder (sam/)")
     parser.add_argument("--measure-only", action="store_true", help="re-measure the saved teachers, no training")
     args = parser.parse_args(argv)
     if args.measure_only:
@@ -683,7 +704,7 @@ def main(argv: list[str] | None = None) -> dict:
     command = "python -m transformers_samclip.mosaic.teachers " + " ".join(sys.argv[1:] if argv is None else argv)
     return build_teachers(args.output_dir, seed=args.seed, only=args.only, threads=args.threads,
                           clip_minutes=args.clip_minutes, sam_minutes=args.sam_minutes, clip_steps=args.clip_steps,
-                          sam_steps=args.sam_steps, work_dir=args.work_dir,
+                          sam_steps=args.sam_steps, work_dir=args.work_dir, init_from=args.init_from,
                           command=command.strip())
 
 
