@@ -33,6 +33,7 @@ forward, ~26 forward+backward) the teacher cache should give ~3.6x there (`bench
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import tempfile
 import time
@@ -42,8 +43,13 @@ import torch
 import torch.nn.functional as F
 
 from transformers_samclip import SamClipModel
-from transformers_samclip.distillation import SamClipDistillationTrainer, clip_distillation_loss
-from transformers_samclip.distillation.run import load_recipe
+from transformers_samclip.distillation import (
+    Recipe,
+    SamClipDistillationTrainer,
+    Stage,
+    clip_distillation_loss,
+    load_recipe,
+)
 
 from .common import (
     check_target,
@@ -72,19 +78,20 @@ def build_mosaic_teachers():
     return sam, clip
 
 
-def build_trainer(sam, clip, recipe: dict, stage: dict, work_dir: str, use_cpu: bool) -> SamClipDistillationTrainer:
+def build_trainer(sam, clip, recipe: Recipe, stage: Stage, work_dir: str, use_cpu: bool) -> SamClipDistillationTrainer:
     """A fresh student merged from the teachers, in the trainer of `stage`, with its optimizer created."""
     from transformers import TrainingArguments
 
-    student = SamClipModel.from_teachers(sam, clip, image_size=recipe["model"]["clip_size"], **recipe["model"]["head"])
-    settings = stage["training_args"]
+    student = SamClipModel.from_teachers(sam, clip, image_size=recipe.model.clip_size,
+                                         **dataclasses.asdict(recipe.model.head))
+    settings = stage.training_args
     args = TrainingArguments(
         output_dir=work_dir, use_cpu=use_cpu, report_to=[], learning_rate=settings["learning_rate"],
         weight_decay=settings.get("weight_decay", 0.0),
     )
     trainer = SamClipDistillationTrainer(
-        student, stage=stage["stage"], clip_teacher=clip, sam_teacher=sam,
-        encoder_lr_scale=stage.get("encoder_lr_scale", 0.1), args=args, **recipe["losses"],
+        student, stage=stage.stage, clip_teacher=clip, sam_teacher=sam, losses=recipe.losses,
+        encoder_lr_scale=stage.encoder_lr_scale, args=args,
     )
     if settings.get("gradient_checkpointing"):
         trainer.model.gradient_checkpointing_enable()
@@ -92,19 +99,19 @@ def build_trainer(sam, clip, recipe: dict, stage: dict, work_dir: str, use_cpu: 
     return trainer
 
 
-def make_batch(sam, clip, recipe: dict, stage: dict, clip_batch: int, sam_batch: int, device) -> dict:
+def make_batch(sam, clip, recipe: Recipe, stage: Stage, clip_batch: int, sam_batch: int, device) -> dict:
     """Random inputs of one step of `stage`, with the teacher views (`no_cache`) and the teacher outputs
     (`teacher_cache`) both present; `step_inputs` picks one set."""
-    clip_size, sam_size = recipe["model"]["clip_size"], recipe["model"]["sam_size"]
+    clip_size, sam_size = recipe.model.clip_size, recipe.model.sam_size
     teacher_size = clip.config.vision_config.image_size
     batch = {
         "clip_pixel_values": torch.randn(clip_batch, 3, clip_size, clip_size, device=device),
         "clip_teacher_pixel_values": torch.randn(clip_batch, 3, teacher_size, teacher_size, device=device),
     }
-    if stage["stage"] == "distillation" and sam_batch:
-        prompts = recipe["prompts"]
-        corner = torch.rand(sam_batch, prompts["num_boxes"], 2, device=device) * sam_size / 2
-        points = (sam_batch, prompts["num_point_prompts"], prompts["max_points"])
+    if stage.rehearses_sam and sam_batch:
+        prompts = recipe.prompts
+        corner = torch.rand(sam_batch, prompts.num_boxes, 2, device=device) * sam_size / 2
+        points = (sam_batch, prompts.num_point_prompts, prompts.max_points)
         batch.update(
             sam_pixel_values=torch.randn(sam_batch, 3, sam_size, sam_size, device=device),
             input_boxes=torch.cat([corner, corner + sam_size / 4], dim=-1),
@@ -149,10 +156,10 @@ def main(argv: list[str] | None = None) -> dict:
     setup(args)
     started = time.perf_counter()
     recipe = load_recipe(args.recipe)
-    stage1, stage2 = recipe["stages"][:2]
+    stage1, stage2 = recipe.stages[:2]
     # --tiny keeps the shapes and shrinks the batches.
-    clip_batches = [8, 4] if args.tiny else [s["training_args"]["per_device_train_batch_size"] for s in (stage1, stage2)]
-    sam_batch = 1 if args.tiny else stage2.get("sam_batch_size", 1)
+    clip_batches = [8, 4] if args.tiny else [s.training_args["per_device_train_batch_size"] for s in (stage1, stage2)]
+    sam_batch = 1 if args.tiny else stage2.sam_batch_size
 
     sam, clip = build_mosaic_teachers()
     with tempfile.TemporaryDirectory() as work_dir:

@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from transformers_samclip import SamClipModel
-from transformers_samclip.distillation.run import load_recipe
+from transformers_samclip.distillation import load_recipe
 
 from .bench_distillation import build_mosaic_teachers, build_trainer, make_batch, step_inputs, train_step
 from .bench_inference import make_cases, make_inputs
@@ -121,9 +121,9 @@ def main(argv: list[str] | None = None) -> dict:
     recipe = load_recipe("mosaic" if args.tiny else "samclip-vit-b16")
     teachers = build_mosaic_teachers() if args.tiny else (sam, clip)
     teachers = tuple(t.to(device) for t in teachers)
-    stage1, stage2 = recipe["stages"][:2]
-    clip_batches = [4, 4] if args.tiny else [s["training_args"]["per_device_train_batch_size"] for s in (stage1, stage2)]
-    sam_batch = 1 if args.tiny else stage2.get("sam_batch_size", 1)
+    stage1, stage2 = recipe.stages[:2]
+    clip_batches = [4, 4] if args.tiny else [s.training_args["per_device_train_batch_size"] for s in (stage1, stage2)]
+    sam_batch = 1 if args.tiny else stage2.sam_batch_size
     with tempfile.TemporaryDirectory() as work_dir:
         use_cpu = device.type == "cpu"
         trainer1 = build_trainer(*teachers, recipe, stage1, str(Path(work_dir) / "1"), use_cpu=use_cpu)

@@ -18,6 +18,7 @@ from transformers_samclip import SamClipModel
 from transformers_samclip.distillation import (
     DistillationImageDataset,
     IterableDistillationImageDataset,
+    LossWeights,
     PairedDataset,
     PromptSampler,
     SamClipDistillationCollator,
@@ -105,14 +106,16 @@ def test_sam_distillation_loss_weights_and_soft_targets():
     student = torch.zeros(1, 1, 3, 2, 2)
     teacher = torch.zeros(1, 1, 3, 2, 2)  # soft targets 0.5 everywhere
     student_iou, teacher_iou = torch.full((1, 1, 3), 0.5), torch.full((1, 1, 3), 0.7)
-    terms = sam_distillation_loss(student, teacher, student_iou, teacher_iou, iou_weight=1.0)
+    terms = sam_distillation_loss(student, teacher, student_iou, teacher_iou, LossWeights(iou_weight=1.0))
     focal, dice = 0.5 * 0.25 * LN2, 1 - 3 / 5  # dice: (2 * 4 * 0.25 + 1) / (2 + 2 + 1)
     assert terms["focal"].item() == pytest.approx(focal, abs=1e-6)
     assert terms["dice"].item() == pytest.approx(dice, abs=1e-6)
     assert terms["iou"].item() == pytest.approx(0.04, abs=1e-6)
     assert terms["loss"].item() == pytest.approx(20 * focal + dice + 0.04, abs=1e-5)
-    without_iou = sam_distillation_loss(student, teacher, student_iou, teacher_iou)
+    without_iou = sam_distillation_loss(student, teacher, student_iou, teacher_iou, LossWeights(iou_weight=0.0))
     assert without_iou["loss"].item() == pytest.approx(20 * focal + dice, abs=1e-5)
+    default = sam_distillation_loss(student, teacher, student_iou, teacher_iou)  # LossWeights(): one default
+    assert default["loss"].item() == pytest.approx(terms["loss"].item(), abs=1e-6)
 
 
 # -------------------------------------------------------------------------------------------------- prompts
@@ -292,7 +295,7 @@ def test_gradient_checkpointing_step(tmp_path, merged, teachers, processor, teac
 def test_naive_stage2_trains_no_sam_side(tmp_path, merged, teachers, processor, teacher_processor, image_dataset):
     before = _snapshot(merged)
     trainer = _trainer(tmp_path, merged, teachers, processor, teacher_processor, image_dataset, "distillation",
-                       sam_loss_weight=0.0)
+                       losses=LossWeights(sam_loss_weight=0.0))
     trainer.train()
     changed = _changed(before, merged)
     assert any(n.startswith("vision_encoder.layers.") for n in changed)

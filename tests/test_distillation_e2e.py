@@ -21,7 +21,7 @@ from transformers import (
     SamProcessor,
 )
 
-from transformers_samclip.distillation.run import load_recipe
+from transformers_samclip.distillation import load_recipe
 
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
@@ -40,17 +40,18 @@ def tiny_recipe(tmp_path_factory, tokenizer, teachers):
     clip.save_pretrained(root / "clip")
     CLIPProcessor(CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
                   tokenizer).save_pretrained(root / "clip")
-    recipe = load_recipe("mosaic")
-    recipe["teachers"] = {"sam": str(root / "sam"), "clip": str(root / "clip")}
-    recipe["model"] = {"sam_size": 64, "clip_size": 32, "head": {"num_hidden_layers": 1}}
-    recipe["data"]["clip"].update(num_items=64, size=32)
-    recipe["data"]["sam"].update(num_mosaics=16, canvas_size=64)
-    recipe["evaluation"] = None
-    for stage, steps in zip(recipe["stages"], (2, 40)):
-        stage["training_args"].update(max_steps=steps, per_device_train_batch_size=8, save_steps=2, logging_steps=1,
-                                      dataloader_num_workers=0)
+    overrides = {
+        "teachers": {"sam": str(root / "sam"), "clip": str(root / "clip")},
+        "model": {"sam_size": 64, "clip_size": 32, "head": {"num_hidden_layers": 1}},
+        "data.clip.num_items": 64, "data.clip.size": 32, "data.sam.num_mosaics": 16, "data.sam.canvas_size": 64,
+        "evaluation": None,
+    }
+    for index, steps in enumerate((2, 40)):
+        settings = dict(max_steps=steps, per_device_train_batch_size=8, save_steps=2, logging_steps=1,
+                        dataloader_num_workers=0)
+        overrides.update({f"stages.{index}.training_args.{key}": value for key, value in settings.items()})
     path = root / "tiny.json"
-    path.write_text(json.dumps(recipe))
+    path.write_text(json.dumps(load_recipe("mosaic").override(overrides).to_dict()))
     return path
 
 
@@ -108,14 +109,13 @@ def test_shortened_mosaic_recipe_beats_the_untrained_merge(tmp_path):
 
     if not (SHIPPED_TEACHERS_DIR / "sam" / "model.safetensors").is_file():
         pytest.skip("the shipped mosaic teachers are not built yet")
-    recipe = load_recipe("mosaic")
-    recipe["evaluation"] = {"num_items": 500, "num_mosaics": 30, "seed": 0}
     # A third of the default's head probing (375 x 64 views of 12,000 items) and 60 distillation steps.
-    recipe["data"]["clip"]["num_items"] = 12000
-    for stage, steps in zip(recipe["stages"], (375, 60)):
-        stage["training_args"]["max_steps"] = steps
+    recipe = load_recipe("mosaic").override({
+        "evaluation": {"num_items": 500, "num_mosaics": 30, "seed": 0}, "data.clip.num_items": 12000,
+        "stages.0.training_args.max_steps": 375, "stages.1.training_args.max_steps": 60,
+    })
     path = tmp_path / "short.json"
-    path.write_text(json.dumps(recipe))
+    path.write_text(json.dumps(recipe.to_dict()))
     result = subprocess.run(
         [sys.executable, "-m", "transformers_samclip.distillation.cli", "--recipe", str(path), "--output-dir",
          str(tmp_path / "run"), "--threads", "2"], env=ENV, capture_output=True, text=True, timeout=600)
@@ -146,7 +146,7 @@ def test_shipped_distilled_model_meets_the_targets_and_beats_its_untrained_start
     teachers = load_mosaic_teachers()
     untrained = SamClipModel.from_teachers(teachers["sam_model"], teachers["clip_model"],
                                            image_size=shipped.model.config.head_config.image_size, **recorded["head"])
-    rows = evaluate_rows(shipped.model, untrained, shipped.processor, teachers, load_recipe("mosaic")["evaluation"],
+    rows = evaluate_rows(shipped.model, untrained, shipped.processor, teachers, load_recipe("mosaic").evaluation,
                          tmp_path)
     merged, start = rows["SAM-CLIP (distilled)"], rows["untrained merge"]
     for name, row in recorded["rows"].items():  # inference only: the recorded table is reproduced

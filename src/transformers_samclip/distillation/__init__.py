@@ -1,5 +1,5 @@
-"""SAM-CLIP distillation: losses, prompt sampler, data, teacher-output cache, the multi-stage trainer and the
-`samclip distill` command (see SAM-CLIP.md sections 3-4)."""
+"""SAM-CLIP distillation: the recipe (typed, validated, overridable), losses, prompt sampler, data, teacher-output
+cache, the multi-stage trainer and the `samclip distill` command (see SAM-CLIP.md sections 3-4)."""
 
 from .annotations import (
     decode_rle,
@@ -27,8 +27,22 @@ from .losses import (
     sigmoid_focal_loss,
 )
 from .prompts import PromptSampler, SamPrompts
-from .trainer import (
+from .recipe import (
     STAGES,
+    Data,
+    HeadSpec,
+    LoraSpec,
+    LossWeights,
+    ModelSpec,
+    Prompts,
+    Recipe,
+    Stage,
+    Teachers,
+    as_recipe,
+    load_recipe,
+    parse_override,
+)
+from .trainer import (
     SamClipDistillationModule,
     SamClipDistillationTrainer,
     configure_trainable,
@@ -36,16 +50,26 @@ from .trainer import (
 
 __all__ = [
     "STAGES",
+    "Data",
     "DistillationImageDataset",
+    "HeadSpec",
     "IterableDistillationImageDataset",
+    "LoraSpec",
+    "LossWeights",
+    "ModelSpec",
     "PairedDataset",
     "PairedIterableDataset",
     "PromptSampler",
+    "Prompts",
+    "Recipe",
     "SamClipDistillationCollator",
     "SamClipDistillationModule",
     "SamClipDistillationTrainer",
     "SamPrompts",
+    "Stage",
     "TeacherOutputCache",
+    "Teachers",
+    "as_recipe",
     "clip_distillation_loss",
     "configure_trainable",
     "decode_image",
@@ -57,7 +81,9 @@ __all__ = [
     "fingerprint",
     "fingerprint_model",
     "load_coco_instances",
+    "load_recipe",
     "load_sa1b",
+    "parse_override",
     "polygons_to_mask",
     "rle_area",
     "sam_distillation_loss",

@@ -2,6 +2,13 @@
 then print the table of teachers, baselines, the untrained merge and the distilled model, write
 `results.json` and `save_pretrained` the merged model and its processor into `--output-dir`.
 
+An ablation is an override of the recipe: `--set PATH=VALUE` (repeatable; a dotted path into the recipe, the value
+parsed as JSON when it parses, else a string), e.g. `--set losses.sam_loss_weight=1 --set model.head.pooling=mean`
+or `--set stages.1.training_args.learning_rate=1e-4`. The ablation flags are shorthands: `--lambda X` is
+`--set losses.sam_loss_weight=X`, `--naive` is `--set losses.sam_loss_weight=0`, `--pooling P` is
+`--set model.head.pooling=P`, `--project-before-pool` is `--set model.head.project_before_pool=true`, `--lora` is
+`--set lora.enabled=true`; `--set` comes last, so it wins.
+
 Also runs under accelerate (evaluation on the main process only)::
 
     accelerate launch -m transformers_samclip.distillation.cli --output-dir outputs/samclip-mosaic
@@ -24,39 +31,76 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads per process (default: the cores divided among the processes)")
     parser.add_argument("--max-steps", type=int, default=None, help="override the optimizer steps of every stage")
-    parser.add_argument("--naive", action="store_true", help="naive baseline: CLIP loss only, no SAM rehearsal")
-    parser.add_argument("--lambda", dest="sam_loss_weight", type=float, default=None, help="weight of L_SAM (10)")
-    parser.add_argument("--pooling", choices=("max", "mean"), default=None)
-    parser.add_argument("--project-before-pool", action=argparse.BooleanOptionalAction, default=None)
-    parser.add_argument("--lora", action="store_true", help="stage 2 trains LoRA adapters on the encoder (PEFT)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                        help="override a recipe entry (repeatable), e.g. losses.sam_loss_weight=1")
+    parser.add_argument("--naive", action="store_true", help="naive baseline: CLIP loss only, no SAM rehearsal "
+                        "(= --set losses.sam_loss_weight=0)")
+    parser.add_argument("--lambda", dest="sam_loss_weight", type=float, default=None,
+                        help="weight of L_SAM (= --set losses.sam_loss_weight=X; default: the recipe's)")
+    parser.add_argument("--pooling", choices=("max", "mean"), default=None, help="= --set model.head.pooling=P")
+    parser.add_argument("--project-before-pool", action=argparse.BooleanOptionalAction, default=None,
+                        help="= --set model.head.project_before_pool=true|false")
+    parser.add_argument("--lora", action="store_true", help="stage 2 trains LoRA adapters on the encoder (PEFT; "
+                        "= --set lora.enabled=true)")
     parser.add_argument("--cache-dir", default=None, help="teacher-output cache (default: OUTPUT_DIR/teacher-cache)")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation table")
     return parser
 
 
+def recipe_overrides(args: argparse.Namespace) -> dict:
+    """The recipe overrides the command line asks for: the ablation flags', then each `--set` (later wins)."""
+    from .recipe import parse_override
+
+    overrides = {}
+    if args.sam_loss_weight is not None:
+        overrides["losses.sam_loss_weight"] = args.sam_loss_weight
+    if args.naive:
+        overrides["losses.sam_loss_weight"] = 0.0
+    if args.pooling is not None:
+        overrides["model.head.pooling"] = args.pooling
+    if args.project_before_pool is not None:
+        overrides["model.head.project_before_pool"] = args.project_before_pool
+    if args.lora:
+        overrides["lora.enabled"] = True
+    for text in args.overrides:
+        path, value = parse_override(text)
+        overrides.pop(path, None)  # re-inserted at the end: overrides apply in order
+        overrides[path] = value
+    return overrides
+
+
+def recipe_from_args(args: argparse.Namespace):
+    """The effective recipe of a `samclip distill` command line: `--recipe` with its overrides applied."""
+    from .recipe import load_recipe
+
+    return load_recipe(args.recipe).override(recipe_overrides(args))
+
+
 def main(argv=None) -> int:
     """Entry point of `samclip distill`."""
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        recipe = recipe_from_args(args)
+    except ValueError as error:
+        parser.error(str(error))
     import torch
 
     if args.threads is None:
         # Under `accelerate launch` every process gets its share; oversubscribed cores slow each step down.
         args.threads = max(1, (os.cpu_count() or 1) // int(os.environ.get("WORLD_SIZE", "1")))
     torch.set_num_threads(args.threads)
-    from .run import load_recipe, run_recipe
+    from .run import run_recipe
 
     began = time.perf_counter()
-    results = run_recipe(
-        load_recipe(args.recipe), args.output_dir, seed=args.seed, max_steps=args.max_steps, naive=args.naive,
-        sam_loss_weight=args.sam_loss_weight, pooling=args.pooling, project_before_pool=args.project_before_pool,
-        lora=args.lora, cache_dir=args.cache_dir, evaluate=not args.no_eval,
-    )
+    results = run_recipe(recipe, args.output_dir, seed=args.seed, max_steps=args.max_steps, cache_dir=args.cache_dir,
+                         evaluate=not args.no_eval)
     if "rows" in results:
         from ..evaluation import format_results_table
 
         print(format_results_table(results["rows"]))
     if "wall_seconds" in results:
-        print(json.dumps({k: v for k, v in results.items() if k != "rows"}))
+        print(json.dumps({k: v for k, v in results.items() if k not in ("rows", "effective_recipe")}))
         print(f"saved the merged model, processor and results.json to {args.output_dir} "
               f"({time.perf_counter() - began:.0f} s)")
     return 0

@@ -4,6 +4,8 @@ against the SAM teacher's soft masks (and optionally MSE on the IoU head) for th
 import torch
 import torch.nn.functional as F
 
+from .recipe import LossWeights
+
 
 def clip_distillation_loss(student_embeds: torch.Tensor, teacher_embeds: torch.Tensor) -> torch.Tensor:
     """Mean over images of `1 - cos(student, teacher)`; inputs `(batch, dim)`, normalised or not."""
@@ -36,19 +38,19 @@ def sam_distillation_loss(
     teacher_masks: torch.Tensor,
     student_iou: torch.Tensor | None = None,
     teacher_iou: torch.Tensor | None = None,
-    focal_weight: float = 20.0,
-    dice_weight: float = 1.0,
-    iou_weight: float = 0.0,
+    weights: LossWeights | None = None,
 ) -> dict[str, torch.Tensor]:
     """Focal + dice between student mask logits and soft targets `sigmoid(teacher logits)` (same prompts, same
-    shape `(batch, prompts, masks, h, w)`), weighted 20:1 as in SAM's training, plus `iou_weight` x MSE between the
-    IoU heads. Returns the terms `focal`, `dice`, `iou` and their weighted sum `loss`."""
+    shape `(batch, prompts, masks, h, w)`), weighted as `weights` says (default `LossWeights()`: 20:1 as in SAM's
+    training), plus `weights.iou_weight` x MSE between the IoU heads. Returns the terms `focal`, `dice`, `iou` and
+    their weighted sum `loss`."""
+    weights = weights or LossWeights()
     targets = teacher_masks.detach().to(student_masks.dtype).sigmoid()
     focal = sigmoid_focal_loss(student_masks, targets)
     dice = dice_loss(student_masks, targets)
-    loss = focal_weight * focal + dice_weight * dice
+    loss = weights.focal_weight * focal + weights.dice_weight * dice
     iou = student_masks.new_zeros(())
-    if iou_weight and student_iou is not None and teacher_iou is not None:
+    if weights.iou_weight and student_iou is not None and teacher_iou is not None:
         iou = F.mse_loss(student_iou, teacher_iou.detach().to(student_iou.dtype))
-        loss = loss + iou_weight * iou
+        loss = loss + weights.iou_weight * iou
     return {"loss": loss, "focal": focal, "dice": dice, "iou": iou}

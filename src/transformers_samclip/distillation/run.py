@@ -1,7 +1,7 @@
 """Run a distillation recipe end to end: teachers, merge, data, teacher cache, stages (each resumable), saving,
 and (mosaic world) the evaluation table. `samclip distill` (cli.py) is a thin command line over `run_recipe`."""
 
-import copy
+import dataclasses
 import json
 import logging
 import time
@@ -20,40 +20,27 @@ from .data import (
     SamClipDistillationCollator,
 )
 from .prompts import PromptSampler
+from .recipe import Recipe, Stage, Teachers, as_recipe
 from .trainer import SamClipDistillationTrainer
 
 logger = logging.getLogger(__name__)
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 # LoRA on the shared encoder's attention and MLP projections; the two heads train in full (modules_to_save).
 LORA_TARGETS = r".*vision_encoder\.layers\.\d+\.(attn\.(qkv|proj)|mlp\.lin[12])"
 
 
-def load_recipe(name_or_path: str) -> dict:
-    """A recipe by name (`mosaic`, `samclip-vit-b16`: files in `transformers_samclip/recipes/`) or JSON path."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = RECIPES_DIR / f"{name_or_path}.json"
-    if not path.is_file():
-        available = sorted(p.stem for p in RECIPES_DIR.glob("*.json"))
-        raise FileNotFoundError(f"No recipe {name_or_path!r}; give a JSON path or one of {available}.")
-    recipe = json.loads(path.read_text())
-    recipe["name"] = path.stem
-    return recipe
-
-
-def load_teachers(spec: dict) -> dict:
+def load_teachers(spec: Teachers) -> dict:
     """`sam_model`, `sam_processor`, `clip_model`, `clip_processor` of a recipe's `teachers` entry."""
-    if spec.get("source") == "mosaic":
+    if spec.source == "mosaic":
         from ..mosaic import load_mosaic_teachers
 
         return load_mosaic_teachers()
     from transformers import AutoModel, AutoProcessor, SamModel, SamProcessor
 
     return {
-        "sam_model": SamModel.from_pretrained(spec["sam"]).eval(),
-        "sam_processor": SamProcessor.from_pretrained(spec["sam"]),
-        "clip_model": AutoModel.from_pretrained(spec["clip"]).eval(),
-        "clip_processor": AutoProcessor.from_pretrained(spec["clip"]),
+        "sam_model": SamModel.from_pretrained(spec.sam).eval(),
+        "sam_processor": SamProcessor.from_pretrained(spec.sam),
+        "clip_model": AutoModel.from_pretrained(spec.clip).eval(),
+        "clip_processor": AutoProcessor.from_pretrained(spec.clip),
     }
 
 
@@ -103,114 +90,101 @@ def _wrap(dataset, spec: dict, masks: bool = False):
     return DistillationImageDataset(dataset, image_column, masks_column if masks else None)
 
 
-def _training_args(stage_dir: Path, stage: dict, seed: int, max_steps: int | None) -> TrainingArguments:
+def _training_args(stage_dir: Path, stage: Stage, seed: int, max_steps: int | None) -> TrainingArguments:
     values = dict(
         output_dir=str(stage_dir), use_cpu=not torch.cuda.is_available(), remove_unused_columns=False, report_to=[],
         seed=seed, save_strategy="steps", save_total_limit=2, logging_first_step=True, dataloader_num_workers=0,
     )
-    values.update(stage.get("training_args", {}))
+    values.update(stage.training_args)
     if max_steps is not None:
         values["max_steps"] = max_steps
     return TrainingArguments(**values)
 
 
-def _stage_dirs(output_dir: Path, stages: list[dict]) -> list[Path]:
-    return [output_dir / f"stage{i + 1}-{stage['stage']}" for i, stage in enumerate(stages)]
+def _stage_dirs(output_dir: Path, stages: list[Stage]) -> list[Path]:
+    return [output_dir / f"stage{i + 1}-{stage.stage}" for i, stage in enumerate(stages)]
 
 
 def run_recipe(
-    recipe: dict,
+    recipe: Recipe | dict,
     output_dir,
     *,
     seed: int = 0,
     max_steps: int | None = None,
-    naive: bool = False,
-    sam_loss_weight: float | None = None,
-    pooling: str | None = None,
-    project_before_pool: bool | None = None,
-    lora: bool = False,
     cache_dir=None,
     evaluate: bool = True,
     teachers: dict | None = None,
 ) -> dict:
-    """Run every stage of `recipe` into `output_dir` and return the results dict (also written to
-    `output_dir/results.json` on the main process). Re-running with the same `output_dir` resumes: finished
-    stages are loaded, an interrupted one continues from its last checkpoint."""
+    """Run every stage of `recipe` (a `Recipe`, or a dict, name or path it is parsed from; ablations are
+    `Recipe.override`s) into `output_dir` and return the results dict (also written to `output_dir/results.json`
+    on the main process). Re-running with the same `output_dir` resumes: finished stages are loaded, an
+    interrupted one continues from its last checkpoint."""
     from .. import SamClipModel, SamClipProcessor
 
     began = time.perf_counter()
-    recipe = copy.deepcopy(recipe)
+    recipe = as_recipe(recipe)
     output_dir = Path(output_dir)
     set_seed(seed)
-    head = dict(recipe["model"].get("head", {}))
-    if pooling is not None:
-        head["pooling"] = pooling
-    if project_before_pool is not None:
-        head["project_before_pool"] = project_before_pool
-    losses = dict(recipe.get("losses", {}))
-    if sam_loss_weight is not None:
-        losses["sam_loss_weight"] = sam_loss_weight
-    if naive:
-        losses["sam_loss_weight"] = 0.0
-    stages = recipe["stages"]
-    stage_dirs = _stage_dirs(output_dir, stages)
-    all_args = [_training_args(d, s, seed, max_steps) for d, s in zip(stage_dirs, stages)]
+    head, model_spec, data_spec = dataclasses.asdict(recipe.model.head), recipe.model, recipe.data
+    stage_dirs = _stage_dirs(output_dir, recipe.stages)
+    all_args = [_training_args(d, s, seed, max_steps) for d, s in zip(stage_dirs, recipe.stages)]
     state = all_args[0].distributed_state  # set up by TrainingArguments (accelerate launch or a single process)
 
-    teachers = teachers or load_teachers(recipe["teachers"])
+    teachers = teachers or load_teachers(recipe.teachers)
     sam_teacher, clip_teacher = teachers["sam_model"], teachers["clip_model"]
-    student = SamClipModel.from_teachers(sam_teacher, clip_teacher, image_size=recipe["model"]["clip_size"], **head)
+    student = SamClipModel.from_teachers(sam_teacher, clip_teacher, image_size=model_spec.clip_size, **head)
     processor = SamClipProcessor.from_sizes(
-        teachers["clip_processor"].tokenizer, sam_size=recipe["model"]["sam_size"], clip_size=recipe["model"]["clip_size"]
+        teachers["clip_processor"].tokenizer, sam_size=model_spec.sam_size, clip_size=model_spec.clip_size
     )
     untrained_state = {k: v.clone() for k, v in student.state_dict().items()} if evaluate else None
 
     with all_args[0].main_process_first(desc="datasets and teacher cache"):
-        clip_data = _wrap(load_image_dataset(recipe["data"]["clip"]), recipe["data"]["clip"])
-        sam_data = _wrap(load_image_dataset(recipe["data"]["sam"]), recipe["data"]["sam"], masks=True)
+        clip_data = _wrap(load_image_dataset(data_spec.clip), data_spec.clip)
+        sam_data = _wrap(load_image_dataset(data_spec.sam), data_spec.sam, masks=True)
         cache = None
-        if recipe.get("teacher_cache", True) and isinstance(clip_data, DistillationImageDataset):
+        if recipe.teacher_cache and isinstance(clip_data, DistillationImageDataset):
             cache = TeacherOutputCache(cache_dir or output_dir / "teacher-cache")
             clip_data.cached["clip_teacher_embeds"] = cache.clip_image_embeddings(
                 clip_teacher, teachers["clip_processor"].image_processor, clip_data)
-            if losses.get("sam_loss_weight", 10.0):
+            if recipe.rehearses_sam:
                 sam_data.cached["sam_teacher_embeddings"] = cache.sam_image_embeddings(
                     sam_teacher, processor.image_processor, sam_data)
 
     trainer = None
-    for index, (stage, stage_dir, args) in enumerate(zip(stages, stage_dirs, all_args)):
+    for index, (stage, stage_dir, args) in enumerate(zip(recipe.stages, stage_dirs, all_args)):
         final_dir = stage_dir / "final"
         if (final_dir / "model.safetensors").is_file():
-            state.print(f"stage {index + 1} ({stage['stage']}) already finished: loading {final_dir}")
+            state.print(f"stage {index + 1} ({stage.stage}) already finished: loading {final_dir}")
             student = SamClipModel.from_pretrained(final_dir).eval()
             continue
-        kind = stage["stage"]
-        use_lora = lora and kind == "distillation"
+        # LoRA adapts the shared encoder, which only a stage that trains it has.
+        use_lora = recipe.lora.enabled and "vision_encoder." in stage.trains
         trained = student
         if use_lora:
             from peft import LoraConfig, get_peft_model
 
-            trained = get_peft_model(student, LoraConfig(target_modules=LORA_TARGETS,
-                                                         modules_to_save=["clip_head", "mask_decoder"], **recipe["lora"]))
-        with_sam = kind == "distillation" and losses.get("sam_loss_weight", 10.0) > 0
-        clip_sizes = stage.get("clip_sizes", recipe["data"]["clip"].get("clip_sizes"))
+            lora_config = LoraConfig(target_modules=LORA_TARGETS, modules_to_save=["clip_head", "mask_decoder"],
+                                     **recipe.lora.peft_options())
+            trained = get_peft_model(student, lora_config)
+        with_sam = stage.rehearses_sam and not recipe.naive
+        clip_sizes = stage.clip_sizes if stage.clip_sizes is not None else data_spec.clip.get("clip_sizes")
         collator = SamClipDistillationCollator(
             processor, None if cache else teachers["clip_processor"].image_processor,
-            sam_dataset=sam_data if with_sam else None, sam_batch_size=stage.get("sam_batch_size", 1),
-            prompt_sampler=PromptSampler(seed=seed, **recipe.get("prompts", {})), clip_sizes=clip_sizes, seed=seed,
+            sam_dataset=sam_data if with_sam else None, sam_batch_size=stage.sam_batch_size,
+            prompt_sampler=PromptSampler(seed=seed, **dataclasses.asdict(recipe.prompts)), clip_sizes=clip_sizes,
+            seed=seed,
         )
-        if kind == "distillation":
+        if stage.rehearses_sam:
             paired = PairedIterableDataset if isinstance(clip_data, torch.utils.data.IterableDataset) else PairedDataset
             train_dataset = paired(clip_data, len(sam_data))
         else:
             train_dataset = clip_data
         trainer = SamClipDistillationTrainer(
-            trained, stage=kind, clip_teacher=clip_teacher, sam_teacher=sam_teacher,
-            encoder_lr_scale=stage.get("encoder_lr_scale", 0.1), args=args, train_dataset=train_dataset,
-            data_collator=collator, **losses,
+            trained, stage=stage.stage, clip_teacher=clip_teacher, sam_teacher=sam_teacher, losses=recipe.losses,
+            encoder_lr_scale=stage.encoder_lr_scale, args=args, train_dataset=train_dataset, data_collator=collator,
         )
         checkpoint = get_last_checkpoint(str(stage_dir)) if stage_dir.is_dir() else None
-        state.print(f"stage {index + 1}/{len(stages)}: {kind} -> {stage_dir}"
+        state.print(f"stage {index + 1}/{len(recipe.stages)}: {stage.stage} -> {stage_dir}"
                     + (f" (resuming from {Path(checkpoint).name})" if checkpoint else ""))
         trainer.train(resume_from_checkpoint=checkpoint)
         if use_lora:
@@ -220,16 +194,23 @@ def run_recipe(
             (final_dir / "skipped_samples.json").write_text(json.dumps({"skipped_samples": trainer.skipped_samples}))
         state.wait_for_everyone()
 
-    results = {"recipe": recipe["name"], "seed": seed, "naive": naive, "lora": lora, "head": head, "losses": losses,
-               "max_steps": max_steps, "num_processes": state.num_processes, "threads": torch.get_num_threads()}
+    results = {"recipe": recipe.name, "seed": seed, "naive": recipe.naive, "lora": recipe.lora.enabled, "head": head,
+               "losses": dataclasses.asdict(recipe.losses), "max_steps": max_steps,
+               "num_processes": state.num_processes, "threads": torch.get_num_threads(),
+               "effective_recipe": recipe.to_dict()}
     if state.is_main_process:
+        if recipe.calibration is not None:
+            student.config.background_threshold = calibrate_background(student, processor, recipe.calibration)
+            results["background_threshold"] = student.config.background_threshold
+            state.print(f"background threshold {student.config.background_threshold:.4f} (calibrated on "
+                        f"{recipe.calibration.get('num_mosaics', '?')} training images, stored in config.json)")
         student.save_pretrained(output_dir)
         processor.save_pretrained(output_dir)
         results["train_wall_seconds"] = round(time.perf_counter() - began, 1)
-        if evaluate and recipe.get("evaluation") is not None:
-            untrained = SamClipModel.from_teachers(sam_teacher, clip_teacher, image_size=recipe["model"]["clip_size"], **head)
+        if evaluate and recipe.evaluation is not None:
+            untrained = SamClipModel.from_teachers(sam_teacher, clip_teacher, image_size=model_spec.clip_size, **head)
             untrained.load_state_dict(untrained_state)
-            results["rows"] = evaluate_rows(student, untrained, processor, teachers, recipe["evaluation"],
+            results["rows"] = evaluate_rows(student, untrained, processor, teachers, recipe.evaluation,
                                             cache_dir or output_dir / "teacher-cache")
         results["wall_seconds"] = round(time.perf_counter() - began, 1)
         (output_dir / "results.json").write_text(json.dumps(results, indent=2))
@@ -237,6 +218,27 @@ def run_recipe(
     if trainer is not None:
         trainer.accelerator.end_training()
     return results
+
+
+def calibrate_background(model, processor, spec: dict) -> float:
+    """The background cosine threshold that maximises plain semantic mIoU on the recipe's `calibration` images
+    (a `data` entry with a semantic-map column, e.g. training mosaics; `class_names` defaults to Fashion-MNIST's for
+    the mosaic world), read at the processor's default dense view as the pipeline reads it."""
+    from ..evaluation.classification import class_text_embeddings
+    from ..evaluation.semantic import calibrate_background_threshold, samclip_cosine_maps
+
+    spec = dict(spec)
+    class_names = spec.pop("class_names", None)
+    columns = {k: spec.pop(k) for k in ("image_column", "semantic_column") if k in spec}
+    if class_names is None:
+        if spec.get("source") != "mosaic":
+            raise ValueError("recipe calibration: give class_names for a source other than the mosaic world.")
+        from ..mosaic import FASHION_MNIST_CLASSES as class_names
+    dataset = load_image_dataset(spec)
+    class_embeds = class_text_embeddings(model, processor.tokenizer, class_names)
+    model.eval()
+    return calibrate_background_threshold(samclip_cosine_maps(model, processor, class_embeds, processor.dense_size),
+                                          dataset, class_names, **columns)
 
 
 def evaluate_rows(model, untrained, processor, teachers: dict, spec: dict, cache_dir) -> dict:

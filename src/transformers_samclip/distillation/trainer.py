@@ -6,6 +6,7 @@ pass and SAM pass and the losses: one forward and one backward per step is what 
 requires, and the teachers (frozen, eval mode, kept out of the state dict and moved with the module) never
 enter checkpoints. Checkpoints hold the student as a `save_pretrained` folder."""
 
+import dataclasses
 import os
 from collections import defaultdict
 
@@ -15,8 +16,8 @@ from torch import nn
 from transformers import Trainer
 
 from .losses import clip_distillation_loss, sam_distillation_loss
+from .recipe import LossWeights, Stage, rehearses_sam, stage_trains
 
-STAGES = ("head_probing", "distillation", "resolution_adaptation")
 # Parameter-name parts trained at `encoder_lr_scale` x the learning rate in stage 2 (the SAM side).
 SCALED_LR_PARTS = ("vision_encoder.", "mask_decoder.")
 
@@ -27,23 +28,17 @@ def _embedding(output) -> torch.Tensor:
 
 
 def configure_trainable(student: nn.Module, stage: str, train_sam_head: bool = True) -> None:
-    """Freeze what `stage` does not train: stages 1 and 3 train the CLIP head only; stage 2 trains the CLIP head,
-    the shared encoder and (when `train_sam_head`) the neck and the SAM mask decoder. The prompt encoder, SAM's
-    positional embedding and the text tower stay frozen. With PEFT LoRA on the encoder, its adapters train in
-    stage 2 instead of its weights."""
-    if stage not in STAGES:
-        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}.")
-    trained = ["clip_head."]
-    if stage == "distillation":
-        trained.append("vision_encoder.")
-        if train_sam_head:
-            trained.append("mask_decoder.")
+    """Freeze what `stage` does not train (`recipe.STAGE_TRAINS`): stages 1 and 3 train the CLIP head only; stage 2
+    trains the CLIP head, the shared encoder and (when `train_sam_head`) the neck and the SAM mask decoder. The
+    prompt encoder, SAM's positional embedding and the text tower stay frozen. With PEFT LoRA on the encoder, its
+    adapters train in stage 2 instead of its weights."""
+    trained = [part for part in stage_trains(stage) if train_sam_head or part != "mask_decoder."]
     # Without SAM rehearsal the neck gets no gradient; a trainable unused parameter would stall DDP.
     untouched = () if train_sam_head else ("vision_encoder.neck.",)
     lora = hasattr(student, "peft_config")
     for name, parameter in student.named_parameters():
         if "lora_" in name:
-            train = stage == "distillation"
+            train = "vision_encoder." in trained  # the adapters sit on the encoder: they train where it would
         elif "original_module" in name or (lora and "vision_encoder." in name):
             train = False  # PEFT's frozen copies, and the encoder weights under LoRA
         else:
@@ -59,14 +54,11 @@ class SamClipDistillationModule(nn.Module):
         clip_teacher: a dual encoder with `get_image_features` (CLIPModel, SiglipModel); `None` when every batch
             brings cached `clip_teacher_embeds`.
         sam_teacher: a `SamModel`; needed for SAM batches.
-        sam_loss_weight: lambda of `L_CLIP + lambda * L_SAM` (paper: 10).
-        focal_weight, dice_weight, iou_weight: weights inside `L_SAM` (SAM: 20:1; IoU-head MSE optional).
-        distill_single_mask: also distill the single-mask output (box and multi-point prompts use it at test time).
+        losses: lambda of `L_CLIP + lambda * L_SAM`, the weights inside `L_SAM` and whether the single-mask output
+            is distilled (default `LossWeights()`, the paper's).
     """
 
-    def __init__(self, student, clip_teacher=None, sam_teacher=None, sam_loss_weight: float = 10.0,
-                 focal_weight: float = 20.0, dice_weight: float = 1.0, iou_weight: float = 1.0,
-                 distill_single_mask: bool = True):
+    def __init__(self, student, clip_teacher=None, sam_teacher=None, losses: LossWeights | None = None):
         super().__init__()
         self.student = student
         # A plain attribute (not a submodule): teachers stay out of state_dict, optimizer, DDP and checkpoints.
@@ -74,8 +66,7 @@ class SamClipDistillationModule(nn.Module):
         for teacher in self.teachers.values():
             if teacher is not None:
                 teacher.eval().requires_grad_(False)
-        self.sam_loss_weight, self.distill_single_mask = sam_loss_weight, distill_single_mask
-        self.loss_weights = {"focal_weight": focal_weight, "dice_weight": dice_weight, "iou_weight": iou_weight}
+        self.losses = losses or LossWeights()
 
     def _apply(self, fn, *args, **kwargs):
         # .to()/.float() reach the teachers too, so they always live where the student does.
@@ -102,11 +93,11 @@ class SamClipDistillationModule(nn.Module):
             student_embeds = self.student(pixel_values=clip_pixel_values).image_embeds
             terms["loss_clip"] = clip_distillation_loss(student_embeds, clip_teacher_embeds)
             loss = loss + terms["loss_clip"]
-        if sam_pixel_values is not None and self.sam_loss_weight:
+        if sam_pixel_values is not None and self.losses.sam_loss_weight:
             sam = self.sam_loss(sam_pixel_values, sam_teacher_embeddings, input_boxes, input_points, input_labels)
             terms.update({f"loss_{name}": value for name, value in sam.items() if name != "loss"})
             terms["loss_sam"] = sam["loss"]
-            loss = loss + self.sam_loss_weight * sam["loss"]
+            loss = loss + self.losses.sam_loss_weight * sam["loss"]
         terms["loss"] = loss
         return terms
 
@@ -122,14 +113,14 @@ class SamClipDistillationModule(nn.Module):
             prompt_sets.append({"input_boxes": input_boxes})
         if input_points is not None:
             prompt_sets.append({"input_points": input_points, "input_labels": input_labels})
-        outputs = [True, False] if self.distill_single_mask else [True]
+        outputs = [True, False] if self.losses.distill_single_mask else [True]
         totals = defaultdict(float)
         for prompts in prompt_sets:
             for multimask in outputs:
                 with torch.no_grad():
                     target = teacher(image_embeddings=teacher_embeddings, multimask_output=multimask, **prompts)
                 masks, iou = self.student.segment(embeddings, multimask_output=multimask, **prompts)
-                terms = sam_distillation_loss(masks, target.pred_masks, iou, target.iou_scores, **self.loss_weights)
+                terms = sam_distillation_loss(masks, target.pred_masks, iou, target.iou_scores, self.losses)
                 for name, value in terms.items():
                     totals[name] = totals[name] + value / (len(prompt_sets) * len(outputs))
         return dict(totals)
@@ -144,9 +135,9 @@ class SamClipDistillationTrainer(Trainer):
             lambda L_SAM; encoder and SAM head at `encoder_lr_scale` x LR) or `"resolution_adaptation"` (stage 3:
             CLIP head only, at new CLIP resolutions).
         clip_teacher, sam_teacher: frozen teachers (see `SamClipDistillationModule`).
-        sam_loss_weight: lambda (paper: 10); 0 gives the naive baseline (CLIP loss only, no rehearsal).
-        encoder_lr_scale: LR multiplier of the shared encoder and the SAM head in stage 2 (paper: 0.1).
-        focal_weight, dice_weight, iou_weight, distill_single_mask: see `SamClipDistillationModule`.
+        losses: the loss weights (`LossWeights`; default the paper's). `sam_loss_weight` 0 gives the naive
+            baseline (CLIP loss only, no rehearsal); stages other than `distillation` never add `L_SAM`.
+        encoder_lr_scale: LR multiplier of the shared encoder and the SAM head in stage 2 (default: `Stage`'s).
         **kwargs: the usual `Trainer` arguments (`args`, `train_dataset`, `data_collator`, ...).
 
     Each loss term is logged on its own (`loss_clip`, `loss_sam`, `loss_focal`, `loss_dice`, `loss_iou`), and
@@ -154,16 +145,13 @@ class SamClipDistillationTrainer(Trainer):
     """
 
     def __init__(self, model=None, *, stage: str = "distillation", clip_teacher=None, sam_teacher=None,
-                 sam_loss_weight: float = 10.0, encoder_lr_scale: float = 0.1, focal_weight: float = 20.0,
-                 dice_weight: float = 1.0, iou_weight: float = 1.0, distill_single_mask: bool = True, **kwargs):
+                 losses: LossWeights | None = None, encoder_lr_scale: float = Stage.encoder_lr_scale, **kwargs):
         if not isinstance(model, SamClipDistillationModule):
-            model = SamClipDistillationModule(
-                model, clip_teacher=clip_teacher, sam_teacher=sam_teacher,
-                sam_loss_weight=sam_loss_weight if stage == "distillation" else 0.0,
-                focal_weight=focal_weight, dice_weight=dice_weight, iou_weight=iou_weight,
-                distill_single_mask=distill_single_mask,
-            )
-        configure_trainable(model.student, stage, train_sam_head=bool(model.sam_loss_weight))
+            losses = losses or LossWeights()
+            if not rehearses_sam(stage):
+                losses = dataclasses.replace(losses, sam_loss_weight=0.0)
+            model = SamClipDistillationModule(model, clip_teacher=clip_teacher, sam_teacher=sam_teacher, losses=losses)
+        configure_trainable(model.student, stage, train_sam_head=bool(model.losses.sam_loss_weight))
         self.stage, self.encoder_lr_scale = stage, encoder_lr_scale
         self._loss_terms = defaultdict(list)
         self.skipped_samples = 0

@@ -1,0 +1,160 @@
+"""The distillation recipe: parsed once into validated dataclasses, every default in one place, ablations as
+overrides (`--set`, and the flags that are shorthands for it)."""
+
+import dataclasses
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import pytest
+import torch
+from transformers import CLIPImageProcessorPil, CLIPProcessor, TrainingArguments
+
+from transformers_samclip.distillation import (
+    LossWeights,
+    PromptSampler,
+    Recipe,
+    SamClipDistillationModule,
+    SamClipDistillationTrainer,
+    Stage,
+    load_recipe,
+    parse_override,
+)
+from transformers_samclip.distillation.cli import build_parser, recipe_from_args
+from transformers_samclip.distillation.recipe import RECIPES_DIR
+
+
+def _cli(*argv):
+    return recipe_from_args(build_parser().parse_args(list(argv)))
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in RECIPES_DIR.glob("*.json")))
+def test_every_shipped_recipe_parses_and_round_trips(name):
+    recipe = load_recipe(name)
+    assert recipe.name == name and recipe.stages and all(isinstance(s, Stage) for s in recipe.stages)
+    assert Recipe.from_dict(json.loads(json.dumps(recipe.to_dict()))) == recipe
+    raw = json.loads((RECIPES_DIR / f"{name}.json").read_text())
+    assert dataclasses.asdict(recipe.losses) == {**dataclasses.asdict(LossWeights()), **raw.get("losses", {})}
+
+
+def test_loss_defaults_live_once_in_loss_weights(tmp_path):
+    assert SamClipDistillationModule(torch.nn.Linear(1, 1)).losses == LossWeights()
+    args = TrainingArguments(str(tmp_path), use_cpu=True, report_to=[])
+    trainer = SamClipDistillationTrainer(torch.nn.Linear(1, 1), stage="distillation", args=args)
+    assert trainer.model.losses == LossWeights() and trainer.encoder_lr_scale == Stage("distillation").encoder_lr_scale
+    # Stages without SAM rehearsal keep every weight but lambda.
+    probing = SamClipDistillationTrainer(torch.nn.Linear(1, 1), stage="head_probing", args=args)
+    assert probing.model.losses == dataclasses.replace(LossWeights(), sam_loss_weight=0.0)
+
+
+def test_prompt_defaults_are_the_samplers():
+    recipe = load_recipe("samclip-vit-b16").override({"prompts": {}})
+    assert PromptSampler(**dataclasses.asdict(recipe.prompts)) == PromptSampler()
+
+
+def test_set_overrides_reach_the_effective_recipe_with_json_types():
+    recipe = _cli("--set", "losses.sam_loss_weight=1", "--set", "model.head.pooling=mean",
+                  "--set", "model.head.project_before_pool=true", "--set", "stages.1.sam_batch_size=2",
+                  "--set", "stages.0.clip_sizes=[32, 64]", "--set", "stages.1.training_args.learning_rate=1e-4",
+                  "--set", "data.clip.num_items=100", "--set", "lora.lora_dropout=0.1")
+    assert recipe.losses.sam_loss_weight == 1.0 and isinstance(recipe.losses.sam_loss_weight, float)
+    assert recipe.model.head.pooling == "mean" and recipe.model.head.project_before_pool is True
+    assert recipe.stages[1].sam_batch_size == 2 and recipe.stages[0].clip_sizes == [32, 64]
+    assert recipe.stages[1].training_args["learning_rate"] == 1e-4
+    assert recipe.data.clip["num_items"] == 100 and recipe.lora.lora_dropout == 0.1
+    untouched = load_recipe("mosaic")
+    assert recipe.losses.focal_weight == untouched.losses.focal_weight
+    assert recipe.stages[1].training_args["per_device_train_batch_size"] == 32
+    assert parse_override("a.b=null") == ("a.b", None) and parse_override("x={\"r\": 4}") == ("x", {"r": 4})
+    assert parse_override("model.head.pooling=max") == ("model.head.pooling", "max")
+
+
+def test_ablation_flags_are_overrides_of_the_same_object():
+    mosaic = load_recipe("mosaic")
+    assert _cli("--naive") == _cli("--set", "losses.sam_loss_weight=0") == mosaic.override(
+        {"losses.sam_loss_weight": 0})
+    assert _cli("--naive").naive and not mosaic.naive and not _cli("--naive").rehearses_sam
+    assert _cli("--lambda", "1") == _cli("--set", "losses.sam_loss_weight=1")
+    assert _cli("--pooling", "mean", "--project-before-pool") == _cli(
+        "--set", "model.head.pooling=mean", "--set", "model.head.project_before_pool=true")
+    assert _cli("--lora") == _cli("--set", "lora.enabled=true") and _cli("--lora").lora.enabled
+    assert _cli("--lambda", "5", "--naive").losses.sam_loss_weight == 0.0  # --naive wins, as it always did
+    assert _cli("--naive", "--set", "losses.sam_loss_weight=3").losses.sam_loss_weight == 3.0  # --set comes last
+    assert _cli() == mosaic
+
+
+@pytest.mark.parametrize(("overrides", "names"), [
+    ({"model.head.pooling": "median"}, ["model.head.pooling", "'max', 'mean'", "median"]),
+    ({"stages.0.training_args.learning_rate": -0.1}, ["stages.0.training_args.learning_rate", "> 0"]),
+    ({"stages.1.stage": "warmup"}, ["stages.1.stage", "head_probing", "distillation", "resolution_adaptation"]),
+    ({"losses.sam_weight": 1}, ["losses.sam_weight", "sam_loss_weight", "focal_weight"]),
+    ({"model.heads.pooling": "max"}, ["model.heads.pooling", "sam_size", "head"]),
+    ({"stages.7.sam_batch_size": 2}, ["stages.7.sam_batch_size", "0..1"]),
+    ({"losses.sam_loss_weight": -1}, ["losses.sam_loss_weight", ">= 0"]),
+    ({"losses.distill_single_mask": "yes"}, ["losses.distill_single_mask", "true or false"]),
+    ({"stages.0.training_args.learning_rat": 1e-3}, ["stages.0.training_args.learning_rat", "TrainingArguments"]),
+    ({"data.sam": {"num_mosaics": 3}}, ["data.sam", "source"]),
+    ({"model.head.pooling.kind": "max"}, ["model.head.pooling"]),
+    ({"teachers": {"sam": "facebook/sam-vit-base"}}, ["teachers.sam", "clip"]),
+])
+def test_bad_keys_and_values_raise_naming_the_field(overrides, names):
+    with pytest.raises(ValueError) as error:
+        load_recipe("mosaic").override(overrides)
+    for name in names:
+        assert name in str(error.value)
+
+
+def test_bad_recipe_file_and_bad_set_are_reported(tmp_path, capsys):
+    data = load_recipe("mosaic").to_dict()
+    data["stages"][0]["stage"] = "warmup"
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"bad\.json: stages\.0\.stage: must be one of"):
+        load_recipe(path)
+    with pytest.raises(ValueError, match="unknown key"):
+        Recipe.from_dict({**data, "stages": data["stages"][1:], "optimizer": "adamw"})
+    from transformers_samclip.distillation.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["--set", "losses.lambda=1", "--no-eval"])
+    assert "losses.lambda" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="PATH=VALUE"):
+        parse_override("losses.sam_loss_weight")
+
+
+def test_data_clip_may_be_a_list_of_specs():
+    items = {"source": "mosaic-items", "split": "train", "num_items": 10}
+    scenes = {"source": "mosaic", "split": "train", "num_mosaics": 5}
+    recipe = load_recipe("mosaic").override({"data.clip": [items, scenes], "data.clip.1.num_mosaics": 7})
+    assert recipe.data.clip == [items, {**scenes, "num_mosaics": 7}]
+    with pytest.raises(ValueError, match=r"data\.clip\.1"):
+        recipe.override({"data.clip.1": {"split": "train"}})
+
+
+def test_run_records_the_effective_recipe(tmp_path, tokenizer, teachers):
+    """One optimizer step per stage of the mosaic recipe shrunk onto the tiny teachers (an override, as
+    `--set` gives it); results.json records what ran."""
+    from transformers_samclip.distillation.run import run_recipe
+
+    sam, clip = teachers
+    clip_processor = CLIPProcessor(CLIPImageProcessorPil(size={"shortest_edge": 32},
+                                                         crop_size={"height": 32, "width": 32}), tokenizer)
+    recipe = _cli("--lambda", "2", "--pooling", "mean", "--set", "model.sam_size=64", "--set", "model.clip_size=32",
+                  "--set", "model.head.num_hidden_layers=1", "--set", "data.clip.num_items=16",
+                  "--set", "data.clip.size=32", "--set", "data.sam.num_mosaics=4", "--set", "data.sam.canvas_size=64",
+                  "--set", "calibration=null", "--set", "evaluation=null",
+                  "--set", "stages.0.training_args.per_device_train_batch_size=4",
+                  "--set", "stages.1.training_args.per_device_train_batch_size=4",
+                  "--set", "stages.1.sam_batch_size=1")
+    results = run_recipe(recipe.to_dict(), tmp_path / "run", max_steps=1, evaluate=False,
+                         teachers={"sam_model": sam, "clip_model": clip, "clip_processor": clip_processor})
+    assert (tmp_path / "run" / "stage2-distillation" / "final" / "model.safetensors").is_file()
+    written = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert written["effective_recipe"] == recipe.to_dict() == results["effective_recipe"]
+    assert written["losses"] == dataclasses.asdict(recipe.losses) and written["losses"]["sam_loss_weight"] == 2.0
+    assert written["head"]["pooling"] == "mean" and written["naive"] is False and written["lora"] is False
+    from transformers_samclip import SamClipModel
+
+    assert SamClipModel.from_pretrained(tmp_path / "run").config.head_config.pooling == "mean"
