@@ -28,6 +28,14 @@ from transformers_samclip.evaluation import (
     per_class_iou,
     top1_accuracy,
 )
+from transformers_samclip.evaluation.geometry import (
+    center_point,
+    evaluation_points,
+    mask_depth,
+    mask_iou,
+    mask_to_box,
+    random_points,
+)
 from transformers_samclip.mosaic import FASHION_MNIST_CLASSES, SHIPPED_TEACHERS_DIR, make_mosaic_dataset
 
 TINY = dict(num_items=12, num_mosaics=3, calibration_mosaics=2, seed=0)
@@ -72,6 +80,31 @@ def test_perfect_and_empty_predictions():
 def test_top1_accuracy():
     scores = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
     assert top1_accuracy(scores, [0, 1, 1]) == pytest.approx(2 / 3)
+
+
+def test_geometry_on_an_l_shaped_mask():
+    mask = np.zeros((10, 10), dtype=bool)
+    mask[1:9, 1:4] = True  # a 3-wide upright bar
+    mask[6:9, 1:9] = True  # and a 3-high foot
+    assert mask_to_box(mask) == [1.0, 1.0, 8.0, 8.0]
+    expected_depth = np.zeros((10, 10), dtype=np.int32)
+    expected_depth[mask] = 1
+    expected_depth[2:8, 2] = 2  # the bar's spine
+    expected_depth[7, 2:8] = 2  # the foot's spine
+    expected_depth[6, 3] = 2  # the inner corner
+    np.testing.assert_array_equal(mask_depth(mask), expected_depth)
+    # The depth-2 ridge's mean is (x, y) = (3.33, 6.17): the inner corner is the ridge pixel nearest to it.
+    assert center_point(mask) == (3.0, 6.0)
+    points = evaluation_points(mask, 3, seed=0)
+    assert points[0] == (3.0, 6.0) and all(mask[int(y), int(x)] for x, y in points[1:])
+    assert evaluation_points(mask, 3, np.random.default_rng(0)) == points  # a Generator or its seed
+    rng = np.random.default_rng(1)
+    assert random_points(rng, mask, 50) != random_points(rng, mask, 50)  # the Generator advances
+    foot_end = np.zeros_like(mask)
+    foot_end[6:9, 6:9] = True
+    assert mask.sum() == 39 and mask_iou(mask, foot_end) == pytest.approx(9 / 39)
+    assert mask_iou(mask, mask) == 1.0 and mask_iou(mask, ~mask) == 0.0
+    assert mask_iou(~np.ones_like(mask), ~np.ones_like(mask)) == 1.0  # both empty
 
 
 def test_label_map_from_cosines_threshold():
@@ -212,7 +245,7 @@ shipped = pytest.mark.skipif(
 )
 
 # A little below what the shipped teachers measured (300 items / 50 mosaics: CLIP 0.743, SAM box 0.673,
-# 1-point 0.625, 3-point 0.622, MaskCLIP 0.071, cascade 0.079; full split: 0.699 / 0.691 / 0.629 / 0.636).
+# 1-point 0.625, 3-point 0.622, MaskCLIP 0.071, cascade 0.079; full split: 0.698 / 0.691 / 0.629 / 0.640).
 # The metrics are deterministic; the floors sit under both sizes. They are below issue 3's targets (0.80, 0.85,
 # 0.70): see BUILD.json and the closing note for what limits the teachers.
 SUBSET_FLOORS = {

@@ -11,10 +11,12 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from transformers_samclip import mosaic as mosaic_world  # noqa: E402
+from transformers_samclip.evaluation import geometry  # noqa: E402
+from transformers_samclip.evaluation.geometry import mask_iou  # noqa: E402
 from transformers_samclip.mosaic import (  # noqa: E402
     FASHION_MNIST_CLASSES,
     SHIPPED_TEACHERS_DIR,
-    center_point,
     generate_mosaic,
     item_source,
     iter_mosaics,
@@ -23,7 +25,6 @@ from transformers_samclip.mosaic import (  # noqa: E402
     load_mosaic_teachers,
     make_item_views,
     make_mosaic_dataset,
-    mask_iou,
     scene_captions,
 )
 from transformers_samclip.mosaic import fashion_mnist, teachers  # noqa: E402
@@ -163,12 +164,10 @@ def test_item_views():
     assert views[0]["image"].tobytes() != other[0]["image"].tobytes()
 
 
-def test_center_point_and_iou():
-    mask = np.zeros((20, 20), dtype=bool)
-    mask[4:11, 2:15] = True
-    assert center_point(mask) == (8.0, 7.0)
-    assert mask_iou(mask, mask) == 1.0
-    assert mask_iou(mask, ~mask) == 0.0
+def test_mask_geometry_is_the_harness_one():
+    # Moved to evaluation.geometry (tested in test_evaluation.py); the mosaic world still exports it.
+    for name in ("center_point", "evaluation_points", "mask_iou", "mask_to_box", "random_points"):
+        assert getattr(mosaic_world, name) is getattr(geometry, name)
 
 
 # --- Teachers ----------------------------------------------------------------------------------
@@ -217,13 +216,6 @@ def test_load_mosaic_teachers_missing_names_rebuild(tmp_path):
         load_mosaic_teachers(teachers_dir=tmp_path)
 
 
-def test_shipped_clip_teacher_zero_shot():
-    loaded = _shipped()
-    model, processor = loaded["clip_model"], loaded["clip_processor"]
-    assert not model.training
-    assert teachers.evaluate_clip_zero_shot(model, processor, num_items=500) >= CLIP_TOP1_FLOOR_500
-
-
 def test_shipped_clip_teacher_serves_the_pipeline():
     from transformers import pipeline
 
@@ -243,12 +235,18 @@ def test_shipped_clip_teacher_serves_the_pipeline():
     assert hits >= 8
 
 
-def test_shipped_sam_teacher_segments():
+def test_shipped_teachers_measured_by_the_harness(monkeypatch):
+    # The builder's own measurement (what BUILD.json records), on the first 500 views and 100 mosaics.
     loaded = _shipped()
-    assert not loaded["sam_model"].training
-    metrics = teachers.evaluate_sam(loaded["sam_model"], loaded["sam_processor"], num_mosaics=100)
-    assert metrics["box_miou"] >= SAM_BOX_MIOU_FLOOR_100
-    assert metrics["point1_miou"] >= SAM_POINT_MIOU_FLOOR_100
+    assert not loaded["clip_model"].training and not loaded["sam_model"].training
+    monkeypatch.setattr(teachers, "make_item_views", lambda split, seed: make_item_views(split, 500, seed))
+    monkeypatch.setattr(teachers, "make_mosaic_dataset", lambda split, num, seed: make_mosaic_dataset(split, 100, seed))
+    clip = teachers._clip_metrics(loaded["clip_model"], loaded["clip_processor"])
+    assert clip["num_views"] == 500 and clip["zero_shot_top1"] >= CLIP_TOP1_FLOOR_500
+    sam = teachers._sam_metrics(loaded["sam_model"], loaded["sam_processor"])
+    assert sam["num_mosaics"] == 100 and sam["min_visible_fraction"] == teachers.MIN_VISIBLE_FRACTION
+    assert sam["box_miou"] >= SAM_BOX_MIOU_FLOOR_100
+    assert sam["point1_miou"] >= SAM_POINT_MIOU_FLOOR_100
 
 
 def test_shipped_sam_processor_post_processing_matches_training():

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import time
 
-from ..mosaic import FASHION_MNIST_CLASSES, load_mosaic_teachers, make_item_views, make_mosaic_dataset
 from .classification import evaluate_zero_shot_classification
 from .prompted import evaluate_prompted_segmentation
 from .semantic import evaluate_cascade_baseline, evaluate_maskclip_baseline, evaluate_semantic_segmentation
@@ -33,7 +32,13 @@ RESULT_COLUMNS = (
 )
 
 
+# The mosaic world is imported inside the functions: it builds its ground truth with `.geometry`, so importing it
+# first runs this package, which must not need it back while it is half-initialised.
+
+
 def _mosaic_data(num_items: int | None, num_mosaics: int | None, calibration_mosaics: int, seed: int) -> dict:
+    from ..mosaic import make_item_views, make_mosaic_dataset
+
     return {
         "items": make_item_views("test", num_items=num_items, seed=seed) if num_items != 0 else None,
         "mosaics": make_mosaic_dataset("test", num_mosaics, seed) if num_mosaics else None,
@@ -73,6 +78,8 @@ def evaluate_samclip_on_mosaic(
     """Every mosaic-world metric of a merged `SamClipModel`: `zero_shot_top1`, `box_miou`, `point1_miou`,
     `point3_miou`, `semseg_miou`, `semseg_refined_miou`, plus sizes, background thresholds and wall time.
     `num_items=None` takes all 10,000 test items; 0 skips a part."""
+    from ..mosaic import FASHION_MNIST_CLASSES
+
     began = time.perf_counter()
     data = _mosaic_data(num_items, num_mosaics, calibration_mosaics, seed)
     row = _sizes(data, seed)
@@ -100,6 +107,8 @@ def evaluate_teachers_on_mosaic(
     """The teacher and baseline rows: "CLIP teacher" (zero_shot_top1), "SAM teacher" (box/point mIoUs), "MaskCLIP
     baseline" and "SAM+CLIP cascade" (semseg_miou). `teachers` is a dict as returned by `load_mosaic_teachers()`
     (the shipped ones by default)."""
+    from ..mosaic import FASHION_MNIST_CLASSES, load_mosaic_teachers
+
     teachers = teachers or load_mosaic_teachers()
     sam, sam_processor = teachers["sam_model"], teachers["sam_processor"]
     clip, clip_processor = teachers["clip_model"], teachers["clip_processor"]

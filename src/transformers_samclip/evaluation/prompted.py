@@ -22,9 +22,8 @@ import re
 import numpy as np
 import torch
 
-from ..mosaic.mosaics import mask_to_box
-from ..mosaic.prompts import center_point, random_points
 from ._common import as_mask, iter_batches, model_device, sam_view, subset
+from .geometry import evaluation_points, mask_to_box
 from .metrics import mask_ious
 
 _POINT_MODE = re.compile(r"point(\d+)")
@@ -42,7 +41,7 @@ def _parse_mode(mode: str) -> int:
 
 def _point_prompts(masks, num_points: int, rng: np.random.Generator) -> np.ndarray:
     """`(P, num_points, 2)` positive (x, y) points: each mask's deepest pixel, then uniform draws from the mask."""
-    return np.array([[center_point(m), *random_points(rng, m, num_points - 1)] for m in masks], dtype=np.float32)
+    return np.array([evaluation_points(m, num_points, rng) for m in masks], dtype=np.float32)
 
 
 def _predict_masks(model, processor, embeddings, encoding, scale, boxes=None, points=None, multimask=False):

@@ -1,5 +1,7 @@
 """The mosaic world: Fashion-MNIST mosaics with exact ground truth and two trained tiny teachers."""
 
+# The mask geometry lives in the evaluation harness; re-exported here for code written against the mosaic world.
+from ..evaluation.geometry import center_point, evaluation_points, mask_iou, mask_to_box, random_points
 from .fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist, load_fashion_mnist_arrays
 from .mosaics import (
     ItemSource,
@@ -9,11 +11,9 @@ from .mosaics import (
     iter_mosaics,
     make_item_views,
     make_mosaic_dataset,
-    mask_to_box,
     mosaic_features,
     scene_captions,
 )
-from .prompts import center_point, evaluation_points, mask_iou, random_points
 
 _TEACHER_NAMES = ("SHIPPED_TEACHERS_DIR", "build_teachers", "load_mosaic_teachers")
 

@@ -13,6 +13,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
+from ..evaluation.geometry import mask_to_box
 from .fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist_arrays
 
 # A resized item pixel belongs to the silhouette above this grey level (of 255): Fashion-MNIST
@@ -113,14 +114,6 @@ def _paint(canvas: np.ndarray, grey: np.ndarray, silhouette: np.ndarray, tint: n
 
 def _to_uint8_image(canvas: np.ndarray) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(canvas), 0, 255).astype(np.uint8), mode="RGB")
-
-
-def mask_to_box(mask: np.ndarray) -> list[float]:
-    """Tight box ``[x0, y0, x1, y1]`` of a non-empty mask, inclusive pixel indices (as SAM's
-    ``batched_mask_to_box``)."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    return [float(cols[0]), float(rows[0]), float(cols[-1]), float(rows[-1])]
 
 
 def generate_mosaic(rng: np.random.Generator, items_source: ItemSource | str, canvas_size: int = 128) -> dict:

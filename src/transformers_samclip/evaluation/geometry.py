@@ -1,8 +1,20 @@
-"""Prompts from ground-truth masks (SAM's evaluation protocol) and the mask IoU."""
+"""Mask geometry for prompts and scores: tight boxes, SAM's evaluation points (the deepest pixel, then uniform draws)
+and the mask IoU. Generic and numpy-only (with `metrics`): dataset generators such as the mosaic world build their
+ground truth with it too."""
 
 from __future__ import annotations
 
 import numpy as np
+
+from .metrics import mask_ious
+
+
+def mask_to_box(mask: np.ndarray) -> list[float]:
+    """Tight box ``[x0, y0, x1, y1]`` of a non-empty mask, inclusive pixel indices (as SAM's
+    ``batched_mask_to_box``)."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    return [float(cols[0]), float(rows[0]), float(cols[-1]), float(rows[-1])]
 
 
 def mask_depth(mask: np.ndarray) -> np.ndarray:
@@ -39,9 +51,11 @@ def random_points(rng: np.random.Generator, mask: np.ndarray, count: int) -> lis
     return [(float(cols[i]), float(rows[i])) for i in picks]
 
 
-def evaluation_points(mask: np.ndarray, num_points: int, seed: int) -> list[tuple[float, float]]:
+def evaluation_points(
+    mask: np.ndarray, num_points: int, seed: int | np.random.Generator
+) -> list[tuple[float, float]]:
     """The positive points of a ``num_points``-point evaluation prompt: the centre point, then random
-    points of the mask drawn from ``seed``."""
+    points of the mask drawn from ``seed`` (an int, or a ``Generator`` that the draws advance)."""
     points = [center_point(mask)]
     if num_points > 1:
         points += random_points(np.random.default_rng(seed), mask, num_points - 1)
@@ -50,5 +64,4 @@ def evaluation_points(mask: np.ndarray, num_points: int, seed: int) -> list[tupl
 
 def mask_iou(prediction: np.ndarray, target: np.ndarray) -> float:
     """Intersection over union of two bool masks (1.0 when both are empty)."""
-    union = np.logical_or(prediction, target).sum()
-    return 1.0 if union == 0 else float(np.logical_and(prediction, target).sum() / union)
+    return float(mask_ious([prediction], [target])[0])
