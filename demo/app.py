@@ -219,13 +219,14 @@ class SamClipDemo:
 
     @torch.no_grad()
     def segment_text(
-        self, image: Image.Image | None, labels_text: str, refine: bool, background_threshold: float = -1.0
+        self, image: Image.Image | None, labels_text: str, refine: bool, background_threshold: float | None = None
     ) -> tuple[Image.Image, str]:
         """Text-to-mask semantic segmentation: a coloured overlay and its legend (HTML). Pixels whose best cosine
-        is below `background_threshold` stay uncoloured (-1 turns background off)."""
+        is below `background_threshold` stay uncoloured (default: the threshold the model carries in its config;
+        -1 turns background off)."""
         image, labels = check_image(image), parse_labels(labels_text)
         class_embeds = self.model.encode_class_names(labels, self.processor.tokenizer)
-        threshold = background_threshold if background_threshold > -1 else None
+        threshold = background_threshold
         if refine:
             inputs = self.processor(images=image, view="sam")
             output = self.model.semantic_segmentation_refined(
@@ -306,8 +307,10 @@ def build_demo(demo: SamClipDemo) -> gr.Blocks:
                     sem_image = gr.Image(type="pil", format="png", height=IMAGE_HEIGHT, label="Image")
                     sem_labels = gr.Textbox(label="Class names (comma-separated)", value="Bag, Sandal, Coat")
                     sem_refine = gr.Checkbox(label="Refine with the SAM head", value=False)
-                    sem_threshold = gr.Slider(-1, 1, value=-1, step=0.05,
-                                              label="Background threshold (cosine; -1 = no background)")
+                    stored = demo.model.config.background_threshold
+                    sem_threshold = gr.Slider(
+                        -1, 1, value=-1 if stored is None else round(stored, 3), step=0.005,
+                        label="Background threshold (cosine; starts at the model's calibrated one; -1 = no background)")
                     sem_button = gr.Button("Segment", variant="primary")
                 with gr.Column():
                     sem_output = gr.Image(type="pil", format="png", height=IMAGE_HEIGHT, label="Overlay")

@@ -80,6 +80,25 @@ def load_image_dataset(spec: dict):
     return datasets.load_dataset(source, **spec)
 
 
+def load_clip_images(spec: dict | list[dict]):
+    """D_CLIP from one `data.clip` entry, or from a list of them (e.g. item views and scenes) concatenated into one
+    `image` column in the listed order; returns `(dataset, spec)` with the spec to wrap it by."""
+    if isinstance(spec, dict):
+        return load_image_dataset(spec), spec
+    import datasets
+
+    parts = []
+    for index, part in enumerate(spec):
+        dataset = load_image_dataset(part)
+        if isinstance(dataset, datasets.IterableDataset):
+            raise ValueError(f"data.clip.{index}: a streaming source cannot be concatenated with others; "
+                             "stream one source, or drop `streaming`.")
+        column = part.get("image_column", "image")
+        dataset = dataset.select_columns([column]).cast_column(column, datasets.Image())
+        parts.append(dataset.rename_column(column, "image") if column != "image" else dataset)
+    return datasets.concatenate_datasets(parts), {"image_column": "image"}
+
+
 def _wrap(dataset, spec: dict, masks: bool = False):
     import datasets
 
@@ -139,7 +158,7 @@ def run_recipe(
     untrained_state = {k: v.clone() for k, v in student.state_dict().items()} if evaluate else None
 
     with all_args[0].main_process_first(desc="datasets and teacher cache"):
-        clip_data = _wrap(load_image_dataset(data_spec.clip), data_spec.clip)
+        clip_data = _wrap(*load_clip_images(data_spec.clip))
         sam_data = _wrap(load_image_dataset(data_spec.sam), data_spec.sam, masks=True)
         cache = None
         if recipe.teacher_cache and isinstance(clip_data, DistillationImageDataset):
@@ -167,7 +186,9 @@ def run_recipe(
                                      **recipe.lora.peft_options())
             trained = get_peft_model(student, lora_config)
         with_sam = stage.rehearses_sam and not recipe.naive
-        clip_sizes = stage.clip_sizes if stage.clip_sizes is not None else data_spec.clip.get("clip_sizes")
+        clip_sizes = stage.clip_sizes
+        if clip_sizes is None and isinstance(data_spec.clip, dict):
+            clip_sizes = data_spec.clip.get("clip_sizes")
         collator = SamClipDistillationCollator(
             processor, None if cache else teachers["clip_processor"].image_processor,
             sam_dataset=sam_data if with_sam else None, sam_batch_size=stage.sam_batch_size,
