@@ -22,14 +22,17 @@ from transformers_samclip.distillation import (
     PairedDataset,
     PromptSampler,
     SamClipDistillationCollator,
+    SamClipDistillationModule,
     SamClipDistillationTrainer,
     TeacherOutputCache,
     clip_distillation_loss,
     dice_loss,
+    encode_rle,
     sam_distillation_loss,
     sigmoid_focal_loss,
 )
 from transformers_samclip.distillation.prompts import POINT_PAD_LABEL
+from transformers_samclip.evaluation.semantic import _square_crop
 
 LN2 = math.log(2)
 
@@ -65,9 +68,12 @@ def _trainer(tmp_path, student, teachers, processor, teacher_processor, image_da
     sam, clip = teachers
     clip_data = DistillationImageDataset(image_dataset)
     sam_data = DistillationImageDataset(image_dataset, masks_column="masks")
+    regions = kwargs.pop("regions", False)  # region distillation: SAM batches carry regions, in every stage
     collator = SamClipDistillationCollator(processor, teacher_processor, sam_dataset=sam_data, sam_batch_size=2,
-                                           clip_sizes=kwargs.pop("clip_sizes", None))
-    train = PairedDataset(clip_data, len(sam_data)) if stage == "distillation" else clip_data
+                                           clip_sizes=kwargs.pop("clip_sizes", None),
+                                           region_teacher_image_processor=teacher_processor if regions else None,
+                                           patch_size=8)
+    train = PairedDataset(clip_data, len(sam_data)) if stage == "distillation" or regions else clip_data
     values = dict(use_cpu=True, remove_unused_columns=False, report_to=[], max_steps=steps, learning_rate=1e-3,
                   per_device_train_batch_size=4, logging_steps=1, save_strategy="no", disable_tqdm=True)
     values.update(kwargs.pop("args", {}))
@@ -201,6 +207,170 @@ def test_streaming_imagefolder_feeds_the_collator(tmp_path, processor, teacher_p
     assert len(items) == 3 and sum(item["skipped"] for item in items) == 1
     batch = SamClipDistillationCollator(processor, teacher_processor)(items)
     assert batch["clip_pixel_values"].shape == (3, 3, 32, 32) and int(batch["num_skipped"]) == 1
+
+
+# -------------------------------------------------------------------------------------------------- regions
+REGION_KEYS = {"region_masks", "region_valid", "region_teacher_pixel_values"}
+
+
+def test_region_masks_land_on_the_token_grid_where_the_image_does(merged, processor, teacher_processor):
+    patch = merged.config.patch_size  # 8: the 64 px SAM view is an 8 x 8 token grid
+    # A 40 x 80 image is resized by 0.8 to 32 x 64 and padded at the bottom to 64 x 64.
+    aligned = np.zeros((40, 80), dtype=bool)
+    aligned[10:20, 20:40] = True  # -> rows 8..16, cols 16..32: token cells (1, 2) and (1, 3), whole
+    partial = np.zeros((40, 80), dtype=bool)
+    partial[3:7, 5:13] = True  # -> rows 2.4..5.6, cols 4..10.4: 0.4 of row 0, 0.5 of col 0 and 0.3 of col 1
+    expected_aligned, expected_partial = torch.zeros(8, 8), torch.zeros(8, 8)
+    expected_aligned[1, 2:4] = 1
+    expected_partial[0, 0], expected_partial[0, 1] = 0.4 * 0.5, 0.4 * 0.3
+    array = np.zeros((40, 80, 3), dtype=np.uint8)
+    array[aligned] = 255
+    image = Image.fromarray(array)
+    features = datasets.Features({"image": datasets.Image(), "masks": datasets.List(datasets.Image())})
+    masks = [Image.fromarray(aligned), Image.fromarray(partial)]
+    dataset = datasets.Dataset.from_dict({"image": [image], "masks": [masks]}, features=features)
+    collator = SamClipDistillationCollator(
+        processor, teacher_processor, sam_dataset=DistillationImageDataset(dataset, masks_column="masks"),
+        prompt_sampler=PromptSampler(num_regions=3, min_mask_area=1), region_teacher_image_processor=teacher_processor,
+        patch_size=patch)
+    batch = collator([PairedDataset(DistillationImageDataset(dataset), 1)[0]])
+    assert batch["region_masks"].shape == (1, 3, 8, 8) and batch["region_valid"].tolist() == [[True, True, False]]
+    assert not batch["region_masks"][0, 2].any()  # only two masks: the third row stays empty
+    grid_area = batch["region_masks"][0, :2].sum((-2, -1))
+    rows = grid_area.argsort()  # the partial mask first, then the aligned one
+    # The fractions sum to each mask's area in grid units: area * 0.8 * 0.8 / 8 ** 2.
+    torch.testing.assert_close(grid_area[rows], torch.tensor([32, 200]) * 0.64 / 64)
+    torch.testing.assert_close(batch["region_masks"][0, rows[0]], expected_partial)
+    torch.testing.assert_close(batch["region_masks"][0, rows[1]], expected_aligned)
+    # The image went the same way: its white pixels, averaged per token cell of the SAM view, are the aligned mask.
+    white = (batch["sam_pixel_values"][0, 0] > 0).float()
+    torch.testing.assert_close(torch.nn.functional.avg_pool2d(white[None], patch)[0], expected_aligned)
+    # The teacher sees each valid region's square crop of the original image, in region_masks[region_valid] order.
+    source = {int(rows[0]): partial, int(rows[1]): aligned}
+    crops = [_square_crop(image, torch.from_numpy(source[row])) for row in range(2)]
+    torch.testing.assert_close(batch["region_teacher_pixel_values"],
+                               teacher_processor(crops, return_tensors="pt")["pixel_values"])
+
+
+def test_regions_are_deterministic_distinct_and_decode_rle_as_arrays():
+    masks = [np.zeros((30, 40), dtype=bool) for _ in range(6)]
+    for i, mask in enumerate(masks):
+        mask[i * 4 : i * 4 + 3 + i, 2 : 10 + 3 * i] = True
+    masks[5][:] = False  # empty: never a region
+    sampler = PromptSampler(num_regions=4, min_mask_area=1, seed=3)
+    regions = sampler.regions(masks, index=2)
+    assert len(regions) == 4 and len({m.tobytes() for m in regions}) == 4 and all(m.any() for m in regions)
+    as_rle = sampler.regions([encode_rle(m) for m in masks], index=2)
+    assert all(np.array_equal(a, b) for a, b in zip(regions, as_rle))
+    assert [m.tobytes() for m in sampler.regions(masks, index=2)] == [m.tobytes() for m in regions]
+    assert len(PromptSampler(num_regions=9, min_mask_area=1).regions(masks, 0)) == 5
+    assert PromptSampler(min_mask_area=10_000).regions(masks, 0) == [] and sampler.regions(None, 0) == []
+
+
+class _FixedTeacher(torch.nn.Module):
+    """A CLIP teacher stand-in whose image embeddings are given."""
+
+    def __init__(self, embeds):
+        super().__init__()
+        self.register_buffer("embeds", embeds)
+
+    def get_image_features(self, pixel_values):
+        """The given embeddings, whatever the pixels."""
+        return self.embeds
+
+
+def test_region_loss_is_zero_at_the_teachers_embedding_and_positive_elsewhere(merged):
+    torch.manual_seed(0)
+    pixels = torch.randn(2, 3, 64, 64)
+    region_masks = torch.rand(2, 2, 8, 8)
+    region_valid = torch.tensor([[True, False], [True, True]])
+    with torch.no_grad():
+        dense = merged.get_dense_image_features(pixels)
+    # The student's region features, by hand: its dense features averaged with the area fractions as weights.
+    pooled = torch.stack([(dense[b] * region_masks[b, r]).sum((-2, -1)) / region_masks[b, r].sum()
+                          for b, r in region_valid.nonzero().tolist()])
+    inputs = dict(sam_pixel_values=pixels, region_masks=region_masks, region_valid=region_valid,
+                  region_teacher_pixel_values=torch.zeros(3, 3, 32, 32))
+
+    def terms(teacher_embeds):
+        module = SamClipDistillationModule(merged, clip_teacher=_FixedTeacher(teacher_embeds),
+                                           losses=LossWeights(sam_loss_weight=0.0, region_weight=1.0))
+        return module(**inputs)
+
+    at_teacher = terms(2.5 * pooled)  # cosine ignores the scale
+    assert set(at_teacher) == {"loss", "loss_region"}
+    assert at_teacher["loss_region"].item() == pytest.approx(0.0, abs=1e-5)
+    other = torch.randn(pooled.shape[-1])
+    away = terms(torch.cat([pooled[:2], other[None]]))
+    expected = (1 - torch.nn.functional.cosine_similarity(pooled[2], other, dim=0).item()) / 3
+    assert away["loss_region"].item() == pytest.approx(expected, abs=1e-5) and expected > 0
+    assert torch.equal(away["loss"], away["loss_region"])
+    assert terms(pooled)["loss_region"].requires_grad  # the CLIP head learns from it
+
+
+def test_without_region_distillation_batches_and_loss_are_as_before(merged, teachers, processor, teacher_processor,
+                                                                    image_dataset):
+    sam, clip = teachers
+    clip_data = DistillationImageDataset(image_dataset)
+    sam_data = DistillationImageDataset(image_dataset, masks_column="masks")
+    features = [PairedDataset(clip_data, len(sam_data))[i] for i in range(4)]
+    plain = SamClipDistillationCollator(processor, teacher_processor, sam_dataset=sam_data, sam_batch_size=2)(features)
+    assert set(plain) == {"clip_pixel_values", "clip_teacher_pixel_values", "sam_pixel_values", "input_boxes",
+                          "input_points", "input_labels", "num_skipped"}
+    regional = SamClipDistillationCollator(processor, teacher_processor, sam_dataset=sam_data, sam_batch_size=2,
+                                           region_teacher_image_processor=teacher_processor, patch_size=8)(features)
+    assert set(regional) == set(plain) | REGION_KEYS
+    for key, value in plain.items():  # regions draw from their own rng stream: the prompts stay the same
+        assert torch.equal(value, regional[key]), key
+    plain.pop("num_skipped"), regional.pop("num_skipped")
+    module = SamClipDistillationModule(merged, clip_teacher=clip, sam_teacher=sam)  # region_weight 0 by default
+    with torch.no_grad():
+        before, after = module(**plain), module(**regional)
+    assert "loss_region" not in after and set(before) == set(after)
+    assert all(torch.equal(before[name], after[name]) for name in before)
+
+
+def _count_sam_view_passes(trainer):
+    # Records, per SAM-view encoder pass, whether autograd tracks it.
+    encode, passes = trainer.model._encode_sam_view, []
+
+    def spy(*args, **kwargs):
+        encoded = encode(*args, **kwargs)
+        passes.append(encoded.trunk_hidden_state.requires_grad)
+        return encoded
+
+    trainer.model._encode_sam_view = spy
+    return passes
+
+
+def test_head_probing_with_regions_trains_the_clip_head_alone_without_sam_loss(tmp_path, merged, teachers, processor,
+                                                                               teacher_processor, image_dataset):
+    before = _snapshot(merged)
+    trainer = _trainer(tmp_path, merged, teachers, processor, teacher_processor, image_dataset, "head_probing",
+                       regions=True, losses=LossWeights(region_weight=1.0))
+    passes = _count_sam_view_passes(trainer)
+    trainer.train()
+    assert passes == [False]  # the frozen encoder ran once, outside autograd
+    logged = trainer.state.log_history[0]
+    assert logged["loss_region"] > 0 and "loss_sam" not in logged
+    assert logged["loss"] == pytest.approx(logged["loss_clip"] + logged["loss_region"], rel=1e-4)
+    changed = _changed(before, merged)
+    assert changed and all(name.startswith("clip_head.") for name in changed)
+
+
+def test_stage2_with_regions_shares_one_encoder_pass_between_sam_and_region_losses(
+        tmp_path, merged, teachers, processor, teacher_processor, image_dataset):
+    calls = []
+    merged.vision_encoder.register_forward_hook(lambda _, args, out: calls.append(out.last_hidden_state is not None))
+    trainer = _trainer(tmp_path, merged, teachers, processor, teacher_processor, image_dataset, "distillation",
+                       regions=True, losses=LossWeights(region_weight=2.0))
+    passes = _count_sam_view_passes(trainer)
+    trainer.train()
+    assert passes == [True] and calls == [False, True]  # the CLIP view, then the SAM view once (with its neck)
+    logged = trainer.state.log_history[0]
+    assert logged["loss_region"] > 0 and logged["loss_sam"] > 0
+    assert logged["loss"] == pytest.approx(logged["loss_clip"] + 10 * logged["loss_sam"] + 2 * logged["loss_region"],
+                                           rel=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------------- cache

@@ -98,6 +98,9 @@ def test_ablation_flags_are_overrides_of_the_same_object():
     ({"data.sam": {"num_mosaics": 3}}, ["data.sam", "source"]),
     ({"model.head.pooling.kind": "max"}, ["model.head.pooling"]),
     ({"teachers": {"sam": "facebook/sam-vit-base"}}, ["teachers.sam", "clip"]),
+    ({"losses.region_weight": -0.5}, ["losses.region_weight", ">= 0"]),
+    ({"prompts.num_regions": 2.5}, ["prompts.num_regions", "integer"]),
+    ({"prompts.num_regions": -1}, ["prompts.num_regions", ">= 0"]),
 ])
 def test_bad_keys_and_values_raise_naming_the_field(overrides, names):
     with pytest.raises(ValueError) as error:
@@ -124,6 +127,18 @@ def test_bad_recipe_file_and_bad_set_are_reported(tmp_path, capsys):
         parse_override("losses.sam_loss_weight")
 
 
+def test_which_stages_need_sam_batches():
+    mosaic = load_recipe("mosaic")
+    probing, distillation = mosaic.stages
+    assert not mosaic.distills_regions and mosaic.losses.region_weight == 0.0 and mosaic.prompts.num_regions == 4
+    assert [mosaic.needs_sam_batches(s) for s in mosaic.stages] == [False, True]
+    assert not mosaic.override({"losses.sam_loss_weight": 0}).needs_sam_batches(distillation)  # naive: no L_SAM
+    # L_region reads D_SAM in every stage; the head-only stage still adds no L_SAM.
+    regions = mosaic.override({"losses.region_weight": 1})
+    assert regions.distills_regions and [regions.needs_sam_batches(s) for s in regions.stages] == [True, True]
+    assert not probing.rehearses_sam and regions.override({"losses.sam_loss_weight": 0}).needs_sam_batches(distillation)
+
+
 def test_data_clip_may_be_a_list_of_specs():
     items = {"source": "mosaic-items", "split": "train", "num_items": 10}
     scenes = {"source": "mosaic", "split": "train", "num_mosaics": 5}
@@ -133,23 +148,28 @@ def test_data_clip_may_be_a_list_of_specs():
         recipe.override({"data.clip.1": {"split": "train"}})
 
 
-def test_run_records_the_effective_recipe(tmp_path, tokenizer, teachers):
-    """One optimizer step per stage of the mosaic recipe shrunk onto the tiny teachers (an override, as
-    `--set` gives it); results.json records what ran."""
-    from transformers_samclip.distillation.run import run_recipe
+# The mosaic recipe shrunk onto the tiny teachers (overrides, as `--set` gives them).
+TINY = ["--set", "model.sam_size=64", "--set", "model.clip_size=32", "--set", "model.head.num_hidden_layers=1",
+        "--set", "data.clip.num_items=16", "--set", "data.clip.size=32", "--set", "data.sam.num_mosaics=4",
+        "--set", "data.sam.canvas_size=64", "--set", "calibration=null", "--set", "evaluation=null",
+        "--set", "stages.0.training_args.per_device_train_batch_size=4",
+        "--set", "stages.1.training_args.per_device_train_batch_size=4", "--set", "stages.1.sam_batch_size=1"]
 
+
+def _tiny_teachers(tokenizer, teachers) -> dict:
     sam, clip = teachers
     clip_processor = CLIPProcessor(CLIPImageProcessorPil(size={"shortest_edge": 32},
                                                          crop_size={"height": 32, "width": 32}), tokenizer)
-    recipe = _cli("--lambda", "2", "--pooling", "mean", "--set", "model.sam_size=64", "--set", "model.clip_size=32",
-                  "--set", "model.head.num_hidden_layers=1", "--set", "data.clip.num_items=16",
-                  "--set", "data.clip.size=32", "--set", "data.sam.num_mosaics=4", "--set", "data.sam.canvas_size=64",
-                  "--set", "calibration=null", "--set", "evaluation=null",
-                  "--set", "stages.0.training_args.per_device_train_batch_size=4",
-                  "--set", "stages.1.training_args.per_device_train_batch_size=4",
-                  "--set", "stages.1.sam_batch_size=1")
+    return {"sam_model": sam, "clip_model": clip, "clip_processor": clip_processor}
+
+
+def test_run_records_the_effective_recipe(tmp_path, tokenizer, teachers):
+    """One optimizer step per stage of the tiny mosaic recipe; results.json records what ran."""
+    from transformers_samclip.distillation.run import run_recipe
+
+    recipe = _cli("--lambda", "2", "--pooling", "mean", *TINY)
     results = run_recipe(recipe.to_dict(), tmp_path / "run", max_steps=1, evaluate=False,
-                         teachers={"sam_model": sam, "clip_model": clip, "clip_processor": clip_processor})
+                         teachers=_tiny_teachers(tokenizer, teachers))
     assert (tmp_path / "run" / "stage2-distillation" / "final" / "model.safetensors").is_file()
     written = json.loads((tmp_path / "run" / "results.json").read_text())
     assert written["effective_recipe"] == recipe.to_dict() == results["effective_recipe"]
@@ -158,3 +178,37 @@ def test_run_records_the_effective_recipe(tmp_path, tokenizer, teachers):
     from transformers_samclip import SamClipModel
 
     assert SamClipModel.from_pretrained(tmp_path / "run").config.head_config.pooling == "mean"
+
+
+def test_run_with_region_distillation_logs_it_in_both_stages_and_trains_the_head_otherwise(tmp_path, tokenizer,
+                                                                                         teachers):
+    """`losses.region_weight=1` on the tiny mosaic recipe: both stages add `L_region` (stage 1 without `L_SAM`,
+    its encoder untouched), and the CLIP head ends elsewhere than in the same run without it."""
+    from safetensors.torch import load_file
+
+    from transformers_samclip.distillation.run import run_recipe
+
+    no_warmup = ["--set", "stages.0.training_args.warmup_steps=0", "--set", "stages.1.training_args.warmup_steps=0"]
+    runs = {}
+    for weight in (0, 1):
+        recipe = _cli(*TINY, *no_warmup, "--set", f"losses.region_weight={weight}")
+        run_recipe(recipe, tmp_path / f"run{weight}", max_steps=1, evaluate=False,
+                   teachers=_tiny_teachers(tokenizer, teachers))
+        runs[weight] = tmp_path / f"run{weight}"
+
+    def logged(run, stage):
+        state = json.loads(next((run / stage).glob("checkpoint-*/trainer_state.json")).read_text())
+        return state["log_history"][0]
+
+    def weights(run, stage):
+        return load_file(run / stage / "final" / "model.safetensors")
+
+    for stage in ("stage1-head_probing", "stage2-distillation"):
+        assert "loss_region" not in logged(runs[0], stage) and logged(runs[1], stage)["loss_region"] > 0
+    assert "loss_sam" not in logged(runs[1], "stage1-head_probing")
+    assert logged(runs[1], "stage2-distillation")["loss_sam"] > 0
+    first, untouched = weights(runs[1], "stage1-head_probing"), weights(runs[0], "stage1-head_probing")
+    assert all(torch.equal(first[k], untouched[k]) for k in first if not k.startswith("clip_head."))
+    for stage in ("stage1-head_probing", "stage2-distillation"):
+        with_regions, without = weights(runs[1], stage), weights(runs[0], stage)
+        assert any(not torch.equal(with_regions[k], without[k]) for k in with_regions if k.startswith("clip_head."))

@@ -19,6 +19,7 @@ from .data import (
     SamClipDistillationCollator,
     decode_image,
     decode_mask,
+    region_grid_fractions,
 )
 from .losses import (
     clip_distillation_loss,
@@ -85,6 +86,7 @@ __all__ = [
     "load_sa1b",
     "parse_override",
     "polygons_to_mask",
+    "region_grid_fractions",
     "rle_area",
     "sam_distillation_loss",
     "sigmoid_focal_loss",

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..evaluation.semantic import _square_crop
 from .annotations import decode_rle, is_rle, rle_area
 from .prompts import PromptSampler
 
@@ -43,6 +44,32 @@ def decode_mask(value) -> np.ndarray:
     if isinstance(value, (Image.Image, dict, str, os.PathLike)):
         return np.asarray(decode_image(value).convert("L")) > 0
     return np.asarray(value).astype(bool)
+
+
+def _cell_overlaps(length: int, resized: int, cells: int, patch: int) -> np.ndarray:
+    # (cells, length): the fraction of token cell i (patch px of the resized, padded axis) covered by source pixel j,
+    # which spans [j, j + 1) * resized / length there; cells past the resized image cover padding (no pixels).
+    edges = np.arange(length + 1) * (resized / length)
+    cell_edges = np.arange(cells + 1) * patch
+    low = np.maximum(edges[None, :-1], cell_edges[:-1, None])
+    high = np.minimum(edges[None, 1:], cell_edges[1:, None])
+    return np.clip(high - low, 0, None) / patch
+
+
+def region_grid_fractions(mask: np.ndarray, resized_size: tuple[int, int], grid_size: tuple[int, int],
+                          patch_size: int) -> np.ndarray:
+    """The fraction of each token cell `(grid_h, grid_w)` of the SAM view that `mask` (bool `(height, width)`, in
+    original pixels) covers, for a view that resizes the image to `resized_size` (height, width) and pads it
+    bottom/right (as SAM's processor does): the mask area-averaged down to the token grid, exactly (pixels are
+    unit squares). The fractions sum to the mask's area in grid units, `area * sy * sx / patch_size**2`."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if not len(rows):
+        return np.zeros(grid_size, dtype=np.float32)
+    # Only the mask's box matters: the products stay small on SA-1B's multi-megapixel masks.
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    row_weights = _cell_overlaps(mask.shape[0], resized_size[0], grid_size[0], patch_size)[:, y0:y1]
+    col_weights = _cell_overlaps(mask.shape[1], resized_size[1], grid_size[1], patch_size)[:, x0:x1]
+    return (row_weights @ mask[y0:y1, x0:x1].astype(np.float64) @ col_weights.T).astype(np.float32)
 
 
 def _without_decoding(dataset, columns):
@@ -164,9 +191,15 @@ class SamClipDistillationCollator:
     CLIP side: `clip_pixel_values` (the student's CLIP-path view, SAM normalisation; side drawn per batch from
     `clip_sizes` when given, e.g. `[224, 448]`) and either `clip_teacher_embeds` (cached) or
     `clip_teacher_pixel_values` (the teacher's own preprocessing of the same images).
-    SAM side (stage 2, when `sam_dataset` is set): `sam_pixel_values` (SAM view, shared by teacher and student:
-    the merged encoder starts as the SAM teacher's and sees the same input), `input_boxes`, `input_points`,
-    `input_labels` from `prompt_sampler` in the SAM frame, and `sam_teacher_embeddings` when cached.
+    SAM side (when `sam_dataset` is set and items are paired): `sam_pixel_values` (SAM view, shared by teacher and
+    student: the merged encoder starts as the SAM teacher's and sees the same input), `input_boxes`,
+    `input_points`, `input_labels` from `prompt_sampler` in the SAM frame, and `sam_teacher_embeddings` when cached.
+    Regions (region distillation: when `region_teacher_image_processor` is set and `prompt_sampler.num_regions >
+    0`): `region_masks (sam_batch, num_regions, grid_h, grid_w)`, each region's area fractions on the SAM view's
+    token grid (`region_grid_fractions`; zero rows where an image has fewer usable masks), `region_valid
+    (sam_batch, num_regions)` which rows hold a region, and `region_teacher_pixel_values`, the teacher's
+    preprocessing of each valid region's square crop of the original image, in the order of
+    `region_masks[region_valid]` (absent when no region is valid).
     `num_skipped` counts unreadable samples replaced in this batch.
     """
 
@@ -177,6 +210,13 @@ class SamClipDistillationCollator:
     prompt_sampler: PromptSampler = field(default_factory=PromptSampler)
     clip_sizes: list[int] | None = None
     seed: int = 0
+    region_teacher_image_processor: object | None = None
+    patch_size: int = 16  # the student encoder's: region masks live on its token grid of the SAM view
+
+    @property
+    def distills_regions(self) -> bool:
+        """Whether SAM batches carry regions (`region_masks`, `region_valid`, `region_teacher_pixel_values`)."""
+        return self.region_teacher_image_processor is not None and self.prompt_sampler.num_regions > 0
 
     def __call__(self, features: list[dict]) -> dict:
         paired = "sam_index" in features[0]
@@ -219,4 +259,24 @@ class SamClipDistillationCollator:
             batch["input_labels"] = torch.from_numpy(np.stack([p.labels for p in prompts]))
         if all("sam_teacher_embeddings" in item for item in items):
             batch["sam_teacher_embeddings"] = torch.stack([item["sam_teacher_embeddings"] for item in items])
+        if self.distills_regions:
+            batch.update(self._regions(items, encoding["reshaped_input_sizes"].tolist(),
+                                       encoding["pixel_values"].shape[-2:]))
+        return batch
+
+    def _regions(self, items: list[dict], resized_sizes, view_size) -> dict:
+        grid = (view_size[0] // self.patch_size, view_size[1] // self.patch_size)
+        count = self.prompt_sampler.num_regions
+        masks = torch.zeros(len(items), count, *grid)
+        valid = torch.zeros(len(items), count, dtype=torch.bool)
+        crops = []
+        for i, (item, resized) in enumerate(zip(items, resized_sizes)):
+            for j, mask in enumerate(self.prompt_sampler.regions(item.get("masks"), item["index"])):
+                masks[i, j] = torch.from_numpy(region_grid_fractions(mask, resized, grid, self.patch_size))
+                valid[i, j] = True
+                crops.append(_square_crop(item["image"], torch.from_numpy(mask)))
+        batch = {"region_masks": masks, "region_valid": valid}
+        if crops:
+            teacher_views = self.region_teacher_image_processor(crops, return_tensors="pt")
+            batch["region_teacher_pixel_values"] = teacher_views["pixel_values"]
         return batch

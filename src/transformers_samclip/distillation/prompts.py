@@ -10,6 +10,9 @@ import numpy as np
 from .annotations import decode_rle, is_rle, rle_area
 
 POINT_PAD_LABEL = -10  # SAM's label for padding points (zero embedding)
+# Regions draw from their own rng stream of `(seed, index)`, so turning region distillation on or off leaves every
+# prompt as it was.
+REGION_STREAM = 1
 
 
 @dataclass
@@ -33,7 +36,7 @@ class SamPrompts:
 @dataclass
 class PromptSampler:
     """Draws `num_boxes` box prompts and `num_point_prompts` point prompts (each of 1..`max_points` positive
-    points) per image.
+    points) per image, and (`regions`) up to `num_regions` distinct masks per image for region distillation.
 
     Args:
         num_boxes: box prompts per image (each from one sampled mask).
@@ -42,7 +45,8 @@ class PromptSampler:
         box_jitter: std of the box-corner noise, as a fraction of the box side (SAM trains with ~10%).
         min_mask_area: masks with fewer pixels are not prompted (slivers of occluded objects are ambiguous).
         grid_size: cells per side of the grid used on images without masks.
-        seed: the prompts of sample `index` depend only on `(seed, index)`.
+        num_regions: most masks per image that `regions` returns (each at most once).
+        seed: the prompts and regions of sample `index` depend only on `(seed, index)`.
     """
 
     num_boxes: int = 2
@@ -51,22 +55,42 @@ class PromptSampler:
     box_jitter: float = 0.1
     min_mask_area: int = 16
     grid_size: int = 8
+    num_regions: int = 4
     seed: int = 0
 
     def __call__(self, masks, height: int, width: int, index: int) -> SamPrompts:
         """Prompts for sample `index`: `masks` is a list of bool `(height, width)` arrays or COCO RLE dicts (may be
         empty); an RLE mask is decoded only when it is prompted."""
         rng = np.random.default_rng([self.seed, index])
-        masks = [m if is_rle(m) else np.asarray(m, dtype=bool) for m in (masks or [])]
-        masks = [m for m in masks if (rle_area(m) if is_rle(m) else m.sum()) >= self.min_mask_area]
+        masks = self._usable(masks, self.min_mask_area)
         if masks:
             return self._from_masks(rng, masks, height, width)
         return self._from_grid(rng, height, width)
 
+    def regions(self, masks, index: int) -> list[np.ndarray]:
+        """Up to `num_regions` distinct masks of sample `index` (bool `(height, width)` arrays, in drawn order) among
+        those with at least `min_mask_area` pixels (and at least one); `masks` as in `__call__`, an RLE mask is
+        decoded only when drawn. Fewer usable masks give fewer regions; no masks, none."""
+        masks = self._usable(masks, max(self.min_mask_area, 1))  # an empty mask has no crop to show the teacher
+        if not masks or not self.num_regions:
+            return []
+        order = np.random.default_rng([self.seed, index, REGION_STREAM]).permutation(len(masks))
+        return [self._decoded(masks[i]) for i in order[: self.num_regions]]
+
+    @staticmethod
+    def _usable(masks, min_area: int) -> list:
+        # RLE masks are measured without decoding them (an SA-1B image has ~100 masks of millions of pixels).
+        masks = [m if is_rle(m) else np.asarray(m, dtype=bool) for m in (masks or [])]
+        return [m for m in masks if (rle_area(m) if is_rle(m) else m.sum()) >= min_area]
+
+    @staticmethod
+    def _decoded(mask) -> np.ndarray:
+        return decode_rle(mask) if is_rle(mask) else mask
+
     def _choose(self, rng, masks, count):
         # Every mask once (random order) before any repeats, so small images spread prompts over their objects.
         order = np.concatenate([rng.permutation(len(masks)) for _ in range(-(-count // len(masks)))])
-        return [decode_rle(masks[i]) if is_rle(masks[i]) else masks[i] for i in order[:count]]
+        return [self._decoded(masks[i]) for i in order[:count]]
 
     def _from_masks(self, rng, masks, height, width) -> SamPrompts:
         boxes = np.zeros((self.num_boxes, 4), dtype=np.float32)

@@ -44,6 +44,12 @@ def rehearses_sam(stage: str) -> bool:
     return "mask_decoder." in stage_trains(stage)
 
 
+def needs_sam_batches(stage: str, losses: "LossWeights") -> bool:
+    """Whether `stage` needs D_SAM batches under `losses`: it computes `L_SAM` (a stage that rehearses SAM, with
+    lambda > 0) or `L_region` (`region_weight > 0`, in any stage: head-only stages too, without `L_SAM`)."""
+    return (rehearses_sam(stage) and losses.sam_loss_weight > 0) or losses.region_weight > 0
+
+
 # ------------------------------------------------------------------------------------------------ validation
 def _fail(name: str, problem: str):
     # Messages start with the field's path relative to the dataclass; `_section` prefixes the enclosing entries.
@@ -125,7 +131,7 @@ def _section(cls, value, where: str):
 # -------------------------------------------------------------------------------------------------- entries
 @dataclass
 class LossWeights:
-    """The `losses` entry: `L = L_CLIP + sam_loss_weight * L_SAM` with
+    """The `losses` entry: `L = L_CLIP + sam_loss_weight * L_SAM + region_weight * L_region` with
     `L_SAM = focal_weight * focal + dice_weight * dice + iou_weight * MSE(IoU heads)`.
 
     Args:
@@ -133,6 +139,10 @@ class LossWeights:
         focal_weight, dice_weight: SAM's 20:1 mask-loss weights.
         iou_weight: weight of the MSE between the student's and the teacher's IoU predictions.
         distill_single_mask: also distill the single-mask output (box and multi-point prompts use it at test time).
+        region_weight: weight of `L_region` (CLIPSelf/RegionCLIP-style region distillation: the student's dense
+            CLIP-head features pooled inside a D_SAM instance mask, pulled by cosine toward the CLIP teacher's
+            embedding of the mask's square crop; `prompts.num_regions` masks per image). 0 (default) turns it off;
+            when on, every stage gets D_SAM batches, and head-only stages add `L_region` without `L_SAM`.
     """
 
     sam_loss_weight: float = 10.0
@@ -140,6 +150,7 @@ class LossWeights:
     dice_weight: float = 1.0
     iou_weight: float = 1.0
     distill_single_mask: bool = True
+    region_weight: float = 0.0
 
     def __post_init__(self):
         self.sam_loss_weight = _number("sam_loss_weight", self.sam_loss_weight, minimum=0)
@@ -147,6 +158,7 @@ class LossWeights:
         self.dice_weight = _number("dice_weight", self.dice_weight, minimum=0)
         self.iou_weight = _number("iou_weight", self.iou_weight, minimum=0)
         _boolean("distill_single_mask", self.distill_single_mask)
+        self.region_weight = _number("region_weight", self.region_weight, minimum=0)
 
 
 @dataclass
@@ -225,7 +237,8 @@ class Data:
 
 @dataclass
 class Prompts:
-    """The `prompts` entry: `PromptSampler` options (defaults are its own; the seed is the run's)."""
+    """The `prompts` entry: `PromptSampler` options (defaults are its own; the seed is the run's).
+    `num_regions` is how many instance masks per D_SAM image `L_region` uses (with `losses.region_weight > 0`)."""
 
     num_boxes: int = PromptSampler.num_boxes
     num_point_prompts: int = PromptSampler.num_point_prompts
@@ -233,6 +246,7 @@ class Prompts:
     box_jitter: float = PromptSampler.box_jitter
     min_mask_area: int = PromptSampler.min_mask_area
     grid_size: int = PromptSampler.grid_size
+    num_regions: int = PromptSampler.num_regions
 
     def __post_init__(self):
         _number("num_boxes", self.num_boxes, minimum=0, integer=True)
@@ -241,6 +255,7 @@ class Prompts:
         self.box_jitter = _number("box_jitter", self.box_jitter, minimum=0)
         _number("min_mask_area", self.min_mask_area, minimum=0, integer=True)
         _number("grid_size", self.grid_size, minimum=1, integer=True)
+        _number("num_regions", self.num_regions, minimum=0, integer=True)
 
 
 @dataclass
@@ -270,9 +285,11 @@ class Stage:
 
     Args:
         stage: `head_probing` (CLIP head), `distillation` (CLIP head, shared encoder, SAM head: L_CLIP +
-            lambda L_SAM) or `resolution_adaptation` (CLIP head at new resolutions).
+            lambda L_SAM) or `resolution_adaptation` (CLIP head at new resolutions); any of them adds
+            `losses.region_weight * L_region` when that weight is > 0 (see `Recipe.needs_sam_batches`).
         training_args: `transformers.TrainingArguments` options of the stage.
-        sam_batch_size: D_SAM images per step (stage 2).
+        sam_batch_size: D_SAM images per step (stages that need D_SAM batches: stage 2, and any stage with
+            region distillation).
         encoder_lr_scale: LR multiplier of the shared encoder and the SAM head in stage 2 (paper: 0.1).
         clip_sizes: CLIP input sizes drawn per batch (default: the `data.clip` spec's `clip_sizes`, else the
             model's `clip_size`).
@@ -373,6 +390,17 @@ class Recipe:
     def rehearses_sam(self) -> bool:
         """Whether some stage adds `lambda * L_SAM` with a non-zero lambda (then D_SAM's teacher outputs are used)."""
         return not self.naive and any(stage.rehearses_sam for stage in self.stages)
+
+    @property
+    def distills_regions(self) -> bool:
+        """Whether `L_region` is on (`losses.region_weight > 0`): D_SAM batches then carry region masks and the
+        teacher's views of their crops, in every stage."""
+        return self.losses.region_weight > 0
+
+    def needs_sam_batches(self, stage: Stage) -> bool:
+        """Whether `stage` pairs each D_CLIP batch with a D_SAM batch: it computes `L_SAM` (stage 2, lambda > 0)
+        or `L_region` (any stage, `region_weight > 0`; head-only stages then compute `L_region` alone)."""
+        return needs_sam_batches(stage.stage, self.losses)
 
     def override(self, overrides: Mapping[str, Any]) -> "Recipe":
         """A new recipe with `overrides` applied in order: each key is a dotted path into the recipe (a list

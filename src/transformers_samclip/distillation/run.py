@@ -185,17 +185,21 @@ def run_recipe(
             lora_config = LoraConfig(target_modules=LORA_TARGETS, modules_to_save=["clip_head", "mask_decoder"],
                                      **recipe.lora.peft_options())
             trained = get_peft_model(student, lora_config)
-        with_sam = stage.rehearses_sam and not recipe.naive
+        # L_SAM (stage 2, lambda > 0) and L_region (any stage) read D_SAM; head-only stages then get L_region alone.
+        with_sam = recipe.needs_sam_batches(stage)
         clip_sizes = stage.clip_sizes
         if clip_sizes is None and isinstance(data_spec.clip, dict):
             clip_sizes = data_spec.clip.get("clip_sizes")
+        teacher_processor = teachers["clip_processor"].image_processor
         collator = SamClipDistillationCollator(
-            processor, None if cache else teachers["clip_processor"].image_processor,
+            processor, None if cache else teacher_processor,
             sam_dataset=sam_data if with_sam else None, sam_batch_size=stage.sam_batch_size,
             prompt_sampler=PromptSampler(seed=seed, **dataclasses.asdict(recipe.prompts)), clip_sizes=clip_sizes,
             seed=seed,
+            region_teacher_image_processor=teacher_processor if recipe.distills_regions else None,
+            patch_size=student.config.patch_size,
         )
-        if stage.rehearses_sam:
+        if with_sam:
             paired = PairedIterableDataset if isinstance(clip_data, torch.utils.data.IterableDataset) else PairedDataset
             train_dataset = paired(clip_data, len(sam_data))
         else:

@@ -53,9 +53,9 @@ class SamClipDistillationModule(nn.Module):
         student: a `SamClipModel` (or a PEFT model around one).
         clip_teacher: a dual encoder with `get_image_features` (CLIPModel, SiglipModel); `None` when every batch
             brings cached `clip_teacher_embeds`.
-        sam_teacher: a `SamModel`; needed for SAM batches.
-        losses: lambda of `L_CLIP + lambda * L_SAM`, the weights inside `L_SAM` and whether the single-mask output
-            is distilled (default `LossWeights()`, the paper's).
+        sam_teacher: a `SamModel`; needed for SAM batches with `sam_loss_weight > 0`.
+        losses: lambda of `L_CLIP + lambda * L_SAM + region_weight * L_region`, the weights inside `L_SAM` and
+            whether the single-mask output is distilled (default `LossWeights()`, the paper's).
     """
 
     def __init__(self, student, clip_teacher=None, sam_teacher=None, losses: LossWeights | None = None):
@@ -81,9 +81,10 @@ class SamClipDistillationModule(nn.Module):
 
     def forward(self, clip_pixel_values=None, clip_teacher_pixel_values=None, clip_teacher_embeds=None,
                 sam_pixel_values=None, sam_teacher_embeddings=None, input_boxes=None, input_points=None,
-                input_labels=None) -> dict[str, torch.Tensor]:
+                input_labels=None, region_masks=None, region_valid=None,
+                region_teacher_pixel_values=None) -> dict[str, torch.Tensor]:
         """Loss terms of one step: `loss` and, when computed, `loss_clip`, `loss_sam`, `loss_focal`, `loss_dice`,
-        `loss_iou`."""
+        `loss_iou`, `loss_region`. `L_SAM` and `L_region` share one encoder pass over `sam_pixel_values`."""
         terms = {}
         loss = 0.0
         if clip_pixel_values is not None:
@@ -93,21 +94,60 @@ class SamClipDistillationModule(nn.Module):
             student_embeds = self.student(pixel_values=clip_pixel_values).image_embeds
             terms["loss_clip"] = clip_distillation_loss(student_embeds, clip_teacher_embeds)
             loss = loss + terms["loss_clip"]
-        if sam_pixel_values is not None and self.losses.sam_loss_weight:
-            sam = self.sam_loss(sam_pixel_values, sam_teacher_embeddings, input_boxes, input_points, input_labels)
+        with_sam = sam_pixel_values is not None and bool(self.losses.sam_loss_weight)
+        with_regions = sam_pixel_values is not None and region_masks is not None and bool(self.losses.region_weight)
+        if with_sam or with_regions:
+            encoded = self._encode_sam_view(sam_pixel_values, compute_neck=with_sam)
+        if with_sam:
+            sam = self.sam_loss(sam_pixel_values, sam_teacher_embeddings, input_boxes, input_points, input_labels,
+                                embeddings=encoded.last_hidden_state)
             terms.update({f"loss_{name}": value for name, value in sam.items() if name != "loss"})
             terms["loss_sam"] = sam["loss"]
             loss = loss + self.losses.sam_loss_weight * sam["loss"]
+        if with_regions:
+            terms["loss_region"] = self.region_loss(encoded.trunk_hidden_state, region_masks, region_valid,
+                                                    region_teacher_pixel_values)
+            loss = loss + self.losses.region_weight * terms["loss_region"]
         terms["loss"] = loss
         return terms
 
-    def sam_loss(self, pixel_values, teacher_embeddings, input_boxes, input_points, input_labels) -> dict:
-        """`L_SAM` averaged over prompt kinds (boxes, points) and mask outputs (3 multimask, 1 single)."""
+    def _encode_sam_view(self, pixel_values, compute_neck: bool):
+        # A frozen encoder (head-only stages) gets no autograd graph: nothing would flow back through it.
+        trains = any(parameter.requires_grad for parameter in self.student.vision_encoder.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and trains):
+            return self.student.vision_encoder(pixel_values, compute_neck=compute_neck)
+
+    def region_loss(self, trunk_tokens, region_masks, region_valid, teacher_pixel_values) -> torch.Tensor:
+        """`L_region`: the mean over valid regions of `1 - cos(student region feature, teacher crop embedding)`.
+
+        A student region feature is its dense CLIP-head features (`clip_head.dense_features` of `trunk_tokens`,
+        the SAM view's) averaged with the region's area fractions `region_masks (batch, regions, h, w)` as weights;
+        `region_valid (batch, regions)` marks the real rows, whose crops are `teacher_pixel_values`, in order.
+        0 when the batch has no region."""
+        valid = region_valid.bool()
+        if not valid.any():
+            return trunk_tokens.new_zeros(())
+        with torch.no_grad():
+            teacher_embeds = _embedding(self.teachers["clip"].get_image_features(pixel_values=teacher_pixel_values))
+        dense = self.student.clip_head.dense_features(trunk_tokens)
+        if dense.shape[-2:] != region_masks.shape[-2:]:
+            raise ValueError(f"region masks on a {tuple(region_masks.shape[-2:])} grid, dense features on "
+                             f"{tuple(dense.shape[-2:])}: give the collator the student's patch_size.")
+        weights = region_masks.to(dense.dtype)
+        features = torch.einsum("brhw,bdhw->brd", weights, dense)[valid]
+        features = features / weights[valid].sum((-2, -1)).clamp_min(1e-6)[:, None]
+        return clip_distillation_loss(features, teacher_embeds)
+
+    def sam_loss(self, pixel_values, teacher_embeddings, input_boxes, input_points, input_labels,
+                 embeddings=None) -> dict:
+        """`L_SAM` averaged over prompt kinds (boxes, points) and mask outputs (3 multimask, 1 single);
+        `embeddings` are the student's SAM image embeddings when already computed."""
         teacher = self.teachers["sam"]
         if teacher_embeddings is None:
             with torch.no_grad():
                 teacher_embeddings = teacher.get_image_embeddings(pixel_values)
-        embeddings = self.student.vision_encoder(pixel_values).last_hidden_state
+        if embeddings is None:
+            embeddings = self.student.vision_encoder(pixel_values).last_hidden_state
         prompt_sets = []
         if input_boxes is not None:
             prompt_sets.append({"input_boxes": input_boxes})
@@ -136,12 +176,13 @@ class SamClipDistillationTrainer(Trainer):
             CLIP head only, at new CLIP resolutions).
         clip_teacher, sam_teacher: frozen teachers (see `SamClipDistillationModule`).
         losses: the loss weights (`LossWeights`; default the paper's). `sam_loss_weight` 0 gives the naive
-            baseline (CLIP loss only, no rehearsal); stages other than `distillation` never add `L_SAM`.
+            baseline (CLIP loss only, no rehearsal); stages other than `distillation` never add `L_SAM`, but every
+            stage adds `region_weight * L_region` on batches with regions.
         encoder_lr_scale: LR multiplier of the shared encoder and the SAM head in stage 2 (default: `Stage`'s).
         **kwargs: the usual `Trainer` arguments (`args`, `train_dataset`, `data_collator`, ...).
 
-    Each loss term is logged on its own (`loss_clip`, `loss_sam`, `loss_focal`, `loss_dice`, `loss_iou`), and
-    `skipped_samples` counts unreadable samples replaced so far.
+    Each loss term is logged on its own (`loss_clip`, `loss_sam`, `loss_focal`, `loss_dice`, `loss_iou`,
+    `loss_region`), and `skipped_samples` counts unreadable samples replaced so far.
     """
 
     def __init__(self, model=None, *, stage: str = "distillation", clip_teacher=None, sam_teacher=None,

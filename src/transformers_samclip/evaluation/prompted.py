@@ -126,3 +126,49 @@ def evaluate_prompted_segmentation(
     result.update(num_images=len(dataset), num_instances=len(next(iter(ious.values()))),
                   min_visible_fraction=min_visible_fraction, seed=seed)
     return result
+
+
+@torch.no_grad()
+def evaluate_mask_generation_recall(
+    model,
+    image_processor,
+    dataset,
+    iou_threshold: float = 0.5,
+    min_visible_fraction: float = 0.3,
+    limit: int | None = None,
+    image_column: str = "image",
+    masks_column: str = "instance_masks",
+    visible_fraction_column: str | None = "visible_fraction",
+    **pipeline_kwargs,
+) -> dict:
+    """Share of ground-truth instances that transformers' own `mask-generation` pipeline finds (a generated mask
+    with IoU >= `iou_threshold`), with its default thresholds unless `pipeline_kwargs` (e.g. `pred_iou_thresh`)
+    say otherwise: what a user calling `pipeline("mask-generation", model=...)` gets. Works for `SamModel` and
+    `SamClipModel` (`image_processor`: their SAM image processor). Returns `{"recall", "masks_per_image",
+    "num_instances", "num_images"}`."""
+    from transformers import pipeline
+
+    from ..modeling import SamClipImageProcessor
+
+    if not isinstance(image_processor, SamClipImageProcessor):
+        # Same preprocessing; SAM's own post-processing needs torchvision for its NMS, this one plain torch.
+        image_processor = SamClipImageProcessor(**image_processor.to_dict())
+    generator = pipeline("mask-generation", model=model, image_processor=image_processor, device=model_device(model))
+    dataset = subset(dataset, limit)
+    columns = set(dataset.column_names)
+    found, total, generated = 0, 0, 0
+    for _, rows in iter_batches(dataset, 1, "mask generation"):
+        masks = [as_mask(m) for m in rows[masks_column][0]]
+        keep = [k for k, m in enumerate(masks) if m.any()]
+        if visible_fraction_column in columns:
+            keep = [k for k in keep if rows[visible_fraction_column][0][k] >= min_visible_fraction]
+        outputs = generator(rows[image_column][0].convert("RGB"), **pipeline_kwargs)
+        predicted = [np.asarray(m, dtype=bool) for m in outputs["masks"]]
+        generated += len(predicted)
+        for k in keep:
+            total += 1
+            if predicted:
+                best = mask_ious(np.stack(predicted), np.repeat(masks[k][None], len(predicted), axis=0)).max()
+                found += float(best) >= iou_threshold
+    return {"recall": found / total if total else float("nan"), "masks_per_image": generated / max(len(dataset), 1),
+            "num_instances": total, "num_images": len(dataset)}
