@@ -32,7 +32,7 @@ from transformers_samclip.distillation import (
     sigmoid_focal_loss,
 )
 from transformers_samclip.distillation.prompts import POINT_PAD_LABEL
-from transformers_samclip.evaluation.semantic import _square_crop
+from transformers_samclip.evaluation.geometry import square_crop
 
 LN2 = math.log(2)
 
@@ -247,7 +247,7 @@ def test_region_masks_land_on_the_token_grid_where_the_image_does(merged, proces
     torch.testing.assert_close(torch.nn.functional.avg_pool2d(white[None], patch)[0], expected_aligned)
     # The teacher sees each valid region's square crop of the original image, in region_masks[region_valid] order.
     source = {int(rows[0]): partial, int(rows[1]): aligned}
-    crops = [_square_crop(image, torch.from_numpy(source[row])) for row in range(2)]
+    crops = [square_crop(image, source[row]) for row in range(2)]
     torch.testing.assert_close(batch["region_teacher_pixel_values"],
                                teacher_processor(crops, return_tensors="pt")["pixel_values"])
 

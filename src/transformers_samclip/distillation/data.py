@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..evaluation.semantic import _square_crop
+from ..evaluation.geometry import square_crop
 from .annotations import decode_rle, is_rle, rle_area
 from .prompts import PromptSampler
 
@@ -274,7 +274,7 @@ class SamClipDistillationCollator:
             for j, mask in enumerate(self.prompt_sampler.regions(item.get("masks"), item["index"])):
                 masks[i, j] = torch.from_numpy(region_grid_fractions(mask, resized, grid, self.patch_size))
                 valid[i, j] = True
-                crops.append(_square_crop(item["image"], torch.from_numpy(mask)))
+                crops.append(square_crop(item["image"], mask))
         batch = {"region_masks": masks, "region_valid": valid}
         if crops:
             teacher_views = self.region_teacher_image_processor(crops, return_tensors="pt")

@@ -65,3 +65,14 @@ def evaluation_points(
 def mask_iou(prediction: np.ndarray, target: np.ndarray) -> float:
     """Intersection over union of two bool masks (1.0 when both are empty)."""
     return float(mask_ious([prediction], [target])[0])
+
+
+def square_crop(image, mask, padding: float = 0.2):
+    """The PIL `image` inside a square around the non-empty `mask`'s box (side grown by `padding`, shifted to stay
+    inside the image): the framing of CLIP's single-object training views."""
+    x0, y0, x1, y1 = (int(v) for v in mask_to_box(np.asarray(mask, dtype=bool)))
+    x1, y1 = x1 + 1, y1 + 1
+    side = min(int(round(max(y1 - y0, x1 - x0) * (1 + padding))), image.height, image.width)
+    top = min(max((y0 + y1 - side) // 2, 0), image.height - side)
+    left = min(max((x0 + x1 - side) // 2, 0), image.width - side)
+    return image.crop((left, top, left + side, top + side))

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from ._common import iter_batches, model_device, rgb, sam_view, subset
 from .classification import class_text_embeddings, image_embeddings
+from .geometry import square_crop
 from .metrics import confusion_matrix, mean_iou, per_class_iou
 
 CosineMaps = Callable[[list], list]  # images -> one (num_classes, H, W) cosine tensor per image, original size
@@ -296,17 +297,6 @@ def segment_everything(
     return masks[kept]
 
 
-def _square_crop(image, mask: torch.Tensor, padding: float = 0.2):
-    """The image inside a square around the mask's box (side grown by `padding`, shifted to stay inside): the
-    framing of CLIP's single-object training views."""
-    rows, cols = mask.any(dim=1).nonzero().flatten(), mask.any(dim=0).nonzero().flatten()
-    y0, y1, x0, x1 = rows[0].item(), rows[-1].item() + 1, cols[0].item(), cols[-1].item() + 1
-    side = min(int(round(max(y1 - y0, x1 - x0) * (1 + padding))), image.height, image.width)
-    top = min(max((y0 + y1 - side) // 2, 0), image.height - side)
-    left = min(max((x0 + x1 - side) // 2, 0), image.width - side)
-    return image.crop((left, top, left + side, top + side))
-
-
 def cascade_segmenter(
     sam_model,
     sam_processor,
@@ -334,7 +324,7 @@ def cascade_segmenter(
                                        nms_threshold)
             label_map = torch.zeros((image.height, image.width), dtype=torch.long)
             if len(masks):
-                crops = [_square_crop(image, mask) for mask in masks]
+                crops = [square_crop(image, mask) for mask in masks]
                 classes = (image_embeddings(clip_model, clip_processor, crops) @ class_embeds.T).argmax(dim=1).cpu()
                 for index in masks.flatten(1).sum(dim=1).argsort(descending=True).tolist():
                     label_map[masks[index]] = classes[index] + 1
