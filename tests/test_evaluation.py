@@ -244,15 +244,15 @@ shipped = pytest.mark.skipif(
     reason="the trained mosaic teachers are not shipped yet",
 )
 
-# A little below what the shipped teachers measured (300 items / 50 mosaics: CLIP 0.743, SAM box 0.673,
-# 1-point 0.625, 3-point 0.622, MaskCLIP 0.071, cascade 0.079; full split: 0.698 / 0.691 / 0.629 / 0.640).
-# The metrics are deterministic; the floors sit under both sizes. They are below issue 3's targets (0.80, 0.85,
-# 0.70): see BUILD.json and the closing note for what limits the teachers.
+# A little below what the shipped teachers measured (300 items / 50 mosaics: CLIP 0.743, SAM box 0.830,
+# 1-point 0.786, 3-point 0.800, MaskCLIP 0.071, cascade 0.363 at its calibrated IoU threshold 0.4; full split:
+# CLIP 0.698, SAM 0.846 / 0.806 / 0.825). The metrics are deterministic; the floors sit under both sizes. CLIP is
+# below the mosaic world's 0.80 target: see BUILD.json and the closing notes for what limits it.
 SUBSET_FLOORS = {
     "CLIP teacher": {"zero_shot_top1": 0.66},
-    "SAM teacher": {"box_miou": 0.64, "point1_miou": 0.59, "point3_miou": 0.59},
+    "SAM teacher": {"box_miou": 0.80, "point1_miou": 0.75, "point3_miou": 0.77},
     "MaskCLIP baseline": {"semseg_miou": 0.04},
-    "SAM+CLIP cascade": {"semseg_miou": 0.04},
+    "SAM+CLIP cascade": {"semseg_miou": 0.30},
 }
 
 

@@ -30,12 +30,12 @@ from transformers_samclip.mosaic import (  # noqa: E402
 from transformers_samclip.mosaic import fashion_mnist, teachers  # noqa: E402
 from transformers_samclip.mosaic.mosaics import SCENE_TEMPLATES  # noqa: E402
 
-# Floors a little below what the shipped build measured (500 test views: CLIP top-1 0.718; 100 test mosaics:
-# SAM box 0.666 / 1-point 0.611 mIoU; BUILD.json has the full-split numbers); the metrics are deterministic.
-# They are below the mosaic world's targets (0.80, 0.85, 0.70): see BUILD.json for the training budget.
+# Floors a little below what the shipped teachers measure (500 test views: CLIP top-1 0.718; the SAM teacher's
+# full-split box 0.846 / 1-point 0.806, 50 mosaics 0.830 / 0.786); the metrics are deterministic. CLIP is below
+# the mosaic world's 0.80 target (box is 0.004 under its 0.85): see BUILD.json for the training budgets.
 CLIP_TOP1_FLOOR_500 = 0.68
-SAM_BOX_MIOU_FLOOR_100 = 0.62
-SAM_POINT_MIOU_FLOOR_100 = 0.57
+SAM_BOX_MIOU_FLOOR_100 = 0.80
+SAM_POINT_MIOU_FLOOR_100 = 0.75
 
 
 # --- Fashion-MNIST -----------------------------------------------------------------------------
@@ -162,6 +162,23 @@ def test_item_views():
     assert views[0]["image"].size == (64, 64) and views[0]["image"].mode == "RGB"
     assert all(a.tobytes() == b.tobytes() for a, b in zip(list(views["image"]), list(again["image"])))
     assert views[0]["image"].tobytes() != other[0]["image"].tobytes()
+
+
+def test_heldout_and_raw_item_views():
+    source = item_source("test")
+    raw = make_item_views("test", num_items=5, style="raw")
+    assert all(np.array_equal(np.asarray(image)[..., 0], source.images[i]) for i, image in enumerate(raw["image"]))
+    heldout = make_item_views("test", num_items=40, seed=0, style="heldout")
+    assert list(heldout["label"]) == source.labels[:40].tolist()
+    again = make_item_views("test", num_items=40, seed=0, style="heldout")
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(heldout["image"], again["image"]))
+    for image in heldout["image"]:
+        pixels = np.asarray(image).reshape(-1, 3)
+        colours, counts = np.unique(pixels, axis=0, return_counts=True)
+        # A flat background: its one colour fills at least 40% of the view (the item covers at most 36%).
+        assert image.size == (64, 64) and counts.max() >= 0.4 * len(pixels)
+    with pytest.raises(ValueError, match="style must be one of"):
+        make_item_views("test", num_items=2, style="noir")
 
 
 def test_mask_geometry_is_the_harness_one():

@@ -163,3 +163,31 @@ print(json.dumps({{"masks": masks.flatten().tolist(), "logits": logits.flatten()
     payload = json.loads(result.stdout.strip().splitlines()[-1])
     assert torch.allclose(torch.tensor(payload["masks"]), expected.flatten(), atol=1e-5)
     assert torch.allclose(torch.tensor(payload["logits"]), expected_logits.flatten(), atol=1e-5)
+
+
+def test_default_pipeline_call_of_the_shipped_model_predicts_background_where_nothing_is():
+    """A user who passes only an image and labels gets the threshold `samclip distill` calibrated: the map beats
+    the all-background map (and the old never-background default) on test mosaics."""
+    from transformers_samclip.evaluation.metrics import confusion_matrix, mean_iou
+    from transformers_samclip.hub.export import SHIPPED_MOSAIC_MODEL_DIR, load_samclip
+    from transformers_samclip.mosaic import FASHION_MNIST_CLASSES, make_mosaic_dataset
+
+    shipped = load_samclip(SHIPPED_MOSAIC_MODEL_DIR)
+    assert shipped.model.config.background_threshold is not None
+    segmenter = pipeline("zero-shot-semantic-segmentation", model=shipped.model, processor=shipped.processor)
+    labels = ["background", *FASHION_MNIST_CLASSES]
+    confusion = {"default": 0, "all background": 0, "never background": 0}
+    for row in make_mosaic_dataset("test", 30, seed=0):
+        target = np.asarray(row["semantic_map"]).astype(np.int64)
+        predicted = np.zeros_like(target)
+        for segment in segmenter(row["image"], candidate_labels=list(FASHION_MNIST_CLASSES)):
+            predicted[np.asarray(segment["mask"]) > 0] = labels.index(segment["label"])
+        never = np.zeros_like(target)
+        for segment in segmenter(row["image"], candidate_labels=list(FASHION_MNIST_CLASSES), background_threshold=-1.0):
+            never[np.asarray(segment["mask"]) > 0] = labels.index(segment["label"])
+        for name, prediction in (("default", predicted), ("all background", np.zeros_like(target)),
+                                 ("never background", never)):
+            confusion[name] = confusion[name] + confusion_matrix(prediction, target, len(labels), None)
+    miou = {name: mean_iou(matrix) for name, matrix in confusion.items()}
+    assert confusion["default"][:, 0].sum() > 0  # background is predicted
+    assert miou["default"] > miou["all background"] + 0.02 and miou["default"] > miou["never background"] + 0.05, miou

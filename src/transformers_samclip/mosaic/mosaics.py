@@ -183,6 +183,22 @@ def generate_item_view(
     return _to_uint8_image(canvas), mask
 
 
+def generate_heldout_view(rng: np.random.Generator, image28: np.ndarray, size: int = 64) -> Image.Image:
+    """One item on a look that training never shows, to measure robustness: a flat background with sparse
+    speckles (training: gradients and blotches), a darker, less saturated tint, and an item filling 35-60% of the
+    view (training: 60-100%)."""
+    canvas = np.empty((size, size, 3), dtype=np.float32)
+    canvas[:] = rng.uniform(0, 255, size=3).astype(np.float32)
+    speckles = rng.random((size, size)) < 0.03
+    canvas[speckles] = rng.uniform(0, 255, size=(int(speckles.sum()), 3)).astype(np.float32)
+    item_size = int(rng.integers(int(0.35 * size), int(0.6 * size) + 1))
+    y, x = (int(v) for v in rng.integers(0, size - item_size + 1, size=2))
+    grey = _resized_item(image28, item_size)
+    tint = random_tint(rng) * rng.uniform(0.35, 0.7)
+    _paint(canvas, grey, grey > SILHOUETTE_THRESHOLD, tint, y, x)
+    return _to_uint8_image(canvas)
+
+
 def mosaic_features():
     """The ``datasets.Features`` of :func:`make_mosaic_dataset`."""
     import datasets
@@ -230,15 +246,30 @@ def make_mosaic_dataset(split: str = "test", num_mosaics: int = 1000, seed: int 
     return datasets.Dataset.from_dict(rows, features=mosaic_features())
 
 
-def make_item_views(split: str = "test", num_items: int | None = None, seed: int = 0, size: int = 64):
-    """Each Fashion-MNIST item alone, tinted, on a random background, as a ``datasets.Dataset`` with
-    ``image`` (RGB ``size`` x ``size``), ``label`` (ClassLabel) and ``item_index``. ``num_items=None``
-    takes the whole split (10,000 test / 60,000 train items), in order."""
+ITEM_VIEW_STYLES = ("training", "heldout", "raw")
+
+
+def make_item_views(
+    split: str = "test", num_items: int | None = None, seed: int = 0, size: int = 64, style: str = "training"
+):
+    """Each Fashion-MNIST item alone as a ``datasets.Dataset`` with ``image`` (RGB), ``label`` (ClassLabel) and
+    ``item_index``: ``style="training"`` tinted on a random background at ``size`` (the look D_CLIP and the
+    teachers train on), ``"heldout"`` the look of :func:`generate_heldout_view`, ``"raw"`` the 28 px greyscale
+    photo itself. ``num_items=None`` takes the whole split (10,000 test / 60,000 train items), in order."""
     import datasets
 
+    if style not in ITEM_VIEW_STYLES:
+        raise ValueError(f"style must be one of {ITEM_VIEW_STYLES}, got {style!r}.")
     source = item_source(split)
     count = len(source.labels) if num_items is None else min(num_items, len(source.labels))
-    images = [generate_item_view(np.random.default_rng([seed, index]), source.images[index], size)[0] for index in range(count)]
+    if style == "raw":
+        images = [Image.fromarray(source.images[index]).convert("RGB") for index in range(count)]
+    elif style == "heldout":  # its own seed stream, so no held-out view repeats a training draw
+        images = [generate_heldout_view(np.random.default_rng([seed, index, 9]), source.images[index], size)
+                  for index in range(count)]
+    else:
+        images = [generate_item_view(np.random.default_rng([seed, index]), source.images[index], size)[0]
+                  for index in range(count)]
     features = datasets.Features(
         {
             "image": datasets.Image(),
