@@ -38,6 +38,11 @@ class Metric:
 METRICS = (
     Metric("zero_shot_top1", "Zero-shot top-1", "zero-shot-image-classification", "Zero-shot classification",
            "accuracy", "Fashion-MNIST item views (test)"),
+    Metric("zero_shot_top1_heldout", "Zero-shot top-1 (held-out look)", "zero-shot-image-classification",
+           "Zero-shot classification, unseen backgrounds/tints/scales", "accuracy",
+           "Fashion-MNIST item views, held-out look (test)"),
+    Metric("zero_shot_top1_raw", "Zero-shot top-1 (raw photos)", "zero-shot-image-classification",
+           "Zero-shot classification, raw 28 px photos", "accuracy", "Fashion-MNIST (test)"),
     Metric("box_miou", "Box mIoU", "mask-generation", "Promptable segmentation (box)", "mean_iou",
            "Fashion-MNIST mosaics (test)"),
     Metric("point1_miou", "1-point mIoU", "mask-generation", "Promptable segmentation (1 point)", "mean_iou",
