@@ -109,10 +109,11 @@ def test_shortened_mosaic_recipe_beats_the_untrained_merge(tmp_path):
 
     if not (SHIPPED_TEACHERS_DIR / "sam" / "model.safetensors").is_file():
         pytest.skip("the shipped mosaic teachers are not built yet")
-    # A third of the default's head probing (375 x 64 views of 12,000 items) and 60 distillation steps.
+    # A third of the default's head probing (375 x 64 views of 12,000 items, regions from 2 mosaics a step) and 60
+    # distillation steps.
     recipe = load_recipe("mosaic").override({
         "evaluation": {"num_items": 500, "num_mosaics": 30, "seed": 0}, "data.clip.num_items": 12000,
-        "data.sam.num_mosaics": 300,
+        "data.sam.num_mosaics": 300, "stages.0.sam_batch_size": 2, "calibration.num_mosaics": 10,
         "stages.0.training_args.max_steps": 375, "stages.1.training_args.max_steps": 60,
     })
     path = tmp_path / "short.json"
