@@ -210,7 +210,7 @@ def test_teachers_on_mosaic_rows_and_merge_parity(tiny_teachers, merged, process
     for key in ("box_miou", "point1_miou", "point3_miou"):
         assert merged_prompted[key] == pytest.approx(rows["SAM teacher"][key], abs=1e-6)
     table = format_results_table(rows)
-    assert table.splitlines()[0].startswith("| model | zero-shot top-1 | box mIoU")
+    assert table.splitlines()[0].startswith("| model | zero-shot top-1 | top-1 held-out look | top-1 raw photos | box mIoU")
     assert "| CLIP teacher |" in table and "| - |" in table
 
 

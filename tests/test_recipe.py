@@ -128,14 +128,15 @@ def test_bad_recipe_file_and_bad_set_are_reported(tmp_path, capsys):
 
 
 def test_which_stages_need_sam_batches():
-    mosaic = load_recipe("mosaic")
-    probing, distillation = mosaic.stages
-    assert not mosaic.distills_regions and mosaic.losses.region_weight == 0.0 and mosaic.prompts.num_regions == 4
+    regions = load_recipe("mosaic")  # the mosaic recipe distills regions (docs/ablations.md)
+    probing, distillation = regions.stages
+    assert regions.distills_regions and regions.losses.region_weight == 1.0 and regions.prompts.num_regions == 4
+    mosaic = regions.override({"losses.region_weight": 0})
+    assert not mosaic.distills_regions
     assert [mosaic.needs_sam_batches(s) for s in mosaic.stages] == [False, True]
     assert not mosaic.override({"losses.sam_loss_weight": 0}).needs_sam_batches(distillation)  # naive: no L_SAM
     # L_region reads D_SAM in every stage; the head-only stage still adds no L_SAM.
-    regions = mosaic.override({"losses.region_weight": 1})
-    assert regions.distills_regions and [regions.needs_sam_batches(s) for s in regions.stages] == [True, True]
+    assert [regions.needs_sam_batches(s) for s in regions.stages] == [True, True]
     assert not probing.rehearses_sam and regions.override({"losses.sam_loss_weight": 0}).needs_sam_batches(distillation)
 
 
