@@ -10,7 +10,16 @@ import pytest
 import torch
 from PIL import Image
 from tokenizers import pre_tokenizers
-from transformers import CLIPConfig, CLIPModel, CLIPTokenizer, SamConfig, SamModel
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessorPil,
+    CLIPModel,
+    CLIPProcessor,
+    CLIPTokenizer,
+    SamConfig,
+    SamModel,
+    SamProcessor,
+)
 
 from transformers_samclip import SamClipModel, SamClipProcessor, samclip_config_from_preset
 
@@ -77,6 +86,18 @@ def merged(teachers):
 @pytest.fixture(scope="session")
 def processor(tokenizer):
     return SamClipProcessor.from_sizes(tokenizer, sam_size=64, clip_size=32)
+
+
+@pytest.fixture(scope="session")
+def tiny_teachers(teachers, processor, tokenizer):
+    """The tiny teachers as `load_mosaic_teachers()` returns the real ones: models and their processors."""
+    sam, clip = teachers
+    clip_processor = CLIPProcessor(
+        image_processor=CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=tokenizer,
+    )
+    return {"sam_model": sam, "sam_processor": SamProcessor(image_processor=processor.image_processor),
+            "clip_model": clip, "clip_processor": clip_processor}
 
 
 @pytest.fixture(scope="session")

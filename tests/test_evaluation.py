@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import CLIPImageProcessorPil, CLIPProcessor, SamProcessor
+from transformers import SamProcessor
 
 from transformers_samclip.evaluation import (
     calibrate_background_threshold,
@@ -180,17 +180,6 @@ def test_box_oracle_scores_one(processor):
 
 
 # ------------------------------------------------------------------------------------ tiny random models
-@pytest.fixture(scope="module")
-def tiny_teachers(teachers, processor, tokenizer):
-    sam, clip = teachers
-    clip_processor = CLIPProcessor(
-        image_processor=CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-        tokenizer=tokenizer,
-    )
-    return {"sam_model": sam, "sam_processor": SamProcessor(image_processor=processor.image_processor),
-            "clip_model": clip, "clip_processor": clip_processor}
-
-
 def test_samclip_on_mosaic_ranges_and_determinism(merged, processor):
     first = evaluate_samclip_on_mosaic(merged, processor, **TINY)
     for key in ROW_KEYS:

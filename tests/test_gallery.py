@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from transformers import CLIPImageProcessorPil, CLIPProcessor, SamProcessor
 
 from transformers_samclip.evaluation import (
     confusion_matrix,
@@ -83,17 +82,6 @@ def test_gallery_rejects_bad_columns(tmp_path):
                                    CLASSES)
     with pytest.raises(ValueError, match="labels outside"):
         write_segmentation_gallery(tmp_path / "g.png", None, {"a": [np.full((8, 8), 11)]}, CLASSES)
-
-
-@pytest.fixture(scope="module")
-def tiny_teachers(teachers, processor, tokenizer):
-    sam, clip = teachers
-    clip_processor = CLIPProcessor(
-        image_processor=CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-        tokenizer=tokenizer,
-    )
-    return {"sam_model": sam, "sam_processor": SamProcessor(image_processor=processor.image_processor),
-            "clip_model": clip, "clip_processor": clip_processor}
 
 
 def _miou(maps, mosaics) -> float:

@@ -67,6 +67,17 @@ def _predict_masks(model, processor, embeddings, encoding, scale, boxes=None, po
     return masks[torch.arange(len(masks)), best]
 
 
+def _instances(rows, columns, masks_column, visible_fraction_column, min_visible_fraction):
+    """The decoded masks of a one-row batch and the indices of those evaluated: non-empty and, where the dataset
+    has `visible_fraction_column`, at least `min_visible_fraction` visible (a sliver of an occluded item is
+    ambiguous)."""
+    masks = [as_mask(m) for m in rows[masks_column][0]]
+    keep = [k for k, m in enumerate(masks) if m.any()]
+    if visible_fraction_column in columns:
+        keep = [k for k in keep if rows[visible_fraction_column][0][k] >= min_visible_fraction]
+    return masks, keep
+
+
 @torch.no_grad()
 def evaluate_prompted_segmentation(
     model,
@@ -96,11 +107,7 @@ def evaluate_prompted_segmentation(
     columns = set(dataset.column_names)
     ious = {mode: [] for mode in modes}
     for index, rows in iter_batches(dataset, 1, "prompted segmentation"):
-        masks = [as_mask(m) for m in rows[masks_column][0]]
-        keep = [k for k, m in enumerate(masks) if m.any()]
-        if visible_fraction_column in columns:
-            fractions = rows[visible_fraction_column][0]
-            keep = [k for k in keep if fractions[k] >= min_visible_fraction]
+        masks, keep = _instances(rows, columns, masks_column, visible_fraction_column, min_visible_fraction)
         if not keep:
             continue
         targets = np.stack([masks[k] for k in keep])
@@ -158,10 +165,7 @@ def evaluate_mask_generation_recall(
     columns = set(dataset.column_names)
     found, total, generated = 0, 0, 0
     for _, rows in iter_batches(dataset, 1, "mask generation"):
-        masks = [as_mask(m) for m in rows[masks_column][0]]
-        keep = [k for k, m in enumerate(masks) if m.any()]
-        if visible_fraction_column in columns:
-            keep = [k for k in keep if rows[visible_fraction_column][0][k] >= min_visible_fraction]
+        masks, keep = _instances(rows, columns, masks_column, visible_fraction_column, min_visible_fraction)
         outputs = generator(rows[image_column][0].convert("RGB"), **pipeline_kwargs)
         predicted = [np.asarray(m, dtype=bool) for m in outputs["masks"]]
         generated += len(predicted)
