@@ -1,21 +1,26 @@
 """SAM-CLIP model definition (config, model, processor). Self-contained: it ships to the Hub as remote code."""
 
-from .configuration_samclip import SAMCLIP_PRESETS, SamClipConfig, SamClipHeadConfig, samclip_config_from_preset
+from .configuration_samclip import DENSE_READOUTS, SAMCLIP_PRESETS, SamClipConfig, SamClipHeadConfig, samclip_config_from_preset
 from .modeling_samclip import (
     DEFAULT_TEMPLATES,
     SamClipModel,
+    SamClipInstanceSegmentationOutput,
     SamClipOutput,
     SamClipPreTrainedModel,
     SamClipSemanticSegmentationOutput,
     encode_class_names,
+    grid_points,
+    select_generated_masks,
 )
 from .processing_samclip import SamClipImageProcessor, SamClipProcessor
 
 __all__ = [
     "DEFAULT_TEMPLATES",
+    "DENSE_READOUTS",
     "SAMCLIP_PRESETS",
     "SamClipConfig",
     "SamClipHeadConfig",
+    "SamClipInstanceSegmentationOutput",
     "SamClipModel",
     "SamClipOutput",
     "SamClipPreTrainedModel",
@@ -23,5 +28,7 @@ __all__ = [
     "SamClipProcessor",
     "SamClipSemanticSegmentationOutput",
     "encode_class_names",
+    "grid_points",
     "samclip_config_from_preset",
+    "select_generated_masks",
 ]

@@ -13,6 +13,7 @@ from transformers.models.sam.configuration_sam import (
 # SAM's image normalisation (ImageNet statistics); the shared encoder always sees it, on both paths.
 SAM_IMAGE_MEAN = [0.485, 0.456, 0.406]
 SAM_IMAGE_STD = [0.229, 0.224, 0.225]
+DENSE_READOUTS = ("value", "clearclip", "naclip", "sclip")
 
 
 @strict
@@ -37,6 +38,12 @@ class SamClipHeadConfig(PreTrainedConfig):
             with their attention replaced by its value projection, MaskCLIP's read-out: each patch keeps its own
             content instead of the global mix that pooling is trained on. 0 reads the pooled path's tokens. 2 was
             chosen on training mosaics (plain semantic mIoU 0.078 / 0.074 / 0.101 / 0.097 for 0 / 1 / 2 / 3).
+        dense_readout (`str`, defaults to `"value"`): how the head's LAST block reads out per-patch features.
+            `"value"`: MaskCLIP (the last `dense_value_layers` blocks keep only their value path). The others
+            replace the last block's attention by a training-free one and drop its residual and MLP (which carry
+            the global mix): `"clearclip"` (query-query attention, ClearCLIP), `"naclip"` (key-key attention plus
+            a Gaussian neighbourhood prior, NACLIP), `"sclip"` (query-query plus key-key attention, SCLIP).
+        neighbourhood_sigma (`float`, defaults to 5.0): width in patches of NACLIP's Gaussian prior.
     """
 
     model_type = "samclip_head"
@@ -51,6 +58,8 @@ class SamClipHeadConfig(PreTrainedConfig):
     hidden_act: str = "gelu"
     layer_norm_eps: float = 1e-6
     dense_value_layers: int = 2
+    dense_readout: str = "value"
+    neighbourhood_sigma: float = 5.0
 
     def validate_architecture(self):
         """Reject head settings the model cannot build, naming the allowed values."""
@@ -60,6 +69,10 @@ class SamClipHeadConfig(PreTrainedConfig):
             raise ValueError(f"head_config.num_hidden_layers must be >= 0, got {self.num_hidden_layers}.")
         if self.dense_value_layers < 0:
             raise ValueError(f"head_config.dense_value_layers must be >= 0, got {self.dense_value_layers}.")
+        if self.dense_readout not in DENSE_READOUTS:
+            raise ValueError(f"head_config.dense_readout must be one of {DENSE_READOUTS}, got {self.dense_readout!r}.")
+        if not self.neighbourhood_sigma > 0:
+            raise ValueError(f"head_config.neighbourhood_sigma must be > 0, got {self.neighbourhood_sigma}.")
         if self.projection_dim <= 0:
             raise ValueError(f"head_config.projection_dim must be positive, got {self.projection_dim}.")
 

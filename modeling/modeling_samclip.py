@@ -98,6 +98,65 @@ class SamClipSemanticSegmentationOutput(ModelOutput):
     label_map: torch.LongTensor | None = None
 
 
+@dataclass
+class SamClipInstanceSegmentationOutput(ModelOutput):
+    r"""
+    One entry per image in each list; `M` is the number of instances kept in that image, best score first.
+
+    mask_logits (`list[torch.Tensor]` of shape `(M, 4*grid, 4*grid)`): SAM low-resolution mask logits, to be
+        post-processed to the original size with the processor's `post_process_masks`.
+    class_ids (`list[torch.LongTensor]` of shape `(M,)`): index of each instance's class in `class_embeds`.
+    scores (`list[torch.Tensor]` of shape `(M,)`): confidence (class probability times predicted mask IoU).
+    class_cosines (`list[torch.Tensor]` of shape `(M, num_classes)`): cosine of each mask-pooled CLIP-head feature
+        with each class embedding.
+    iou_scores (`list[torch.Tensor]` of shape `(M,)`): SAM's predicted IoU of each mask.
+    """
+
+    mask_logits: list[torch.Tensor] | None = None
+    class_ids: list[torch.LongTensor] | None = None
+    scores: list[torch.Tensor] | None = None
+    class_cosines: list[torch.Tensor] | None = None
+    iou_scores: list[torch.Tensor] | None = None
+
+
+def grid_points(points_per_side: int, height: float, width: float) -> torch.Tensor:
+    """`(points_per_side**2, 2)` (x, y) centres of a regular grid over a `height` x `width` region."""
+    steps = (torch.arange(points_per_side, dtype=torch.float32) + 0.5) / points_per_side
+    return torch.stack(torch.meshgrid(steps * width, steps * height, indexing="xy"), dim=-1).reshape(-1, 2)
+
+
+def select_generated_masks(
+    mask_logits: torch.Tensor,
+    iou_scores: torch.Tensor,
+    pred_iou_threshold: float = 0.5,
+    stability_threshold: float = 0.8,
+    nms_threshold: float = 0.7,
+    stability_offset: float = 1.0,
+) -> torch.Tensor:
+    """SAM's automatic-mask filtering on candidate masks `(N, H, W)` (logits) with predicted IoUs `(N,)`: keep those
+    with predicted IoU >= `pred_iou_threshold`, stability (IoU of the mask thresholded at +-`stability_offset`) >=
+    `stability_threshold` and some pixels, then greedy NMS on mask IoU at `nms_threshold` (masks, not boxes:
+    overlapping objects have overlapping boxes). Returns the kept indices, best predicted IoU first."""
+    inner = (mask_logits > stability_offset).flatten(1).sum(1)
+    outer = (mask_logits > -stability_offset).flatten(1).sum(1)
+    stability = inner / outer.clamp(min=1)
+    area = (mask_logits > 0).flatten(1).sum(1)
+    candidates = torch.nonzero((iou_scores >= pred_iou_threshold) & (stability >= stability_threshold) & (area > 0))
+    candidates = candidates[:, 0]
+    candidates = candidates[iou_scores[candidates].argsort(descending=True)]
+    flat = (mask_logits[candidates] > 0).flatten(1).float()
+    intersection = flat @ flat.T
+    overlap = intersection / (flat.sum(1)[:, None] + flat.sum(1)[None, :] - intersection).clamp(min=1)
+    suppressed = torch.zeros(len(candidates), dtype=torch.bool, device=mask_logits.device)
+    kept = []
+    for index in range(len(candidates)):
+        if suppressed[index]:
+            continue
+        kept.append(index)
+        suppressed |= overlap[index] > nms_threshold
+    return candidates[kept]
+
+
 def _build_text_tower(text_config) -> PreTrainedModel:
     """The teacher's text tower class from its config: AutoModel where registered (CLIP), else the transformers
     class named after the config (SiglipTextConfig -> SiglipTextModel, which AutoModel does not map)."""
@@ -223,6 +282,8 @@ class SamClipHead(nn.Module):
         self.projector = SamClipProjector(vision.hidden_size, head)
         self.pooling = head.pooling
         self.dense_value_layers = head.dense_value_layers
+        self.dense_readout = head.dense_readout
+        self.neighbourhood_sigma = head.neighbourhood_sigma
         self.project_before_pool = head.project_before_pool
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -241,14 +302,28 @@ class SamClipHead(nn.Module):
             embedding = self.projector(self.pool(tokens))
         return tokens, embedding
 
+    def dense_tokens(self, trunk_tokens: torch.Tensor) -> torch.Tensor:
+        """Per-patch head tokens `(batch, h, w, hidden)` before the projector, read out as `dense_readout` says
+        (see `SamClipHeadConfig`): MaskCLIP's value path in the last `dense_value_layers` blocks, or one
+        training-free attention (ClearCLIP, NACLIP, SCLIP) in place of the last block."""
+        tokens = trunk_tokens
+        if self.dense_readout == "value":
+            first_special = len(self.layers) - min(self.dense_value_layers, len(self.layers))
+        else:
+            first_special = len(self.layers) - min(1, len(self.layers))
+        for index, layer in enumerate(self.layers):
+            if index < first_special:
+                tokens = layer(tokens)
+            elif self.dense_readout == "value":
+                tokens = _value_only_block(layer, tokens)
+            else:
+                tokens = _training_free_block(layer, tokens, self.dense_readout, self.neighbourhood_sigma)
+        return tokens
+
     def dense_features(self, trunk_tokens: torch.Tensor) -> torch.Tensor:
         """Per-patch embeddings in text space, `(batch, projection_dim, h, w)`, unnormalised, from `(batch, h, w,
-        hidden)` trunk tokens; the last `dense_value_layers` blocks read out MaskCLIP-style (`_value_only_block`)."""
-        tokens = trunk_tokens
-        first_value_only = len(self.layers) - min(self.dense_value_layers, len(self.layers))
-        for index, layer in enumerate(self.layers):
-            tokens = layer(tokens) if index < first_value_only else _value_only_block(layer, tokens)
-        return self.projector(tokens).permute(0, 3, 1, 2)
+        hidden)` trunk tokens (the projector applied to :meth:`dense_tokens`)."""
+        return self.projector(self.dense_tokens(trunk_tokens)).permute(0, 3, 1, 2)
 
 
 def _value_only_block(layer: SamVisionLayer, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -258,6 +333,37 @@ def _value_only_block(layer: SamVisionLayer, hidden_states: torch.Tensor) -> tor
     value = attention.qkv(layer.layer_norm1(hidden_states)).unflatten(-1, (3, -1))[..., 2, :]
     hidden_states = hidden_states + attention.proj(value)
     return hidden_states + layer.mlp(layer.layer_norm2(hidden_states))
+
+
+def _neighbourhood_prior(height: int, width: int, sigma: float, device, dtype) -> torch.Tensor:
+    """`(h*w, h*w)` Gaussian of the distance between patch centres (NACLIP's prior on attention logits)."""
+    ys, xs = torch.meshgrid(torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij")
+    centres = torch.stack([ys.flatten(), xs.flatten()], dim=-1).to(dtype)
+    return torch.exp(-torch.cdist(centres, centres).square() / (2 * sigma**2))
+
+
+def _training_free_block(layer: SamVisionLayer, hidden_states: torch.Tensor, readout: str, sigma: float) -> torch.Tensor:
+    # The block's own projections with a self-similarity attention (no relative positions, no residual, no MLP):
+    # ClearCLIP/NACLIP/SCLIP find that query-query or key-key affinity keeps each patch's attention on patches
+    # like it, where the trained query-key attention gathers the global context that pooling needs.
+    attention = layer.attn
+    batch, height, width, channels = hidden_states.shape
+    heads = attention.num_attention_heads
+    qkv = attention.qkv(layer.layer_norm1(hidden_states)).reshape(batch, height * width, 3, heads, -1)
+    query, key, value = qkv.permute(2, 0, 3, 1, 4)  # each (batch, heads, tokens, head_dim)
+
+    def affinity(a):
+        return (a @ a.transpose(-1, -2)) * attention.scale
+
+    if readout == "clearclip":
+        weights = affinity(query).softmax(-1)
+    elif readout == "sclip":
+        weights = affinity(query).softmax(-1) + affinity(key).softmax(-1)
+    else:  # naclip
+        prior = _neighbourhood_prior(height, width, sigma, hidden_states.device, hidden_states.dtype)
+        weights = (affinity(key) + prior).softmax(-1)
+    mixed = (weights @ value).transpose(1, 2).reshape(batch, height, width, channels)
+    return attention.proj(mixed)
 
 
 class SamClipPreTrainedModel(PreTrainedModel):
@@ -609,6 +715,86 @@ class SamClipModel(SamClipPreTrainedModel):
         logits = F.interpolate(torch.stack(refined), size=output_size or (size, size), mode="bilinear", align_corners=False)
         return SamClipSemanticSegmentationOutput(logits=logits, label_map=logits.argmax(1))
 
+    @torch.no_grad()
+    def instance_segmentation(
+        self,
+        pixel_values: torch.Tensor,
+        class_embeds: torch.Tensor,
+        background_threshold: float | None = None,
+        points_per_side: int = 8,
+        pred_iou_threshold: float = 0.5,
+        stability_threshold: float = 0.8,
+        nms_threshold: float = 0.7,
+        mask_pooling: str = "mean",
+        input_sizes: list[tuple[int, int]] | None = None,
+        points_per_batch: int = 64,
+    ) -> SamClipInstanceSegmentationOutput:
+        """Open-vocabulary instance segmentation ("label everything") from ONE encoder pass per image: SAM's
+        automatic masks from the shared embeddings (a `points_per_side`^2 grid of one-point prompts, SAM's three
+        masks each, :func:`select_generated_masks`), each labelled by the CLIP head's dense features pooled inside
+        it (`mask_pooling`: `"mean"` of the text-space features, `"max"` of the per-patch class cosines, or
+        `"mean_tokens"`: the head tokens averaged, then projected) against `class_embeds`. A mask whose best class
+        cosine is below `background_threshold` (default: `config.background_threshold`) is "none of these" and
+        dropped. `input_sizes` are the unpadded `(height, width)` of each image in the SAM input (the processor's
+        `reshaped_input_sizes`), so that no prompt lands in the padding; default: the whole input."""
+        if mask_pooling not in ("mean", "max", "mean_tokens"):
+            raise ValueError(f"mask_pooling must be 'mean', 'max' or 'mean_tokens', got {mask_pooling!r}.")
+        if class_embeds.ndim != 2 or class_embeds.shape[0] == 0:
+            raise ValueError("class_embeds must be a non-empty (num_classes, dim) tensor; see encode_class_names().")
+        if points_per_side < 1:
+            raise ValueError(f"points_per_side must be >= 1, got {points_per_side}.")
+        size = self.config.image_size
+        if tuple(pixel_values.shape[-2:]) != (size, size):
+            raise ValueError(f"Instance segmentation runs on the {size}x{size} SAM path (the processor's 'sam' view); "
+                             f"got {tuple(pixel_values.shape[-2:])}.")
+        if background_threshold is None:
+            background_threshold = self.config.background_threshold
+        encoded = self.vision_encoder(pixel_values, compute_neck=True)
+        tokens = self.clip_head.dense_tokens(encoded.trunk_hidden_state)  # (batch, g, g, hidden)
+        class_embeds = class_embeds.to(tokens.dtype)
+        output = SamClipInstanceSegmentationOutput(mask_logits=[], class_ids=[], scores=[], class_cosines=[],
+                                                   iou_scores=[])
+        for image_index in range(pixel_values.shape[0]):
+            height, width = input_sizes[image_index] if input_sizes is not None else (size, size)
+            points = grid_points(points_per_side, float(height), float(width)).to(tokens.device, tokens.dtype)
+            embedding = encoded.last_hidden_state[image_index : image_index + 1]
+            logits, ious = [], []
+            for start in range(0, len(points), points_per_batch):
+                chunk = points[start : start + points_per_batch]
+                masks, iou = self.segment(embedding.expand(len(chunk), -1, -1, -1), input_points=chunk[:, None, None],
+                                          multimask_output=True)
+                logits.append(masks[:, 0].flatten(0, 1))
+                ious.append(iou[:, 0].flatten())
+            logits, ious = torch.cat(logits), torch.cat(ious)
+            kept = select_generated_masks(logits, ious, pred_iou_threshold, stability_threshold, nms_threshold)
+            logits, ious = logits[kept], ious[kept]
+            cosines = self._mask_class_cosines(tokens[image_index], logits, class_embeds, mask_pooling)
+            best, class_ids = cosines.max(dim=1)
+            probabilities = (cosines * self.logit_scale.exp()).softmax(dim=1)
+            scores = probabilities.gather(1, class_ids[:, None])[:, 0] * ious.clamp(0, 1)
+            keep = best >= (background_threshold if background_threshold is not None else -1.0)
+            order = scores[keep].argsort(descending=True)
+            for name, value in (("mask_logits", logits), ("class_ids", class_ids), ("scores", scores),
+                                ("class_cosines", cosines), ("iou_scores", ious)):
+                getattr(output, name).append(value[keep][order])
+        return output
+
+    def _mask_class_cosines(self, tokens, mask_logits, class_embeds, mask_pooling):
+        # Masks come at SAM's low resolution (4x the token grid): each token's weight is the share of its area the
+        # mask covers, so a mask smaller than a patch still pools the patches it touches.
+        grid = tokens.shape[:2]
+        weights = F.adaptive_avg_pool2d((mask_logits > 0).to(tokens.dtype)[:, None], grid)[:, 0].flatten(1)
+        weights = weights / weights.sum(1, keepdim=True).clamp(min=1e-6)  # (M, g*g)
+        flat_tokens = tokens.flatten(0, 1)  # (g*g, hidden)
+        if mask_pooling == "mean_tokens":
+            return F.normalize(self.clip_head.projector(weights @ flat_tokens), dim=-1) @ class_embeds.T
+        features = F.normalize(self.clip_head.projector(flat_tokens), dim=-1)  # (g*g, dim)
+        if mask_pooling == "mean":
+            return F.normalize(weights @ features, dim=-1) @ class_embeds.T
+        cosines = features @ class_embeds.T  # (g*g, C)
+        inside = weights > 0.5 * weights.amax(1, keepdim=True)
+        return torch.where(inside[:, :, None], cosines[None], torch.tensor(-2.0, dtype=cosines.dtype)).amax(1)
+
     # ------------------------------------------------------------------------------------------------ merge
     @classmethod
     def from_teachers(cls, sam_model, clip_model, **head_options) -> "SamClipModel":
@@ -680,10 +866,13 @@ class SamClipModel(SamClipPreTrainedModel):
 __all__ = [
     "DEFAULT_TEMPLATES",
     "encode_class_names",
+    "grid_points",
     "SamClipHead",
+    "SamClipInstanceSegmentationOutput",
     "SamClipModel",
     "SamClipOutput",
     "SamClipPreTrainedModel",
     "SamClipSemanticSegmentationOutput",
     "SamClipVisionEncoder",
+    "select_generated_masks",
 ]

@@ -179,6 +179,45 @@ class SamClipProcessor(SamProcessor):
         `"dense"` or `"sam"` view (see `resize_semantic_logits`)."""
         return [m.argmax(0) for m in self.resize_semantic_logits(logits, original_sizes, reshaped_input_sizes)]
 
+    def _masks_at_original_size(self, mask_logits, original_size, reshaped_input_size) -> torch.Tensor:
+        """`(M, height, width)` bool masks of one image from `(M, h, w)` low-resolution logits (M may be 0)."""
+        height, width = (int(v) for v in original_size)
+        if len(mask_logits) == 0:
+            return torch.zeros((0, height, width), dtype=torch.bool)
+        (masks,) = self.image_processor.post_process_masks(
+            [mask_logits[None].float().cpu()], [[height, width]], [[int(v) for v in reshaped_input_size]]
+        )
+        return masks[0]
+
+    def post_process_instance_segmentation(self, outputs, original_sizes, reshaped_input_sizes):
+        """Per image, `{"masks": (M, height, width) bool, "class_ids": (M,), "scores": (M,)}` at the original size,
+        from a `SamClipInstanceSegmentationOutput` of the `"sam"` view (best score first, as the model returns)."""
+        results = []
+        for index, logits in enumerate(outputs.mask_logits):
+            masks = self._masks_at_original_size(logits, original_sizes[index], reshaped_input_sizes[index])
+            results.append({"masks": masks, "class_ids": outputs.class_ids[index], "scores": outputs.scores[index]})
+        return results
+
+    def post_process_panoptic_segmentation(self, outputs, original_sizes, reshaped_input_sizes, overlap_threshold=0.5):
+        """Per image, `{"segmentation": (height, width) long, "segments_info": [{"id", "label_id", "score"}]}` as
+        transformers' panoptic post-processors return: instances painted best score first, each pixel kept by the
+        first instance that claims it, an instance dropped when less than `overlap_threshold` of its mask is left
+        to it; segment ids start at 1, 0 is unlabelled."""
+        results = []
+        for instances in self.post_process_instance_segmentation(outputs, original_sizes, reshaped_input_sizes):
+            masks = instances["masks"]
+            segmentation = torch.zeros(masks.shape[-2:], dtype=torch.long)
+            segments = []
+            for mask, class_id, score in zip(masks, instances["class_ids"].tolist(), instances["scores"].tolist()):
+                free = mask & (segmentation == 0)
+                area = int(mask.sum())
+                if area == 0 or int(free.sum()) < overlap_threshold * area:
+                    continue
+                segmentation[free] = len(segments) + 1
+                segments.append({"id": len(segments) + 1, "label_id": class_id, "score": score})
+            results.append({"segmentation": segmentation, "segments_info": segments})
+        return results
+
     @property
     def model_input_names(self):
         return ["pixel_values", "input_ids", "attention_mask", "input_points", "input_labels", "input_boxes"]

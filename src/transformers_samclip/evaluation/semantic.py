@@ -31,6 +31,7 @@ from ._common import iter_batches, model_device, rgb, sam_view, subset
 from .classification import class_text_embeddings, image_embeddings
 from .geometry import square_crop
 from .metrics import confusion_matrix, mean_iou, per_class_iou
+from ..modeling import grid_points, select_generated_masks
 
 CosineMaps = Callable[[list], list]  # images -> one (num_classes, H, W) cosine tensor per image, original size
 Segmenter = Callable[[list], list]  # images -> one (H, W) label map per image (0 background, c + 1 class c)
@@ -259,42 +260,46 @@ def evaluate_maskclip_baseline(
 
 @torch.no_grad()
 def segment_everything(
-    sam_model, sam_processor, image, points_per_side: int = 8, pred_iou_threshold: float = 0.8,
-    nms_threshold: float = 0.7,
-) -> torch.Tensor:
-    """SAM's automatic masks, kept simple: a `points_per_side`^2 grid of one-point prompts in one batch (one encoder
-    pass), each point's mask with the highest predicted IoU (SAM's ambiguity resolution, as for 1-point prompts),
-    those with predicted IoU >= `pred_iou_threshold`, then greedy mask-IoU NMS at `nms_threshold`.
-    Returns `(M, H, W)` bool masks at the original size, best predicted IoU first."""
+    sam_model, sam_processor, image, points_per_side: int = 8, pred_iou_threshold: float = 0.5,
+    stability_threshold: float = 0.8, nms_threshold: float = 0.7,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM's automatic masks with a `SamModel`: a `points_per_side`^2 grid of one-point prompts over the image (one
+    encoder pass), SAM's three masks per point, filtered and de-duplicated by the model package's
+    `select_generated_masks` (the same selection SAM-CLIP's `instance_segmentation` uses). Returns `(masks (M, H,
+    W) bool at the original size, predicted IoUs (M,))`, best predicted IoU first."""
     image = rgb(image)
     encoding = sam_view(sam_processor, [image])
     new_h, new_w = encoding["reshaped_input_sizes"][0].tolist()
-    steps = (torch.arange(points_per_side, dtype=torch.float32) + 0.5) / points_per_side
-    grid = torch.stack(torch.meshgrid(steps * new_w, steps * new_h, indexing="xy"), dim=-1).reshape(1, -1, 1, 2)
-    embeddings = sam_model.get_image_embeddings(encoding["pixel_values"].to(model_device(sam_model)))
+    device = model_device(sam_model)
+    grid = grid_points(points_per_side, new_h, new_w).reshape(1, -1, 1, 2)
+    embeddings = sam_model.get_image_embeddings(encoding["pixel_values"].to(device))
     outputs = sam_model(
         image_embeddings=embeddings,
-        input_points=grid.to(model_device(sam_model)),
-        input_labels=torch.ones(grid.shape[:3], dtype=torch.long, device=model_device(sam_model)),
+        input_points=grid.to(device),
+        input_labels=torch.ones(grid.shape[:3], dtype=torch.long, device=device),
         multimask_output=True,
     )
-    masks = sam_processor.post_process_masks(
-        outputs.pred_masks.cpu(), encoding["original_sizes"], encoding["reshaped_input_sizes"]
-    )[0]
-    scores, best = outputs.iou_scores[0].cpu().max(dim=-1)
-    masks = masks[torch.arange(len(masks)), best]
-    keep = (scores >= pred_iou_threshold) & masks.flatten(1).any(dim=1)
-    order = scores[keep].argsort(descending=True)
-    masks = masks[keep][order]
-    flat = masks.flatten(1).float()
-    intersection = flat @ flat.T
-    union = flat.sum(1)[:, None] + flat.sum(1)[None, :] - intersection
-    overlap = (intersection / union).tolist()
-    kept = []
-    for index in range(len(masks)):
-        if all(overlap[index][j] <= nms_threshold for j in kept):
-            kept.append(index)
-    return masks[kept]
+    logits, scores = outputs.pred_masks[0].flatten(0, 1), outputs.iou_scores[0].flatten()
+    kept = select_generated_masks(logits, scores, pred_iou_threshold, stability_threshold, nms_threshold)
+    if not len(kept):
+        return torch.zeros((0, image.height, image.width), dtype=torch.bool), torch.zeros(0)
+    (masks,) = sam_processor.post_process_masks(
+        [logits[kept][None].cpu()], encoding["original_sizes"], encoding["reshaped_input_sizes"]
+    )
+    return masks[0], scores[kept].cpu()
+
+
+def cascade_instances(sam_model, sam_processor, clip_model, clip_processor, class_embeds, image, **options) -> dict:
+    """The SAM-then-CLIP cascade on one image: :func:`segment_everything`, then each mask's square crop classified
+    zero-shot by the CLIP model (one CLIP image per mask). Returns `{"masks", "class_ids", "scores"}` (score: the
+    CLIP class probability times SAM's predicted IoU, the same confidence SAM-CLIP's instances carry)."""
+    masks, ious = segment_everything(sam_model, sam_processor, image, **options)
+    if not len(masks):
+        return {"masks": masks, "class_ids": torch.zeros(0, dtype=torch.long), "scores": torch.zeros(0)}
+    crops = [square_crop(image, mask) for mask in masks]
+    logits = (image_embeddings(clip_model, clip_processor, crops) @ class_embeds.T) * clip_model.logit_scale.exp()
+    probabilities, class_ids = logits.softmax(dim=1).max(dim=1)
+    return {"masks": masks, "class_ids": class_ids.cpu(), "scores": (probabilities.cpu() * ious.clamp(0, 1))}
 
 
 def cascade_segmenter(
@@ -308,26 +313,24 @@ def cascade_segmenter(
     nms_threshold: float = 0.7,
     templates=None,
 ) -> Segmenter:
-    """The SAM-then-CLIP cascade as a segmenter `images -> label maps`: :func:`segment_everything`, each mask's
-    square crop classified zero-shot by the CLIP model, masks painted largest first (so smaller ones stay visible on
-    top); pixels no mask covers are background."""
+    """The SAM-then-CLIP cascade as a segmenter `images -> label maps`: :func:`cascade_instances`, masks painted
+    largest first (so smaller ones stay visible on top); pixels no mask covers are background."""
     sam_model.eval()
     clip_model.eval()
     class_embeds = class_text_embeddings(clip_model, clip_processor.tokenizer, class_names, templates)
+    options = dict(points_per_side=points_per_side, pred_iou_threshold=pred_iou_threshold, nms_threshold=nms_threshold)
 
     @torch.no_grad()
     def segment(images):
         maps = []
         for image in images:
             image = rgb(image)
-            masks = segment_everything(sam_model, sam_processor, image, points_per_side, pred_iou_threshold,
-                                       nms_threshold)
+            instances = cascade_instances(sam_model, sam_processor, clip_model, clip_processor, class_embeds, image,
+                                          **options)
+            masks = instances["masks"]
             label_map = torch.zeros((image.height, image.width), dtype=torch.long)
-            if len(masks):
-                crops = [square_crop(image, mask) for mask in masks]
-                classes = (image_embeddings(clip_model, clip_processor, crops) @ class_embeds.T).argmax(dim=1).cpu()
-                for index in masks.flatten(1).sum(dim=1).argsort(descending=True).tolist():
-                    label_map[masks[index]] = classes[index] + 1
+            for index in masks.flatten(1).sum(dim=1).argsort(descending=True).tolist():
+                label_map[masks[index]] = instances["class_ids"][index] + 1
             maps.append(label_map)
         return maps
 
