@@ -35,6 +35,6 @@ def _register() -> None:
 
 _register()
 
-from .pipelines import ZeroShotSemanticSegmentationPipeline  # noqa: E402  (registers the pipeline task)
+from .pipelines import ZeroShotImageSegmentationPipeline, ZeroShotSemanticSegmentationPipeline  # noqa: E402  (registers the pipeline tasks)
 
-__all__ = [*_model_names, "ZeroShotSemanticSegmentationPipeline"]
+__all__ = [*_model_names, "ZeroShotImageSegmentationPipeline", "ZeroShotSemanticSegmentationPipeline"]

@@ -3,11 +3,13 @@ folder (weights, config with `auto_map`, processor, remote code, model card), an
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
-from ..modeling import SamClipModel, SamClipProcessor
+from ..modeling import SamClipModel, SamClipProcessor, pipeline_samclip
+from ..pipelines import PIPELINE_TASKS
 from .card import DEFAULT_BASE_MODELS, MODEL_CARD_TEMPLATE, load_results, render_model_card
 
 # Where the mosaic model is looked for: your own `samclip distill` output (relative to the working directory,
@@ -21,6 +23,9 @@ MOSAIC_MODEL_DIRS = (
 )
 # Besides AutoModel (written by save_pretrained), the task Auto classes the pipelines load through.
 TASK_AUTO_CLASSES = ("AutoModelForZeroShotImageClassification", "AutoModelForMaskGeneration")
+PIPELINE_MODULE = Path(pipeline_samclip.__file__)
+CUSTOM_PIPELINE = {"impl": "pipeline_samclip.ZeroShotImageSegmentationPipeline", "pt": ["AutoModel"], "tf": [],
+                   "type": "multimodal"}
 
 
 class HubError(RuntimeError):
@@ -92,8 +97,11 @@ def export_model(
     model = loaded.model
     # save_pretrained adds AutoConfig/AutoModel to an existing auto_map, so the task classes set here survive.
     model.config.auto_map = {name: f"modeling_samclip.{type(model).__name__}" for name in TASK_AUTO_CLASSES}
+    # The pipeline ships as remote code too: `pipeline(task, model=folder, trust_remote_code=True)` finds it here.
+    model.config.custom_pipelines = {task: dict(CUSTOM_PIPELINE) for task in PIPELINE_TASKS}
     model.save_pretrained(out_dir)
     loaded.processor.save_pretrained(out_dir)
+    shutil.copy(PIPELINE_MODULE, out_dir / PIPELINE_MODULE.name)
     card = render_model_card(
         model, repo_id=repo_id, model_name=model_name, results=results, base_models=base_models,
         model_description=loaded.description if loaded.merged_teachers else "",

@@ -1,0 +1,124 @@
+"""The `zero-shot-image-segmentation` pipeline: an image and class names in, labelled masks out (semantic, instance
+or panoptic), in the output format of transformers' `image-segmentation` pipeline.
+
+    from transformers import pipeline
+    import transformers_samclip  # registers the task (an exported folder also declares it: trust_remote_code=True)
+    segmenter = pipeline("zero-shot-image-segmentation", model="path/or/hub-id", trust_remote_code=True)
+    segments = segmenter(image, candidate_labels=["cat", "dog"], subtask="instance")
+
+Ships beside the model code (imports only torch, transformers, numpy and PIL), so that an exported folder serves it
+as a custom pipeline without this package installed.
+"""
+
+import numpy as np
+from PIL import Image
+from transformers import Pipeline
+from transformers.image_utils import load_image
+
+from .modeling_samclip import DEFAULT_TEMPLATES
+
+SUBTASKS = ("semantic", "instance", "panoptic")
+INSTANCE_OPTIONS = ("points_per_side", "pred_iou_threshold", "stability_threshold", "nms_threshold", "mask_pooling")
+
+
+def _mask_image(region) -> Image.Image:
+    return Image.fromarray(np.asarray(region, dtype=np.uint8) * 255, mode="L")
+
+
+class ZeroShotImageSegmentationPipeline(Pipeline):
+    """Text-to-mask segmentation with a SAM-CLIP model. `subtask="semantic"` (default): one mask per class present
+    from the CLIP head's dense features (SAM-refined with `refine=True`), background as the entry `"background"`;
+    `"instance"`: every object SAM's automatic masks find, labelled from ONE encoder pass (`instance_segmentation`);
+    `"panoptic"`: those instances made non-overlapping. Returns, like transformers' image-segmentation pipeline, a
+    list of `{"score", "label", "mask"}` dicts with PIL "L" masks (0/255) at the original image size."""
+
+    _load_processor = True
+    _load_image_processor = False
+    _load_feature_extractor = False
+    _load_tokenizer = False
+
+    def _sanitize_parameters(self, candidate_labels=None, subtask=None, templates=None, refine=None,
+                             background_threshold=None, background_labels=None, timeout=None, **instance_options):
+        unknown = sorted(set(instance_options) - set(INSTANCE_OPTIONS))
+        if unknown:
+            raise TypeError(f"Unexpected argument(s) {unknown}; this pipeline takes candidate_labels, subtask, "
+                            f"templates, refine, background_threshold, background_labels, timeout and {INSTANCE_OPTIONS}.")
+        preprocess = {key: value for key, value in (("candidate_labels", candidate_labels), ("subtask", subtask),
+                                                    ("refine", refine), ("timeout", timeout)) if value is not None}
+        forward = dict(instance_options)
+        if templates is not None:
+            forward["templates"] = (templates,) if isinstance(templates, str) else tuple(templates)
+        if background_threshold is not None:
+            forward["background_threshold"] = background_threshold
+        if background_labels is not None:
+            forward["background_labels"] = list(background_labels)
+        return preprocess, forward, {}
+
+    def __call__(self, image, candidate_labels=None, **kwargs):
+        """Segment `image` (path, URL or PIL image) into `candidate_labels` (a list, or a comma-separated string)."""
+        return super().__call__(image, candidate_labels=candidate_labels, **kwargs)
+
+    def preprocess(self, image, candidate_labels=None, subtask="semantic", refine=False, timeout=None):
+        if subtask not in SUBTASKS:
+            raise ValueError(f"subtask must be one of {SUBTASKS}, got {subtask!r}.")
+        if isinstance(candidate_labels, str):
+            candidate_labels = [label.strip() for label in candidate_labels.split(",")]
+        labels = [label.strip() for label in (candidate_labels or []) if isinstance(label, str) and label.strip()]
+        if not labels:
+            raise ValueError("candidate_labels is empty: give at least one class name, e.g. ['cat', 'dog'].")
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"candidate_labels has duplicates: {labels}; give each class once.")
+        image = load_image(image, timeout=timeout)
+        if min(image.size) < 2:
+            raise ValueError(f"image is {image.size[0]}x{image.size[1]} pixels; give an image of at least 2x2 pixels.")
+        view = "sam" if refine or subtask != "semantic" else "dense"
+        inputs = self.processor(images=image, view=view)
+        inputs.update(candidate_labels=labels, subtask=subtask, refine=refine)
+        return inputs
+
+    def _forward(self, model_inputs, templates=DEFAULT_TEMPLATES, background_threshold=None, background_labels=None,
+                 **instance_options):
+        labels, subtask, refine = (model_inputs.pop(key) for key in ("candidate_labels", "subtask", "refine"))
+        if "{}" not in "".join(templates):
+            raise ValueError(f"templates must contain '{{}}' where the class name goes, got {templates!r}.")
+        tokenizer = self.processor.tokenizer
+        class_embeds = self.model.encode_class_names(labels, tokenizer, templates)
+        pixel_values = model_inputs["pixel_values"].to(self.model.dtype)
+        sizes = {key: model_inputs[key] for key in ("original_sizes", "reshaped_input_sizes")}
+        if subtask != "semantic":
+            output = self.model.instance_segmentation(
+                pixel_values, class_embeds, background_threshold=background_threshold,
+                input_sizes=model_inputs["reshaped_input_sizes"].tolist(), **instance_options,
+            )
+            return {"instances": output, "candidate_labels": labels, "subtask": subtask, **sizes}
+        background_embeds = self.model.encode_class_names(background_labels, tokenizer, templates) if background_labels else None
+        segment = self.model.semantic_segmentation_refined if refine else self.model.semantic_segmentation
+        output = segment(pixel_values, class_embeds, background_embeds=background_embeds,
+                         background_threshold=background_threshold)
+        return {"logits": output.logits, "candidate_labels": labels, "subtask": subtask, **sizes}
+
+    def postprocess(self, model_outputs):
+        labels = model_outputs["candidate_labels"]
+        sizes = (model_outputs["original_sizes"], model_outputs["reshaped_input_sizes"])
+        if model_outputs["subtask"] == "instance":
+            (instances,) = self.processor.post_process_instance_segmentation(model_outputs["instances"], *sizes)
+            return [{"score": float(score), "label": labels[class_id], "mask": _mask_image(mask.numpy())}
+                    for mask, class_id, score in zip(instances["masks"], instances["class_ids"].tolist(),
+                                                     instances["scores"].tolist())]
+        if model_outputs["subtask"] == "panoptic":
+            (panoptic,) = self.processor.post_process_panoptic_segmentation(model_outputs["instances"], *sizes)
+            segmentation = panoptic["segmentation"].numpy()
+            return [{"score": segment["score"], "label": labels[segment["label_id"]],
+                     "mask": _mask_image(segmentation == segment["id"])} for segment in panoptic["segments_info"]]
+        (resized,) = self.processor.resize_semantic_logits(model_outputs["logits"].float(), *sizes)
+        label_map, probabilities = resized.argmax(0), resized.softmax(0)
+        segments = []
+        for index, label in enumerate(["background", *labels]):
+            region = label_map == index
+            if region.any():
+                segments.append({"score": probabilities[index][region].mean().item(), "label": label,
+                                 "mask": _mask_image(region.numpy())})
+        return segments
+
+
+__all__ = ["ZeroShotImageSegmentationPipeline"]
