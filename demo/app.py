@@ -1,5 +1,5 @@
-"""SAM-CLIP Gradio Space: zero-shot classification, promptable segmentation and text-to-mask segmentation
-with one merged backbone.
+"""SAM-CLIP Gradio Space: zero-shot classification, promptable segmentation, text-to-mask segmentation and
+"label everything" (every object as a mask with its label) with one merged backbone.
 
 The model comes from `$SAMCLIP_MODEL` (a folder or Hub id, loaded as remote code with plain transformers);
 without it, from the `transformers-samclip` package's shipped mosaic model when the package is installed
@@ -244,6 +244,43 @@ class SamClipDemo:
         return blend(image, colours, alpha=0.6), legend_html(labels, coverage)
 
 
+    @torch.no_grad()
+    def label_everything(
+        self, image: Image.Image | None, labels_text: str, background_threshold: float | None = None
+    ) -> tuple[Image.Image, str]:
+        """Open-vocabulary instance segmentation from one encoder pass: each object SAM's automatic masks find,
+        coloured and captioned with its label and score, and the list of instances (HTML). Masks whose best label
+        cosine is below `background_threshold` (default: the model's calibrated one) are dropped as "none of
+        these" (default -1: every mask is kept)."""
+        image, labels = check_image(image), parse_labels(labels_text)
+        class_embeds = self.model.encode_class_names(labels, self.processor.tokenizer)
+        inputs = self.processor(images=image, view="sam")
+        output = self.model.instance_segmentation(
+            inputs["pixel_values"], class_embeds, background_threshold=background_threshold,
+            input_sizes=inputs["reshaped_input_sizes"].tolist(),
+        )
+        (instances,) = self.processor.post_process_panoptic_segmentation(
+            output, inputs["original_sizes"], inputs["reshaped_input_sizes"]
+        )
+        segmentation = instances["segmentation"].numpy()
+        colours = np.zeros((image.height, image.width, 3), dtype=np.uint8)
+        for segment in instances["segments_info"]:
+            colours[segmentation == segment["id"]] = PALETTE[(segment["id"] - 1) % len(PALETTE)]
+        overlay = blend(image, colours, alpha=0.6)
+        draw = ImageDraw.Draw(overlay)
+        rows = []
+        for segment in instances["segments_info"]:
+            ys, xs = np.nonzero(segmentation == segment["id"])
+            caption = f"{labels[segment['label_id']]} {segment['score']:.2f}"
+            draw.text((int(xs.min()), int(ys.min())), caption, fill=(255, 255, 255), stroke_width=1, stroke_fill=(0, 0, 0))
+            swatch = tuple(int(c) for c in PALETTE[(segment["id"] - 1) % len(PALETTE)])
+            rows.append(f'<li style="list-style:none;margin:2px 0"><span style="display:inline-block;width:14px;'
+                        f'height:14px;background:rgb{swatch};margin-right:6px;vertical-align:middle"></span>'
+                        f"{html.escape(labels[segment['label_id']])} ({segment['score']:.2f})</li>")
+        summary = "".join(rows) or '<li style="list-style:none">No object found.</li>'
+        return overlay, f'<ul class="samclip-instances" style="padding:0">{summary}</ul>'
+
+
 # ------------------------------------------------------------------------------------------------ the app
 def example_photos() -> dict[str, Path]:
     """Real photos from scikit-image (astronaut, chelsea the cat, coffee), written once as PNG."""
@@ -259,7 +296,7 @@ def example_photos() -> dict[str, Path]:
 
 
 def build_demo(demo: SamClipDemo) -> gr.Blocks:
-    """The three-tab Blocks app around a loaded model."""
+    """The four-tab Blocks app around a loaded model."""
     mosaics = {index: str(EXAMPLES_DIR / f"mosaic-{index}.png") for index in (0, 2, 10)}
     photos = {name: str(path) for name, path in example_photos().items()}
     # The mosaic model's text tower knows ten clothing classes on textured backgrounds; a real photo shows the
@@ -331,6 +368,24 @@ def build_demo(demo: SamClipDemo) -> gr.Blocks:
                 demo.segment_text, [sem_image, sem_labels, sem_refine, sem_threshold], [sem_output, sem_legend],
                 api_name="segment_text",
             )
+        with gr.Tab("Label everything"):
+            with gr.Row():
+                with gr.Column():
+                    all_image = gr.Image(type="pil", format="png", height=IMAGE_HEIGHT, label="Image")
+                    all_labels = gr.Textbox(label="Labels (comma-separated)", value=FASHION_LABELS)
+                    all_threshold = gr.Slider(
+                        -1, 1, value=-1, step=0.005,
+                        label="Reject a mask as 'none of these' below this cosine (-1 = keep every mask)")
+                    all_button = gr.Button("Label everything", variant="primary")
+                with gr.Column():
+                    all_output = gr.Image(type="pil", format="png", height=IMAGE_HEIGHT, label="Instances")
+                    all_list = gr.HTML(label="Instances")
+            gr.Examples(
+                [[mosaics[0], FASHION_LABELS], [mosaics[10], FASHION_LABELS], [photos["chelsea"], photo_labels]],
+                inputs=[all_image, all_labels],
+            )
+            all_button.click(demo.label_everything, [all_image, all_labels, all_threshold], [all_output, all_list],
+                             api_name="label_everything")
     return app
 
 

@@ -108,12 +108,33 @@ def test_text_to_mask_tab_returns_overlay_and_legend(client, image_path, refine)
     assert "red box" in legend and "grass" in legend and "%" in legend
 
 
+def test_label_everything_tab_returns_instances_and_their_list(client, image_path):
+    overlay, listing = client.predict(handle_file(image_path), "red box, grass", -1, api_name="/label_everything")
+    assert Image.open(overlay).size == (90, 60)
+    assert "samclip-instances" in listing and ("red box" in listing or "grass" in listing or "No object" in listing)
+
+
+def test_label_everything_finds_the_items_of_a_shipped_example(app_module):
+    """The shipped mosaic model on the Space's own example mosaic: coloured, captioned instances whose labels are
+    mosaic classes, with the list naming each one."""
+    from transformers_samclip.hub.export import SHIPPED_MOSAIC_MODEL_DIR, load_samclip
+
+    loaded = load_samclip(SHIPPED_MOSAIC_MODEL_DIR)
+    demo = app_module.SamClipDemo(loaded.model, loaded.processor, "shipped")
+    image = Image.open(app_module.EXAMPLES_DIR / "mosaic-0.png")
+    overlay, listing = demo.label_everything(image, app_module.FASHION_LABELS, -1.0)
+    assert overlay.size == image.size and not np.array_equal(np.asarray(overlay), np.asarray(image.convert("RGB")))
+    names = [name.strip() for name in app_module.FASHION_LABELS.split(",")]
+    assert listing.count("<li") >= 2 and all(any(name in item for name in names) for item in listing.split("<li")[1:])
+
+
 @pytest.mark.parametrize(
     ("api_name", "arguments", "message"),
     [
         ("/classify", (" , ",), "Give at least one label"),
         ("/classify", (", ".join(f"class {i}" for i in range(21)),), "21 labels given; the limit is 20"),
         ("/segment_text", ("cat, cat", False, -1), "Labels repeat: cat"),
+        ("/label_everything", (" , ", -1), "Give at least one label"),
         ("/segment", ("+ 95, 10",), "(95, 10) is outside the 90x60 image"),
         ("/segment", ("box 20, 10, 20, 40",), "the box has zero area"),
         ("/segment", ("box 20, 10",), "click its opposite corner"),

@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 
 from .classification import evaluate_zero_shot_classification
+from .instance import cascade_instance_segmenter, evaluate_instance_segmentation, samclip_instance_segmenter
 from .prompted import evaluate_prompted_segmentation
 from .semantic import evaluate_cascade_baseline, evaluate_maskclip_baseline, evaluate_semantic_segmentation
 
@@ -32,6 +33,8 @@ RESULT_COLUMNS = (
     ("point3_miou", "3-point mIoU"),
     ("semseg_miou", "semseg mIoU"),
     ("semseg_refined_miou", "refined semseg mIoU"),
+    ("instance_ap50", "label-everything AP50"),
+    ("panoptic_pq", "PQ"),
 )
 
 
@@ -86,12 +89,23 @@ def _cascade_row(result: dict) -> dict:
     return {**_semseg_row(result), "semseg_pred_iou_threshold": result["pred_iou_threshold"]}
 
 
+def _instance_row(segment, mosaics, desc: str) -> dict:
+    """Label-everything metrics (AP50, AP, PQ, time per image) of an instance segmenter on the test mosaics."""
+    from ..mosaic import FASHION_MNIST_CLASSES
+
+    result = evaluate_instance_segmentation(segment, mosaics, FASHION_MNIST_CLASSES, desc=desc)
+    return {"instance_ap50": result["ap50"], "instance_ap": result["ap"], "panoptic_pq": result["pq"],
+            "instance_seconds_per_image": result["seconds_per_image"],
+            "instances_per_image": result["instances_per_image"]}
+
+
 def evaluate_samclip_on_mosaic(
     model, processor, *, num_items: int | None = 10000, num_mosaics: int = 500, seed: int = 0,
     calibration_mosaics: int = 20,
 ) -> dict:
     """Every mosaic-world metric of a merged `SamClipModel`: `zero_shot_top1`, `box_miou`, `point1_miou`,
-    `point3_miou`, `semseg_miou`, `semseg_refined_miou`, plus sizes, background thresholds and wall time.
+    `point3_miou`, `semseg_miou`, `semseg_refined_miou`, label-everything `instance_ap50` / `instance_ap` /
+    `panoptic_pq`, plus sizes, background thresholds and wall time.
     `num_items=None` takes all 10,000 test items; 0 skips a part."""
     from ..mosaic import FASHION_MNIST_CLASSES
 
@@ -109,6 +123,8 @@ def evaluate_samclip_on_mosaic(
                 model, processor, data["mosaics"], FASHION_MNIST_CLASSES, refine=refine,
                 calibration_dataset=None if stored else data["calibration"],
             ), prefix))
+        row.update(_instance_row(samclip_instance_segmenter(model, processor, FASHION_MNIST_CLASSES), data["mosaics"],
+                                 "label everything"))
     row["wall_seconds"] = round(time.perf_counter() - began, 1)
     return row
 
@@ -139,9 +155,10 @@ def evaluate_teachers_on_mosaic(
         timed("SAM teacher", lambda: _prompted_row(sam, sam_processor, data["mosaics"], seed))
         timed("MaskCLIP baseline", lambda: _semseg_row(evaluate_maskclip_baseline(
             clip, clip_processor, data["mosaics"], FASHION_MNIST_CLASSES, calibration_dataset=data["calibration"])))
-        timed("SAM+CLIP cascade", lambda: _cascade_row(evaluate_cascade_baseline(
+        timed("SAM+CLIP cascade", lambda: {**_cascade_row(evaluate_cascade_baseline(
             sam, sam_processor, clip, clip_processor, data["mosaics"], FASHION_MNIST_CLASSES, pred_iou_threshold=None,
-            calibration_dataset=data["calibration"])))
+            calibration_dataset=data["calibration"])), **_instance_row(cascade_instance_segmenter(
+                sam, sam_processor, clip, clip_processor, FASHION_MNIST_CLASSES), data["mosaics"], "cascade instances")})
     return rows
 
 

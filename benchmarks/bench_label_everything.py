@@ -1,0 +1,113 @@
+"""Label everything at real sizes: SAM-CLIP from one encoder pass against SAM-everything + CLIP-crops (random weights).
+
+Command (the CPU suite runs it with these settings)::
+
+    python -m benchmarks.bench_label_everything --threads 1 --repeats 2
+
+Run time: ~8 min wall here (2 Xeon cores shared with other jobs), ~4 min of CPU at 1 thread; `--tiny` (CI) ~3 s.
+
+Both methods find the masks the same way (SAM's automatic masks: the same encoder shapes and the same mask decoder
+over the same point grid, so that part costs the same and is left out); what differs is how `--masks` masks get
+their labels:
+- cascade: `SamModel` ViT-B encoder at 1024 px, then one CLIP ViT-L/14 image-tower pass per mask crop at 224 px
+  (the crops in one batch);
+- SAM-CLIP: its encoder at 1024 px (SAM's, merged), the CLIP head's dense read-out over the 64x64 tokens, and each
+  mask's tokens averaged and projected (`instance_segmentation(mask_pooling="mean_tokens")`).
+Reports GFLOPs (torch's FlopCounterMode) and median process CPU time per image (cases interleaved in one process),
+and their SAM-CLIP / cascade ratios. Expected: SAM-CLIP ~0.35x the FLOPs and ~0.4x the CPU time of the cascade at 16
+masks (the ViT-L/14 crops dominate the cascade; the head's 3 global blocks over 4096 tokens are SAM-CLIP's extra).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import torch
+
+from transformers_samclip import SamClipModel
+
+from .common import (
+    build_clip_teacher,
+    build_sam_teacher,
+    count_flops,
+    make_parser,
+    median,
+    paired_ratio,
+    render_tables,
+    setup,
+    table,
+    time_interleaved,
+    write_result,
+)
+
+NAME = "bench_label_everything"
+
+
+def square_masks(count: int, size: int) -> torch.Tensor:
+    """`count` low-resolution mask logits `(count, size, size)`: squares of several sizes across the image."""
+    masks = torch.full((count, size, size), -10.0)
+    for index in range(count):
+        side = size // 8 + (index % 4) * size // 8
+        top = (index * size // count) % max(size - side, 1)
+        left = (index * 7 * size // count) % max(size - side, 1)
+        masks[index, top : top + side, left : left + side] = 10.0
+    return masks
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark, print its tables and write its JSON."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = make_parser(__doc__, default_repeats=2)
+    parser.add_argument("--masks", type=int, default=16, help="masks to label per image")
+    args = parser.parse_args(argv)
+    setup(args)
+    started = time.perf_counter()
+
+    sam, clip = build_sam_teacher(args.tiny), build_clip_teacher(args.tiny)
+    model = SamClipModel.from_teachers(sam, clip).eval()
+    sam_size, clip_size = model.config.image_size, clip.config.vision_config.image_size
+    pixels = torch.randn(1, 3, sam_size, sam_size)
+    crops = torch.randn(args.masks, 3, clip_size, clip_size)
+    low_res = 4 * model.config.prompt_encoder_config.image_embedding_size
+    masks = square_masks(args.masks, low_res)
+    class_embeds = torch.nn.functional.normalize(torch.randn(10, model.config.head_config.projection_dim), dim=-1)
+
+    def cascade():
+        sam.get_image_embeddings(pixels)
+        return clip.get_image_features(pixel_values=crops)
+
+    def samclip():
+        encoded = model.vision_encoder(pixels, compute_neck=True)
+        tokens = model.clip_head.dense_tokens(encoded.trunk_hidden_state)
+        return model._mask_class_cosines(tokens[0], masks, class_embeds, "mean_tokens")
+
+    cases = {"cascade": cascade, "samclip": samclip}
+    with torch.inference_mode():
+        flops = {name: count_flops(fn) for name, fn in cases.items()}
+        times = time_interleaved(cases, args.repeats)
+    cpu = times["cpu"]
+    result = {
+        "sam_size": sam_size,
+        "clip_size": clip_size,
+        "masks": args.masks,
+        "gflops": {name: value / 1e9 for name, value in flops.items()},
+        "cpu_seconds": {name: median(values) for name, values in cpu.items()},
+        "wall_seconds_per_case": {name: median(values) for name, values in times["wall"].items()},
+        "flops_ratio": flops["samclip"] / flops["cascade"],
+        "cpu_time_ratio": paired_ratio(cpu, "samclip", "cascade"),
+    }
+    result["tables"] = [table(
+        f"Label {args.masks} masks of one {sam_size} px image (mask finding, the same for both, left out)",
+        ["case", "GFLOPs", "CPU s (median)", "ratio to cascade (FLOPs / CPU time)"],
+        [["SAM ViT-B + CLIP ViT-L/14 crops (cascade)", result["gflops"]["cascade"], result["cpu_seconds"]["cascade"], "1"],
+         ["SAM-CLIP one pass", result["gflops"]["samclip"], result["cpu_seconds"]["samclip"],
+          f"{result['flops_ratio']:.3f} / {result['cpu_time_ratio']:.3f}"]],
+    )]
+    print(render_tables(result["tables"]))
+    write_result(NAME, args, argv, result, started)
+    return result
+
+
+if __name__ == "__main__":
+    main()
