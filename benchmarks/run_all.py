@@ -5,7 +5,7 @@ Command::
     python -m benchmarks --threads 1          # same as python -m benchmarks.run_all --threads 1
 
 Run time: ~28 min wall here (2 Xeon cores shared with training jobs, load ~6; ~12 min of CPU at 1 thread:
-bench_inference ~7, bench_prompts ~3, bench_distillation ~1.5). `--tiny` (CI) takes ~10 s.
+bench_inference ~7, bench_prompts ~3, bench_distillation ~1.5, bench_label_everything ~4). `--tiny` (CI) takes ~15 s.
 
 Writes each script's JSON (`benchmarks/results/<script>.json`), all of them combined in `latest.json`, and
 their tables as markdown in `latest.md` (the README's Performance section is copied from it). Expected results:
@@ -20,10 +20,15 @@ import sys
 import time
 from pathlib import Path
 
-from . import bench_distillation, bench_inference, bench_prompts
+from . import bench_distillation, bench_inference, bench_label_everything, bench_prompts
 from .common import RESULTS_DIR, machine_info, render_tables
 
-SUITE = {"bench_inference": bench_inference, "bench_prompts": bench_prompts, "bench_distillation": bench_distillation}
+SUITE = {
+    "bench_inference": bench_inference,
+    "bench_prompts": bench_prompts,
+    "bench_distillation": bench_distillation,
+    "bench_label_everything": bench_label_everything,
+}
 
 
 def _rerun_note(only: list[str] | None) -> str:

@@ -18,7 +18,9 @@ from transformers.image_utils import load_image
 from .modeling_samclip import DEFAULT_TEMPLATES
 
 SUBTASKS = ("semantic", "instance", "panoptic")
-INSTANCE_OPTIONS = ("points_per_side", "pred_iou_threshold", "stability_threshold", "nms_threshold", "mask_pooling")
+INSTANCE_OPTIONS = (
+    "points_per_side", "pred_iou_threshold", "stability_threshold", "nms_threshold", "mask_pooling", "label_source",
+)
 
 
 def _mask_image(region) -> Image.Image:
@@ -28,8 +30,9 @@ def _mask_image(region) -> Image.Image:
 class ZeroShotImageSegmentationPipeline(Pipeline):
     """Text-to-mask segmentation with a SAM-CLIP model. `subtask="semantic"` (default): one mask per class present
     from the CLIP head's dense features (SAM-refined with `refine=True`), background as the entry `"background"`;
-    `"instance"`: every object SAM's automatic masks find, labelled from ONE encoder pass (`instance_segmentation`);
-    `"panoptic"`: those instances made non-overlapping. Returns, like transformers' image-segmentation pipeline, a
+    `"instance"`: every object SAM's automatic masks find, labelled from ONE encoder pass (`instance_segmentation`;
+    `label_source="crops"` labels each mask's crop through the CLIP path instead); `"panoptic"`: those instances
+    made non-overlapping. Returns, like transformers' image-segmentation pipeline, a
     list of `{"score", "label", "mask"}` dicts with PIL "L" masks (0/255) at the original image size."""
 
     _load_processor = True

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import bench_gpu, run_all
 
-SCRIPTS = ("bench_inference", "bench_prompts", "bench_distillation")
+SCRIPTS = ("bench_inference", "bench_prompts", "bench_distillation", "bench_label_everything")
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +95,14 @@ def test_distillation_reports_both_stages_with_and_without_cache(suite):
     assert set(result["speedups"]) == {"stage1_teacher_cache", "stage1_trunk_cache", "stage2_teacher_cache"}
     assert all(value > 0 for value in result["speedups"].values())
     assert sum(result["stage1_breakdown_ms"].values()) == pytest.approx(steps["stage1_no_cache"]["median_ms"])
+
+
+def test_label_everything_compares_one_pass_with_the_cascade(suite):
+    result = suite[1]["results"]["bench_label_everything"]
+    assert result["masks"] == 16 and set(result["gflops"]) == {"cascade", "samclip"}
+    assert result["flops_ratio"] == pytest.approx(result["gflops"]["samclip"] / result["gflops"]["cascade"])
+    # Even at tiny sizes one encoder pass plus pooling is cheaper than an encoder pass plus 16 CLIP crops.
+    assert 0 < result["flops_ratio"] < 1 and result["cpu_time_ratio"] > 0
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given when there is no GPU")
