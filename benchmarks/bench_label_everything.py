@@ -16,6 +16,11 @@ their labels:
 Reports GFLOPs (torch's FlopCounterMode) and median process CPU time per image (cases interleaved in one process),
 and their SAM-CLIP / cascade ratios. Expected: SAM-CLIP ~0.35x the FLOPs and ~0.4x the CPU time of the cascade at 16
 masks (the ViT-L/14 crops dominate the cascade; the head's 3 global blocks over 4096 tokens are SAM-CLIP's extra).
+
+Second table, the mosaic world end to end (`--mosaics` test mosaics, mask finding included): the shipped mosaic
+model's `instance_segmentation` (one pass; and `label_source="crops"`) against the shipped teachers' cascade, per
+image interleaved. There the CLIP teacher is tiny and SAM's point-grid decoding dominates both, so the ratio is
+near 1 (issue 11's target there, <= 0.5x, is out of reach by construction; see the closing note).
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     parser = make_parser(__doc__, default_repeats=2)
     parser.add_argument("--masks", type=int, default=16, help="masks to label per image")
+    parser.add_argument("--mosaics", type=int, default=None, help="test mosaics timed end to end (default 20; 2 with --tiny)")
     args = parser.parse_args(argv)
     setup(args)
     started = time.perf_counter()
@@ -104,9 +110,44 @@ def main(argv: list[str] | None = None) -> dict:
          ["SAM-CLIP one pass", result["gflops"]["samclip"], result["cpu_seconds"]["samclip"],
           f"{result['flops_ratio']:.3f} / {result['cpu_time_ratio']:.3f}"]],
     )]
+    result["mosaic_world"] = mosaic_world(args.mosaics or (2 if args.tiny else 20), args.repeats)
+    world = result["mosaic_world"]
+    result["tables"].append(table(
+        f"Mosaic world end to end ({world['mosaics']} test mosaics of 128 px, mask finding included)",
+        ["method", "CPU s per image (median)", "ratio to cascade"],
+        [[name, world["cpu_seconds"][name], world["cpu_time_ratio"].get(name, 1.0)] for name in world["cpu_seconds"]],
+    ))
     print(render_tables(result["tables"]))
     write_result(NAME, args, argv, result, started)
     return result
+
+
+def mosaic_world(num_mosaics: int, repeats: int) -> dict:
+    """Per-image CPU time of label-everything on test mosaics: the shipped model (one pass, crops) and the shipped
+    teachers' cascade, interleaved (each round labels every mosaic with each method)."""
+    from transformers_samclip.evaluation.instance import cascade_instance_segmenter, samclip_instance_segmenter
+    from transformers_samclip.hub.export import SHIPPED_MOSAIC_MODEL_DIR, load_samclip
+    from transformers_samclip.mosaic import FASHION_MNIST_CLASSES, load_mosaic_teachers, make_mosaic_dataset
+
+    shipped, teachers = load_samclip(SHIPPED_MOSAIC_MODEL_DIR), load_mosaic_teachers()
+    images = [image.convert("RGB") for image in make_mosaic_dataset("test", num_mosaics, seed=0)["image"]]
+    classes = list(FASHION_MNIST_CLASSES)
+    segmenters = {
+        "SAM-CLIP one pass": samclip_instance_segmenter(shipped.model, shipped.processor, classes),
+        "SAM-CLIP crops": samclip_instance_segmenter(shipped.model, shipped.processor, classes, label_source="crops"),
+        "SAM+CLIP cascade": cascade_instance_segmenter(teachers["sam_model"], teachers["sam_processor"],
+                                                       teachers["clip_model"], teachers["clip_processor"], classes),
+    }
+    cases = {name: (lambda segment=segment: [segment([image]) for image in images]) for name, segment in segmenters.items()}
+    with torch.inference_mode():
+        cpu = time_interleaved(cases, repeats)["cpu"]
+    per_image = {name: [value / len(images) for value in values] for name, values in cpu.items()}
+    return {
+        "mosaics": len(images),
+        "cpu_seconds": {name: median(values) for name, values in per_image.items()},
+        "cpu_time_ratio": {name: paired_ratio(per_image, name, "SAM+CLIP cascade") for name in per_image
+                           if name != "SAM+CLIP cascade"},
+    }
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from .modeling_samclip import (
     SamClipSemanticSegmentationOutput,
     encode_class_names,
     grid_points,
+    mask_padding,
     select_generated_masks,
 )
 from .processing_samclip import SamClipImageProcessor, SamClipProcessor
@@ -29,6 +30,7 @@ __all__ = [
     "SamClipSemanticSegmentationOutput",
     "encode_class_names",
     "grid_points",
+    "mask_padding",
     "samclip_config_from_preset",
     "select_generated_masks",
 ]

@@ -125,6 +125,15 @@ def grid_points(points_per_side: int, height: float, width: float) -> torch.Tens
     return torch.stack(torch.meshgrid(steps * width, steps * height, indexing="xy"), dim=-1).reshape(-1, 2)
 
 
+def mask_padding(mask_logits: torch.Tensor, height: float, width: float, input_size: int) -> torch.Tensor:
+    """Low-resolution mask logits `(..., h, w)` with the part outside the unpadded `height` x `width` region of the
+    `input_size` square SAM input set to -1e4, so that masks lying in the padding count as empty."""
+    low_h, low_w = mask_logits.shape[-2:]
+    rows = torch.arange(low_h, device=mask_logits.device)[:, None] < round(height * low_h / input_size)
+    cols = torch.arange(low_w, device=mask_logits.device)[None, :] < round(width * low_w / input_size)
+    return mask_logits.masked_fill(~(rows & cols), -1e4)
+
+
 def select_generated_masks(
     mask_logits: torch.Tensor,
     iou_scores: torch.Tensor,
@@ -754,13 +763,14 @@ class SamClipModel(SamClipPreTrainedModel):
             raise ValueError(f"Instance segmentation runs on the {size}x{size} SAM path (the processor's 'sam' view); "
                              f"got {tuple(pixel_values.shape[-2:])}.")
         encoded = self.vision_encoder(pixel_values, compute_neck=True)
-        tokens = self.clip_head.dense_tokens(encoded.trunk_hidden_state)  # (batch, g, g, hidden)
-        class_embeds = class_embeds.to(tokens.dtype)
+        # The crops path reads the CLIP head on the crops, not on this pass's tokens.
+        tokens = self.clip_head.dense_tokens(encoded.trunk_hidden_state) if label_source == "dense" else None
+        class_embeds = class_embeds.to(encoded.last_hidden_state.dtype)
         output = SamClipInstanceSegmentationOutput(mask_logits=[], class_ids=[], scores=[], class_cosines=[],
                                                    iou_scores=[])
         for image_index in range(pixel_values.shape[0]):
             height, width = input_sizes[image_index] if input_sizes is not None else (size, size)
-            points = grid_points(points_per_side, float(height), float(width)).to(tokens.device, tokens.dtype)
+            points = grid_points(points_per_side, float(height), float(width)).to(class_embeds.device, class_embeds.dtype)
             embedding = encoded.last_hidden_state[image_index : image_index + 1]
             logits, ious = [], []
             for start in range(0, len(points), points_per_batch):
@@ -769,7 +779,7 @@ class SamClipModel(SamClipPreTrainedModel):
                                           multimask_output=True)
                 logits.append(masks[:, 0].flatten(0, 1))
                 ious.append(iou[:, 0].flatten())
-            logits, ious = torch.cat(logits), torch.cat(ious)
+            logits, ious = mask_padding(torch.cat(logits), height, width, size), torch.cat(ious)
             kept = select_generated_masks(logits, ious, pred_iou_threshold, stability_threshold, nms_threshold)
             logits, ious = logits[kept], ious[kept]
             if label_source == "crops":
@@ -901,5 +911,6 @@ __all__ = [
     "SamClipPreTrainedModel",
     "SamClipSemanticSegmentationOutput",
     "SamClipVisionEncoder",
+    "mask_padding",
     "select_generated_masks",
 ]

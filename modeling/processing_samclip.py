@@ -191,11 +191,14 @@ class SamClipProcessor(SamProcessor):
 
     def post_process_instance_segmentation(self, outputs, original_sizes, reshaped_input_sizes):
         """Per image, `{"masks": (M, height, width) bool, "class_ids": (M,), "scores": (M,)}` at the original size,
-        from a `SamClipInstanceSegmentationOutput` of the `"sam"` view (best score first, as the model returns)."""
+        from a `SamClipInstanceSegmentationOutput` of the `"sam"` view (best score first, as the model returns;
+        masks that vanish at the original size are left out)."""
         results = []
         for index, logits in enumerate(outputs.mask_logits):
             masks = self._masks_at_original_size(logits, original_sizes[index], reshaped_input_sizes[index])
-            results.append({"masks": masks, "class_ids": outputs.class_ids[index], "scores": outputs.scores[index]})
+            nonempty = masks.flatten(1).any(dim=1).to(outputs.scores[index].device)  # slivers can vanish on resize
+            results.append({"masks": masks[nonempty.cpu()], "class_ids": outputs.class_ids[index][nonempty],
+                            "scores": outputs.scores[index][nonempty]})
         return results
 
     def post_process_panoptic_segmentation(self, outputs, original_sizes, reshaped_input_sizes, overlap_threshold=0.5):

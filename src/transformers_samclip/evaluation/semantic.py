@@ -31,7 +31,7 @@ from ._common import iter_batches, model_device, rgb, sam_view, subset
 from .classification import class_text_embeddings, image_embeddings
 from .geometry import square_crop
 from .metrics import confusion_matrix, mean_iou, per_class_iou
-from ..modeling import grid_points, select_generated_masks
+from ..modeling import grid_points, mask_padding, select_generated_masks
 
 CosineMaps = Callable[[list], list]  # images -> one (num_classes, H, W) cosine tensor per image, original size
 Segmenter = Callable[[list], list]  # images -> one (H, W) label map per image (0 background, c + 1 class c)
@@ -279,14 +279,16 @@ def segment_everything(
         input_labels=torch.ones(grid.shape[:3], dtype=torch.long, device=device),
         multimask_output=True,
     )
-    logits, scores = outputs.pred_masks[0].flatten(0, 1), outputs.iou_scores[0].flatten()
+    logits = mask_padding(outputs.pred_masks[0].flatten(0, 1), new_h, new_w, encoding["pixel_values"].shape[-1])
+    scores = outputs.iou_scores[0].flatten()
     kept = select_generated_masks(logits, scores, pred_iou_threshold, stability_threshold, nms_threshold)
     if not len(kept):
         return torch.zeros((0, image.height, image.width), dtype=torch.bool), torch.zeros(0)
     (masks,) = sam_processor.post_process_masks(
         [logits[kept][None].cpu()], encoding["original_sizes"], encoding["reshaped_input_sizes"]
     )
-    return masks[0], scores[kept].cpu()
+    nonempty = masks[0].flatten(1).any(dim=1)  # a sliver can vanish when resized to the original size
+    return masks[0][nonempty], scores[kept].cpu()[nonempty]
 
 
 def cascade_instances(sam_model, sam_processor, clip_model, clip_processor, class_embeds, image, **options) -> dict:
