@@ -19,7 +19,7 @@ DATASET_ID = "zalando-datasets/fashion_mnist"
 DEFAULT_BASE_MODELS = ("transformers-samclip/mosaic-sam-teacher", "transformers-samclip/mosaic-clip-teacher")
 DEFAULT_TAGS = (
     "samclip", "sam", "clip", "knowledge-distillation", "zero-shot-image-classification", "mask-generation",
-    "image-segmentation", "zero-shot-semantic-segmentation", "custom_code",
+    "image-segmentation", "zero-shot-image-segmentation", "custom_code",
 )
 
 
