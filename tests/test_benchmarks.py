@@ -114,11 +114,25 @@ def test_gpu_script_exits_cleanly_without_cuda(tmp_path, capsys):
 
 
 def test_gpu_script_logic_runs_on_cpu(tmp_path):
-    result = bench_gpu.main(["--tiny", "--device", "cpu", "--output", str(tmp_path / "gpu.json")])
+    """Both batches of the headline groups in eager and compiled mode (aot_eager: dynamo's tracing without code
+    generation), then the eager-only groups."""
+    argv = ["--tiny", "--device", "cpu", "--compile-backend", "aot_eager", "--output", str(tmp_path / "gpu.json")]
+    result = bench_gpu.main(argv)
     assert result["skipped"] == [] and result["device"] == "cpu" and result["peak_bf16_tflops"] is None
-    assert {"samclip_sam_64", "stage1_teacher_cache", "stage2_no_cache"} <= set(result["cases"])
+    expected = {f"{case}/b{batch}/{mode}" for case in ("samclip_clip_32", "clip_teacher_image_32", "samclip_sam_64",
+                                                       "sam_teacher_64") for batch in (2, 3) for mode in ("eager", "compiled")}
+    expected |= {"stage1_teacher_cache/b4/eager", "stage2_no_cache/b5/eager", "samclip_text/b2/eager"}
+    assert expected <= set(result["cases"])
     for case in result["cases"].values():
         assert case["gflops_per_call"] > 0 and case["items_per_s"] > 0 and case["mfu"] is None
+    # FLOPs are counted per item and scale with the batch; a mode changes the time, never the count.
+    cases = result["cases"]
+    assert cases["samclip_sam_64/b3/compiled"]["gflops_per_call"] == pytest.approx(cases["samclip_sam_64/b2/eager"]["gflops_per_call"] * 1.5)
+    assert {"clip_path/b2/eager", "clip_path/b2/compiled", "sam_path/b3/compiled", "teacher_cache_stage1/eager",
+            "samclip_clip_32/b2/compiled_vs_eager"} <= set(result["ratios"])
+    assert all(value > 0 for value in result["ratios"].values())
+    quick = bench_gpu.main([*argv[:-1], str(tmp_path / "quick.json"), "--quick", "--modes", "eager"])
+    assert {case["case"] for case in quick["cases"].values()} == {"samclip_clip_32", "clip_teacher_image_32", "samclip_sam_64", "sam_teacher_64"}
     assert bench_gpu.peak_tflops("NVIDIA H100 80GB HBM3") == 989.4
     assert bench_gpu.peak_tflops("NVIDIA H100 PCIe") == 756.5
     assert bench_gpu.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
