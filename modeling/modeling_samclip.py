@@ -583,14 +583,6 @@ class SamClipModel(SamClipPreTrainedModel):
                     f"input_labels shape {tuple(input_labels.shape)} does not match input_points "
                     f"{tuple(input_points.shape[:-1])}."
                 )
-            real = input_labels != POINT_PAD_LABEL if input_labels is not None else torch.ones_like(input_points[..., 0], dtype=torch.bool)
-            coords = input_points[real]
-            if coords.numel() and (coords.min() < 0 or coords.max() > size):
-                raise ValueError(
-                    f"Point coordinates must lie inside the {size}x{size} model input (got values in "
-                    f"[{coords.min().item():.1f}, {coords.max().item():.1f}]); pass prompts in original image "
-                    "coordinates through SamClipProcessor, which rescales them."
-                )
         if input_boxes is not None:
             if input_boxes.ndim != 3 or input_boxes.shape[-1] != 4:
                 raise ValueError(f"input_boxes must have shape (batch, boxes, 4); got {tuple(input_boxes.shape)}.")
@@ -598,13 +590,6 @@ class SamClipModel(SamClipPreTrainedModel):
                 raise ValueError(
                     f"input_boxes are for {input_boxes.shape[0]} images but {batch_size} images were given."
                 )
-            if input_boxes.numel() and (input_boxes.min() < 0 or input_boxes.max() > size):
-                raise ValueError(
-                    f"Box coordinates must lie inside the {size}x{size} model input; pass boxes in original image "
-                    "coordinates through SamClipProcessor, which rescales them."
-                )
-            if (input_boxes[..., 2] < input_boxes[..., 0]).any() or (input_boxes[..., 3] < input_boxes[..., 1]).any():
-                raise ValueError("Boxes must be (x0, y0, x1, y1) with x1 >= x0 and y1 >= y0.")
             if input_points is not None and input_points.shape[1] != input_boxes.shape[1]:
                 raise ValueError(
                     f"Got {input_points.shape[1]} point prompts and {input_boxes.shape[1]} boxes per image; give "
@@ -619,6 +604,32 @@ class SamClipModel(SamClipPreTrainedModel):
                 )
             if input_masks.shape[0] != batch_size:
                 raise ValueError(f"input_masks are for {input_masks.shape[0]} images but {batch_size} were given.")
+        # The value checks read the prompts back from the device: one synchronisation for all of them, and none
+        # while torch.compile traces (a branch on tensor values would break the graph).
+        if torch.compiler.is_compiling():
+            return
+        checks = {}
+        if input_points is not None:
+            real = input_labels != POINT_PAD_LABEL if input_labels is not None else torch.ones_like(input_points[..., 0], dtype=torch.bool)
+            checks["points"] = (((input_points < 0) | (input_points > size)).any(-1) & real).any()
+        if input_boxes is not None:
+            checks["boxes"] = ((input_boxes < 0) | (input_boxes > size)).any()
+            checks["box_order"] = (input_boxes[..., 2:] < input_boxes[..., :2]).any()
+        failed = dict(zip(checks, torch.stack(list(checks.values())).tolist())) if checks else {}
+        if failed.get("points"):
+            coords = input_points[real]
+            raise ValueError(
+                f"Point coordinates must lie inside the {size}x{size} model input (got values in "
+                f"[{coords.min().item():.1f}, {coords.max().item():.1f}]); pass prompts in original image "
+                "coordinates through SamClipProcessor, which rescales them."
+            )
+        if failed.get("boxes"):
+            raise ValueError(
+                f"Box coordinates must lie inside the {size}x{size} model input; pass boxes in original image "
+                "coordinates through SamClipProcessor, which rescales them."
+            )
+        if failed.get("box_order"):
+            raise ValueError("Boxes must be (x0, y0, x1, y1) with x1 >= x0 and y1 >= y0.")
 
     def segment(
         self,

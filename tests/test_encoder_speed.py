@@ -92,3 +92,20 @@ def test_compiled_encoder_and_head_have_no_graph_breaks_and_match_eager(sdpa_mer
     for got, expected in zip(compiled, eager):
         assert got.shape == expected.shape
         assert (got - expected).abs().max().item() <= 1e-4, (got - expected).abs().max().item()
+
+
+def test_prompted_forward_traces_as_one_graph(sdpa_merged):
+    """The whole SAM-path forward with point and box prompts (encoder, prompt checks, decoder) and the CLIP path with
+    text: one graph each, so neither compiled nor eager GPU runs wait on the host mid-forward."""
+    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    points, labels = torch.full((2, 1, 1, 2), 32.0), torch.ones(2, 1, 1, dtype=torch.int)
+    boxes = torch.tensor([[[1.0, 2.0, 30.0, 40.0]], [[10.0, 10.0, 60.0, 50.0]]])
+    input_ids = torch.tensor([[0, 5, 6, 1], [0, 7, 1, 1]])
+    calls = {
+        "sam_path": lambda: sdpa_merged(pixel_values=pixels, input_points=points, input_labels=labels, input_boxes=boxes),
+        "clip_path": lambda: sdpa_merged(pixel_values=pixels[..., :32, :32], input_ids=input_ids),
+    }
+    with torch.no_grad():
+        for name, call in calls.items():
+            explained = torch._dynamo.explain(call)()
+            assert (explained.graph_count, explained.graph_break_count) == (1, 0), (name, explained.break_reasons)
