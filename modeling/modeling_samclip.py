@@ -223,8 +223,8 @@ def _rel_pos_table(rel_pos: torch.Tensor, q_size: int, k_size: int) -> torch.Ten
 
 def _rel_pos_sdpa(attention: SamVisionSdpaAttention, hidden_states: torch.Tensor, tables) -> torch.Tensor:
     """`SamVisionSdpaAttention.forward` (same operations, so the same values) on precomputed relative-position
-    tables `(table_h, table_w)` (or None): the decomposed bias is two einsums and one broadcast add written in
-    SDPA's `(batch, heads, tokens, tokens)` layout, an additive mask its fused kernels take."""
+    tables `(table_h, table_w)` (or None): the decomposed bias is two einsums and one broadcast add written
+    directly in SDPA's `(batch, heads, tokens, tokens)` layout, an additive mask its fused kernels take."""
     batch_size, height, width, _ = hidden_states.shape
     heads, tokens = attention.num_attention_heads, height * width
     qkv = attention.qkv(hidden_states).reshape(batch_size, tokens, 3, heads, -1).permute(2, 0, 3, 1, 4)
@@ -233,9 +233,12 @@ def _rel_pos_sdpa(attention: SamVisionSdpaAttention, hidden_states: torch.Tensor
     if tables is not None:
         table_h, table_w = tables
         grid_query = query.reshape(batch_size * heads, height, width, -1)
-        rel_h = torch.einsum("bhwc,hkc->bhwk", grid_query, table_h)
-        rel_w = torch.einsum("bhwc,wkc->bhwk", grid_query, table_w)
-        bias = (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).reshape(batch_size, heads, tokens, tokens)
+        # einsum returns permuted views, and a broadcast add of permuted inputs allocates a permuted output that
+        # the reshape must then copy whole (tokens^2 per head: SAM's largest copy at 1024 px). Made contiguous
+        # first (tokens x grid), the add writes the bias once, in SDPA's layout.
+        rel_h = torch.einsum("bhwc,hkc->bhwk", grid_query, table_h).contiguous()
+        rel_w = torch.einsum("bhwc,wkc->bhwk", grid_query, table_w).contiguous()
+        bias = (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).view(batch_size, heads, tokens, tokens)
     query, key, value = (x.view(batch_size, heads, tokens, -1) for x in (query, key, value))
     output = F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
     output = output.view(batch_size, heads, height, width, -1).permute(0, 2, 3, 1, 4).reshape(batch_size, height, width, -1)
