@@ -1,8 +1,11 @@
 """The encoder's per-call work removed (issue 14): the same values as SAM's own layers to the bit, caches that
 follow the parameters, and a torch.compile'd encoder and head without graph breaks."""
 
+import math
+
 import pytest
 import torch
+from torch.profiler import ProfilerActivity, profile
 from conftest import make_tiny_teachers
 from transformers.models.sam.modeling_sam import SamVisionLayer
 
@@ -50,6 +53,24 @@ def test_sam_path_equals_sam_model_to_the_bit(sdpa_teachers, sdpa_merged):
         expected = sam.get_image_embeddings(pixels)
         assert torch.equal(sdpa_merged.get_image_embeddings(pixels), expected)
         assert torch.equal(sdpa_merged.get_image_embeddings(pixels), expected)  # from the caches
+
+
+def test_attention_bias_is_written_once_in_sdpas_layout(sdpa_merged):
+    """SAM's layer copies the whole (batch, heads, tokens, tokens) bias once more after building it; this one not."""
+    layer = sdpa_merged.clip_head.layers[0]  # global attention: 64 tokens of a 8x8 grid, 4 heads
+    tokens = torch.randn(2, 8, 8, 32)
+    bias_size = 2 * layer.attn.num_attention_heads * 64 * 64
+
+    def bias_copies(forward) -> int:
+        with torch.no_grad(), profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            forward(tokens)
+        return sum(
+            1 for e in prof.events()
+            if e.name == "aten::copy_" and e.input_shapes and math.prod(e.input_shapes[0]) >= bias_size
+        )
+
+    assert bias_copies(lambda x: SamVisionLayer.forward(layer, x)) == 1
+    assert bias_copies(layer) == 0
 
 
 def test_rel_pos_cache_follows_the_parameters(sdpa_merged):
