@@ -4,11 +4,12 @@ CPU time, for SAM-CLIP's CLIP path at 224 px and SAM path at 1024 px next to CLI
 
 Command::
 
-    python -m benchmarks.profile_encoder --threads 1 --repeats 3 [--baseline benchmarks/results/profile_encoder-before.json]
+    python -m benchmarks.profile_encoder --threads 1 --repeats 2 --baseline-rev 6f27cf5
 
 Run time: ~6 min wall here (2 shared Xeon cores; the two 1024 px encoders take ~16 s of CPU per call); `--tiny`
-(CI) takes ~5 s. `--baseline` adds the columns of an earlier run (the same command on an earlier commit) to the
-tables. Writes benchmarks/results/profile_encoder.json.
+(CI) takes ~5 s. `--baseline-rev REV` adds SAM-CLIP as `modeling/` was at git revision REV (imported from
+`git archive`, given the same weights) to the same interleaved rounds: before/after ratios from one run, and the
+largest output difference between the two. Writes benchmarks/results/profile_encoder.json.
 
 What is counted: `dispatched ops`, aten ops called from Python (eager mode pays its per-op host overhead on each;
 on a GPU it is what runs ahead of the kernels), and `kernel ops`, aten ops that call no other and compute something
@@ -22,8 +23,13 @@ benchmarks/results/profile_encoder.json.
 
 from __future__ import annotations
 
-import json
+import importlib.util
+import io
+import re
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -48,22 +54,36 @@ from .common import (
 NAME = "profile_encoder"
 
 
-def make_encoder_cases(sam, clip, model, sam_size: int, clip_size: int, batch: int = 1, device: str = "cpu") -> dict:
+def make_encoder_cases(sam, clip, model, clip_pixels: torch.Tensor, sam_pixels: torch.Tensor) -> dict:
     """Name -> zero-argument call of each image encoder at its task's size."""
-    clip_pixels = torch.randn(batch, 3, clip_size, clip_size, device=device)
-    sam_pixels = torch.randn(batch, 3, sam_size, sam_size, device=device)
+    clip_size, sam_size = clip_pixels.shape[-1], sam_pixels.shape[-1]
     return {
-        f"clip_vit_l14_{clip_size}": lambda: clip.get_image_features(pixel_values=clip_pixels),
-        f"samclip_clip_{clip_size}": lambda: model.get_image_features(clip_pixels),
+        f"clip_vit_l14_{clip_size}": lambda: clip.get_image_features(pixel_values=clip_pixels).pooler_output,
+        f"samclip_clip_{clip_size}": lambda: model.get_image_features(clip_pixels).pooler_output,
         f"sam_vit_b_{sam_size}": lambda: sam.get_image_embeddings(sam_pixels),
         f"samclip_sam_{sam_size}": lambda: model.get_image_embeddings(sam_pixels),
     }
 
 
+def load_model_class_at(rev: str, work_dir: Path):
+    """`SamClipModel` of this repository's `modeling/` at git revision `rev`, imported as a package of its own."""
+    repo = Path(__file__).resolve().parents[1]
+    archive = subprocess.run(["git", "-C", str(repo), "archive", rev, "modeling"], capture_output=True, check=True).stdout
+    tarfile.open(fileobj=io.BytesIO(archive)).extractall(work_dir, filter="data")
+    package = "samclip_modeling_" + re.sub(r"\W", "_", rev)
+    spec = importlib.util.spec_from_file_location(
+        package, work_dir / "modeling" / "__init__.py", submodule_search_locations=[str(work_dir / "modeling")]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[package] = module
+    spec.loader.exec_module(module)
+    return module.SamClipModel
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     parser = make_parser(__doc__)
-    parser.add_argument("--baseline", type=Path, default=None, help="JSON of an earlier run, shown beside this one")
+    parser.add_argument("--baseline-rev", default=None, help="git revision whose modeling/ is timed beside this one")
     args = parser.parse_args(argv)
     setup(args)
     started = time.perf_counter()
@@ -72,37 +92,40 @@ def main(argv: list[str] | None = None) -> dict:
     clip = build_clip_teacher(args.tiny)
     model = SamClipModel.from_teachers(sam, clip)
     sam_size, clip_size = model.config.image_size, model.config.head_config.image_size
-    cases = make_encoder_cases(sam, clip, model, sam_size, clip_size)
+    pixels = (torch.randn(1, 3, clip_size, clip_size), torch.randn(1, 3, sam_size, sam_size))
+    cases = make_encoder_cases(sam, clip, model, *pixels)
     names = list(cases)
     pairs = {"clip_path": (names[1], names[0]), "sam_path": (names[3], names[2])}
+    rev = args.baseline_rev
+    if rev:
+        with tempfile.TemporaryDirectory() as work_dir:
+            before = load_model_class_at(rev, Path(work_dir)).from_teachers(sam, clip)
+        before.load_state_dict(model.state_dict())  # the same weights (the CLIP head's projector is random)
+        before_cases = make_encoder_cases(sam, clip, before, *pixels)
+        for path, (name, teacher) in list(pairs.items()):
+            cases[f"{name}@{rev}"] = before_cases[name]
+            pairs[f"{path}@{rev}"] = (f"{name}@{rev}", teacher)
+            pairs[f"{name} now/{rev}"] = (name, f"{name}@{rev}")
 
-    profiles = {}
+    profiles, outputs = {}, {}
     with torch.no_grad():
         for name, fn in cases.items():
-            fn()  # the untimed first call (SAM-CLIP fills its caches here)
+            outputs[name] = fn()  # the untimed first call (SAM-CLIP fills its caches here)
             profiles[name] = profile_call(fn)
         times = time_interleaved(cases, args.repeats, warmup=0)["cpu"]
+    baseline_diff = {name: (outputs[name] - outputs[f"{name}@{rev}"]).abs().max().item() for name in names if f"{name}@{rev}" in cases}
     results = {
         name: {**profiles[name], "cpu_median_ms": median(times[name]) * 1e3, "cpu_times_ms": [t * 1e3 for t in times[name]]}
-        for name in names
+        for name in cases
     }
     ratios = {path: paired_ratio(times, *pair) for path, pair in pairs.items()}
 
-    before = json.loads(args.baseline.read_text()) if args.baseline else None
     headers = ["case", "dispatched ops", "kernel ops", "CPU ms"]
     rows = [[n, r["dispatched_ops"], r["kernel_ops"], r["cpu_median_ms"]] for n, r in results.items()]
-    ratio_headers, ratio_rows = ["path", "CPU time ratio"], [[f"{path}: {a} / {b}", ratios[path]] for path, (a, b) in pairs.items()]
-    if before:
-        headers += ["dispatched ops before", "kernel ops before", "CPU ms before"]
-        for row in rows:
-            old = before["cases"][row[0]]
-            row += [old["dispatched_ops"], old["kernel_ops"], old["cpu_median_ms"]]
-        ratio_headers.append("before")
-        for row, path in zip(ratio_rows, pairs):
-            row.append(before["ratios"][path])
+    ratio_rows = [[f"{path}: {a} / {b}", ratios[path]] for path, (a, b) in pairs.items()]
     tables = [
         table(f"Ops and CPU time per forward (batch 1, {args.threads} thread(s), median of {args.repeats})", headers, rows),
-        table("SAM-CLIP / teacher, CPU time (median of per-round ratios)", ratio_headers, ratio_rows),
+        table("CPU time ratios (medians of per-round ratios)", ["pair", "ratio"], ratio_rows),
     ]
     tables += [
         table(f"Top ops of {name} by self CPU time (one profiled call)", ["op", "calls", "self ms"],
@@ -110,7 +133,15 @@ def main(argv: list[str] | None = None) -> dict:
         for name, r in results.items()
     ]
     print(render_tables(tables))
-    result = {"cases": results, "ratios": ratios, "baseline": str(args.baseline) if before else None, "tables": tables}
+    if baseline_diff:
+        print(f"\nlargest output difference from {args.baseline_rev}: {baseline_diff}")
+    result = {
+        "cases": results,
+        "ratios": ratios,
+        "baseline_rev": args.baseline_rev,
+        "max_abs_diff_vs_baseline": baseline_diff,
+        "tables": tables,
+    }
     write_result(NAME, args, argv, result, started)
     return result
 
