@@ -22,7 +22,8 @@ at 336/448 px, the text towers, both tasks, and stage 2. Modes (`--modes`): eage
 (`torch.compile(dynamic=False)`, default mode), cudagraphs (`mode="reduce-overhead"`, opt-in). `--quick`: the first
 batch of the two headline groups only, 5 rounds. MFU = counted FLOPs per call (FlopCounterMode, eager fp32 pass at
 batch 1, times the batch; forward, plus backward and checkpointing's recompute for training steps) x calls/s / peak
-dense bf16 FLOP/s of the detected GPU (table below; `--peak-tflops` for others).
+dense bf16 FLOP/s of the detected GPU (table below; `--peak-tflops` for others). Each headline group also profiles one
+eager forward per case at its first batch: aten ops dispatched, CUDA kernels launched and GPU-busy time.
 
 Measured (2026-11-26, one H100 80GB HBM3, previous version: eager, batch 16, `--repeats 10 --threads 2`, host's
 other cores busy; benchmarks/results/bench_gpu.json): MFU 1-12%. SamModel ViT-B at 1024 px 46.1 img/s, SAM-CLIP's
@@ -53,6 +54,7 @@ from .common import (
     make_parser,
     median,
     paired_ratio,
+    profile_call,
     render_tables,
     setup,
     table,
@@ -170,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
         groups.append(("both_tasks", sam_batches[0], [*pair["both_tasks"], f"both_tasks_samclip_one_pass_{sam_size}"], ["eager"]))
         groups.append(("teacher_cache_stage2", None, pair["teacher_cache_stage2"], ["eager"]))
 
-    results, ratios, skipped = {}, {}, []
+    results, ratios, profiles, skipped = {}, {}, {}, []
     for group, batch, case_names, modes in groups:
         label = f"{group}" + (f"/b{batch}" if batch else "")
         if time.perf_counter() - started > budget:
@@ -210,6 +212,13 @@ def main(argv: list[str] | None = None) -> dict:
         for name in fns:
             for mode in modes[1:]:
                 ratios[f"{name}/b{items[name]}/{mode}_vs_eager"] = paired_ratio(times, f"{name}/eager", f"{name}/{mode}")
+        if group in ("clip_path", "sam_path") and group not in profiles:
+            # Per-forward ops, kernels and GPU-busy time, eager, at the group's first batch (the GPU profile of
+            # benchmarks/profile_encoder's CPU table).
+            with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
+                profiles[group] = {name: profile_call(fn, cuda=device.type == "cuda") for name, fn in fns.items()}
+                for profiled in profiles[group].values():
+                    profiled["batch"] = batch
         del fns, timed
 
     tables = [
@@ -225,6 +234,15 @@ def main(argv: list[str] | None = None) -> dict:
             [[name, value] for name, value in ratios.items()],
         ),
     ]
+    tables += [
+        table(
+            f"{group}: one eager forward at batch {next(iter(cases.values()))['batch']}, profiled",
+            ["case", "dispatched ops", "kernel ops", "CUDA kernels", "GPU busy ms", "top op by self CPU time"],
+            [[name, p["dispatched_ops"], p["kernel_ops"], p.get("cuda_kernels"), p.get("cuda_ms"), p["top"][0]["op"]]
+             for name, p in cases.items()],
+        )
+        for group, cases in profiles.items()
+    ]
     print(render_tables(tables))
     if skipped:
         print(f"\nskipped (over the {budget:.0f} s budget): {', '.join(skipped)}")
@@ -239,6 +257,7 @@ def main(argv: list[str] | None = None) -> dict:
         "quick": args.quick,
         "cases": results,
         "ratios": ratios,
+        "profiles": profiles,
         "skipped": skipped,
         "tables": tables,
     }

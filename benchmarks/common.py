@@ -235,17 +235,27 @@ def write_result(name: str, args: argparse.Namespace, argv: list[str], result: d
     return path
 
 
-def profile_call(fn: Callable[[], object], count: int = 8) -> dict:
-    """One profiled call of `fn`: how many aten ops it dispatches and the `count` ops with the most self CPU time.
+def profile_call(fn: Callable[[], object], count: int = 8, cuda: bool = False) -> dict:
+    """One profiled call of `fn`: how many aten ops it dispatches and the `count` ops with the most self CPU time;
+    with `cuda`, also the CUDA kernels and memory copies it ran (`cuda_kernels`) and their total time.
 
     `dispatched_ops`: aten ops called from outside any other aten op (the per-op overhead eager mode pays on the
     host); `kernel_ops`: aten ops that compute something themselves, i.e. neither views nor calls that return their
     input, and call no other op that does (about the kernels a GPU launches)."""
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]) as prof:
         fn()
-    aten = [e for e in prof.events() if e.name.startswith("aten::")]
+        if cuda:
+            torch.cuda.synchronize()
+    events = prof.events()
+    aten = [e for e in events if e.name.startswith("aten::")]
     top = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:count]
+    if cuda:
+        device_events = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+        gpu = {"cuda_kernels": len(device_events), "cuda_ms": sum(e.device_time_total for e in device_events) / 1e3}
+    else:
+        gpu = {}
     return {
+        **gpu,
         "dispatched_ops": sum(1 for e in aten if not _has_aten_ancestor(e)),
         "kernel_ops": sum(1 for e in aten if _is_kernel_op(e)),
         "top": [{"op": e.key, "calls": e.count, "self_ms": e.self_cpu_time_total / 1e3} for e in top],
