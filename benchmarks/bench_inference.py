@@ -15,12 +15,14 @@ tower (77 tokens); SAM-CLIP's SAM path at 1024 px, CLIP path at 224/336/448 px a
 one image: the two teachers, SAM-CLIP in two passes (1024 + 224) and SAM-CLIP in one 1024 px pass with both
 heads. SAM-CLIP is merged from the same SAM teacher, so its SAM path must give identical masks.
 
-Expected (measured here): SAM-CLIP has 0.47x the parameters of SAM ViT-B + CLIP ViT-L/14 and 0.30x on the image
-side; its CLIP path at 224 px costs 0.27x the FLOPs and ~0.32x the latency of the ViT-L/14 image tower; its SAM
-path has the same FLOPs and ops as SamModel, max abs difference 0 in `pred_masks`, and a latency ratio of ~1.0
-that this shared machine resolves only to about +-10% (0.91 and 1.07 in two runs). Both tasks on one image: two
-SAM-CLIP passes (1024 + 224) ~0.87x the teachers' time; one 1024 px pass with both heads ~1.27x, since the CLIP
-head then runs 3 global-attention blocks over 4096 tokens (+288 GFLOPs, against +44 for a 224 px pass).
+Expected (measured here, 2026-11-29, after issue 14's encoder changes; earlier values in brackets): SAM-CLIP has
+0.47x the parameters of SAM ViT-B + CLIP ViT-L/14 and 0.30x on the image side; its CLIP path at 224 px costs 0.27x
+the FLOPs and 0.28x (0.32x) the latency of the ViT-L/14 image tower; its SAM path has the same FLOPs as SamModel,
+max abs difference 0 in `pred_masks`, a latency ratio of 0.89 (0.91 and 1.07 in two runs; this shared machine
+resolves it to about +-10%) and 0.55x SamModel's peak memory (1.0x), since SamModel copies each attention bias once
+more. Both tasks on one image: two SAM-CLIP passes (1024 + 224) ~0.86x the teachers' time; one 1024 px pass with both
+heads ~1.15x (1.27x), since the CLIP head then runs 3 global-attention blocks over 4096 tokens (+288 GFLOPs, against
++44 for a 224 px pass).
 """
 
 from __future__ import annotations

@@ -235,9 +235,59 @@ def write_result(name: str, args: argparse.Namespace, argv: list[str], result: d
     return path
 
 
+def profile_call(fn: Callable[[], object], count: int = 8, cuda: bool = False) -> dict:
+    """One profiled call of `fn`: how many aten ops it dispatches and the `count` ops with the most self CPU time;
+    with `cuda`, also the CUDA kernels and memory copies it ran (`cuda_kernels`) and their total time.
+
+    `dispatched_ops`: aten ops called from outside any other aten op (the per-op overhead eager mode pays on the
+    host); `kernel_ops`: aten ops that compute something themselves, i.e. neither views nor calls that return their
+    input, and call no other op that does (about the kernels a GPU launches)."""
+    with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]) as prof:
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+    events = prof.events()
+    aten = [e for e in events if e.name.startswith("aten::")]
+    top = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:count]
+    if cuda:
+        device_events = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+        gpu = {"cuda_kernels": len(device_events), "cuda_ms": sum(e.device_time_total for e in device_events) / 1e3}
+    else:
+        gpu = {}
+    return {
+        **gpu,
+        "dispatched_ops": sum(1 for e in aten if not _has_aten_ancestor(e)),
+        "kernel_ops": sum(1 for e in aten if _is_kernel_op(e)),
+        "top": [{"op": e.key, "calls": e.count, "self_ms": e.self_cpu_time_total / 1e3} for e in top],
+    }
+
+
+# Leaf ops that launch no kernel: views, allocation without initialisation, and calls that return their input.
+_NO_KERNEL_OPS = {
+    "view", "_unsafe_view", "_reshape_alias", "as_strided", "t", "transpose", "permute", "expand", "unsqueeze",
+    "squeeze", "select", "slice", "unbind", "split", "split_with_sizes", "narrow", "chunk", "unflatten", "detach",
+    "alias", "lift_fresh", "resolve_conj", "resolve_neg", "empty", "empty_strided", "contiguous", "to", "reshape",
+    "flatten", "view_as", "expand_as", "dropout",
+}
+
+
+def _is_kernel_op(event) -> bool:
+    return event.name.removeprefix("aten::") not in _NO_KERNEL_OPS and not _kernel_below(event)
+
+
+def _kernel_below(event) -> bool:
+    return any(_is_kernel_op(c) or _kernel_below(c) for c in event.cpu_children if c.name.startswith("aten::"))
+
+
+def _has_aten_ancestor(event) -> bool:
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name.startswith("aten::"):
+            return True
+        parent = parent.cpu_parent
+    return False
+
+
 def top_ops(fn: Callable[[], object], count: int = 8) -> list[dict]:
     """The `count` ops with the most self CPU time in one profiled call (evidence for a missed target)."""
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        fn()
-    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:count]
-    return [{"op": e.key, "calls": e.count, "self_ms": e.self_cpu_time_total / 1e3} for e in ops]
+    return profile_call(fn, count)["top"]

@@ -25,6 +25,7 @@ from transformers.models.sam.modeling_sam import (
     SamVisionAttention,
     SamVisionEncoder,
     SamVisionLayer,
+    SamVisionSdpaAttention,
 )
 from transformers.utils import ModelOutput
 from transformers.utils.generic import merge_with_config_defaults
@@ -198,32 +199,129 @@ def encode_class_names(model, class_names, tokenizer, templates=DEFAULT_TEMPLATE
     return F.normalize(embeds, dim=-1)
 
 
+def _cached(cache: dict, key, params: tuple[torch.Tensor, ...], compute):
+    """`compute()`, a value derived from `params` alone, kept in `cache[key]` while the parameters keep their values
+    (an optimizer step, `load_state_dict` or `.to()` changes their version, storage or dtype). Not kept when autograd
+    must see it (trainable parameters with grad enabled) nor while torch.compile traces (the graph fuses it)."""
+    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
+        return compute()
+    # Inference-mode tensors cannot enter autograd later, so they are kept apart from the others.
+    stamp = (torch.is_inference_mode_enabled(), *((p._version, p.data_ptr(), p.device, p.dtype) for p in params))
+    hit = cache.get(key)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    value = compute()
+    cache[key] = (stamp, value)
+    return value
+
+
+def _rel_pos_table(rel_pos: torch.Tensor, q_size: int, k_size: int) -> torch.Tensor:
+    """`SamVisionAttention.get_rel_pos` with the same values, without its per-call host work: SAM builds the
+    gather index on the CPU (on a GPU, a copy and a stream synchronisation in every layer) and interpolates even
+    to the size the table already has (a no-op in value)."""
+    max_rel_dist = 2 * max(q_size, k_size) - 1
+    if rel_pos.shape[0] != max_rel_dist:
+        rel_pos = F.interpolate(
+            rel_pos.reshape(1, rel_pos.shape[0], -1).transpose(1, 2), size=max_rel_dist, mode="linear"
+        ).reshape(-1, max_rel_dist).permute(1, 0)
+    q_coords = torch.arange(q_size, device=rel_pos.device)[:, None] * max(k_size / q_size, 1.0)
+    k_coords = torch.arange(k_size, device=rel_pos.device)[None, :] * max(q_size / k_size, 1.0)
+    relative_coords = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
+    return rel_pos[relative_coords.long()]
+
+
+def _rel_pos_sdpa(attention: SamVisionSdpaAttention, hidden_states: torch.Tensor, tables) -> torch.Tensor:
+    """`SamVisionSdpaAttention.forward` (same operations, so the same values) on precomputed relative-position
+    tables `(table_h, table_w)` (or None): the decomposed bias is two einsums and one broadcast add written
+    directly in SDPA's `(batch, heads, tokens, tokens)` layout, an additive mask its fused kernels take."""
+    batch_size, height, width, _ = hidden_states.shape
+    heads, tokens = attention.num_attention_heads, height * width
+    qkv = attention.qkv(hidden_states).reshape(batch_size, tokens, 3, heads, -1).permute(2, 0, 3, 1, 4)
+    query, key, value = qkv.reshape(3, batch_size * heads, tokens, -1).unbind(0)
+    bias = None
+    if tables is not None:
+        table_h, table_w = tables
+        grid_query = query.reshape(batch_size * heads, height, width, -1)
+        # einsum returns permuted views, and a broadcast add of permuted inputs allocates a permuted output that
+        # the reshape must then copy whole (tokens^2 per head: SAM's largest copy at 1024 px). Made contiguous
+        # first (tokens x grid), the add writes the bias once, in SDPA's layout.
+        rel_h = torch.einsum("bhwc,hkc->bhwk", grid_query, table_h).contiguous()
+        rel_w = torch.einsum("bhwc,wkc->bhwk", grid_query, table_w).contiguous()
+        bias = (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).view(batch_size, heads, tokens, tokens)
+    query, key, value = (x.view(batch_size, heads, tokens, -1) for x in (query, key, value))
+    output = F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
+    output = output.view(batch_size, heads, height, width, -1).permute(0, 2, 3, 1, 4).reshape(batch_size, height, width, -1)
+    return attention.proj(output)
+
+
+class SamClipVisionLayer(SamVisionLayer):
+    """SAM's encoder layer (same parameters and names) without per-call work on the SDPA path: relative-position
+    tables cached per token grid and parameter version, no window partition when the grid is exactly one window.
+    With eager attention (attention maps) it runs SAM's own forward."""
+
+    def __init__(self, config, window_size: int):
+        super().__init__(config, window_size)
+        self._rel_pos_cache = {}
+
+    def rel_pos_tables(self, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The attention's relative-position tables for a `height x width` token grid, as SAM gathers them."""
+        attention = self.attn
+        if not attention.use_rel_pos:
+            return None
+        return _cached(
+            self._rel_pos_cache,
+            (height, width),
+            (attention.rel_pos_h, attention.rel_pos_w),
+            lambda: (_rel_pos_table(attention.rel_pos_h, height, height), _rel_pos_table(attention.rel_pos_w, width, width)),
+        )
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if not isinstance(self.attn, SamVisionSdpaAttention):
+            return super().forward(hidden_states)
+        residual = hidden_states
+        hidden_states = self.layer_norm1(hidden_states)
+        height, width = hidden_states.shape[1:3]
+        # A grid that is exactly one window is its own partition; partitioning would only copy it twice.
+        windowed = self.window_size > 0 and (height, width) != (self.window_size, self.window_size)
+        if windowed:
+            hidden_states, padding_shape = self.window_partition(hidden_states, self.window_size)
+        tables = self.rel_pos_tables(*hidden_states.shape[1:3])
+        hidden_states = _rel_pos_sdpa(self.attn, hidden_states, tables)
+        if windowed:
+            hidden_states = self.window_unpartition(hidden_states, self.window_size, padding_shape, (height, width))
+        hidden_states = residual + hidden_states
+        return hidden_states + self.mlp(self.layer_norm2(hidden_states))
+
+
 class SamClipVisionEncoder(SamVisionEncoder):
     """SAM's ViT-Det encoder, run at any input size that is a multiple of the patch size (bicubic-interpolated
     absolute position embedding; windowed layers pad to the window, global layers interpolate their relative
-    position tables as in SAM). Same parameters and names as `SamVisionEncoder`, so SAM weights load as is."""
+    position tables as in SAM). Same parameters and names as `SamVisionEncoder`, so SAM weights load as is; its
+    layers are `SamClipVisionLayer`s, which keep the resized tables between calls."""
 
     def __init__(self, config):
         super().__init__(config)
+        self.layers = nn.ModuleList(
+            SamClipVisionLayer(config, window_size=0 if i in config.global_attn_indexes else config.window_size)
+            for i in range(config.num_hidden_layers)
+        )
         self._pos_embed_cache = {}
+        self.post_init()
 
     def interpolated_pos_embed(self, grid_h: int, grid_w: int) -> torch.Tensor:
         """The absolute position embedding resized to a `grid_h x grid_w` token grid (cached when frozen)."""
         pos_embed = self.pos_embed
         if pos_embed.shape[1:3] == (grid_h, grid_w):
             return pos_embed
-        # Cache only values outside autograd; the parameter version invalidates entries after optimizer steps.
-        cacheable = not (torch.is_grad_enabled() and pos_embed.requires_grad)
-        key = (grid_h, grid_w, pos_embed._version, pos_embed.device, pos_embed.dtype)
-        if cacheable and key in self._pos_embed_cache:
-            return self._pos_embed_cache[key]
-        resized = F.interpolate(
-            pos_embed.permute(0, 3, 1, 2).float(), size=(grid_h, grid_w), mode="bicubic", align_corners=False
-        )
-        resized = resized.to(pos_embed.dtype).permute(0, 2, 3, 1)
-        if cacheable:
-            self._pos_embed_cache = {key: resized}
-        return resized
+
+        def resize():
+            # Bicubic in fp32, as SAM resizes its tables; the result is cached, so the upcast is paid once.
+            resized = F.interpolate(
+                pos_embed.permute(0, 3, 1, 2).float(), size=(grid_h, grid_w), mode="bicubic", align_corners=False
+            )
+            return resized.to(pos_embed.dtype).permute(0, 2, 3, 1)
+
+        return _cached(self._pos_embed_cache, (grid_h, grid_w), (pos_embed,), resize)
 
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
@@ -286,7 +384,7 @@ class SamClipHead(nn.Module):
         # The blocks are copies of SAM's last layer, so they use its attention kind (global in SAM).
         self.window_size = 0 if last in vision.global_attn_indexes else vision.window_size
         self.layers = nn.ModuleList(
-            SamVisionLayer(vision, window_size=self.window_size) for _ in range(head.num_hidden_layers)
+            SamClipVisionLayer(vision, window_size=self.window_size) for _ in range(head.num_hidden_layers)
         )
         self.projector = SamClipProjector(vision.hidden_size, head)
         self.pooling = head.pooling
@@ -382,7 +480,7 @@ class SamClipPreTrainedModel(PreTrainedModel):
     base_model_prefix = "samclip"
     main_input_name = "pixel_values"
     input_modalities = ("image", "text")
-    _no_split_modules = ["SamVisionLayer", "CLIPEncoderLayer", "CLIPTextEmbeddings", "SiglipEncoderLayer"]
+    _no_split_modules = ["SamVisionLayer", "SamClipVisionLayer", "CLIPEncoderLayer", "CLIPTextEmbeddings", "SiglipEncoderLayer"]
     supports_gradient_checkpointing = True
     _supports_sdpa = True
 
@@ -497,14 +595,6 @@ class SamClipModel(SamClipPreTrainedModel):
                     f"input_labels shape {tuple(input_labels.shape)} does not match input_points "
                     f"{tuple(input_points.shape[:-1])}."
                 )
-            real = input_labels != POINT_PAD_LABEL if input_labels is not None else torch.ones_like(input_points[..., 0], dtype=torch.bool)
-            coords = input_points[real]
-            if coords.numel() and (coords.min() < 0 or coords.max() > size):
-                raise ValueError(
-                    f"Point coordinates must lie inside the {size}x{size} model input (got values in "
-                    f"[{coords.min().item():.1f}, {coords.max().item():.1f}]); pass prompts in original image "
-                    "coordinates through SamClipProcessor, which rescales them."
-                )
         if input_boxes is not None:
             if input_boxes.ndim != 3 or input_boxes.shape[-1] != 4:
                 raise ValueError(f"input_boxes must have shape (batch, boxes, 4); got {tuple(input_boxes.shape)}.")
@@ -512,13 +602,6 @@ class SamClipModel(SamClipPreTrainedModel):
                 raise ValueError(
                     f"input_boxes are for {input_boxes.shape[0]} images but {batch_size} images were given."
                 )
-            if input_boxes.numel() and (input_boxes.min() < 0 or input_boxes.max() > size):
-                raise ValueError(
-                    f"Box coordinates must lie inside the {size}x{size} model input; pass boxes in original image "
-                    "coordinates through SamClipProcessor, which rescales them."
-                )
-            if (input_boxes[..., 2] < input_boxes[..., 0]).any() or (input_boxes[..., 3] < input_boxes[..., 1]).any():
-                raise ValueError("Boxes must be (x0, y0, x1, y1) with x1 >= x0 and y1 >= y0.")
             if input_points is not None and input_points.shape[1] != input_boxes.shape[1]:
                 raise ValueError(
                     f"Got {input_points.shape[1]} point prompts and {input_boxes.shape[1]} boxes per image; give "
@@ -533,6 +616,32 @@ class SamClipModel(SamClipPreTrainedModel):
                 )
             if input_masks.shape[0] != batch_size:
                 raise ValueError(f"input_masks are for {input_masks.shape[0]} images but {batch_size} were given.")
+        # The value checks read the prompts back from the device: one synchronisation for all of them, and none
+        # while torch.compile traces (a branch on tensor values would break the graph).
+        if torch.compiler.is_compiling():
+            return
+        checks = {}
+        if input_points is not None:
+            real = input_labels != POINT_PAD_LABEL if input_labels is not None else torch.ones_like(input_points[..., 0], dtype=torch.bool)
+            checks["points"] = (((input_points < 0) | (input_points > size)).any(-1) & real).any()
+        if input_boxes is not None:
+            checks["boxes"] = ((input_boxes < 0) | (input_boxes > size)).any()
+            checks["box_order"] = (input_boxes[..., 2:] < input_boxes[..., :2]).any()
+        failed = dict(zip(checks, torch.stack(list(checks.values())).tolist())) if checks else {}
+        if failed.get("points"):
+            coords = input_points[real]
+            raise ValueError(
+                f"Point coordinates must lie inside the {size}x{size} model input (got values in "
+                f"[{coords.min().item():.1f}, {coords.max().item():.1f}]); pass prompts in original image "
+                "coordinates through SamClipProcessor, which rescales them."
+            )
+        if failed.get("boxes"):
+            raise ValueError(
+                f"Box coordinates must lie inside the {size}x{size} model input; pass boxes in original image "
+                "coordinates through SamClipProcessor, which rescales them."
+            )
+        if failed.get("box_order"):
+            raise ValueError("Boxes must be (x0, y0, x1, y1) with x1 >= x0 and y1 >= y0.")
 
     def segment(
         self,
@@ -911,6 +1020,7 @@ __all__ = [
     "SamClipPreTrainedModel",
     "SamClipSemanticSegmentationOutput",
     "SamClipVisionEncoder",
+    "SamClipVisionLayer",
     "mask_padding",
     "select_generated_masks",
 ]

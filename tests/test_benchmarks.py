@@ -11,7 +11,7 @@ import torch
 # The benchmarks are a top-level folder of the repository, not part of the installed package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import bench_gpu, run_all
+from benchmarks import bench_gpu, profile_encoder, run_all
 
 SCRIPTS = ("bench_inference", "bench_prompts", "bench_distillation", "bench_label_everything")
 
@@ -114,12 +114,48 @@ def test_gpu_script_exits_cleanly_without_cuda(tmp_path, capsys):
 
 
 def test_gpu_script_logic_runs_on_cpu(tmp_path):
-    result = bench_gpu.main(["--tiny", "--device", "cpu", "--output", str(tmp_path / "gpu.json")])
+    """Both batches of the headline groups in eager and compiled mode (aot_eager: dynamo's tracing without code
+    generation), then the eager-only groups."""
+    argv = ["--tiny", "--device", "cpu", "--compile-backend", "aot_eager", "--output", str(tmp_path / "gpu.json")]
+    result = bench_gpu.main(argv)
     assert result["skipped"] == [] and result["device"] == "cpu" and result["peak_bf16_tflops"] is None
-    assert {"samclip_sam_64", "stage1_teacher_cache", "stage2_no_cache"} <= set(result["cases"])
+    expected = {f"{case}/b{batch}/{mode}" for case in ("samclip_clip_32", "clip_teacher_image_32", "samclip_sam_64",
+                                                       "sam_teacher_64") for batch in (2, 3) for mode in ("eager", "compiled")}
+    expected |= {"stage1_teacher_cache/b4/eager", "stage2_no_cache/b5/eager", "samclip_text/b2/eager"}
+    assert expected <= set(result["cases"])
     for case in result["cases"].values():
         assert case["gflops_per_call"] > 0 and case["items_per_s"] > 0 and case["mfu"] is None
+    # FLOPs are counted per item and scale with the batch; a mode changes the time, never the count.
+    cases = result["cases"]
+    assert cases["samclip_sam_64/b3/compiled"]["gflops_per_call"] == pytest.approx(cases["samclip_sam_64/b2/eager"]["gflops_per_call"] * 1.5)
+    assert {"clip_path/b2/eager", "clip_path/b2/compiled", "sam_path/b3/compiled", "teacher_cache_stage1/eager",
+            "samclip_clip_32/b2/compiled_vs_eager"} <= set(result["ratios"])
+    assert all(value > 0 for value in result["ratios"].values())
+    assert set(result["profiles"]) == {"clip_path", "sam_path"}
+    profiled = result["profiles"]["sam_path"]
+    assert set(profiled) == {"samclip_sam_64", "sam_teacher_64"} and all(p["batch"] == 2 for p in profiled.values())
+    assert profiled["samclip_sam_64"]["dispatched_ops"] < profiled["sam_teacher_64"]["dispatched_ops"]
+    quick = bench_gpu.main([*argv[:-1], str(tmp_path / "quick.json"), "--quick", "--modes", "eager"])
+    assert {case["case"] for case in quick["cases"].values()} == {"samclip_clip_32", "clip_teacher_image_32", "samclip_sam_64", "sam_teacher_64"}
     assert bench_gpu.peak_tflops("NVIDIA H100 80GB HBM3") == 989.4
     assert bench_gpu.peak_tflops("NVIDIA H100 PCIe") == 756.5
     assert bench_gpu.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
     assert bench_gpu.peak_tflops("Some Future GPU") is None
+
+
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[1] / ".git").exists(), reason="needs the git checkout")
+def test_encoder_profile_counts_ops_and_compares_with_a_revision(tmp_path):
+    """Against HEAD's own modeling/ (imported from git): the same outputs and ops; fewer ops than SamModel's."""
+    result = profile_encoder.main(["--tiny", "--baseline-rev", "HEAD", "--output", str(tmp_path / "profile.json")])
+    cases = result["cases"]
+    assert set(cases) == {"clip_vit_l14_32", "samclip_clip_32", "sam_vit_b_64", "samclip_sam_64",
+                          "samclip_clip_32@HEAD", "samclip_sam_64@HEAD"}
+    for case in cases.values():
+        assert 0 < case["kernel_ops"] and 0 < case["dispatched_ops"] and case["cpu_median_ms"] > 0 and case["top"]
+    assert result["max_abs_diff_vs_baseline"] == {"samclip_clip_32": 0.0, "samclip_sam_64": 0.0}
+    for name in ("samclip_clip_32", "samclip_sam_64"):
+        assert cases[name]["dispatched_ops"] == cases[f"{name}@HEAD"]["dispatched_ops"]
+    # The relative-position tables come from a cache: SAM's per-layer gather and interpolation ops are gone.
+    assert cases["samclip_sam_64"]["dispatched_ops"] < cases["sam_vit_b_64"]["dispatched_ops"]
+    assert set(result["ratios"]) == {"clip_path", "sam_path", "clip_path@HEAD", "sam_path@HEAD",
+                                     "samclip_clip_32 now/HEAD", "samclip_sam_64 now/HEAD"}
