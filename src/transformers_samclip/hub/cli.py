@@ -32,10 +32,17 @@ def export_main(argv=None) -> int:
     _export_arguments(parser)
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--repo-id", help="Hub id written into the card's usage snippets")
+    parser.add_argument("--onnx", action="store_true", help="also write ONNX graphs for onnxruntime under OUT_DIR/onnx/")
+    parser.add_argument("--int8", action="store_true", help="also write int8 (dynamic) quantized graphs; implies --onnx")
     args = parser.parse_args(argv)
+    if (args.onnx or args.int8) and not all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime", "onnxscript")):
+        print("samclip export: error: --onnx needs onnx, onnxscript and onnxruntime: "
+              "pip install 'transformers-samclip[onnx]'.", file=sys.stderr)
+        return 1
     from .export import export_model
 
-    out = export_model(args.model_dir, args.out_dir, repo_id=args.repo_id, **_export_options(args))
+    out = export_model(args.model_dir, args.out_dir, repo_id=args.repo_id, onnx=args.onnx, int8=args.int8,
+                       **_export_options(args))
     print(f"exported to {out}")
     return 0
 

@@ -81,9 +81,12 @@ def export_model(
     model_name: str | None = None,
     base_models=DEFAULT_BASE_MODELS,
     template_path: str | Path = MODEL_CARD_TEMPLATE,
+    onnx: bool = False,
+    int8: bool = False,
 ) -> Path:
     """Write a Hub-ready folder: `model.safetensors`, `config.json` with `auto_map`, processor and tokenizer
-    files, the remote code from `modeling/`, and `README.md` rendered from the card template.
+    files, the remote code from `modeling/`, and `README.md` rendered from the card template; with `onnx`, also
+    the ONNX graphs under `onnx/` (see [`export_onnx`]), and with `int8` their int8 dynamic quantization.
 
     `model_dir` is a folder, a Hub id or `"mosaic"`; `results_json` is the `samclip evaluate` output, whose row
     of `model_name` (default: the folder's name) or `model_dir` fills `model-index`; `repo_id` goes into the
@@ -108,6 +111,12 @@ def export_model(
         template_path=template_path, row_names=(str(model_dir),),
     )
     card.save(out_dir / "README.md")
+    if onnx or int8:
+        from .onnx import export_onnx, quantize_onnx
+
+        export_onnx(model, loaded.processor, out_dir)
+        if int8:
+            quantize_onnx(out_dir / "onnx")
     return out_dir
 
 
