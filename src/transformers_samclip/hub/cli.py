@@ -35,8 +35,8 @@ def export_main(argv=None) -> int:
     parser.add_argument("--onnx", action="store_true", help="also write ONNX graphs for onnxruntime under OUT_DIR/onnx/")
     parser.add_argument("--int8", action="store_true", help="also write int8 (dynamic) quantized graphs; implies --onnx")
     args = parser.parse_args(argv)
-    if (args.onnx or args.int8) and not all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime", "onnxscript")):
-        print("samclip export: error: --onnx needs onnx, onnxscript and onnxruntime: "
+    if (args.onnx or args.int8) and not all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime")):
+        print("samclip export: error: --onnx needs onnx and onnxruntime: "
               "pip install 'transformers-samclip[onnx]'.", file=sys.stderr)
         return 1
     from .export import export_model
