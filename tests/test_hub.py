@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from huggingface_hub import ModelCard
@@ -203,6 +204,44 @@ def test_mosaic_fallback_merges_the_teachers(teachers, tokenizer, monkeypatch):
     assert loaded.merged_teachers and "merged with `SamClipModel.from_teachers`" in loaded.description
     assert loaded.processor.target_size == sam.config.vision_config.image_size
     assert loaded.processor.clip_size == loaded.model.config.head_config.image_size
+
+
+def test_mosaic_card_tells_the_truth_by_default(tmp_path):
+    """`samclip export mosaic OUT`, no --results: the shipped model's own results fill the card, which names its
+    ten classes."""
+    from transformers_samclip.cli import main as samclip_main
+    from transformers_samclip.hub.export import SHIPPED_MOSAIC_MODEL_DIR
+    from transformers_samclip.mosaic import FASHION_MNIST_CLASSES
+
+    assert samclip_main(["export", "mosaic", str(tmp_path)]) == 0
+    card = ModelCard.load(tmp_path / "README.md")
+    own = json.loads((SHIPPED_MOSAIC_MODEL_DIR / "results.json").read_text())["rows"]["SAM-CLIP (distilled)"]
+    assert f"| samclip-mosaic | {own['zero_shot_top1']:.4f} | {own['zero_shot_top1_heldout']:.4f} |" in card.text
+    index = {result.metric_name: result.metric_value for result in card.data.eval_results}
+    assert index["Box mIoU"] == own["box_miou"] and index["Semantic seg. mIoU (SAM-refined)"] == own["semseg_refined_miou"]
+    assert f"| Classes it was distilled and evaluated on | {', '.join(FASHION_MNIST_CLASSES)} |" in card.text
+    assert f"candidate_labels={json.dumps(list(FASHION_MNIST_CLASSES))}" in card.text
+
+
+def test_readme_pipelines_run_without_the_package_and_with_it(exported, tmp_path, monkeypatch):
+    """The README's pipeline blocks as written: the first in a process where transformers_samclip cannot be
+    imported, the second (which imports it) after the first, in this process."""
+    from PIL import Image
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    without, with_package = [
+        re.search(r"```python\n(.*?)```", readme[readme.index(marker):], re.S).group(1).replace("path/to/samclip", str(exported))
+        for marker in ("without this package", "importing this package registers it")
+    ]
+    Image.fromarray((np.random.default_rng(0).random((48, 80, 3)) * 255).astype(np.uint8)).save(tmp_path / "photo.jpg")
+    # Random tiny weights: the mask generator's quality filters may keep no mask; that it answers is the claim.
+    output = run_python(BLOCK_PACKAGE + without + "\nprint(sorted(l['label'] for l in labels), sorted(masks), len(features[0]))", tmp_path).stdout
+    assert output.strip().splitlines()[-1] == "['cat', 'dog'] ['masks', 'scores'] 24"  # 24: the image embedding (projection_dim)
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(compile(without + with_package, "README.md", "exec"), scope)
+    assert {segment["label"] for segment in scope["segments"]} <= {"background", "cat", "dog"}
+    assert sum((np.asarray(segment["mask"]) > 0).sum() for segment in scope["segments"]) == 48 * 80
 
 
 @pytest.mark.slow

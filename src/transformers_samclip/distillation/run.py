@@ -11,6 +11,7 @@ import torch
 from transformers import TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
+from ..hub.card import DISTILLED_ROW
 from .cache import TeacherOutputCache, fingerprint, fingerprint_model
 from .data import (
     DistillationImageDataset,
@@ -281,5 +282,5 @@ def evaluate_rows(model, untrained, processor, teachers: dict, spec: dict, cache
         rows["untrained merge"] = evaluate_samclip_on_mosaic(untrained.eval(), processor, **spec)
         cached.parent.mkdir(parents=True, exist_ok=True)
         cached.write_text(json.dumps(rows))
-    rows["SAM-CLIP (distilled)"] = evaluate_samclip_on_mosaic(model.eval(), processor, **spec)
+    rows[DISTILLED_ROW] = evaluate_samclip_on_mosaic(model.eval(), processor, **spec)
     return rows

@@ -6,15 +6,18 @@ from __future__ import annotations
 import json
 import numbers
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-# The source checkout's hub_cards/ (the package is installed editable from it).
-HUB_CARDS_DIR = Path(__file__).resolve().parents[3] / "hub_cards"
+# hub_cards/, found through the package (mapped in as transformers_samclip.hub_cards; a wheel carries it).
+HUB_CARDS_DIR = Path(str(files("transformers_samclip.hub_cards")))
 MODEL_CARD_TEMPLATE = HUB_CARDS_DIR / "model_card.md"
 
 DATASET_ID = "zalando-datasets/fashion_mnist"
+# The row `samclip distill` writes for the model it saved, in the results.json beside it.
+DISTILLED_ROW = "SAM-CLIP (distilled)"
 # The mosaic-world teachers (shipped in transformers_samclip/mosaic/teachers); pass others for other teachers.
 DEFAULT_BASE_MODELS = ("transformers-samclip/mosaic-sam-teacher", "transformers-samclip/mosaic-clip-teacher")
 DEFAULT_TAGS = (
@@ -90,6 +93,16 @@ def find_row(results: dict[str, dict[str, float]], *names: str) -> str | None:
     return None
 
 
+def class_names_of(path: str | Path, *names: str) -> list[str]:
+    """The classes a model was evaluated on: the keys of its row's per-class semantic IoU (`semseg_per_class_iou`)
+    in an evaluation JSON, without the background; empty when the row or the per-class results are missing."""
+    data = json.loads(Path(path).read_text())
+    rows = data.get("rows", data) if isinstance(data, dict) else {}
+    row = find_row({key: {} for key in rows}, *names) if isinstance(rows, dict) else None
+    per_class = rows[row].get("semseg_per_class_iou") if row and isinstance(rows[row], dict) else None
+    return [name for name in per_class if name != "background"] if isinstance(per_class, dict) else []
+
+
 def eval_results_for(metrics: dict[str, float]) -> list[EvalResult]:
     """`model-index` entries for the known metric keys present in one model's row (missing keys are skipped)."""
     return [
@@ -117,6 +130,7 @@ def render_model_card(
     results: dict[str, dict[str, float]] | None = None,
     base_models=DEFAULT_BASE_MODELS,
     example_labels=("cat", "Bag", "Sneaker"),
+    class_names=(),
     model_description: str = "",
     training_description: str = "",
     license: str = "apache-2.0",
@@ -124,7 +138,8 @@ def render_model_card(
     row_names: tuple[str, ...] = (),
 ) -> ModelCard:
     """Render the card of `model` (a `SamClipModel`) for `repo_id`. The results row of `model_name` (or of one of
-    `row_names`, see [`find_row`]) fills `model-index`; every row goes into the results table."""
+    `row_names`, see [`find_row`]) fills `model-index`; every row goes into the results table. `class_names` (the
+    classes the model was distilled and evaluated on) are listed in the card and used as the snippets' labels."""
     results = results or {}
     row = find_row(results, model_name, *row_names)
     card_data = ModelCardData(
@@ -154,9 +169,10 @@ def render_model_card(
         result_rows=rows,
         results_description=(
             f"Measured by `samclip evaluate` (values as the harness reports them); the `model-index` metadata "
-            f"holds the `{row}` row." if row else "Measured by `samclip evaluate` (values as the harness reports them)."
+            f"holds the `{model_name}` row." if row else "Measured by `samclip evaluate` (values as the harness reports them)."
         ),
-        example_labels=json.dumps(list(example_labels)),
+        example_labels=json.dumps(list(class_names or example_labels)),
+        class_names=list(class_names),
         model_description=model_description,
         training_description=training_description or "See the `transformers-samclip` package (`samclip distill`).",
     )

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
+from importlib.resources import files
 from pathlib import Path
 
-# The Space lives in the source checkout's demo/ (it is deployed as its own repo, not inside the package).
-DEMO_APP = Path(__file__).resolve().parents[3] / "demo" / "app.py"
+# The Space's demo/, found through the package (mapped in as transformers_samclip.demo; a wheel carries it).
+DEMO_APP = Path(str(files("transformers_samclip.demo") / "app.py"))
 
 
 def _export_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,7 +69,7 @@ def push_main(argv=None) -> int:
 def load_demo_app(path: Path = DEMO_APP):
     """Import the Space's `app.py` as a module."""
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: `samclip demo` runs from a source checkout (pass --app PATH).")
+        raise FileNotFoundError(f"{path} not found: pass --app PATH to the Space's app.py.")
     spec = importlib.util.spec_from_file_location("samclip_demo_app", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there

@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 from ..modeling import SamClipModel, SamClipProcessor, pipeline_samclip
 from ..pipelines import PIPELINE_TASKS
-from .card import DEFAULT_BASE_MODELS, MODEL_CARD_TEMPLATE, load_results, render_model_card
+from .card import DEFAULT_BASE_MODELS, DISTILLED_ROW, MODEL_CARD_TEMPLATE, class_names_of, load_results, render_model_card
 
 # Where the mosaic model is looked for: your own `samclip distill` output (relative to the working directory,
 # then to the checkout), then the one shipped in the package (mosaic/distilled, with its BUILD.json).
@@ -37,6 +37,7 @@ class LoadedModel(NamedTuple):
     processor: SamClipProcessor
     description: str
     merged_teachers: bool = False  # the not-yet-distilled fallback of `load_mosaic_model`
+    folder: Path | None = None  # the local folder it came from (None for a Hub id or the merged fallback)
 
 
 def load_mosaic_model() -> LoadedModel:
@@ -70,7 +71,8 @@ def load_samclip(source: str | Path) -> LoadedModel:
     if str(source) == "mosaic":
         return load_mosaic_model()
     model = SamClipModel.from_pretrained(source).eval()
-    return LoadedModel(model, SamClipProcessor.from_pretrained(source), f"`{source}`")
+    folder = Path(source) if Path(source).is_dir() else None
+    return LoadedModel(model, SamClipProcessor.from_pretrained(source), f"`{source}`", folder=folder)
 
 
 def export_model(
@@ -89,11 +91,15 @@ def export_model(
     the ONNX graphs under `onnx/` (see [`export_onnx`]), and with `int8` their int8 dynamic quantization.
 
     `model_dir` is a folder, a Hub id or `"mosaic"`; `results_json` is the `samclip evaluate` output, whose row
-    of `model_name` (default: the folder's name) or `model_dir` fills `model-index`; `repo_id` goes into the
-    usage snippets."""
+    of `model_name` (default: the folder's name) or `model_dir` fills `model-index`; without it, the model's own
+    `results.json` (what `samclip distill` wrote beside it; its row is `DISTILLED_ROW`) fills the card, and its
+    per-class results name the classes the model knows. `repo_id` goes into the usage snippets."""
     loaded = load_samclip(model_dir)
     model_name = model_name or (MOSAIC_MODEL_NAME if str(model_dir) == "mosaic" else Path(str(model_dir)).name)
     repo_id = repo_id or f"transformers-samclip/{model_name}"
+    own_results = loaded.folder / "results.json" if loaded.folder else None
+    if results_json is None and own_results and own_results.exists():
+        results_json = own_results
     results = load_results(results_json) if results_json else None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -108,7 +114,8 @@ def export_model(
     card = render_model_card(
         model, repo_id=repo_id, model_name=model_name, results=results, base_models=base_models,
         model_description=loaded.description if loaded.merged_teachers else "",
-        template_path=template_path, row_names=(str(model_dir),),
+        template_path=template_path, row_names=(str(model_dir), DISTILLED_ROW),
+        class_names=class_names_of(results_json, model_name, str(model_dir), DISTILLED_ROW) if results_json else (),
     )
     card.save(out_dir / "README.md")
     if onnx or int8:
