@@ -1,10 +1,29 @@
 """SAM-CLIP configuration (arXiv 2310.15308): one SAM ViT-Det backbone, SAM's prompt encoder and mask
 decoder, a CLIP head distilled from a CLIP teacher, and the teacher's frozen text tower."""
 
-from huggingface_hub.dataclasses import strict
-from transformers import AutoConfig, CLIPTextConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
-from transformers.models.sam.configuration_sam import (
+import re
+
+import transformers
+
+# The oldest transformers this code was tested with (pyproject's lower bound). Checked here, before the imports
+# below, because older releases lack them and would fail with an ImportError or AttributeError deep inside.
+MIN_TRANSFORMERS_VERSION = "5.24"
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+
+
+if _version_tuple(transformers.__version__) < _version_tuple(MIN_TRANSFORMERS_VERSION):
+    raise ImportError(
+        f"This SAM-CLIP model code needs transformers>={MIN_TRANSFORMERS_VERSION}, found {transformers.__version__}: "
+        f"pip install -U 'transformers>={MIN_TRANSFORMERS_VERSION}'."
+    )
+
+from huggingface_hub.dataclasses import strict  # noqa: E402 (after the version check)
+from transformers import AutoConfig, CLIPTextConfig, PreTrainedConfig  # noqa: E402
+from transformers.configuration_utils import SubConfigSpec  # noqa: E402
+from transformers.models.sam.configuration_sam import (  # noqa: E402
     SamMaskDecoderConfig,
     SamPromptEncoderConfig,
     SamVisionConfig,
@@ -249,4 +268,4 @@ def samclip_config_from_preset(name: str, **overrides) -> SamClipConfig:
     return config
 
 
-__all__ = ["SamClipConfig", "SamClipHeadConfig", "SAMCLIP_PRESETS", "samclip_config_from_preset"]
+__all__ = ["MIN_TRANSFORMERS_VERSION", "SamClipConfig", "SamClipHeadConfig", "SAMCLIP_PRESETS", "samclip_config_from_preset"]

@@ -5,6 +5,9 @@ known to `AutoModel` (CLIP, SigLIP). Only the CLIP head, the size-flexible encod
 segmentation helpers are new.
 """
 
+# First, so that an older transformers fails with configuration_samclip's clear message.
+from .configuration_samclip import MIN_TRANSFORMERS_VERSION  # noqa: F401, I001
+
 import copy
 from dataclasses import dataclass
 

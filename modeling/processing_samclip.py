@@ -1,6 +1,9 @@
 """SAM-CLIP processor: SAM preprocessing for the SAM path, a CLIP-path view with SAM normalisation, the CLIP
 teacher's tokenizer, and post-processing of masks and semantic maps back to the original image size."""
 
+# First, so that an older transformers fails with configuration_samclip's clear message.
+from .configuration_samclip import MIN_TRANSFORMERS_VERSION  # noqa: F401, I001
+
 import torch
 from transformers import CLIPImageProcessorPil, SamImageProcessorPil, SamProcessor
 from transformers.models.sam.image_processing_pil_sam import _rle_to_mask

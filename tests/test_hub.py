@@ -223,6 +223,26 @@ def test_mosaic_card_tells_the_truth_by_default(tmp_path):
     assert f"candidate_labels={json.dumps(list(FASHION_MNIST_CLASSES))}" in card.text
 
 
+def test_remote_code_refuses_an_older_transformers_with_a_clear_message(exported, tmp_path):
+    from transformers_samclip.modeling.configuration_samclip import MIN_TRANSFORMERS_VERSION
+
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert f'"transformers>={MIN_TRANSFORMERS_VERSION},' in pyproject  # one minimum: the package's and the Hub code's
+    assert f"transformers>={MIN_TRANSFORMERS_VERSION}" in (exported / "README.md").read_text()
+    output = run_python(BLOCK_PACKAGE + textwrap.dedent(f"""
+        import transformers
+        transformers.__version__ = "5.3.0"  # as an older install reports itself
+        from transformers import AutoModel
+        try:
+            AutoModel.from_pretrained({str(exported)!r}, trust_remote_code=True)
+        except ImportError as error:
+            print("refused:", error)
+    """), tmp_path).stdout
+    assert output.strip().splitlines()[-1] == (
+        f"refused: This SAM-CLIP model code needs transformers>={MIN_TRANSFORMERS_VERSION}, found 5.3.0: "
+        f"pip install -U 'transformers>={MIN_TRANSFORMERS_VERSION}'.")
+
+
 def test_readme_pipelines_run_without_the_package_and_with_it(exported, tmp_path, monkeypatch):
     """The README's pipeline blocks as written: the first in a process where transformers_samclip cannot be
     imported, the second (which imports it) after the first, in this process."""

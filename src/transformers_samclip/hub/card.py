@@ -11,6 +11,8 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..modeling.configuration_samclip import MIN_TRANSFORMERS_VERSION
+
 # hub_cards/, found through the package (mapped in as transformers_samclip.hub_cards; a wheel carries it).
 HUB_CARDS_DIR = Path(str(files("transformers_samclip.hub_cards")))
 MODEL_CARD_TEMPLATE = HUB_CARDS_DIR / "model_card.md"
@@ -173,6 +175,7 @@ def render_model_card(
         ),
         example_labels=json.dumps(list(class_names or example_labels)),
         class_names=list(class_names),
+        min_transformers_version=MIN_TRANSFORMERS_VERSION,
         model_description=model_description,
         training_description=training_description or "See the `transformers-samclip` package (`samclip distill`).",
     )
