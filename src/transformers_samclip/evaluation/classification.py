@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..modeling import DEFAULT_TEMPLATES, encode_class_names
 from ._common import clip_view, iter_batches, model_device, subset
-from .metrics import top1_accuracy
+from .metrics import load_metric
 
 
 def class_text_embeddings(model, tokenizer, class_names, templates=None) -> torch.Tensor:
@@ -56,7 +56,9 @@ def evaluate_zero_shot_classification(
         scores.append((image_embeddings(model, processor, rows[image_column]) @ classes.T).cpu().numpy())
         labels.extend(rows[label_column])
     return {
-        "top1": top1_accuracy(np.concatenate(scores), labels),
+        "top1": load_metric("zero_shot_classification").compute(
+            predictions=np.concatenate(scores).argmax(axis=1), references=labels
+        )["accuracy"],
         "num_images": len(dataset),
         "num_templates": len(templates or DEFAULT_TEMPLATES),
     }

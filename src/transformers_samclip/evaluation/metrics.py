@@ -1,68 +1,31 @@
-"""Segmentation and classification metrics as plain numpy functions (offline; nothing fetched from the Hub).
-
-Semantic mIoU follows the usual protocol (mmseg, `evaluate`'s mean_iou): one confusion matrix accumulated over
-the whole dataset, per-class IoU = TP / (TP + FP + FN), classes absent from both ground truth and prediction
-(union 0) left out of the mean.
-"""
+"""The project's metrics: the plain numpy functions, [`load_metric`] for the semantic, prompted and zero-shot
+metrics as an `evaluate` module (`transformers_samclip/metrics/samclip_metrics`, loaded offline from the installed
+package, which also holds their numpy code), and instance AP / PQ."""
 
 from __future__ import annotations
 
+from importlib.resources import files
+
 import numpy as np
 
+from ..metrics.samclip_metrics.samclip_metrics import (
+    confusion_matrix,
+    instance_miou,
+    mask_ious,
+    mean_iou,
+    per_class_iou,
+    top1_accuracy,
+)
 
-def confusion_matrix(prediction, target, num_classes: int, ignore_index: int | None = None) -> np.ndarray:
-    """`(num_classes, num_classes)` int64 pixel counts, rows = ground truth, columns = prediction.
-    Ground-truth pixels equal to `ignore_index` (or outside `0..num_classes-1`) are not counted."""
-    prediction = np.asarray(prediction).ravel().astype(np.int64)
-    target = np.asarray(target).ravel().astype(np.int64)
-    if prediction.shape != target.shape:
-        raise ValueError(f"prediction has {prediction.size} pixels but target has {target.size}.")
-    valid = (target >= 0) & (target < num_classes)
-    if ignore_index is not None:
-        valid &= target != ignore_index
-    if prediction[valid].size and (prediction[valid].min() < 0 or prediction[valid].max() >= num_classes):
-        raise ValueError(f"prediction holds labels outside 0..{num_classes - 1}.")
-    flat = target[valid] * num_classes + prediction[valid]
-    return np.bincount(flat, minlength=num_classes**2).reshape(num_classes, num_classes)
+METRIC_MODULE_DIR = str(files("transformers_samclip") / "metrics" / "samclip_metrics")
 
 
-def per_class_iou(confusion: np.ndarray) -> np.ndarray:
-    """IoU of each class from a confusion matrix; NaN for a class absent from both ground truth and prediction."""
-    confusion = np.asarray(confusion, dtype=np.float64)
-    intersection = np.diag(confusion)
-    union = confusion.sum(axis=0) + confusion.sum(axis=1) - intersection
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(union > 0, intersection / np.maximum(union, 1), np.nan)
+def load_metric(name: str):
+    """The `evaluate` module of one metric: `"semantic_segmentation"`, `"prompted_segmentation"` or
+    `"zero_shot_classification"` (in memory: no cache files, so parallel evaluations do not collide)."""
+    import evaluate
 
-
-def mean_iou(confusion: np.ndarray) -> float:
-    """Mean of :func:`per_class_iou` over the classes present in ground truth or prediction (NaN if none)."""
-    ious = per_class_iou(confusion)
-    return float(np.nanmean(ious)) if np.isfinite(ious).any() else float("nan")
-
-
-def mask_ious(predictions, targets) -> np.ndarray:
-    """IoU of each pair of bool masks `(N, H, W)` vs `(N, H, W)`; 1.0 where both masks are empty."""
-    predictions = np.asarray(predictions, dtype=bool).reshape(len(predictions), -1)
-    targets = np.asarray(targets, dtype=bool).reshape(len(targets), -1)
-    if predictions.shape != targets.shape:
-        raise ValueError(f"{predictions.shape} predicted masks vs {targets.shape} targets.")
-    intersection = (predictions & targets).sum(axis=1)
-    union = (predictions | targets).sum(axis=1)
-    return np.where(union > 0, intersection / np.maximum(union, 1), 1.0)
-
-
-def instance_miou(predictions, targets) -> float:
-    """Mean IoU over instances (each predicted mask against its own ground-truth mask)."""
-    return float(mask_ious(predictions, targets).mean())
-
-
-def top1_accuracy(scores, labels) -> float:
-    """Fraction of rows of `scores (N, C)` whose argmax equals `labels (N,)`."""
-    scores, labels = np.asarray(scores), np.asarray(labels)
-    if len(scores) != len(labels):
-        raise ValueError(f"{len(scores)} score rows vs {len(labels)} labels.")
-    return float((scores.argmax(axis=1) == labels).mean())
+    return evaluate.load(METRIC_MODULE_DIR, name, keep_in_memory=True)
 
 
 def _pairwise_ious(predictions: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -177,3 +140,7 @@ def instance_segmentation_metrics(predictions, targets, num_classes: int,
         "per_class_ap": per_class_ap.mean(axis=1).tolist(),
         "per_class_pq": per_class_pq.tolist(),
     }
+
+
+__all__ = ["METRIC_MODULE_DIR", "confusion_matrix", "instance_miou", "instance_segmentation_metrics", "load_metric",
+           "mask_ious", "mean_iou", "per_class_iou", "top1_accuracy"]

@@ -24,7 +24,7 @@ import torch
 
 from ._common import as_mask, iter_batches, model_device, sam_view, subset
 from .geometry import evaluation_points, mask_to_box
-from .metrics import mask_ious
+from .metrics import load_metric, mask_ious
 
 _POINT_MODE = re.compile(r"point(\d+)")
 
@@ -105,7 +105,8 @@ def evaluate_prompted_segmentation(
     point_counts = {mode: _parse_mode(mode) for mode in modes}
     dataset = subset(dataset, limit)
     columns = set(dataset.column_names)
-    ious = {mode: [] for mode in modes}
+    metrics = {mode: load_metric("prompted_segmentation") for mode in modes}
+    num_instances = 0
     for index, rows in iter_batches(dataset, 1, "prompted segmentation"):
         masks, keep = _instances(rows, columns, masks_column, visible_fraction_column, min_visible_fraction)
         if not keep:
@@ -128,9 +129,10 @@ def evaluate_prompted_segmentation(
                 points = _point_prompts(targets, count, rng)
                 predicted = _predict_masks(model, processor, embeddings, encoding, scale, points=points,
                                            multimask=count <= multimask_max_points)
-            ious[mode].extend(mask_ious(predicted.numpy(), targets).tolist())
-    result = {f"{mode}_miou": float(np.mean(values)) if values else float("nan") for mode, values in ious.items()}
-    result.update(num_images=len(dataset), num_instances=len(next(iter(ious.values()))),
+            metrics[mode].add_batch(predictions=predicted.numpy(), references=targets)
+        num_instances += len(keep)
+    result = {f"{mode}_miou": metric.compute()["mean_iou"] if num_instances else float("nan") for mode, metric in metrics.items()}
+    result.update(num_images=len(dataset), num_instances=num_instances,
                   min_visible_fraction=min_visible_fraction, seed=seed)
     return result
 

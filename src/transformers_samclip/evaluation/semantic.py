@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from ._common import iter_batches, model_device, rgb, sam_view, subset
 from .classification import class_text_embeddings, image_embeddings
 from .geometry import square_crop
-from .metrics import confusion_matrix, mean_iou, per_class_iou
+from .metrics import confusion_matrix, load_metric, mean_iou
 from ..modeling import grid_points, mask_padding, select_generated_masks
 
 CosineMaps = Callable[[list], list]  # images -> one (num_classes, H, W) cosine tensor per image, original size
@@ -64,18 +64,13 @@ def evaluate_label_maps(
     semantic maps (0 background, `c + 1` class `c`). Returns `{"miou", "per_class_iou", "num_images"}`;
     `per_class_iou` maps "background" and each class name to its IoU (None when absent from GT and prediction)."""
     dataset = subset(dataset, limit)
-    num_classes = len(class_names) + 1
-    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    metric = load_metric("semantic_segmentation")
     for _, rows in iter_batches(dataset, batch_size, desc):
-        for predicted, target in zip(segment(rows[image_column]), rows[semantic_column]):
-            confusion += confusion_matrix(np.asarray(predicted), _gt_map(target), num_classes, ignore_index)
-    ious = per_class_iou(confusion)
-    names = ["background", *class_names]
-    return {
-        "miou": mean_iou(confusion),
-        "per_class_iou": {name: None if np.isnan(iou) else float(iou) for name, iou in zip(names, ious)},
-        "num_images": len(dataset),
-    }
+        predictions = [np.asarray(predicted) for predicted in segment(rows[image_column])]
+        metric.add_batch(predictions=predictions, references=[_gt_map(target) for target in rows[semantic_column]])
+    result = metric.compute(num_labels=len(class_names) + 1, ignore_index=ignore_index,
+                            label_names=["background", *class_names])
+    return {"miou": result["mean_iou"], "per_class_iou": result["per_category_iou"], "num_images": len(dataset)}
 
 
 @torch.no_grad()
