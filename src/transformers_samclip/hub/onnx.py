@@ -144,7 +144,7 @@ def example_inputs(model: SamClipModel, processor: SamClipProcessor, batch: int 
         "vision_encoder": (torch.randn(batch, 3, sam, sam, generator=generator),),
         "prompt_encoder_mask_decoder": (
             torch.randn(batch, channels, grid, grid, generator=generator),
-            model.get_image_wide_positional_embeddings().expand(batch, -1, -1, -1).contiguous(),
+            model.get_image_wide_positional_embeddings().detach().expand(batch, -1, -1, -1).contiguous(),
             points, labels,
             torch.randn(batch, 1, 4 * grid, 4 * grid, generator=generator),
             torch.ones(batch),
@@ -240,12 +240,21 @@ def export_onnx(model: SamClipModel, processor: SamClipProcessor, out_dir: str |
 def quantize_onnx(onnx_dir: str | Path, graphs=GRAPH_NAMES) -> dict[str, Path]:
     """int8 dynamic quantization (weights int8, activations quantized on the fly) of each graph with
     onnxruntime's quantizer: `NAME.onnx` -> `NAME_quantized.onnx` (transformers.js's naming)."""
+    import logging
+
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     onnx_dir = Path(onnx_dir)
     paths = {}
-    for name in graphs:
-        target = onnx_dir / f"{name}_quantized.onnx"
-        quantize_dynamic(onnx_dir / f"{name}.onnx", target, weight_type=QuantType.QInt8)
-        paths[name] = target
+    root = logging.getLogger()
+    level = root.level
+    # The quantizer warns on the root logger for every integer shape tensor it rightly leaves alone.
+    root.setLevel(logging.ERROR)
+    try:
+        for name in graphs:
+            target = onnx_dir / f"{name}_quantized.onnx"
+            quantize_dynamic(onnx_dir / f"{name}.onnx", target, weight_type=QuantType.QInt8)
+            paths[name] = target
+    finally:
+        root.setLevel(level)
     return paths
