@@ -3,7 +3,8 @@ per graph, file sizes, and the quality of int8 on the mosaic world.
 
 Command::
 
-    python -m benchmarks.bench_onnx --threads 1 --repeats 3
+    python -m benchmarks.bench_onnx --threads 1 --repeats 3 --parts mosaic
+    python -m benchmarks.bench_onnx --threads 1 --repeats 2 --parts real --output benchmarks/results/bench_onnx_real.json
 
 Run time: ~12 min wall here at 1 thread (real-size export and quantization ~4 min, real-size latency ~6 min,
 mosaic quality ~1 min); `--tiny` (CI) ~30 s.
@@ -107,7 +108,7 @@ def quality(run: Backend, model, processor, items, mosaics) -> dict[str, float]:
         best = iou[0].argmax(-1)
         ious.extend(mask_ious(full[np.arange(len(boxes)), best].numpy(), np.stack(masks)).tolist())
 
-    threshold, scale = model.config.background_threshold, float(model.logit_scale.exp())
+    threshold, scale = model.config.background_threshold, float(model.logit_scale.detach().exp())
 
     def segment(images):
         maps = []
@@ -152,47 +153,53 @@ def main(argv: list[str] | None = None) -> dict:
     parser = make_parser(__doc__, default_repeats=3)
     parser.add_argument("--num-items", type=int, default=1000, help="item views for zero-shot top-1 (tiny: 32)")
     parser.add_argument("--num-mosaics", type=int, default=100, help="test mosaics for box and semantic mIoU (tiny: 4)")
+    parser.add_argument("--parts", nargs="+", choices=("mosaic", "real"), default=("mosaic", "real"),
+                        help="mosaic: quality and latency of the shipped model; real: latency at real size (~3 GB)")
     args = parser.parse_args(argv)
     setup(args)
     started = time.perf_counter()
     num_items, num_mosaics = (32, 4) if args.tiny else (args.num_items, args.num_mosaics)
     loaded = load_samclip("mosaic")
     model, processor = loaded.model.eval(), loaded.processor
-    result = {"num_items": num_items, "num_mosaics": num_mosaics}
+    result, tables, latency_rows = {"num_items": num_items, "num_mosaics": num_mosaics}, [], []
     with tempfile.TemporaryDirectory(prefix="bench-onnx-") as tmp:
-        folder = Path(tmp) / "mosaic"
-        export_onnx(model, processor, folder)
-        quantize_onnx(folder / "onnx")
-        items = make_item_views("test", num_items=num_items, seed=0)
-        mosaics = make_mosaic_dataset("test", num_mosaics, seed=0)
-        backends = {"torch eager": (None, ()), "onnxruntime fp32": (folder / "onnx", ()),
-                    "onnxruntime int8 (all graphs)": (folder / "onnx", GRAPH_NAMES)}
-        backends.update({f"int8 {name} only": (folder / "onnx", (name,)) for name in GRAPH_NAMES})
-        result["quality"] = {
-            label: quality(Backend(model, path, args.threads, int8), model, processor, items, mosaics)
-            for label, (path, int8) in backends.items()
-        }
-        quality_rows = [[label, q["zero_shot_top1"], q["box_miou"], q["semseg_miou"]] for label, q in result["quality"].items()]
+        if "mosaic" in args.parts:
+            folder = Path(tmp) / "mosaic"
+            export_onnx(model, processor, folder)
+            quantize_onnx(folder / "onnx")
+            items = make_item_views("test", num_items=num_items, seed=0)
+            mosaics = make_mosaic_dataset("test", num_mosaics, seed=0)
+            backends = {"torch eager": (None, ()), "onnxruntime fp32": (folder / "onnx", ()),
+                        "onnxruntime int8 (all graphs)": (folder / "onnx", GRAPH_NAMES)}
+            backends.update({f"int8 {name} only": (folder / "onnx", (name,)) for name in GRAPH_NAMES})
+            result["quality"] = {
+                label: quality(Backend(model, path, args.threads, int8), model, processor, items, mosaics)
+                for label, (path, int8) in backends.items()
+            }
+            tables.append(table(
+                f"Quality on the mosaic world ({num_items} item views, {num_mosaics} test mosaics)",
+                ["backend", "zero-shot top-1", "box mIoU (best of 3)", "semseg mIoU"],
+                [[label, q["zero_shot_top1"], q["box_miou"], q["semseg_miou"]] for label, q in result["quality"].items()],
+            ))
+            print(render_tables(tables[-1:]), flush=True)
+            latency_rows, result["latency"] = latency(model, processor, folder / "onnx", args.threads, args.repeats,
+                                                      GRAPH_NAMES, "mosaic (128 / 64 px)")
+        if "real" in args.parts:
+            real_model = SamClipModel(samclip_config_from_preset("samclip-tiny" if args.tiny else "samclip-vit-b16")).eval()
+            real_size, clip_size = real_model.config.image_size, real_model.config.head_config.image_size
+            real_processor = SamClipProcessor.from_sizes(processor.tokenizer, sam_size=real_size, clip_size=clip_size)
+            real_folder = Path(tmp) / "real"
+            export_onnx(real_model, real_processor, real_folder, REAL_SIZE_GRAPHS)
+            quantize_onnx(real_folder / "onnx", REAL_SIZE_GRAPHS)
+            rows, result["latency_real_size"] = latency(real_model, real_processor, real_folder / "onnx", args.threads,
+                                                        args.repeats, REAL_SIZE_GRAPHS, f"real ({real_size} / {clip_size} px)")
+            latency_rows += rows
 
-        latency_rows, result["latency"] = latency(model, processor, folder / "onnx", args.threads, args.repeats,
-                                                  GRAPH_NAMES, "mosaic (128 / 64 px)")
-        real_model = SamClipModel(samclip_config_from_preset("samclip-tiny" if args.tiny else "samclip-vit-b16")).eval()
-        real_size, clip_size = real_model.config.image_size, real_model.config.head_config.image_size
-        real_processor = SamClipProcessor.from_sizes(processor.tokenizer, sam_size=real_size, clip_size=clip_size)
-        real_folder = Path(tmp) / "real"
-        export_onnx(real_model, real_processor, real_folder)
-        quantize_onnx(real_folder / "onnx", REAL_SIZE_GRAPHS)
-        rows, result["latency_real_size"] = latency(real_model, real_processor, real_folder / "onnx", args.threads,
-                                                    args.repeats, REAL_SIZE_GRAPHS, f"real ({real_size} / {clip_size} px)")
-        latency_rows += rows
-
-    tables = [
-        table(f"Quality on the mosaic world ({num_items} item views, {num_mosaics} test mosaics)",
-              ["backend", "zero-shot top-1", "box mIoU (best of 3)", "semseg mIoU"], quality_rows),
-        table(f"Latency per graph, batch 1, CPU ms at {args.threads} thread(s) (medians of {args.repeats} interleaved rounds)",
-              ["size", "graph", "torch eager", "ORT fp32", "ORT int8", "fp32 / torch", "int8 / torch", "fp32 MB", "int8 MB"],
-              latency_rows),
-    ]
+    tables.append(table(
+        f"Latency per graph, batch 1, CPU ms at {args.threads} thread(s) (medians of {args.repeats} interleaved rounds)",
+        ["size", "graph", "torch eager", "ORT fp32", "ORT int8", "fp32 / torch", "int8 / torch", "fp32 MB", "int8 MB"],
+        latency_rows,
+    ))
     print(render_tables(tables))
     result["tables"] = tables
     write_result(NAME, args, argv, result, started)

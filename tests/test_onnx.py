@@ -121,3 +121,19 @@ def test_export_onnx_without_onnx_installed_is_one_line(monkeypatch, tmp_path, c
     assert samclip_main(["export", "mosaic", str(tmp_path / "out"), "--onnx"]) == 1
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "--onnx" in err and "transformers-samclip[onnx]" in err
+
+
+def test_onnx_benchmark_fp32_equals_torch_and_int8_is_smaller(tmp_path):
+    """`python -m benchmarks.bench_onnx --tiny`: onnxruntime fp32 predicts exactly what torch eager predicts on the
+    mosaic world, and int8 shrinks the big graphs."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is not part of the package
+    from benchmarks import bench_onnx
+
+    result = bench_onnx.main(["--tiny", "--output", str(tmp_path / "bench.json")])
+    assert result["quality"]["onnxruntime fp32"] == result["quality"]["torch eager"]
+    assert result["quality"]["torch eager"]["box_miou"] > 0.5
+    for name in ("vision_encoder", "text_encoder", "dense_encoder"):
+        assert result["latency"][name]["int8_mb"] < 0.5 * result["latency"][name]["fp32_mb"]

@@ -214,8 +214,9 @@ def _add_mask_defaults(path: Path, mask_size: int) -> None:
     onnx.save(graph_model, str(path))
 
 
-def export_onnx(model: SamClipModel, processor: SamClipProcessor, out_dir: str | Path) -> dict[str, Path]:
-    """Write the five graphs and `samclip_onnx.json` under `out_dir/onnx/`; returns `{graph name: path}`."""
+def export_onnx(model: SamClipModel, processor: SamClipProcessor, out_dir: str | Path, graphs=GRAPH_NAMES) -> dict[str, Path]:
+    """Write the graphs (default: all five) and `samclip_onnx.json` under `out_dir/onnx/`; returns
+    `{graph name: path}`."""
     import onnx
 
     folder = Path(out_dir) / ONNX_SUBDIR
@@ -225,7 +226,7 @@ def export_onnx(model: SamClipModel, processor: SamClipProcessor, out_dir: str |
     inputs = example_inputs(model, processor)
     paths = {}
     with torch.no_grad():
-        for name in GRAPH_NAMES:
+        for name in graphs:
             path = folder / f"{name}.onnx"
             input_names, output_names = GRAPH_IO[name]
             _export_graph(_graph_module(name, model), inputs[name], path, input_names, output_names)
