@@ -4,10 +4,11 @@ per graph, file sizes, and the quality of int8 on the mosaic world.
 Command::
 
     python -m benchmarks.bench_onnx --threads 1 --repeats 3 --parts mosaic
-    python -m benchmarks.bench_onnx --threads 1 --repeats 2 --parts real --output benchmarks/results/bench_onnx_real.json
+    python -m benchmarks.bench_onnx --threads 1 --repeats 1 --parts real --output benchmarks/results/bench_onnx_real.json
 
-Run time: ~12 min wall here at 1 thread (real-size export and quantization ~4 min, real-size latency ~6 min,
-mosaic quality ~1 min); `--tiny` (CI) ~30 s.
+Run time here at 1 thread: `--parts mosaic` 159 s (quality ~2 min, latency ~30 s); `--parts real --repeats 1`
+616 s (export and quantization of the ViT-B graphs ~4 min, the 1024 px encoder ~17-22 s a call per backend; peak
+RSS 5.8 GB); `--tiny` (CI) ~30 s.
 
 - Latency: every graph of `samclip export --onnx` (`transformers_samclip.hub.onnx`) at batch 1, interleaved round-robin
   with the same computation in torch eager (the export's wrapper modules), timed on process CPU time at one thread
@@ -19,8 +20,10 @@ mosaic quality ~1 min); `--tiny` (CI) ~30 s.
   single box mask instead) and plain semantic mIoU (dense view), for torch eager, onnxruntime fp32, all graphs int8,
   and each graph int8 alone (the others fp32), so that the loss is pinned on the graph that causes it.
 
-Expected: fp32 onnxruntime equals torch eager's quality exactly (same predictions) and is faster per graph; int8
-files are ~3-4x smaller. The measured table and which int8 graphs are worth keeping are in the README's ONNX section.
+Reaches (measured here, README's ONNX section): fp32 onnxruntime equals torch eager's quality exactly; int8 of all
+graphs moves zero-shot top-1 / box mIoU / semseg mIoU by -0.001 / -0.0001 / +0.0007 and shrinks the graphs 2.3x
+(mosaic) to 3.6x (ViT-B encoder); latency ratios to torch eager 0.2-0.7 (fp32) and 0.13-0.56 (int8) at mosaic
+size, 0.5-1.28 (fp32) and 0.18-0.81 (int8) at real size.
 """
 
 from __future__ import annotations
@@ -48,13 +51,16 @@ NAME = "bench_onnx"
 REAL_SIZE_GRAPHS = ("vision_encoder", "prompt_encoder_mask_decoder", "text_encoder", "clip_encoder")
 
 
-def _session(path: Path, threads: int):
+def _session(path: Path, threads: int, arena: bool = True):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    # Without the arena, memory goes back after each run: at 1024 px the attention buffers of the fp32 and int8
+    # sessions plus torch's would otherwise hold ~13 GB (OOM-killed on this shared 24 GB machine).
+    options.enable_cpu_mem_arena = options.enable_mem_pattern = arena
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -126,13 +132,13 @@ def quality(run: Backend, model, processor, items, mosaics) -> dict[str, float]:
             "semseg_miou": semseg["miou"]}
 
 
-def latency(model, processor, folder: Path, threads: int, repeats: int, graphs, label: str) -> tuple[list, dict]:
+def latency(model, processor, folder: Path, threads: int, repeats: int, graphs, label: str, arena: bool = True) -> tuple[list, dict]:
     """Per graph: torch eager, onnxruntime fp32 and int8 CPU-time medians and ratios."""
     examples = example_inputs(model, processor)
     rows, results = [], {}
     for name in graphs:
         eager = _graph_module(name, model).eval()
-        fp32, int8 = _session(folder / f"{name}.onnx", threads), _session(folder / f"{name}_quantized.onnx", threads)
+        fp32, int8 = (_session(folder / f"{name}{suffix}.onnx", threads, arena) for suffix in ("", "_quantized"))
         torch_inputs = tuple(x[:1] for x in examples[name])  # batch 1 (the decoder with a mask prompt)
         feed = {i.name: x.numpy() for i, x in zip(fp32.get_inputs(), torch_inputs)}
         cases = {"torch": lambda: eager(*torch_inputs), "ort_fp32": lambda: fp32.run(None, feed),
@@ -192,7 +198,8 @@ def main(argv: list[str] | None = None) -> dict:
             export_onnx(real_model, real_processor, real_folder, REAL_SIZE_GRAPHS)
             quantize_onnx(real_folder / "onnx", REAL_SIZE_GRAPHS)
             rows, result["latency_real_size"] = latency(real_model, real_processor, real_folder / "onnx", args.threads,
-                                                        args.repeats, REAL_SIZE_GRAPHS, f"real ({real_size} / {clip_size} px)")
+                                                        args.repeats, REAL_SIZE_GRAPHS, f"real ({real_size} / {clip_size} px)",
+                                                        arena=False)
             latency_rows += rows
 
     tables.append(table(

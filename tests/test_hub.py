@@ -251,12 +251,14 @@ def test_readme_pipelines_run_without_the_package_and_with_it(exported, tmp_path
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     without, with_package = [
         re.search(r"```python\n(.*?)```", readme[readme.index(marker):], re.S).group(1).replace("path/to/samclip", str(exported))
-        for marker in ("without this package", "importing this package registers it")
+        for marker in ("without this package", "Importing this package registers")
     ]
     Image.fromarray((np.random.default_rng(0).random((48, 80, 3)) * 255).astype(np.uint8)).save(tmp_path / "photo.jpg")
     # Random tiny weights: the mask generator's quality filters may keep no mask; that it answers is the claim.
-    output = run_python(BLOCK_PACKAGE + without + "\nprint(sorted(l['label'] for l in labels), sorted(masks), len(features[0]))", tmp_path).stdout
-    assert output.strip().splitlines()[-1] == "['cat', 'dog'] ['masks', 'scores'] 24"  # 24: the image embedding (projection_dim)
+    summary = "print(sorted(l['label'] for l in labels), sorted(masks), len(features[0]), sum(np.asarray(s['mask']).astype(bool).sum() for s in segments))"
+    output = run_python(BLOCK_PACKAGE + without + "\nimport numpy as np\n" + summary, tmp_path).stdout
+    # 24: the image embedding (projection_dim); 3840: the segments cover the 48 x 80 photo once
+    assert output.strip().splitlines()[-1] == "['cat', 'dog'] ['masks', 'scores'] 24 3840"
     monkeypatch.chdir(tmp_path)
     scope = {}
     exec(compile(without + with_package, "README.md", "exec"), scope)
