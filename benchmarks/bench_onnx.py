@@ -41,7 +41,7 @@ from transformers_samclip.evaluation import evaluate_label_maps
 from transformers_samclip.evaluation.geometry import mask_to_box
 from transformers_samclip.evaluation.metrics import mask_ious, top1_accuracy
 from transformers_samclip.hub import load_samclip
-from transformers_samclip.hub.onnx import GRAPH_NAMES, _graph_module, example_inputs, export_onnx, quantize_onnx
+from transformers_samclip.hub.onnx import GRAPH_NAMES, graph_module, example_inputs, export_onnx, quantize_onnx
 from transformers_samclip.modeling import DEFAULT_TEMPLATES
 from transformers_samclip.mosaic import FASHION_MNIST_CLASSES, make_item_views, make_mosaic_dataset
 
@@ -69,7 +69,7 @@ class Backend:
     int8 for the graphs named in `int8`."""
 
     def __init__(self, model, folder: Path | None, threads: int, int8=()):
-        self.modules = {name: _graph_module(name, model).eval() for name in GRAPH_NAMES} if folder is None else None
+        self.modules = {name: graph_module(name, model).eval() for name in GRAPH_NAMES} if folder is None else None
         self.sessions = None if folder is None else {
             name: _session(folder / f"{name}{'_quantized' if name in int8 else ''}.onnx", threads) for name in GRAPH_NAMES
         }
@@ -137,7 +137,7 @@ def latency(model, processor, folder: Path, threads: int, repeats: int, graphs, 
     examples = example_inputs(model, processor)
     rows, results = [], {}
     for name in graphs:
-        eager = _graph_module(name, model).eval()
+        eager = graph_module(name, model).eval()
         fp32, int8 = (_session(folder / f"{name}{suffix}.onnx", threads, arena) for suffix in ("", "_quantized"))
         torch_inputs = tuple(x[:1] for x in examples[name])  # batch 1 (the decoder with a mask prompt)
         feed = {i.name: x.numpy() for i, x in zip(fp32.get_inputs(), torch_inputs)}

@@ -11,8 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("onnxruntime")
-
 from transformers_samclip.cli import main as samclip_main
 from transformers_samclip.hub import load_samclip
 from transformers_samclip.mosaic import FASHION_MNIST_CLASSES

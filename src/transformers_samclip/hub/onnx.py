@@ -177,7 +177,8 @@ DYNAMIC_AXES = {
 }
 
 
-def _graph_module(name: str, model: SamClipModel) -> nn.Module:
+def graph_module(name: str, model: SamClipModel) -> nn.Module:
+    """The torch module that `name` is exported from (the benchmark runs it as the torch eager baseline)."""
     if name == "vision_encoder":
         return VisionEncoderGraph(model)
     if name == "prompt_encoder_mask_decoder":
@@ -229,7 +230,7 @@ def export_onnx(model: SamClipModel, processor: SamClipProcessor, out_dir: str |
         for name in graphs:
             path = folder / f"{name}.onnx"
             input_names, output_names = GRAPH_IO[name]
-            _export_graph(_graph_module(name, model), inputs[name], path, input_names, output_names)
+            _export_graph(graph_module(name, model), inputs[name], path, input_names, output_names)
             if name == "prompt_encoder_mask_decoder":
                 _add_mask_defaults(path, config["mask_size"])
             onnx.checker.check_model(str(path))
