@@ -55,10 +55,12 @@ def test_wheel_works_in_a_fresh_venv_outside_the_checkout(tmp_path):
     # The installed wheel measures what this checkout's install measures.
     (tmp_path / "here").mkdir()
     _run([Path(sys.executable).with_name("samclip"), *EVALUATE], tmp_path / "here")
-    installed, here = (
-        {key: value for key, value in json.loads((folder / "eval.json").read_text())["rows"]["mosaic"].items() if key != "wall_seconds"}
-        for folder in (work, tmp_path / "here")
-    )
+
+    def measured(folder):
+        row = json.loads((folder / "eval.json").read_text())["rows"]["mosaic"]
+        return {key: value for key, value in row.items() if "seconds" not in key}  # timings differ between runs
+
+    installed, here = measured(work), measured(tmp_path / "here")
     assert installed == here and installed["zero_shot_top1"] > 0.5
 
     demo = _run([python, "-c", "from transformers_samclip.hub.cli import load_demo_app; app = load_demo_app(); "
