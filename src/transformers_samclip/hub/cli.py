@@ -42,11 +42,14 @@ def export_main(argv=None) -> int:
     parser.add_argument("--onnx", action="store_true", help="also write ONNX graphs for onnxruntime under OUT_DIR/onnx/")
     parser.add_argument("--int8", action="store_true", help="also write int8 (dynamic) quantized graphs; implies --onnx")
     args = parser.parse_args(argv)
-    from ..cli import UsageError, check_path
+    from ..cli import check_path
     from .export import export_model
 
     if (args.onnx or args.int8) and not all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime")):
-        raise UsageError("--onnx needs onnx and onnxruntime: pip install 'transformers-samclip[onnx]'.")
+        # A missing extra, not a bad argument: exit 1, one line that says what to install.
+        print("samclip export: --onnx needs onnx and onnxruntime: pip install 'transformers-samclip[onnx]'.",
+              file=sys.stderr)
+        return 1
 
     check_path(args.out_dir, "out_dir", "output-folder")
     out = export_model(args.model_dir, args.out_dir, repo_id=args.repo_id, onnx=args.onnx, int8=args.int8,
