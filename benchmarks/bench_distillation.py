@@ -93,8 +93,8 @@ def build_trainer(sam, clip, recipe: Recipe, stage: Stage, work_dir: str, use_cp
         student, stage=stage.stage, clip_teacher=clip, sam_teacher=sam, losses=recipe.losses,
         encoder_lr_scale=stage.encoder_lr_scale, args=args,
     )
-    if settings.get("gradient_checkpointing"):
-        trainer.model.gradient_checkpointing_enable()
+    if settings.get("activation_checkpointing"):
+        trainer.model.activation_checkpointing_enable()
     trainer.create_optimizer()
     return trainer
 

@@ -34,6 +34,16 @@ from transformers.utils import ModelOutput
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
+from ._validation import (
+    check_class_embeds,
+    check_class_names,
+    check_input_ids,
+    check_pixel_values,
+    check_pretrained_folder,
+    check_prompt_tensors,
+    check_templates,
+    check_threshold,
+)
 from .configuration_samclip import SamClipConfig, SamClipHeadConfig
 
 # The 80 prompt templates of CLIP's ImageNet evaluation are long; these are the compact set used by default for
@@ -44,7 +54,6 @@ DEFAULT_TEMPLATES = (
     "a picture of a {}.",
     "a {} on a plain background.",
 )
-POINT_PAD_LABEL = -10
 
 
 @dataclass
@@ -187,12 +196,10 @@ def _build_text_tower(text_config) -> PreTrainedModel:
 def encode_class_names(model, class_names, tokenizer, templates=DEFAULT_TEMPLATES) -> torch.Tensor:
     """Zero-shot class embeddings `(num_classes, dim)` from any dual encoder with `get_text_features` (SAM-CLIP,
     CLIP, SigLIP): each class is the mean of its L2-normalised template embeddings, renormalised, as in CLIP's
-    zero-shot evaluation."""
-    class_names = list(class_names)
-    if not class_names:
-        raise ValueError("The class list is empty; give at least one class name.")
-    if not templates:
-        raise ValueError("templates is empty; give at least one template such as 'a photo of a {}.'.")
+    zero-shot evaluation. `class_names` is a list (or one comma-separated string); `templates` one template string
+    or a list, each with one `{}`."""
+    class_names = check_class_names(class_names)
+    templates = check_templates(templates)
     prompts = [template.format(name) for name in class_names for template in templates]
     max_length = getattr(model.config.text_config, "max_position_embeddings", None)
     tokens = tokenizer(prompts, padding=True, truncation=max_length is not None, max_length=max_length, return_tensors="pt")
@@ -334,11 +341,7 @@ class SamClipVisionEncoder(SamVisionEncoder):
         """
         if pixel_values is None:
             raise ValueError("You have to specify pixel_values.")
-        if pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.num_channels:
-            raise ValueError(
-                f"pixel_values must have shape (batch, {self.config.num_channels}, height, width); got "
-                f"{tuple(pixel_values.shape)}."
-            )
+        pixel_values = check_pixel_values(pixel_values, self.config.num_channels, self.patch_embed.projection.weight.dtype)
         height, width = pixel_values.shape[-2:]
         patch = self.config.patch_size
         if height % patch or width % patch:
@@ -487,6 +490,14 @@ class SamClipPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, after checking a local folder: it exists, holds a SAM-CLIP config (not a
+        CLIP or SAM one) and untruncated safetensors weights; errors name the folder or file."""
+        if pretrained_model_name_or_path is not None:
+            check_pretrained_folder(pretrained_model_name_or_path)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
     def _init_weights(self, module: nn.Module):
         super()._init_weights(module)
         if isinstance(module, SamVisionAttention) and module.use_rel_pos:
@@ -566,12 +577,7 @@ class SamClipModel(SamClipPreTrainedModel):
         **kwargs,
     ) -> BaseModelOutputWithPooling:
         """Text features as `CLIPModel.get_text_features`: `pooler_output` is the projected, unnormalised embedding."""
-        max_length = getattr(self.config.text_config, "max_position_embeddings", None)
-        if max_length is not None and input_ids.shape[-1] > max_length:
-            raise ValueError(
-                f"Text of {input_ids.shape[-1]} tokens is longer than the text tower accepts ({max_length}); "
-                "tokenize with truncation=True and max_length <= that limit."
-            )
+        check_input_ids(input_ids, getattr(self.config.text_config, "max_position_embeddings", None))
         outputs = self.text_model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, return_dict=True, **kwargs
         )
@@ -580,72 +586,6 @@ class SamClipModel(SamClipPreTrainedModel):
         return outputs
 
     # ------------------------------------------------------------------------------------------- SAM head
-    def _check_prompts(self, batch_size, input_points, input_labels, input_boxes, input_masks):
-        size = self.config.image_size
-        if input_points is not None:
-            if input_points.ndim != 4 or input_points.shape[-1] != 2:
-                raise ValueError(
-                    "input_points must have shape (batch, point_batch, points_per_mask, 2); got "
-                    f"{tuple(input_points.shape)}."
-                )
-            if input_points.shape[0] != batch_size:
-                raise ValueError(
-                    f"input_points are for {input_points.shape[0]} images but {batch_size} images were given; pass "
-                    "one entry per image (several prompts of one image go in the point_batch dimension)."
-                )
-            if input_labels is not None and input_labels.shape != input_points.shape[:-1]:
-                raise ValueError(
-                    f"input_labels shape {tuple(input_labels.shape)} does not match input_points "
-                    f"{tuple(input_points.shape[:-1])}."
-                )
-        if input_boxes is not None:
-            if input_boxes.ndim != 3 or input_boxes.shape[-1] != 4:
-                raise ValueError(f"input_boxes must have shape (batch, boxes, 4); got {tuple(input_boxes.shape)}.")
-            if input_boxes.shape[0] != batch_size:
-                raise ValueError(
-                    f"input_boxes are for {input_boxes.shape[0]} images but {batch_size} images were given."
-                )
-            if input_points is not None and input_points.shape[1] != input_boxes.shape[1]:
-                raise ValueError(
-                    f"Got {input_points.shape[1]} point prompts and {input_boxes.shape[1]} boxes per image; give "
-                    "as many of each (one mask per pair)."
-                )
-        if input_masks is not None:
-            expected = 4 * self.config.prompt_encoder_config.image_embedding_size
-            if input_masks.ndim != 4 or input_masks.shape[-2:] != (expected, expected):
-                raise ValueError(
-                    f"input_masks must have shape (batch, 1, {expected}, {expected}) (low-resolution mask logits); "
-                    f"got {tuple(input_masks.shape)}."
-                )
-            if input_masks.shape[0] != batch_size:
-                raise ValueError(f"input_masks are for {input_masks.shape[0]} images but {batch_size} were given.")
-        # The value checks read the prompts back from the device: one synchronisation for all of them, and none
-        # while torch.compile traces (a branch on tensor values would break the graph).
-        if torch.compiler.is_compiling():
-            return
-        checks = {}
-        if input_points is not None:
-            real = input_labels != POINT_PAD_LABEL if input_labels is not None else torch.ones_like(input_points[..., 0], dtype=torch.bool)
-            checks["points"] = (((input_points < 0) | (input_points > size)).any(-1) & real).any()
-        if input_boxes is not None:
-            checks["boxes"] = ((input_boxes < 0) | (input_boxes > size)).any()
-            checks["box_order"] = (input_boxes[..., 2:] < input_boxes[..., :2]).any()
-        failed = dict(zip(checks, torch.stack(list(checks.values())).tolist())) if checks else {}
-        if failed.get("points"):
-            coords = input_points[real]
-            raise ValueError(
-                f"Point coordinates must lie inside the {size}x{size} model input (got values in "
-                f"[{coords.min().item():.1f}, {coords.max().item():.1f}]); pass prompts in original image "
-                "coordinates through SamClipProcessor, which rescales them."
-            )
-        if failed.get("boxes"):
-            raise ValueError(
-                f"Box coordinates must lie inside the {size}x{size} model input; pass boxes in original image "
-                "coordinates through SamClipProcessor, which rescales them."
-            )
-        if failed.get("box_order"):
-            raise ValueError("Boxes must be (x0, y0, x1, y1) with x1 >= x0 and y1 >= y0.")
-
     def segment(
         self,
         image_embeddings: torch.Tensor,
@@ -656,9 +596,13 @@ class SamClipModel(SamClipPreTrainedModel):
         multimask_output: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run SAM's prompt encoder and mask decoder on image embeddings; returns `(pred_masks, iou_scores)`."""
-        self._check_prompts(image_embeddings.shape[0], input_points, input_labels, input_boxes, input_masks)
+        check_prompt_tensors(self.config, image_embeddings, input_points, input_labels, input_boxes, input_masks)
         if input_points is not None and input_labels is None:
             input_labels = torch.ones_like(input_points[..., 0], dtype=torch.int)
+        # Embeddings and mask prompts follow the model's dtype, as pixel values do; SAM's prompt encoder casts
+        # point and box coordinates itself, after normalising them (full precision until then).
+        image_embeddings = image_embeddings.to(self.dtype)
+        input_masks = None if input_masks is None else input_masks.to(self.dtype)
         positional = self.get_image_wide_positional_embeddings().repeat(image_embeddings.shape[0], 1, 1, 1)
         sparse, dense = self.prompt_encoder(
             input_points=input_points, input_labels=input_labels, input_boxes=input_boxes, input_masks=input_masks
@@ -696,7 +640,7 @@ class SamClipModel(SamClipPreTrainedModel):
         and text, both heads read ONE encoder pass (the stage-3 setting); `return_image_embeds=True` asks for the
         CLIP head's embedding beside the masks without text.
         """
-        has_prompts = any(x is not None for x in (input_points, input_boxes, input_masks))
+        has_prompts = any(x is not None for x in (input_points, input_labels, input_boxes, input_masks))
         if pixel_values is not None and image_embeddings is not None:
             raise ValueError("Pass either pixel_values or image_embeddings, not both.")
         if pixel_values is None and image_embeddings is None and input_ids is None:
@@ -707,6 +651,7 @@ class SamClipModel(SamClipPreTrainedModel):
         out = SamClipOutput()
         image_embeds = text_embeds = None
         if pixel_values is not None:
+            pixel_values = check_pixel_values(pixel_values, self.config.vision_config.num_channels, self.dtype)
             if has_prompts and tuple(pixel_values.shape[-2:]) != (self.config.image_size,) * 2:
                 raise ValueError(
                     f"SAM prompts need {self.config.image_size}x{self.config.image_size} pixel values (the SAM "
@@ -745,8 +690,11 @@ class SamClipModel(SamClipPreTrainedModel):
         return encode_class_names(self, class_names, tokenizer, templates)
 
     def _class_logits(self, dense: torch.Tensor, class_embeds, background_embeds, background_threshold):
-        if class_embeds.ndim != 2 or class_embeds.shape[0] == 0:
-            raise ValueError("class_embeds must be a non-empty (num_classes, dim) tensor; see encode_class_names().")
+        width = self.config.head_config.projection_dim
+        check_class_embeds(class_embeds, width)
+        if background_embeds is not None:
+            check_class_embeds(background_embeds, width, "background_embeds")
+        check_threshold(background_threshold)
         dense = F.normalize(dense, dim=1)
         cosine = torch.einsum("bdhw,cd->bchw", dense, class_embeds.to(dense.dtype))
         if background_threshold is None and background_embeds is None:
@@ -797,6 +745,9 @@ class SamClipModel(SamClipPreTrainedModel):
         returns one refined mask per class, and each pixel takes the class with the highest mask logit (background
         where no mask logit is positive)."""
         size = self.config.image_size
+        pixel_values = check_pixel_values(pixel_values, self.config.vision_config.num_channels, self.dtype)
+        if isinstance(num_points, bool) or not isinstance(num_points, int) or num_points < 1:
+            raise ValueError(f"num_points must be a positive integer (points per class prompt); got {num_points!r}.")
         if tuple(pixel_values.shape[-2:]) != (size, size):
             raise ValueError(f"SAM refinement runs on the {size}x{size} SAM path; got {tuple(pixel_values.shape[-2:])}.")
         encoded = self.vision_encoder(pixel_values, compute_neck=True)
@@ -864,13 +815,15 @@ class SamClipModel(SamClipPreTrainedModel):
         `reshaped_input_sizes`), so that no prompt lands in the padding; default: the whole input."""
         if mask_pooling not in ("mean", "max", "mean_tokens"):
             raise ValueError(f"mask_pooling must be 'mean', 'max' or 'mean_tokens', got {mask_pooling!r}.")
-        if class_embeds.ndim != 2 or class_embeds.shape[0] == 0:
-            raise ValueError("class_embeds must be a non-empty (num_classes, dim) tensor; see encode_class_names().")
+        check_class_embeds(class_embeds, self.config.head_config.projection_dim)
+        check_threshold(background_threshold)
         if label_source not in ("dense", "crops"):
             raise ValueError(f"label_source must be 'dense' or 'crops', got {label_source!r}.")
-        if points_per_side < 1:
-            raise ValueError(f"points_per_side must be >= 1, got {points_per_side}.")
+        for name, value in (("points_per_side", points_per_side), ("points_per_batch", points_per_batch)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         size = self.config.image_size
+        pixel_values = check_pixel_values(pixel_values, self.config.vision_config.num_channels, self.dtype)
         if tuple(pixel_values.shape[-2:]) != (size, size):
             raise ValueError(f"Instance segmentation runs on the {size}x{size} SAM path (the processor's 'sam' view); "
                              f"got {tuple(pixel_values.shape[-2:])}.")

@@ -13,8 +13,8 @@ as a custom pipeline without this package installed.
 import numpy as np
 from PIL import Image
 from transformers import Pipeline
-from transformers.image_utils import load_image
 
+from ._validation import check_class_names, check_templates, check_threshold, to_rgb_image
 from .modeling_samclip import DEFAULT_TEMPLATES
 
 SUBTASKS = ("semantic", "instance", "panoptic")
@@ -50,28 +50,26 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
                                                     ("refine", refine), ("timeout", timeout)) if value is not None}
         forward = dict(instance_options)
         if templates is not None:
-            forward["templates"] = (templates,) if isinstance(templates, str) else tuple(templates)
+            forward["templates"] = check_templates(templates)
         if background_threshold is not None:
+            check_threshold(background_threshold)
             forward["background_threshold"] = background_threshold
         if background_labels is not None:
-            forward["background_labels"] = list(background_labels)
+            forward["background_labels"] = check_class_names(background_labels, "background_labels")
         return preprocess, forward, {}
 
     def __call__(self, image, candidate_labels=None, **kwargs):
-        """Segment `image` (path, URL or PIL image) into `candidate_labels` (a list, or a comma-separated string)."""
+        """Segment `image` (path, URL, PIL image, array or tensor) into `candidate_labels` (a list, or a
+        comma-separated string); `templates` is one template string or a list, each with one `{}`."""
         return super().__call__(image, candidate_labels=candidate_labels, **kwargs)
 
     def preprocess(self, image, candidate_labels=None, subtask="semantic", refine=False, timeout=None):
         if subtask not in SUBTASKS:
             raise ValueError(f"subtask must be one of {SUBTASKS}, got {subtask!r}.")
-        if isinstance(candidate_labels, str):
-            candidate_labels = [label.strip() for label in candidate_labels.split(",")]
-        labels = [label.strip() for label in (candidate_labels or []) if isinstance(label, str) and label.strip()]
-        if not labels:
-            raise ValueError("candidate_labels is empty: give at least one class name, e.g. ['cat', 'dog'].")
-        if len(set(labels)) != len(labels):
-            raise ValueError(f"candidate_labels has duplicates: {labels}; give each class once.")
-        image = load_image(image, timeout=timeout)
+        labels = check_class_names([] if candidate_labels is None else candidate_labels, "candidate_labels")
+        if not isinstance(refine, bool):
+            raise TypeError(f"refine must be True or False; got {refine!r}.")
+        image = to_rgb_image(image, timeout=timeout)
         if min(image.size) < 2:
             raise ValueError(f"image is {image.size[0]}x{image.size[1]} pixels; give an image of at least 2x2 pixels.")
         view = "sam" if refine or subtask != "semantic" else "dense"
@@ -82,8 +80,6 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
     def _forward(self, model_inputs, templates=DEFAULT_TEMPLATES, background_threshold=None, background_labels=None,
                  **instance_options):
         labels, subtask, refine = (model_inputs.pop(key) for key in ("candidate_labels", "subtask", "refine"))
-        if "{}" not in "".join(templates):
-            raise ValueError(f"templates must contain '{{}}' where the class name goes, got {templates!r}.")
         tokenizer = self.processor.tokenizer
         class_embeds = self.model.encode_class_names(labels, tokenizer, templates)
         pixel_values = model_inputs["pixel_values"].to(self.model.dtype)

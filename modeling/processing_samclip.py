@@ -10,6 +10,7 @@ from transformers.models.sam.image_processing_pil_sam import _rle_to_mask
 from transformers.processing_utils import ProcessorMixin
 from transformers.tokenization_utils_base import BatchEncoding
 
+from ._validation import PROCESSOR_FILES, PROCESSOR_HINT, check_pretrained_folder, check_prompts, describe, to_rgb_images
 from .configuration_samclip import SAM_IMAGE_MEAN, SAM_IMAGE_STD
 
 VIEWS = ("sam", "clip", "dense")
@@ -85,6 +86,13 @@ class SamClipProcessor(SamProcessor):
         )
         return cls(image_processor=sam, clip_image_processor=clip, tokenizer=tokenizer)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> "SamClipProcessor":
+        """`ProcessorMixin.from_pretrained`, after checking a local folder: it exists, is not a CLIP or SAM folder,
+        and holds the processor files (a folder written by `model.save_pretrained` alone does not)."""
+        check_pretrained_folder(pretrained_model_name_or_path, PROCESSOR_FILES, "SAM-CLIP processor", PROCESSOR_HINT)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
     @property
     def clip_size(self) -> int:
         """Side of the CLIP-path view."""
@@ -110,8 +118,13 @@ class SamClipProcessor(SamProcessor):
         **kwargs,
     ) -> BatchEncoding:
         """Preprocess images (in the chosen view), prompts (original-image coordinates) and text.
-        `dense_size` overrides the side of the `"dense"` view (default: `self.dense_size`)."""
-        has_prompts = any(x is not None for x in (input_points, input_boxes))
+        `dense_size` overrides the side of the `"dense"` view (default: `self.dense_size`).
+
+        `images` are converted to RGB once: any PIL mode, numpy arrays and torch tensors (HW, HWC or CHW; uint8, or
+        float in [0, 1]), file paths or URLs (see `_validation.to_rgb_images`). Prompts are checked (shape, finite
+        values inside their image, labels 1/0/-1) before any work; invalid input raises ValueError or TypeError
+        naming the argument."""
+        has_prompts = any(x is not None for x in (input_points, input_labels, input_boxes))
         view = view or ("sam" if has_prompts or segmentation_maps is not None else "clip")
         if view not in VIEWS:
             raise ValueError(f"view must be one of {VIEWS}, got {view!r}.")
@@ -119,16 +132,21 @@ class SamClipProcessor(SamProcessor):
             raise ValueError("Point and box prompts need the SAM view; drop view= or pass view='sam'.")
         if images is None and text is None:
             raise ValueError("Give images and/or text to process.")
+        if dense_size is not None and (isinstance(dense_size, bool) or not isinstance(dense_size, int) or dense_size < 1):
+            raise ValueError(f"dense_size must be a positive integer (the side of the dense view); got {dense_size!r}.")
         encoding = BatchEncoding()
         if images is not None:
+            size = dense_size or self.dense_size
+            images = to_rgb_images(images, min_resize=min(self.target_size, size))
             if view == "sam":
+                input_points, input_labels, input_boxes = check_prompts(
+                    [(image.height, image.width) for image in images], input_points, input_labels, input_boxes
+                )
                 encoding = super().__call__(
                     images, segmentation_maps=segmentation_maps, input_points=input_points,
                     input_labels=input_labels, input_boxes=input_boxes, return_tensors=return_tensors, **kwargs,
                 )
-                self._check_prompt_range(encoding)
             elif view == "dense":
-                size = dense_size or self.dense_size
                 encoding = self.image_processor(
                     images, size={"longest_edge": size}, pad_size={"height": size, "width": size},
                     return_tensors=return_tensors, **kwargs,
@@ -138,30 +156,17 @@ class SamClipProcessor(SamProcessor):
         elif has_prompts:
             raise ValueError("Prompts need the image they refer to: pass images= as well.")
         if text is not None:
-            texts = [text] if isinstance(text, str) else list(text)
-            if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
-                raise ValueError("text must be a non-empty string or a non-empty list of non-empty strings.")
+            texts = [text] if isinstance(text, str) else text
+            if not isinstance(texts, (list, tuple)) or not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
+                raise ValueError(
+                    f"text must be a non-empty string or a non-empty list of non-empty strings; got {describe(text)}."
+                )
             max_length = self.tokenizer.model_max_length if self.tokenizer.model_max_length < 10**6 else None
             tokens = self.tokenizer(
                 texts, padding=True, truncation=max_length is not None, max_length=max_length, return_tensors=return_tensors
             )
             encoding.update({k: v for k, v in tokens.items() if k in ("input_ids", "attention_mask")})
         return encoding
-
-    def _check_prompt_range(self, encoding):
-        # Rescaled prompts beyond the SAM frame mean the user's coordinates were outside their image.
-        limit = self.target_size
-        for key in ("input_points", "input_boxes"):
-            values = encoding.get(key)
-            if values is None:
-                continue
-            values = torch.as_tensor(values)
-            real = values[values != self.point_pad_value]
-            if real.numel() and (real.min() < 0 or real.max() > limit + 1e-3):
-                raise ValueError(
-                    f"{key} fall outside the image: prompts are (x, y) pixel coordinates of the original image, "
-                    "within its width and height."
-                )
 
     def resize_semantic_logits(self, logits, original_sizes, reshaped_input_sizes):
         """Crop the padding off `(batch, classes, S, S)` maps of a `"dense"` or `"sam"` view (S = that view's side,

@@ -456,7 +456,7 @@ def test_stage2_step_trains_encoder_and_heads_only_with_tenth_lr(tmp_path, merge
 def test_gradient_checkpointing_step(tmp_path, merged, teachers, processor, teacher_processor, image_dataset):
     before = _snapshot(merged)
     trainer = _trainer(tmp_path, merged, teachers, processor, teacher_processor, image_dataset, "distillation",
-                       args={"gradient_checkpointing": True})
+                       args={"activation_checkpointing": True})
     trainer.train()
     assert merged.is_activation_checkpointing
     assert any(n.startswith("vision_encoder.layers.") for n in _changed(before, merged))

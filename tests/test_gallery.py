@@ -132,11 +132,11 @@ def test_mosaic_gallery_shows_what_the_evaluation_scores(merged, processor, tiny
     (["some/model", "--suite", "imagefolder:/nowhere"], "needs --suite mosaic"),
 ])
 def test_cli_gallery_errors(argv, message, tmp_path, capsys):
-    from transformers_samclip.evaluation.cli import main
+    from transformers_samclip.cli import main
 
-    with pytest.raises(SystemExit) as exit_info:
-        main([*argv, "--gallery", str(tmp_path / "g.png")])
-    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert main(["evaluate", *argv, "--gallery", str(tmp_path / "g.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("samclip evaluate: --gallery") and message in err
     assert not (tmp_path / "g.png").exists()
 
 

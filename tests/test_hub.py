@@ -159,7 +159,7 @@ def test_push_offline_fails_with_one_line(tiny_model_dir, tmp_path):
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("samclip push")]
     assert errors == [(
-        "samclip push: error: cannot push to someone/samclip-tiny: the Hub is offline here (HF_HUB_OFFLINE is set); "
+        "samclip push: cannot push to someone/samclip-tiny: the Hub is offline here (HF_HUB_OFFLINE is set); "
         "the export itself works: `samclip export MODEL_DIR OUT_DIR`."
     )]
     assert "Traceback" not in result.stderr

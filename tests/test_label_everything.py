@@ -161,11 +161,11 @@ def test_panoptic_segments_do_not_overlap_and_semantic_alias_still_works(shipped
 @pytest.mark.parametrize(
     "call, message",
     [
-        (dict(candidate_labels=[]), "candidate_labels is empty"),
-        (dict(candidate_labels=" , "), "candidate_labels is empty"),
+        (dict(candidate_labels=[]), "candidate_labels must be non-empty"),
+        (dict(candidate_labels=" , "), "candidate_labels must be non-empty"),
         (dict(candidate_labels=["Bag", "Bag"]), "duplicates"),
         (dict(candidate_labels=["Bag"], subtask="things"), "subtask must be one of"),
-        (dict(candidate_labels=["Bag"], templates="a photo"), "templates must contain"),
+        (dict(candidate_labels=["Bag"], templates="a photo"), "templates: 'a photo' needs exactly one"),
         (dict(candidate_labels=["Bag"], points_per_image=4), "Unexpected argument"),
     ],
 )

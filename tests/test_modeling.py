@@ -310,7 +310,7 @@ def test_training_step_with_gradient_checkpointing_reaches_every_trainable_param
     labels = labels.clone()
     labels[0, 0, 2] = -1  # a "not a point" entry, so that embedding is used too
     merged.train()
-    merged.gradient_checkpointing_enable()
+    merged.activation_checkpointing_enable()
     assert any(getattr(m, "gradient_checkpointing", False) for m in merged.modules())
     first = merged(pixel_values=pixels, input_ids=input_ids, attention_mask=attention_mask,
                    input_points=points, input_labels=labels)
@@ -381,7 +381,7 @@ def test_bad_inputs_raise_clear_errors(merged, pixels, text, tokenizer):
         (lambda: merged(pixel_values=pixels[:1], input_boxes=boxes), "are for 2 images but 1"),
         (lambda: merged(pixel_values=torch.randn(2, 3, 32, 32), input_boxes=boxes), "SAM prompts need 64x64"),
         (lambda: merged(input_ids=torch.ones(1, 500, dtype=torch.long)), "longer than the text tower accepts"),
-        (lambda: merged.encode_class_names([], tokenizer), "class list is empty"),
+        (lambda: merged.encode_class_names([], tokenizer), "class_names must be non-empty"),
         (lambda: merged(pixel_values=pixels, image_embeddings=torch.randn(2, 32, 8, 8)), "either pixel_values or"),
         (lambda: merged(), "Nothing to do"),
         (lambda: merged(pixel_values=pixels, input_boxes=boxes[:, :, [2, 1, 0, 3]]), "x1 >= x0"),

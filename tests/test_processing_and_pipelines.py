@@ -52,7 +52,7 @@ def test_semantic_maps_come_back_at_original_size(processor, image):
 
 
 def test_processor_errors(processor, image):
-    with pytest.raises(ValueError, match="fall outside the image"):
+    with pytest.raises(ValueError, match=r"input_points\[0\] falls outside its 80x48 image"):
         processor(images=image, input_points=[[[200, 10]]])
     with pytest.raises(ValueError, match="need the SAM view"):
         processor(images=image, input_points=[[[2, 10]]], view="clip")
@@ -129,7 +129,7 @@ def test_zero_shot_semantic_segmentation_pipeline(merged, processor, image, toke
     assert (union == 1).all()  # segments partition the image
     refined = segmenter(image, candidate_labels="red square, grey noise", refine=True)
     assert refined and all(np.array(s["mask"]).shape == (48, 80) for s in refined)
-    with pytest.raises(ValueError, match="candidate_labels is empty"):
+    with pytest.raises(ValueError, match="candidate_labels must be non-empty"):
         segmenter(image, candidate_labels=[])
 
 

@@ -118,11 +118,10 @@ def test_bad_recipe_file_and_bad_set_are_reported(tmp_path, capsys):
         load_recipe(path)
     with pytest.raises(ValueError, match="unknown key"):
         Recipe.from_dict({**data, "stages": data["stages"][1:], "optimizer": "adamw"})
-    from transformers_samclip.distillation.cli import main
+    from transformers_samclip.cli import main
 
-    with pytest.raises(SystemExit):
-        main(["--set", "losses.lambda=1", "--no-eval"])
-    assert "losses.lambda" in capsys.readouterr().err
+    assert main(["distill", "--set", "losses.lambda=1", "--no-eval"]) == 2
+    assert "samclip distill: --recipe mosaic: unknown recipe key 'losses.lambda'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="PATH=VALUE"):
         parse_override("losses.sam_loss_weight")
 

@@ -3,7 +3,8 @@ views, computed once and stored as safetensors shards, reused across epochs and 
 
 An entry lives in `cache_dir/<kind>-<fingerprint>/`; the fingerprint hashes the teacher (state dict and
 config), the preprocessing and the dataset, so changing any of them misses and recomputes. A `complete.json`
-marker is written last; shards written before an interruption are reused."""
+marker is written last; every file is written whole (temporary file, then rename), so shards written before an
+interruption are reused and a half-written one is never read."""
 
 import hashlib
 import json
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from .._atomic import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +111,7 @@ class TeacherOutputCache:
             save_file({"values": torch.cat(outputs).contiguous()}, str(path.with_suffix(".tmp")))
             path.with_suffix(".tmp").replace(path)
         teacher.train(was_training)
-        (directory / "complete.json").write_text(json.dumps({"num_samples": len(dataset), "kind": kind}))
+        write_text_atomic(directory / "complete.json", json.dumps({"num_samples": len(dataset), "kind": kind}))
         return self._read(directory)
 
     @staticmethod

@@ -76,14 +76,41 @@ def recipe_from_args(args: argparse.Namespace):
     return load_recipe(args.recipe).override(recipe_overrides(args))
 
 
+# Data sources read from local files, and the spec keys naming them (a Hub source's data_dir is inside its repo).
+LOCAL_SOURCES = ("imagefolder", "coco", "sa1b")
+DATA_PATH_KEYS = {"data_dir": "folder", "image_dir": "folder", "annotation_file": "file"}
+
+
+def check_data_paths(recipe, recipe_argument: str) -> None:
+    """The local files and folders a recipe's data entries name exist (checked before teachers or data load)."""
+    from ..cli import check_path
+
+    clip = recipe.data.clip
+    specs = {f"data.clip.{i}": spec for i, spec in enumerate(clip)} if isinstance(clip, list) else {"data.clip": clip}
+    specs.update({"data.sam": recipe.data.sam, "calibration": recipe.calibration or {}})
+    for where, spec in specs.items():
+        if spec.get("source") in LOCAL_SOURCES:
+            for key, kind in DATA_PATH_KEYS.items():
+                if key in spec:
+                    check_path(spec[key], f"--recipe {recipe_argument}: {where}.{key}", kind)
+
+
 def main(argv=None) -> int:
-    """Entry point of `samclip distill`."""
+    """Entry point of `samclip distill`: path and recipe arguments are checked before any teacher or data loads."""
+    from ..cli import UsageError, check_at_least, check_path
+
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    check_path(args.output_dir, "--output-dir", "output-folder")
+    if args.cache_dir is not None:
+        check_path(args.cache_dir, "--cache-dir", "output-folder")
+    check_at_least("--threads", args.threads, 1)
+    check_at_least("--max-steps", args.max_steps, 1)
     try:
         recipe = recipe_from_args(args)
-    except ValueError as error:
-        parser.error(str(error))
+    except (ValueError, OSError) as error:
+        raise UsageError(f"--recipe {args.recipe}: {error}") from None
+    check_data_paths(recipe, args.recipe)
     import torch
 
     if args.threads is None:
@@ -107,4 +134,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ..cli import run_command
+
+    sys.exit(run_command("distill", main, sys.argv[1:]))

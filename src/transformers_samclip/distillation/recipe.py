@@ -465,11 +465,19 @@ def load_recipe(name_or_path) -> Recipe:
     if not path.is_file():
         available = sorted(p.stem for p in RECIPES_DIR.glob("*.json"))
         raise FileNotFoundError(f"No recipe {str(name_or_path)!r}; give a JSON path or one of {available}.")
-    data = json.loads(path.read_text())
+    text = path.read_text()
+    if not text.strip():
+        raise ValueError(f"recipe {path} is empty; a recipe is a JSON object, e.g. a copy of {RECIPES_DIR / 'mosaic.json'}.")
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"recipe {path} is not valid JSON ({error}); a recipe is a JSON object.") from None
+    if not isinstance(data, dict) or not data:
+        raise ValueError(f"recipe {path} is an empty or non-object JSON value; a recipe is a JSON object.")
     data["name"] = path.stem
     try:
         return Recipe.from_dict(data)
-    except ValueError as error:
+    except (ValueError, TypeError, KeyError) as error:
         raise ValueError(f"recipe {path}: {error}") from None
 
 

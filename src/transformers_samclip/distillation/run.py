@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 from transformers import TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from ..hub.card import DISTILLED_ROW
+from .._atomic import atomic_files, atomic_folder, write_text_atomic
 from .cache import TeacherOutputCache, fingerprint, fingerprint_model
 from .data import (
     DistillationImageDataset,
@@ -121,6 +121,14 @@ def _training_args(stage_dir: Path, stage: Stage, seed: int, max_steps: int | No
     return TrainingArguments(**values)
 
 
+def last_complete_checkpoint(stage_dir: Path) -> str | None:
+    """The newest checkpoint of a stage that the Trainer finished writing (its `trainer_state.json` comes last), so
+    a checkpoint cut off by a kill is skipped rather than resumed from; None when there is none."""
+    finished = [path for path in Path(stage_dir).glob("checkpoint-*")
+                if path.name.split("-")[-1].isdigit() and (path / "trainer_state.json").is_file()]
+    return str(max(finished, key=lambda path: int(path.name.split("-")[-1]))) if finished else None
+
+
 def _stage_dirs(output_dir: Path, stages: list[Stage]) -> list[Path]:
     return [output_dir / f"stage{i + 1}-{stage.stage}" for i, stage in enumerate(stages)]
 
@@ -209,15 +217,16 @@ def run_recipe(
             trained, stage=stage.stage, clip_teacher=clip_teacher, sam_teacher=sam_teacher, losses=recipe.losses,
             encoder_lr_scale=stage.encoder_lr_scale, args=args, train_dataset=train_dataset, data_collator=collator,
         )
-        checkpoint = get_last_checkpoint(str(stage_dir)) if stage_dir.is_dir() else None
+        checkpoint = last_complete_checkpoint(stage_dir)
         state.print(f"stage {index + 1}/{len(recipe.stages)}: {stage.stage} -> {stage_dir}"
                     + (f" (resuming from {Path(checkpoint).name})" if checkpoint else ""))
         trainer.train(resume_from_checkpoint=checkpoint)
         if use_lora:
             student = trained.merge_and_unload()
         if state.is_main_process:
-            student.save_pretrained(final_dir)
-            (final_dir / "skipped_samples.json").write_text(json.dumps({"skipped_samples": trainer.skipped_samples}))
+            with atomic_folder(final_dir) as folder:  # a half-saved final/ would pass for a finished stage
+                student.save_pretrained(folder)
+                (folder / "skipped_samples.json").write_text(json.dumps({"skipped_samples": trainer.skipped_samples}))
         state.wait_for_everyone()
 
     results = {"recipe": recipe.name, "seed": seed, "naive": recipe.naive, "lora": recipe.lora.enabled, "head": head,
@@ -230,8 +239,9 @@ def run_recipe(
             results["background_threshold"] = student.config.background_threshold
             state.print(f"background threshold {student.config.background_threshold:.4f} (calibrated on "
                         f"{recipe.calibration.get('num_mosaics', '?')} training images, stored in config.json)")
-        student.save_pretrained(output_dir)
-        processor.save_pretrained(output_dir)
+        with atomic_files(output_dir) as folder:  # config.json lands last: a loader never sees half the files
+            student.save_pretrained(folder)
+            processor.save_pretrained(folder)
         results["train_wall_seconds"] = round(time.perf_counter() - began, 1)
         if evaluate and recipe.evaluation is not None:
             untrained = SamClipModel.from_teachers(sam_teacher, clip_teacher, image_size=model_spec.clip_size, **head)
@@ -239,7 +249,7 @@ def run_recipe(
             results["rows"] = evaluate_rows(student, untrained, processor, teachers, recipe.evaluation,
                                             cache_dir or output_dir / "teacher-cache")
         results["wall_seconds"] = round(time.perf_counter() - began, 1)
-        (output_dir / "results.json").write_text(json.dumps(results, indent=2))
+        write_text_atomic(output_dir / "results.json", json.dumps(results, indent=2))
     state.wait_for_everyone()
     if trainer is not None:
         trainer.accelerator.end_training()
@@ -280,7 +290,6 @@ def evaluate_rows(model, untrained, processor, teachers: dict, spec: dict, cache
     else:
         rows = evaluate_teachers_on_mosaic(teachers, **spec)
         rows["untrained merge"] = evaluate_samclip_on_mosaic(untrained.eval(), processor, **spec)
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        cached.write_text(json.dumps(rows))
+        write_text_atomic(cached, json.dumps(rows))
     rows[DISTILLED_ROW] = evaluate_samclip_on_mosaic(model.eval(), processor, **spec)
     return rows

@@ -75,9 +75,9 @@ class SamClipDistillationModule(nn.Module):
                 teacher._apply(fn, *args, **kwargs)
         return super()._apply(fn, *args, **kwargs)
 
-    def gradient_checkpointing_enable(self, **kwargs):
-        """Enable gradient checkpointing in the student (Trainer's `gradient_checkpointing=True`)."""
-        self.student.gradient_checkpointing_enable(**kwargs)
+    def activation_checkpointing_enable(self, **kwargs):
+        """Enable activation checkpointing in the student (Trainer's `activation_checkpointing=True`)."""
+        self.student.activation_checkpointing_enable(**kwargs)
 
     def forward(self, clip_pixel_values=None, clip_teacher_pixel_values=None, clip_teacher_embeds=None,
                 sam_pixel_values=None, sam_teacher_embeddings=None, input_boxes=None, input_points=None,

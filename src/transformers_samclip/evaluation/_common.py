@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import warnings
 
 import numpy as np
 import torch
@@ -14,13 +15,67 @@ def subset(dataset, limit: int | None):
     return dataset if limit is None or limit >= len(dataset) else dataset.select(range(limit))
 
 
-def iter_batches(dataset, batch_size: int, desc: str):
-    """Yield `(first_row_index, rows)` with `rows` a dict of column lists, under a tqdm bar (hidden off-TTY)."""
+class SkippedSamples:
+    """The unreadable samples an evaluation skipped: `count`, the first few `names`, and one warning saying so."""
+
+    SHOWN = 5
+
+    def __init__(self):
+        self.count, self.names = 0, []
+
+    def add(self, name: str) -> None:
+        """Count one skipped sample."""
+        self.count += 1
+        if len(self.names) < self.SHOWN:
+            self.names.append(name)
+
+    def warn(self, desc: str, total: int) -> None:
+        """Warn once (when any was skipped) with the count and the first file names."""
+        if self.count:
+            more = ", ..." if self.count > len(self.names) else ""
+            warnings.warn(f"{desc}: skipped {self.count} unreadable sample(s) of {total} ({', '.join(self.names)}{more}); "
+                          "the results cover the others.", stacklevel=3)
+
+
+def _readable_rows(rows: dict, image_column: str, start: int, skipped: SkippedSamples) -> dict:
+    from ..distillation.data import decode_image
+
+    keep, images = [], []
+    for offset, value in enumerate(rows[image_column]):
+        try:
+            images.append(decode_image(value))
+            keep.append(offset)
+        except Exception:  # any decoding failure means the same: this sample cannot be evaluated
+            name = value.get("path") if isinstance(value, dict) else None
+            skipped.add(str(name or f"row {start + offset}"))
+    rows = {column: [values[i] for i in keep] for column, values in rows.items()}
+    rows[image_column] = images
+    return rows
+
+
+def iter_batches(dataset, batch_size: int, desc: str, image_column: str | None = None,
+                 skipped: SkippedSamples | None = None):
+    """Yield `(first_row_index, rows)` with `rows` a dict of column lists, under a tqdm bar (hidden off-TTY). With
+    `image_column` (a `datasets.Image` column), images are decoded one by one and unreadable rows are left out of
+    the batch and counted in `skipped` (a batch that loses every row is not yielded)."""
+    import datasets
+
+    feature = (dataset.features or {}).get(image_column) if image_column else None
+    decode_here = isinstance(feature, datasets.Image) and feature.decode
+    if decode_here:
+        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+        skipped = skipped if skipped is not None else SkippedSamples()
     with tqdm(total=len(dataset), desc=desc, unit="img", disable=None) as bar:
         for start in range(0, len(dataset), batch_size):
             rows = dataset[start : start + batch_size]
-            yield start, rows
-            bar.update(len(next(iter(rows.values()))))
+            size = len(next(iter(rows.values())))
+            if decode_here:
+                rows = _readable_rows(rows, image_column, start, skipped)
+            if rows and len(next(iter(rows.values()))):
+                yield start, rows
+            bar.update(size)
+    if decode_here:
+        skipped.warn(desc, len(dataset))
 
 
 def model_device(model) -> torch.device:

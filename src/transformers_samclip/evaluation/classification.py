@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..modeling import DEFAULT_TEMPLATES, encode_class_names
-from ._common import clip_view, iter_batches, model_device, subset
+from ._common import SkippedSamples, clip_view, iter_batches, model_device, subset
 from .metrics import load_metric
 
 
@@ -47,18 +47,23 @@ def evaluate_zero_shot_classification(
 ) -> dict:
     """Zero-shot top-1 accuracy of a `CLIPModel`/`CLIPProcessor` or `SamClipModel`/`SamClipProcessor` on an image
     classification dataset: cosine of each image with the template-averaged class-name embeddings.
-    Returns `{"top1", "num_images", "num_templates"}`."""
+    Unreadable images are skipped and counted (a warning names the first few). Returns `{"top1", "num_images",
+    "num_templates", "skipped_samples"}`."""
     model.eval()
     dataset = subset(dataset, limit)
     classes = class_text_embeddings(model, processor.tokenizer, class_names, templates)
     scores, labels = [], []
-    for _, rows in iter_batches(dataset, batch_size, "zero-shot classification"):
+    skipped = SkippedSamples()
+    for _, rows in iter_batches(dataset, batch_size, "zero-shot classification", image_column, skipped):
         scores.append((image_embeddings(model, processor, rows[image_column]) @ classes.T).cpu().numpy())
         labels.extend(rows[label_column])
+    if not scores:
+        raise ValueError(f"none of the {len(dataset)} images could be read; nothing to evaluate.")
     return {
         "top1": load_metric("zero_shot_classification").compute(
             predictions=np.concatenate(scores).argmax(axis=1), references=labels
         )["accuracy"],
-        "num_images": len(dataset),
+        "num_images": len(dataset) - skipped.count,
         "num_templates": len(templates or DEFAULT_TEMPLATES),
+        "skipped_samples": skipped.count,
     }

@@ -11,6 +11,10 @@ number, the seed, the sizes, the wall time and the software versions.
 The mosaic suite with its defaults (10,000 items, 500 mosaics), 1 torch thread on the shared 2-core machine under
 load: ~5 min for `teachers`, ~3 min for a merged model (add ~5 min for `--teachers`). What the rows should reach:
 see `evaluation/mosaic.py`.
+
+Arguments are checked before anything loads (a bad one: `samclip evaluate: ...` on stderr, exit 2). Unreadable images
+of an imagefolder or Hub suite are skipped: a warning gives their count and first file names, and the JSON records
+`skipped_samples`. The JSON is written atomically (an interrupted run leaves the previous file whole).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from .._atomic import write_text_atomic
+from ..cli import UsageError, check_at_least, check_model_source, check_path
 from ._common import subset, versions
 from .classification import evaluate_zero_shot_classification
 from .mosaic import evaluate_samclip_on_mosaic, evaluate_teachers_on_mosaic, format_results_table
@@ -106,21 +112,25 @@ def _calibration_images(args):
     return None
 
 
-def _evaluate_dataset(args, model, processor) -> dict[str, dict]:
-    """Zero-shot top-1 (a ClassLabel column) and semantic mIoU (a semantic-map column) on an imagefolder/Hub suite."""
+def _evaluate_dataset(args, model, processor) -> tuple[dict[str, dict], int]:
+    """Zero-shot top-1 (a ClassLabel column) and semantic mIoU (a semantic-map column) on an imagefolder/Hub suite;
+    returns the rows and the number of unreadable images skipped."""
     dataset = _load_suite(args.suite, args.split)
     columns = _find_columns(dataset)
     if columns["image"] is None or columns["class_names"] is None:
-        raise SystemExit(f"{args.suite}: need an Image column and a ClassLabel column (found {columns}).")
+        raise ValueError(f"{args.suite}: need an Image column and a ClassLabel column (found {columns}).")
     is_teachers = args.model == "teachers"
     clip, clip_processor = (model["clip_model"], model["clip_processor"]) if is_teachers else (model, processor)
     name = "CLIP teacher" if is_teachers else args.model
-    rows = {name: {"zero_shot_top1": evaluate_zero_shot_classification(
+    zero_shot = evaluate_zero_shot_classification(
         clip, clip_processor, dataset, columns["class_names"], image_column=columns["image"],
-        label_column=columns["label"], limit=args.limit)["top1"]}}
+        label_column=columns["label"], limit=args.limit)
+    rows = {name: {"zero_shot_top1": zero_shot["top1"]}}
+    # Every pass reads the same images, so the first pass's count is the suite's.
+    skipped = zero_shot["skipped_samples"]
     if columns["semantic"] is None:
         print(f"{args.suite}: no semantic-map column ({', '.join(SEMANTIC_COLUMNS)}); semantic segmentation skipped.")
-        return rows
+        return rows, skipped
     calibration = _calibration_images(args)
     common = dict(calibration_dataset=calibration, image_column=columns["image"],
                   semantic_column=columns["semantic"], limit=args.limit)
@@ -131,19 +141,34 @@ def _evaluate_dataset(args, model, processor) -> dict[str, dict]:
         for refine, key in ((False, "semseg_miou"), (True, "semseg_refined_miou")):
             rows[name][key] = evaluate_semantic_segmentation(
                 model, processor, dataset, columns["class_names"], refine=refine, **common)["miou"]
-    return rows
+    return rows, skipped
+
+
+def _check_arguments(args) -> None:
+    """Every path and number argument, before any model or data loads."""
+    if args.gallery and args.suite != "mosaic":
+        raise UsageError(f"--gallery draws mosaics: it needs --suite mosaic, not {args.suite!r}")
+    if args.gallery and args.model == "teachers":
+        raise UsageError("--gallery shows a SAM-CLIP model's segmentation; 'teachers' has none: pass a model "
+                         "(e.g. 'mosaic'), the cascade column comes from the teachers anyway")
+    if args.model != "teachers":
+        check_model_source(args.model)
+    if args.suite.startswith("imagefolder:"):
+        check_path(args.suite.split(":", 1)[1], "--suite imagefolder:", "folder")
+    if args.teachers_dir is not None and (args.model == "teachers" or args.teachers):  # the gallery can do without
+        check_path(args.teachers_dir, "--teachers-dir", "folder")
+    check_path(args.output, "--output", "output-file")
+    if args.gallery:
+        check_path(args.gallery, "--gallery", "output-file")
+    for option, minimum in (("threads", 1), ("limit", 1), ("num_items", 0), ("num_mosaics", 0), ("calibration_mosaics", 0)):
+        check_at_least(f"--{option.replace('_', '-')}", getattr(args, option), minimum)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `samclip evaluate`."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.gallery and args.suite != "mosaic":
-        parser.error(f"--gallery draws mosaics: it needs --suite mosaic, not {args.suite!r}")
-    if args.gallery and args.model == "teachers":
-        parser.error("--gallery shows a SAM-CLIP model's segmentation; 'teachers' has none: pass a model "
-                     "(e.g. 'mosaic'), the cascade column comes from the teachers anyway")
+    args = _parser().parse_args(argv)
+    _check_arguments(args)
     torch.set_num_threads(args.threads)
     began = time.perf_counter()
     teachers = None
@@ -161,8 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     model, processor = (teachers, None) if args.model == "teachers" else _load_model(args.model)
     mosaic_sizes = dict(num_items=args.num_items, num_mosaics=args.num_mosaics, seed=args.seed,
                         calibration_mosaics=args.calibration_mosaics)
+    skipped = 0
     if args.suite != "mosaic":
-        rows = _evaluate_dataset(args, model, processor)
+        rows, skipped = _evaluate_dataset(args, model, processor)
     else:
         rows = evaluate_teachers_on_mosaic(teachers, **mosaic_sizes) if teacher_rows else {}
         if args.model != "teachers":
@@ -186,14 +212,16 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "table": table,
         "gallery": str(args.gallery) if args.gallery else None,
+        "skipped_samples": skipped,
         "wall_seconds": round(time.perf_counter() - began, 1),
         "versions": versions(),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(record, indent=2) + "\n")
+    write_text_atomic(args.output, json.dumps(record, indent=2) + "\n")
     print(f"wrote {args.output}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ..cli import run_command
+
+    sys.exit(run_command("evaluate", main, sys.argv[1:]))

@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ._common import as_mask, iter_batches, model_device, rgb, sam_view, subset
+from ._common import SkippedSamples, as_mask, iter_batches, model_device, rgb, sam_view, subset
 from .classification import class_text_embeddings
 from .metrics import instance_segmentation_metrics
 from .semantic import cascade_instances
@@ -80,10 +80,12 @@ def evaluate_instance_segmentation(segment: InstanceSegmenter, dataset, class_na
                                    image_column: str = "image", **target_options) -> dict:
     """Class-aware mask AP / AP50 / AP75 and panoptic quality (PQ, SQ, RQ) of `segment` on a dataset with
     instance masks and labels (:func:`metrics.instance_segmentation_metrics`), plus `seconds_per_image` (wall
-    time of `segment` alone) and the mean number of instances predicted per image."""
+    time of `segment` alone) and the mean number of instances predicted per image; unreadable images are skipped and
+    counted (`skipped_samples`)."""
     dataset = subset(dataset, limit)
     predictions, targets, seconds = [], [], 0.0
-    for _, rows in iter_batches(dataset, batch_size, desc):
+    skipped = SkippedSamples()
+    for _, rows in iter_batches(dataset, batch_size, desc, image_column, skipped):
         began = time.perf_counter()
         outputs = segment([rgb(image) for image in rows[image_column]])
         seconds += time.perf_counter() - began
@@ -92,6 +94,7 @@ def evaluate_instance_segmentation(segment: InstanceSegmenter, dataset, class_na
                                                                                                  "scores")})
             targets.append(instance_targets(rows, index, **target_options))
     result = instance_segmentation_metrics(predictions, targets, len(class_names))
-    result.update(seconds_per_image=seconds / max(len(dataset), 1), num_images=len(dataset),
+    result.update(seconds_per_image=seconds / max(len(predictions), 1), num_images=len(predictions),
+                  skipped_samples=skipped.count,
                   instances_per_image=float(np.mean([len(p["scores"]) for p in predictions])) if predictions else 0.0)
     return result

@@ -22,7 +22,7 @@ import re
 import numpy as np
 import torch
 
-from ._common import as_mask, iter_batches, model_device, sam_view, subset
+from ._common import SkippedSamples, as_mask, iter_batches, model_device, sam_view, subset
 from .geometry import evaluation_points, mask_to_box
 from .metrics import load_metric, mask_ious
 
@@ -98,7 +98,8 @@ def evaluate_prompted_segmentation(
     (inclusive `[x0, y0, x1, y1]`) or, when that column is absent, from the masks; instances are filtered on
     `visible_fraction_column` when the dataset has it. Point prompts of at most `multimask_max_points` points use
     SAM's three masks and keep the one of highest predicted IoU; others (and boxes) SAM's single mask.
-    Returns `{"<mode>_miou", "num_images", "num_instances"}`."""
+    Unreadable images are skipped and counted. Returns `{"<mode>_miou", "num_images", "num_instances",
+    "skipped_samples"}`."""
     if not modes:
         raise ValueError("modes is empty; give at least one of 'box', 'point1', 'point3'.")
     model.eval()
@@ -107,7 +108,8 @@ def evaluate_prompted_segmentation(
     columns = set(dataset.column_names)
     metrics = {mode: load_metric("prompted_segmentation") for mode in modes}
     num_instances = 0
-    for index, rows in iter_batches(dataset, 1, "prompted segmentation"):
+    skipped = SkippedSamples()
+    for index, rows in iter_batches(dataset, 1, "prompted segmentation", image_column, skipped):
         masks, keep = _instances(rows, columns, masks_column, visible_fraction_column, min_visible_fraction)
         if not keep:
             continue
@@ -132,8 +134,8 @@ def evaluate_prompted_segmentation(
             metrics[mode].add_batch(predictions=predicted.numpy(), references=targets)
         num_instances += len(keep)
     result = {f"{mode}_miou": metric.compute()["mean_iou"] if num_instances else float("nan") for mode, metric in metrics.items()}
-    result.update(num_images=len(dataset), num_instances=num_instances,
-                  min_visible_fraction=min_visible_fraction, seed=seed)
+    result.update(num_images=len(dataset) - skipped.count, num_instances=num_instances,
+                  min_visible_fraction=min_visible_fraction, seed=seed, skipped_samples=skipped.count)
     return result
 
 

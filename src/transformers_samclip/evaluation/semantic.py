@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._common import iter_batches, model_device, rgb, sam_view, subset
+from ._common import SkippedSamples, iter_batches, model_device, rgb, sam_view, subset
 from .classification import class_text_embeddings, image_embeddings
 from .geometry import square_crop
 from .metrics import confusion_matrix, load_metric, mean_iou
@@ -61,16 +61,19 @@ def evaluate_label_maps(
     desc: str = "semantic segmentation",
 ) -> dict:
     """Semantic mIoU (background + classes) of any segmenter `segment(images) -> label maps` against the dataset's
-    semantic maps (0 background, `c + 1` class `c`). Returns `{"miou", "per_class_iou", "num_images"}`;
-    `per_class_iou` maps "background" and each class name to its IoU (None when absent from GT and prediction)."""
+    semantic maps (0 background, `c + 1` class `c`); unreadable images are skipped and counted. Returns `{"miou",
+    "per_class_iou", "num_images", "skipped_samples"}`; `per_class_iou` maps "background" and each class name to its
+    IoU (None when absent from GT and prediction)."""
     dataset = subset(dataset, limit)
     metric = load_metric("semantic_segmentation")
-    for _, rows in iter_batches(dataset, batch_size, desc):
+    skipped = SkippedSamples()
+    for _, rows in iter_batches(dataset, batch_size, desc, image_column, skipped):
         predictions = [np.asarray(predicted) for predicted in segment(rows[image_column])]
         metric.add_batch(predictions=predictions, references=[_gt_map(target) for target in rows[semantic_column]])
     result = metric.compute(num_labels=len(class_names) + 1, ignore_index=ignore_index,
                             label_names=["background", *class_names])
-    return {"miou": result["mean_iou"], "per_class_iou": result["per_category_iou"], "num_images": len(dataset)}
+    return {"miou": result["mean_iou"], "per_class_iou": result["per_category_iou"],
+            "num_images": len(dataset) - skipped.count, "skipped_samples": skipped.count}
 
 
 @torch.no_grad()
@@ -88,7 +91,7 @@ def calibrate_background_threshold(
     `num_candidates` quantiles of the per-pixel best-class cosines."""
     num_classes = len(class_names) + 1
     best_cosines, best_labels, targets = [], [], []
-    for _, rows in iter_batches(dataset, batch_size, "background calibration"):
+    for _, rows in iter_batches(dataset, batch_size, "background calibration", image_column):
         for cosines, target in zip(cosine_maps(rows[image_column]), rows[semantic_column]):
             best, labels = cosines.max(dim=0)
             best_cosines.append(best.flatten().numpy())

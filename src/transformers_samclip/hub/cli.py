@@ -21,6 +21,12 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _export_options(args) -> dict:
+    """The export options of the command line, after checking the model and `--results` before any loading."""
+    from ..cli import check_model_source, check_path
+
+    check_model_source(args.model_dir, "model_dir")
+    if args.results is not None:
+        check_path(args.results, "--results", "file")
     options = {"results_json": args.results, "model_name": args.model_name}
     if args.base_models:
         options["base_models"] = args.base_models
@@ -36,12 +42,16 @@ def export_main(argv=None) -> int:
     parser.add_argument("--onnx", action="store_true", help="also write ONNX graphs for onnxruntime under OUT_DIR/onnx/")
     parser.add_argument("--int8", action="store_true", help="also write int8 (dynamic) quantized graphs; implies --onnx")
     args = parser.parse_args(argv)
-    if (args.onnx or args.int8) and not all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime")):
-        print("samclip export: error: --onnx needs onnx and onnxruntime: "
-              "pip install 'transformers-samclip[onnx]'.", file=sys.stderr)
-        return 1
+    from ..cli import check_path
     from .export import export_model
 
+    if (args.onnx or args.int8) and not all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime")):
+        # A missing extra, not a bad argument: exit 1, one line that says what to install.
+        print("samclip export: --onnx needs onnx and onnxruntime: pip install 'transformers-samclip[onnx]'.",
+              file=sys.stderr)
+        return 1
+
+    check_path(args.out_dir, "out_dir", "output-folder")
     out = export_model(args.model_dir, args.out_dir, repo_id=args.repo_id, onnx=args.onnx, int8=args.int8,
                        **_export_options(args))
     print(f"exported to {out}")
@@ -59,8 +69,8 @@ def push_main(argv=None) -> int:
 
     try:
         url = push_model(args.model_dir, args.repo_id, private=args.private, **_export_options(args))
-    except HubError as error:
-        print(f"samclip push: error: {error}", file=sys.stderr)
+    except HubError as error:  # one line, already saying what failed: no exception type in front
+        print(f"samclip push: {error}", file=sys.stderr)
         return 1
     print(f"pushed {args.repo_id}: {url}")
     return 0
@@ -86,10 +96,13 @@ def demo_main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--app", type=Path, default=DEMO_APP, help="the Space's app.py")
     args = parser.parse_args(argv)
-    try:
-        app = load_demo_app(args.app)
-        app.main(model=args.model, port=args.port, share=args.share, threads=args.threads)
-    except FileNotFoundError as error:  # no app.py, or no shipped mosaic model or teachers
-        print(f"samclip demo: error: {error}", file=sys.stderr)
-        return 1
+    from ..cli import UsageError, check_at_least, check_model_source, check_path
+
+    check_path(args.app, "--app", "file")
+    if args.model is not None:
+        check_model_source(args.model, "--model")
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port must be 1-65535; got {args.port}.")
+    check_at_least("--threads", args.threads, 1)
+    load_demo_app(args.app).main(model=args.model, port=args.port, share=args.share, threads=args.threads)
     return 0

@@ -625,7 +625,8 @@ def load_mosaic_teachers(device: str | torch.device = "cpu", teachers_dir: Path 
 
 def main(argv: list[str] | None = None) -> dict:
     """Command line of :func:`build_teachers`."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="samclip build-teachers", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", type=Path, default=SHIPPED_TEACHERS_DIR)
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR, help="checkpoints for resuming")
     parser.add_argument("--seed", type=int, default=0)
@@ -638,6 +639,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--init-from", type=Path, help="continue from the teachers saved in this folder (sam/)")
     parser.add_argument("--measure-only", action="store_true", help="re-measure the saved teachers, no training")
     args = parser.parse_args(argv)
+    from ..cli import check_at_least, check_path
+
+    check_path(args.output_dir, "--output-dir", "folder" if args.measure_only else "output-folder")
+    check_path(args.work_dir, "--work-dir", "output-folder")
+    if args.init_from is not None:
+        check_path(args.init_from, "--init-from", "folder")
+    check_at_least("--threads", args.threads, 1)
     if args.measure_only:
         return measure_teachers(args.output_dir, only=args.only, threads=args.threads)
     command = "python -m transformers_samclip.mosaic.teachers " + " ".join(sys.argv[1:] if argv is None else argv)
