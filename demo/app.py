@@ -150,14 +150,16 @@ def draw_prompts(image: Image.Image, prompts: Prompts) -> Image.Image:
     return image
 
 
+def swatch_item(colour, text: str) -> str:
+    """One legend line: a colour swatch and `text` (escaped)."""
+    return (f'<li style="list-style:none;margin:2px 0"><span style="display:inline-block;width:14px;height:14px;'
+            f'background:rgb{tuple(int(c) for c in colour)};margin-right:6px;vertical-align:middle"></span>'
+            f"{html.escape(text)}</li>")
+
+
 def legend_html(labels: list[str], coverage: list[float]) -> str:
     """A colour legend: one swatch per label with the share of pixels it covers."""
-    items = "".join(
-        f'<li style="list-style:none;margin:2px 0"><span style="display:inline-block;width:14px;height:14px;'
-        f'background:rgb{tuple(int(c) for c in PALETTE[i])};margin-right:6px;vertical-align:middle"></span>'
-        f"{html.escape(label)} ({share:.1%})</li>"
-        for i, (label, share) in enumerate(zip(labels, coverage))
-    )
+    items = "".join(swatch_item(PALETTE[i], f"{label} ({share:.1%})") for i, (label, share) in enumerate(zip(labels, coverage)))
     return f'<ul class="samclip-legend" style="padding:0">{items}</ul>'
 
 
@@ -273,10 +275,7 @@ class SamClipDemo:
             ys, xs = np.nonzero(segmentation == segment["id"])
             caption = f"{labels[segment['label_id']]} {segment['score']:.2f}"
             draw.text((int(xs.min()), int(ys.min())), caption, fill=(255, 255, 255), stroke_width=1, stroke_fill=(0, 0, 0))
-            swatch = tuple(int(c) for c in PALETTE[(segment["id"] - 1) % len(PALETTE)])
-            rows.append(f'<li style="list-style:none;margin:2px 0"><span style="display:inline-block;width:14px;'
-                        f'height:14px;background:rgb{swatch};margin-right:6px;vertical-align:middle"></span>'
-                        f"{html.escape(labels[segment['label_id']])} ({segment['score']:.2f})</li>")
+            rows.append(swatch_item(PALETTE[(segment["id"] - 1) % len(PALETTE)], caption))
         summary = "".join(rows) or '<li style="list-style:none">No object found.</li>'
         return overlay, f'<ul class="samclip-instances" style="padding:0">{summary}</ul>'
 
