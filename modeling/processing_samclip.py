@@ -35,6 +35,23 @@ def _box_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) ->
     return torch.tensor(keep, dtype=torch.long)
 
 
+def paint_instances(masks: torch.Tensor, overlap_threshold: float = 0.5) -> tuple[torch.Tensor, list[int]]:
+    """Non-overlapping segments from `(M, H, W)` bool masks given in paint order (best first): each pixel goes to
+    the first mask that claims it; a mask keeps a segment when at least `overlap_threshold` of its (non-empty) area
+    is still free. Returns `(segmentation (H, W) long, kept indices)`, segment `k + 1` being mask `kept[k]`, 0
+    unlabelled."""
+    segmentation = torch.zeros(masks.shape[-2:], dtype=torch.long)
+    kept = []
+    for index, mask in enumerate(masks):
+        free = mask & (segmentation == 0)
+        area = int(mask.sum())
+        if area == 0 or int(free.sum()) < overlap_threshold * area:
+            continue
+        kept.append(index)
+        segmentation[free] = len(kept)
+    return segmentation, kept
+
+
 class SamClipImageProcessor(SamImageProcessorPil):
     """SAM's PIL image processor whose mask-generation post-processing needs no torchvision (its NMS is plain
     torch), so transformers' `mask-generation` pipeline runs wherever torch does."""
@@ -216,16 +233,10 @@ class SamClipProcessor(SamProcessor):
         to it; segment ids start at 1, 0 is unlabelled."""
         results = []
         for instances in self.post_process_instance_segmentation(outputs, original_sizes, reshaped_input_sizes):
-            masks = instances["masks"]
-            segmentation = torch.zeros(masks.shape[-2:], dtype=torch.long)
-            segments = []
-            for mask, class_id, score in zip(masks, instances["class_ids"].tolist(), instances["scores"].tolist()):
-                free = mask & (segmentation == 0)
-                area = int(mask.sum())
-                if area == 0 or int(free.sum()) < overlap_threshold * area:
-                    continue
-                segmentation[free] = len(segments) + 1
-                segments.append({"id": len(segments) + 1, "label_id": class_id, "score": score})
+            segmentation, kept = paint_instances(instances["masks"], overlap_threshold)
+            class_ids, scores = instances["class_ids"].tolist(), instances["scores"].tolist()
+            segments = [{"id": number + 1, "label_id": class_ids[index], "score": scores[index]}
+                        for number, index in enumerate(kept)]
             results.append({"segmentation": segmentation, "segments_info": segments})
         return results
 
@@ -234,4 +245,4 @@ class SamClipProcessor(SamProcessor):
         return ["pixel_values", "input_ids", "attention_mask", "input_points", "input_labels", "input_boxes"]
 
 
-__all__ = ["SamClipImageProcessor", "SamClipProcessor"]
+__all__ = ["SamClipImageProcessor", "SamClipProcessor", "paint_instances"]

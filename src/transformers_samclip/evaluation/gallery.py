@@ -237,14 +237,16 @@ def mosaic_gallery(
 
 
 def instances_label_map(instances: dict, shape) -> np.ndarray:
-    """`(H, W)` class map (0 unlabelled, `c + 1` class c) of instances `{"masks", "class_ids", "scores"}`, painted as
-    the panoptic output is: best score first, each pixel kept by the first instance that claims it."""
-    label_map = np.zeros(shape, dtype=np.int64)
-    masks = np.asarray(instances["masks"], dtype=bool)
-    for index in np.argsort(-np.asarray(instances["scores"], dtype=np.float64), kind="stable"):
-        free = masks[index] & (label_map == 0)
-        label_map[free] = int(np.asarray(instances["class_ids"])[index]) + 1
-    return label_map
+    """`(H, W)` class map (0 unlabelled, `c + 1` class c) of instances `{"masks", "class_ids", "scores"}`, painted
+    best score first, each pixel kept by the first instance that claims it (the panoptic painting with no instance
+    dropped)."""
+    from ..modeling.processing_samclip import paint_instances
+
+    order = np.argsort(-np.asarray(instances["scores"], dtype=np.float64), kind="stable")
+    masks = torch.as_tensor(np.asarray(instances["masks"], dtype=bool).reshape(-1, *shape)[order])
+    segmentation, kept = paint_instances(masks, overlap_threshold=0.0)
+    classes = np.concatenate([[0], np.asarray(instances["class_ids"], dtype=np.int64)[order][kept] + 1])
+    return classes[segmentation.numpy()]
 
 
 def label_everything_gallery(model, processor, teachers: dict | None, path, num_mosaics: int = 8, seed: int = 0,

@@ -19,9 +19,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ._common import SkippedSamples, as_mask, iter_batches, model_device, rgb, sam_view, subset
+from ._common import SkippedSamples, iter_batches, model_device, rgb, sam_view, subset
 from .classification import class_text_embeddings
 from .metrics import instance_segmentation_metrics
+from .prompted import _instances
 from .semantic import cascade_instances
 
 InstanceSegmenter = Callable[[list], list]  # images -> per image {"masks" (M, H, W) bool, "class_ids", "scores"}
@@ -65,14 +66,13 @@ def instance_targets(rows, index: int = 0, min_visible_fraction: float = 0.3, ma
                      labels_column: str = "labels", visible_fraction_column: str = "visible_fraction") -> dict:
     """Ground truth of row `index` of a batch: `{"masks", "class_ids", "ignore"}`, ignoring empty instances and
     those less than `min_visible_fraction` visible (when the dataset records it)."""
-    masks = np.stack([as_mask(m) for m in rows[masks_column][index]]) if rows[masks_column][index] else None
+    masks, keep = _instances(rows, set(rows), masks_column, visible_fraction_column, min_visible_fraction, index)
     class_ids = np.asarray(rows[labels_column][index], dtype=np.int64)
-    if masks is None:
+    if not masks:
         return {"masks": np.zeros((0, 1, 1), bool), "class_ids": class_ids, "ignore": np.zeros(0, bool)}
-    ignore = ~masks.reshape(len(masks), -1).any(axis=1)
-    if visible_fraction_column in rows:
-        ignore |= np.asarray(rows[visible_fraction_column][index]) < min_visible_fraction
-    return {"masks": masks, "class_ids": class_ids, "ignore": ignore}
+    ignore = np.ones(len(masks), dtype=bool)
+    ignore[keep] = False
+    return {"masks": np.stack(masks), "class_ids": class_ids, "ignore": ignore}
 
 
 def evaluate_instance_segmentation(segment: InstanceSegmenter, dataset, class_names, limit: int | None = None,

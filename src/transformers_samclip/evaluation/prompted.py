@@ -67,14 +67,14 @@ def _predict_masks(model, processor, embeddings, encoding, scale, boxes=None, po
     return masks[torch.arange(len(masks)), best]
 
 
-def _instances(rows, columns, masks_column, visible_fraction_column, min_visible_fraction):
-    """The decoded masks of a one-row batch and the indices of those evaluated: non-empty and, where the dataset
-    has `visible_fraction_column`, at least `min_visible_fraction` visible (a sliver of an occluded item is
+def _instances(rows, columns, masks_column, visible_fraction_column, min_visible_fraction, index: int = 0):
+    """The decoded masks of row `index` of a batch and the indices of those evaluated: non-empty and, where the
+    dataset has `visible_fraction_column`, at least `min_visible_fraction` visible (a sliver of an occluded item is
     ambiguous)."""
-    masks = [as_mask(m) for m in rows[masks_column][0]]
+    masks = [as_mask(m) for m in rows[masks_column][index]]
     keep = [k for k, m in enumerate(masks) if m.any()]
     if visible_fraction_column in columns:
-        keep = [k for k in keep if rows[visible_fraction_column][0][k] >= min_visible_fraction]
+        keep = [k for k in keep if rows[visible_fraction_column][index][k] >= min_visible_fraction]
     return masks, keep
 
 
