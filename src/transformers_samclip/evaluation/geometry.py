@@ -76,3 +76,17 @@ def square_crop(image, mask, padding: float = 0.2):
     top = min(max((y0 + y1 - side) // 2, 0), image.height - side)
     left = min(max((x0 + x1 - side) // 2, 0), image.width - side)
     return image.crop((left, top, left + side, top + side))
+
+
+# The grey outside the mask in a masked crop (mid-grey: neither Fashion-MNIST's black background nor a bright item).
+MASK_FILL = 128
+
+
+def masked_crop(image, mask, fill: int = MASK_FILL):
+    """:func:`square_crop` of the PIL `image` with the pixels outside `mask` set to grey `fill`: the item alone, as a
+    labeller that is given the mask can show it."""
+    from PIL import Image
+
+    pixels = np.asarray(image.convert("RGB")).copy()
+    pixels[~np.asarray(mask, dtype=bool)] = fill
+    return square_crop(Image.fromarray(pixels), mask)

@@ -49,7 +49,8 @@ def samclip_instance_segmenter(model, processor, class_names, templates=None, **
 
 def cascade_instance_segmenter(sam_model, sam_processor, clip_model, clip_processor, class_names, templates=None,
                                **options) -> InstanceSegmenter:
-    """The teachers' cascade (:func:`cascade_instances`) as a segmenter; `options` go to `segment_everything`."""
+    """The teachers' cascade (:func:`cascade_instances`) as a segmenter; `options` go to it (`masked`) and on to
+    `segment_everything`."""
     sam_model.eval()
     clip_model.eval()
     class_embeds = class_text_embeddings(clip_model, clip_processor.tokenizer, class_names, templates)

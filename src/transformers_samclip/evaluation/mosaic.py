@@ -21,6 +21,7 @@ import time
 from .classification import evaluate_zero_shot_classification
 from .instance import cascade_instance_segmenter, evaluate_instance_segmentation, samclip_instance_segmenter
 from .prompted import evaluate_prompted_segmentation
+from .recognition import crop_labeller, evaluate_recognition, one_pass_labeller
 from .semantic import evaluate_cascade_baseline, evaluate_maskclip_baseline, evaluate_semantic_segmentation
 
 # (result key, table header), in the order of the paper's tables.
@@ -31,6 +32,9 @@ RESULT_COLUMNS = (
     ("box_miou", "box mIoU"),
     ("point1_miou", "1-point mIoU"),
     ("point3_miou", "3-point mIoU"),
+    ("recognition_crop", "recognition crops"),
+    ("recognition_masked_crop", "recognition masked crops"),
+    ("recognition_one_pass", "recognition one pass"),
     ("semseg_miou", "semseg mIoU"),
     ("semseg_refined_miou", "refined semseg mIoU"),
     ("instance_ap50", "label-everything AP50"),
@@ -85,6 +89,19 @@ def _zero_shot_row(model, processor, data: dict) -> dict:
         for key, suffix in (("items", ""), ("heldout_items", "_heldout"), ("raw_items", "_raw"))}
 
 
+def _recognition_row(labellers: dict, mosaics) -> dict:
+    """Recognition on the ground-truth masks of the test mosaics: `recognition_<labeller>` accuracy and its
+    `recognition_<labeller>_confusion` matrix (rows: truth, columns: prediction) for each labeller."""
+    from ..mosaic import FASHION_MNIST_CLASSES
+
+    result = evaluate_recognition(labellers, mosaics, len(FASHION_MNIST_CLASSES))
+    row = {"recognition_items": result[next(iter(labellers))]["num_items"]}
+    for name in labellers:
+        row[f"recognition_{name}"] = result[name]["accuracy"]
+        row[f"recognition_{name}_confusion"] = result[name]["confusion"]
+    return row
+
+
 def _cascade_row(result: dict) -> dict:
     return {**_semseg_row(result), "semseg_pred_iou_threshold": result["pred_iou_threshold"]}
 
@@ -125,6 +142,9 @@ def evaluate_samclip_on_mosaic(
             ), prefix))
         row.update(_instance_row(samclip_instance_segmenter(model, processor, FASHION_MNIST_CLASSES), data["mosaics"],
                                  "label everything"))
+        row.update(_recognition_row({"crop": crop_labeller(model, processor, FASHION_MNIST_CLASSES),
+                                     "one_pass": one_pass_labeller(model, processor, FASHION_MNIST_CLASSES)},
+                                    data["mosaics"]))
     row["wall_seconds"] = round(time.perf_counter() - began, 1)
     return row
 
@@ -133,9 +153,10 @@ def evaluate_teachers_on_mosaic(
     teachers: dict | None = None, *, num_items: int | None = 10000, num_mosaics: int = 500, seed: int = 0,
     calibration_mosaics: int = 20,
 ) -> dict[str, dict]:
-    """The teacher and baseline rows: "CLIP teacher" (zero_shot_top1), "SAM teacher" (box/point mIoUs), "MaskCLIP
-    baseline" and "SAM+CLIP cascade" (semseg_miou). `teachers` is a dict as returned by `load_mosaic_teachers()`
-    (the shipped ones by default)."""
+    """The teacher and baseline rows: "CLIP teacher" (zero_shot_top1; recognition on ground-truth masks from crops
+    and masked crops), "SAM teacher" (box/point mIoUs), "MaskCLIP baseline" and the two SAM+CLIP cascades, labelling
+    SAM's masks from their crops and from their masked crops (semseg, label everything, their labeller's
+    recognition). `teachers` is a dict as returned by `load_mosaic_teachers()` (the shipped ones by default)."""
     from ..mosaic import FASHION_MNIST_CLASSES, load_mosaic_teachers
 
     teachers = teachers or load_mosaic_teachers()
@@ -149,16 +170,27 @@ def evaluate_teachers_on_mosaic(
         began = time.perf_counter()
         rows[name] = {**evaluate(), **sizes, "wall_seconds": round(time.perf_counter() - began, 1)}
 
-    if data["items"] is not None:
-        timed("CLIP teacher", lambda: _zero_shot_row(clip, clip_processor, data))
+    labellers = {name: crop_labeller(clip, clip_processor, FASHION_MNIST_CLASSES, masked=masked)
+                 for name, masked in (("crop", False), ("masked_crop", True))}
+    if data["items"] is not None or data["mosaics"] is not None:
+        timed("CLIP teacher", lambda: {
+            **(_zero_shot_row(clip, clip_processor, data) if data["items"] is not None else {}),
+            **(_recognition_row(labellers, data["mosaics"]) if data["mosaics"] is not None else {})})
     if data["mosaics"] is not None:
         timed("SAM teacher", lambda: _prompted_row(sam, sam_processor, data["mosaics"], seed))
         timed("MaskCLIP baseline", lambda: _semseg_row(evaluate_maskclip_baseline(
             clip, clip_processor, data["mosaics"], FASHION_MNIST_CLASSES, calibration_dataset=data["calibration"])))
-        timed("SAM+CLIP cascade", lambda: {**_cascade_row(evaluate_cascade_baseline(
-            sam, sam_processor, clip, clip_processor, data["mosaics"], FASHION_MNIST_CLASSES, pred_iou_threshold=None,
-            calibration_dataset=data["calibration"])), **_instance_row(cascade_instance_segmenter(
-                sam, sam_processor, clip, clip_processor, FASHION_MNIST_CLASSES), data["mosaics"], "cascade instances")})
+        for name, masked in (("SAM+CLIP cascade", False), ("SAM+CLIP cascade (masked crops)", True)):
+            labeller = "masked_crop" if masked else "crop"
+            timed(name, lambda masked=masked, labeller=labeller: {
+                **_cascade_row(evaluate_cascade_baseline(
+                    sam, sam_processor, clip, clip_processor, data["mosaics"], FASHION_MNIST_CLASSES,
+                    pred_iou_threshold=None, calibration_dataset=data["calibration"], masked=masked)),
+                **_instance_row(cascade_instance_segmenter(sam, sam_processor, clip, clip_processor,
+                                                           FASHION_MNIST_CLASSES, masked=masked),
+                                data["mosaics"], f"cascade instances ({labeller})"),
+                # The cascade names a mask as its labeller does: the labeller's recognition, taken once above.
+                f"recognition_{labeller}": rows["CLIP teacher"][f"recognition_{labeller}"]})
     return rows
 
 

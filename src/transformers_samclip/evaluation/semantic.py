@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from ._common import SkippedSamples, iter_batches, model_device, rgb, sam_view, subset
 from .classification import class_text_embeddings, image_embeddings
-from .geometry import square_crop
+from .geometry import masked_crop, square_crop
 from .metrics import confusion_matrix, load_metric, mean_iou
 from ..modeling import grid_points, mask_padding, select_generated_masks
 
@@ -289,14 +289,16 @@ def segment_everything(
     return masks[0][nonempty], scores[kept].cpu()[nonempty]
 
 
-def cascade_instances(sam_model, sam_processor, clip_model, clip_processor, class_embeds, image, **options) -> dict:
-    """The SAM-then-CLIP cascade on one image: :func:`segment_everything`, then each mask's square crop classified
-    zero-shot by the CLIP model (one CLIP image per mask). Returns `{"masks", "class_ids", "scores"}` (score: the
-    CLIP class probability times SAM's predicted IoU, the same confidence SAM-CLIP's instances carry)."""
+def cascade_instances(sam_model, sam_processor, clip_model, clip_processor, class_embeds, image, masked: bool = False,
+                      **options) -> dict:
+    """The SAM-then-CLIP cascade on one image: :func:`segment_everything`, then each mask's square crop (with the
+    pixels outside the mask greyed when `masked`) classified zero-shot by the CLIP model (one CLIP image per mask).
+    Returns `{"masks", "class_ids", "scores"}` (score: the CLIP class probability times SAM's predicted IoU, the same
+    confidence SAM-CLIP's instances carry)."""
     masks, ious = segment_everything(sam_model, sam_processor, image, **options)
     if not len(masks):
         return {"masks": masks, "class_ids": torch.zeros(0, dtype=torch.long), "scores": torch.zeros(0)}
-    crops = [square_crop(image, mask) for mask in masks]
+    crops = [masked_crop(image, mask.numpy()) if masked else square_crop(image, mask) for mask in masks]
     logits = (image_embeddings(clip_model, clip_processor, crops) @ class_embeds.T) * clip_model.logit_scale.exp()
     probabilities, class_ids = logits.softmax(dim=1).max(dim=1)
     return {"masks": masks, "class_ids": class_ids.cpu(), "scores": (probabilities.cpu() * ious.clamp(0, 1))}
@@ -312,13 +314,16 @@ def cascade_segmenter(
     pred_iou_threshold: float = 0.8,
     nms_threshold: float = 0.7,
     templates=None,
+    masked: bool = False,
 ) -> Segmenter:
-    """The SAM-then-CLIP cascade as a segmenter `images -> label maps`: :func:`cascade_instances`, masks painted
-    largest first (so smaller ones stay visible on top); pixels no mask covers are background."""
+    """The SAM-then-CLIP cascade as a segmenter `images -> label maps`: :func:`cascade_instances` (its labeller on
+    masked crops when `masked`), masks painted largest first (so smaller ones stay visible on top); pixels no mask
+    covers are background."""
     sam_model.eval()
     clip_model.eval()
     class_embeds = class_text_embeddings(clip_model, clip_processor.tokenizer, class_names, templates)
-    options = dict(points_per_side=points_per_side, pred_iou_threshold=pred_iou_threshold, nms_threshold=nms_threshold)
+    options = dict(points_per_side=points_per_side, pred_iou_threshold=pred_iou_threshold, nms_threshold=nms_threshold,
+                   masked=masked)
 
     @torch.no_grad()
     def segment(images):
@@ -377,19 +382,22 @@ def evaluate_cascade_baseline(
     semantic_column: str = "semantic_map",
     ignore_index: int | None = 255,
     limit: int | None = None,
+    masked: bool = False,
 ) -> dict:
-    """Semantic mIoU of the SAM-then-CLIP cascade (the paper's Table 7 baseline, :func:`cascade_segmenter`). With
-    `pred_iou_threshold=None` the threshold is the one of :data:`CASCADE_IOU_THRESHOLDS` with the best mIoU on
-    `calibration_dataset` (training images), as SAM-CLIP's background threshold is calibrated."""
+    """Semantic mIoU of the SAM-then-CLIP cascade (the paper's Table 7 baseline, :func:`cascade_segmenter`; its CLIP
+    labeller on masked crops when `masked`). With `pred_iou_threshold=None` the threshold is the one of
+    :data:`CASCADE_IOU_THRESHOLDS` with the best mIoU on `calibration_dataset` (training images), as SAM-CLIP's
+    background threshold is calibrated."""
     columns = dict(image_column=image_column, semantic_column=semantic_column, ignore_index=ignore_index)
     teachers = (sam_model, sam_processor, clip_model, clip_processor, class_names)
-    options = dict(points_per_side=points_per_side, nms_threshold=nms_threshold, templates=templates)
+    options = dict(points_per_side=points_per_side, nms_threshold=nms_threshold, templates=templates, masked=masked)
     if pred_iou_threshold is None:
         if calibration_dataset is None:
             raise ValueError("pred_iou_threshold=None calibrates it: give calibration_dataset (training images).")
         pred_iou_threshold = calibrate_cascade_iou_threshold(*teachers, calibration_dataset, **options, **columns)
     segment = cascade_segmenter(*teachers, pred_iou_threshold=pred_iou_threshold, **options)
-    result = evaluate_label_maps(segment, dataset, class_names, batch_size=1, limit=limit, desc="SAM+CLIP cascade",
+    result = evaluate_label_maps(segment, dataset, class_names, batch_size=1, limit=limit,
+                                 desc="SAM+CLIP cascade" + (" (masked crops)" if masked else ""),
                                  **columns)
     result.update(points_per_side=points_per_side, pred_iou_threshold=pred_iou_threshold)
     return result
