@@ -32,9 +32,11 @@ from ..cli import UsageError, check_at_least, check_model_source, check_path
 from ._common import subset, versions
 from .classification import evaluate_zero_shot_classification
 from .mosaic import evaluate_samclip_on_mosaic, evaluate_teachers_on_mosaic, format_results_table
+from .recognition import crop_labeller, evaluate_recognition, one_pass_labeller
 from .semantic import evaluate_maskclip_baseline, evaluate_semantic_segmentation
 
 SEMANTIC_COLUMNS = ("semantic_map", "annotation", "segmentation", "label_map", "semantic_segmentation")
+INSTANCE_COLUMNS = ("instance_masks", "masks")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -91,12 +93,40 @@ def _find_columns(dataset) -> dict:
     labels = [name for name, feature in features.items() if isinstance(feature, datasets.ClassLabel)]
     semantic = [name for name in SEMANTIC_COLUMNS if name in features]
     image_column = next((name for name in images if name not in semantic), None)
+    # Instances: a list of mask images beside a list of class labels (the mosaic world's layout).
+    instance_labels = [name for name, feature in features.items() if isinstance(feature, datasets.List)
+                       and isinstance(feature.feature, datasets.ClassLabel)]
+    instances = [name for name in INSTANCE_COLUMNS if name in features] if instance_labels else []
+    class_names = (features[labels[0]].names if labels
+                   else features[instance_labels[0]].feature.names if instances else None)
     return {
         "image": image_column,
         "label": labels[0] if labels else None,
         "semantic": semantic[0] if semantic else None,
-        "class_names": features[labels[0]].names if labels else None,
+        "instances": (instances[0], instance_labels[0]) if instances else None,
+        "class_names": class_names,
     }
+
+
+def _recognition_rows(args, dataset, columns, model, processor) -> tuple[dict[str, dict], int]:
+    """Recognition on the dataset's ground-truth instance masks: the CLIP teacher from crops and masked crops, or a
+    SAM-CLIP model from crops (its CLIP path) and in one pass; returns the rows and the unreadable images skipped."""
+    masks, labels = columns["instances"]
+    if (masks, labels) != ("instance_masks", "labels"):
+        dataset = dataset.rename_columns({masks: "instance_masks", labels: "labels"})
+    names = columns["class_names"]
+    if args.model == "teachers":
+        clip, clip_processor = model["clip_model"], model["clip_processor"]
+        labellers = {"crop": crop_labeller(clip, clip_processor, names),
+                     "masked_crop": crop_labeller(clip, clip_processor, names, masked=True)}
+    else:
+        labellers = {"crop": crop_labeller(model, processor, names), "one_pass": one_pass_labeller(model, processor, names)}
+    result = evaluate_recognition(labellers, dataset, len(names), limit=args.limit, image_column=columns["image"])
+    row = {"recognition_items": result[next(iter(labellers))]["num_items"]}
+    for name in labellers:
+        row[f"recognition_{name}"] = result[name]["accuracy"]
+        row[f"recognition_{name}_confusion"] = result[name]["confusion"]
+    return {"CLIP teacher" if args.model == "teachers" else args.model: row}, result["skipped_samples"]
 
 
 def _calibration_images(args):
@@ -118,7 +148,10 @@ def _evaluate_dataset(args, model, processor) -> tuple[dict[str, dict], int]:
     dataset = _load_suite(args.suite, args.split)
     columns = _find_columns(dataset)
     if columns["image"] is None or columns["class_names"] is None:
-        raise ValueError(f"{args.suite}: need an Image column and a ClassLabel column (found {columns}).")
+        raise ValueError(f"{args.suite}: need an Image column and a ClassLabel column, or instance masks "
+                         f"({' or '.join(INSTANCE_COLUMNS)}) with a list of ClassLabel (found {columns}).")
+    if columns["label"] is None:  # instances only: how well each ground-truth mask gets its name
+        return _recognition_rows(args, dataset, columns, model, processor)
     is_teachers = args.model == "teachers"
     clip, clip_processor = (model["clip_model"], model["clip_processor"]) if is_teachers else (model, processor)
     name = "CLIP teacher" if is_teachers else args.model

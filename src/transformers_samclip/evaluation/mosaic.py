@@ -194,13 +194,21 @@ def evaluate_teachers_on_mosaic(
     return rows
 
 
-def format_results_table(rows: dict[str, dict]) -> str:
-    """A markdown table, one row per model, the columns of `RESULT_COLUMNS` in that order, '-' where a row lacks a
-    metric."""
-    header = "| model | " + " | ".join(title for _, title in RESULT_COLUMNS) + " |"
-    rule = "|---|" + "---:|" * len(RESULT_COLUMNS)
+# The README shows the columns in two tables: naming things, and finding them.
+COLUMN_GROUPS = {
+    "recognition": tuple(column for column in RESULT_COLUMNS if column[0].startswith(("zero_shot", "recognition"))),
+    "segmentation": tuple(column for column in RESULT_COLUMNS
+                          if not column[0].startswith(("zero_shot", "recognition"))),
+}
+
+
+def format_results_table(rows: dict[str, dict], columns=RESULT_COLUMNS) -> str:
+    """A markdown table, one row per model, the `columns` (`(key, title)` pairs; default `RESULT_COLUMNS`) in that
+    order, '-' where a row lacks a metric."""
+    header = "| model | " + " | ".join(title for _, title in columns) + " |"
+    rule = "|---|" + "---:|" * len(columns)
     lines = [header, rule]
     for name, row in rows.items():
-        cells = [f"{row[key]:.3f}" if row.get(key) is not None else "-" for key, _ in RESULT_COLUMNS]
+        cells = [f"{row[key]:.3f}" if row.get(key) is not None else "-" for key, _ in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
