@@ -14,6 +14,7 @@ with the measured test metrics, in ``teachers/BUILD.json``; ``--measure-only`` r
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import platform
@@ -144,16 +145,46 @@ def _param_count(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _train_loop(name, model, step_loss, seed, lr, warmup_steps, max_steps, minutes, work_dir, log_every,
-                checkpoint_every, weight_decay=0.05, measure=None, measure_every_minutes=None) -> dict:
-    """AdamW on ``step_loss(step) -> (loss, {part: value})`` under :class:`_Schedule`, checkpointed for
-    resuming; returns the steps taken and the training time. With ``measure`` (a function returning metrics on
-    TRAIN data), the learning curve is taken every ``measure_every_minutes`` of training and at the end; the time
-    spent measuring does not count against the budget."""
+class _StepBatches(torch.utils.data.IterableDataset):
+    """``make_batch(step)`` for step = start, start + 1, ...; with DataLoader workers, worker k makes the steps
+    start + k, start + k + workers, ... and the loader's round-robin hands them out in step order."""
+
+    def __init__(self, make_batch, start: int):
+        self.make_batch, self.start = make_batch, start
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        first, stride = (self.start, 1) if info is None else (self.start + info.id, info.num_workers)
+        return (self.make_batch(step) for step in itertools.count(first, stride))
+
+
+def _batches(make_batch, start: int, workers: int):
+    """The training batches from step `start` on, made here (`workers=0`) or by `workers` processes (a GPU build,
+    where drawing mosaics on one core would starve the GPU)."""
+    if workers == 0:
+        return iter(_StepBatches(make_batch, start))
+    loader = torch.utils.data.DataLoader(_StepBatches(make_batch, start), batch_size=None, num_workers=workers,
+                                         prefetch_factor=4, persistent_workers=False)
+    return iter(loader)
+
+
+def _on(batch: dict, device) -> dict:
+    return {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
+
+
+def _train_loop(name, model, make_batch, batch_loss, seed, lr, warmup_steps, max_steps, minutes, work_dir, log_every,
+                checkpoint_every, weight_decay=0.05, measure=None, measure_every_minutes=None, workers=0) -> dict:
+    """AdamW on ``batch_loss(make_batch(step)) -> (loss, {part: value})`` under :class:`_Schedule`, on the model's
+    device, checkpointed for resuming; returns the steps taken and the training time. Batches are drawn from
+    generators keyed by the step (``workers`` processes make them ahead). With ``measure`` (a function returning
+    metrics on TRAIN data), the learning curve is taken every ``measure_every_minutes`` of training and at the end;
+    the time spent measuring does not count against the budget."""
+    device = next(model.parameters()).device
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
     schedule = _Schedule(optimizer, lr, warmup_steps, max_steps, minutes)
     checkpointer = _Checkpointer(work_dir, name, seed)
     step, elapsed, curve = checkpointer.load(model, optimizer)
+    batches = _batches(make_batch, step, workers)
     model.train()
     started = time.perf_counter() - elapsed
 
@@ -172,7 +203,7 @@ def _train_loop(name, model, step_loss, seed, lr, warmup_steps, max_steps, minut
     running = {}
     while schedule.progress(step, time.perf_counter() - started) < 1.0:
         current_lr = schedule.set_lr(step, time.perf_counter() - started)
-        loss, parts = step_loss(step)
+        loss, parts = batch_loss(_on(next(batches), device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -347,12 +378,14 @@ def train_clip(
     checkpoint_every: int = 100,
     init_from: Path | str | None = None,
     measure_every_minutes: float | None = 10.0,
+    device: str = "cpu",
+    workers: int = 0,
 ):
     """Train the CLIP teacher on fresh labelled train views in every look it will be asked about
     (:func:`~transformers_samclip.mosaic.clip_views.clip_training_views`) against all class captions; returns
     (model, processor, info). `init_from` (a saved CLIPModel folder, e.g. the shipped teacher) warm-starts from its
     weights and tokenizer at this image size. With `measure_every_minutes`, `info["curve"]` holds the learning
-    curve on train data."""
+    curve on train data. `device` and `workers` (data processes) make it a GPU build."""
     from transformers import CLIPModel, CLIPTokenizer
 
     from .clip_views import clip_training_views
@@ -363,21 +396,26 @@ def train_clip(
     model = CLIPModel(tiny_clip_config(processor.tokenizer))
     if init_from is not None:
         _warm_start_clip(model, Path(init_from))
+    model.to(device)
     source = item_source("train")
-    caption_inputs = processor.tokenizer(caption_corpus(), padding=True, return_tensors="pt")
+    caption_inputs = processor.tokenizer(caption_corpus(), padding=True, return_tensors="pt").to(device)
 
-    def step_loss(step):
+    def make_batch(step):
         rng = np.random.default_rng([seed, 1, step])
         images, labels = clip_training_views(rng, source, batch_size)
+        return {"pixel_values": processor.image_processor(images, return_tensors="pt")["pixel_values"],
+                "labels": torch.from_numpy(labels)}
+
+    def batch_loss(batch):
         with torch.no_grad():  # CLIP's clamp: keep the temperature from running away
             model.logit_scale.clamp_(0, math.log(100))
-        pixel_values = processor.image_processor(images, return_tensors="pt")["pixel_values"]
-        loss = _all_captions_loss(model, pixel_values, caption_inputs, torch.from_numpy(labels))
+        loss = _all_captions_loss(model, batch["pixel_values"], caption_inputs, batch["labels"])
         return loss, {"clip": loss.item()}
 
     measure = clip_train_measure(model, processor) if measure_every_minutes else None
-    info = _train_loop("clip", model, step_loss, seed, lr, 50, max_steps, minutes, work_dir, log_every,
-                       checkpoint_every, measure=measure, measure_every_minutes=measure_every_minutes)
+    info = _train_loop("clip", model, make_batch, batch_loss, seed, lr, 50, max_steps, minutes, work_dir, log_every,
+                       checkpoint_every, measure=measure, measure_every_minutes=measure_every_minutes,
+                       workers=workers)
     info.update(batch_size=batch_size, init_from=None if init_from is None else str(init_from))
     return model, processor, info
 
@@ -551,9 +589,12 @@ def train_sam(
     log_every: int = 25,
     checkpoint_every: int = 100,
     init_from: Path | str | None = None,
+    device: str = "cpu",
+    workers: int = 0,
 ):
     """Train the SAM teacher on fresh train mosaics with box and point prompts; returns (model, processor, info).
-    `init_from` (a saved SamModel folder, e.g. the shipped teacher) continues training from its weights."""
+    `init_from` (a saved SamModel folder, e.g. the shipped teacher) continues training from its weights. `device`
+    and `workers` (data processes) make it a GPU build."""
     from transformers import SamModel
 
     torch.manual_seed(seed)
@@ -573,17 +614,20 @@ def train_sam(
     model.tie_weights()
     if init_from is not None:
         _load_weights(model, Path(init_from))
+    model.to(device)
     source = item_source("train")
 
-    def step_loss(step):
-        rng = np.random.default_rng([seed, 2, step])
-        batch = _sam_training_batch(rng, source, processor, batch_size, prompts_per_image)
+    def make_batch(step):
+        return _sam_training_batch(np.random.default_rng([seed, 2, step]), source, processor, batch_size,
+                                   prompts_per_image)
+
+    def batch_loss(batch):
         # One encoder pass with gradients, shared by all prompt kinds (get_image_embeddings is no_grad).
         embeddings = model.vision_encoder(batch["pixel_values"]).last_hidden_state
         return _sam_loss(model, embeddings, batch)
 
-    info = _train_loop("sam", model, step_loss, seed, lr, 100, max_steps, minutes, work_dir, log_every,
-                       checkpoint_every)
+    info = _train_loop("sam", model, make_batch, batch_loss, seed, lr, 100, max_steps, minutes, work_dir, log_every,
+                       checkpoint_every, workers=workers)
     info.update(batch_size=batch_size, prompts_per_image=prompts_per_image)
     return model, processor, info
 
@@ -692,6 +736,8 @@ def build_teachers(
     work_dir: Path | str = DEFAULT_WORK_DIR,
     command: str | None = None,
     init_from: Path | str | None = None,
+    device: str = "cpu",
+    workers: int = 0,
 ) -> dict:
     """Train the teachers from ``seed``, save them to ``output_dir/{clip,sam}`` (safetensors, with their
     processors) and record the measured test metrics in ``output_dir/BUILD.json``."""
@@ -701,10 +747,12 @@ def build_teachers(
     command = command or REBUILD_COMMAND
     trainers = {
         "clip": (lambda: train_clip(seed=seed, max_steps=clip_steps, minutes=clip_minutes, lr=clip_lr, work_dir=work_dir,
-                                    init_from=None if init_from is None else Path(init_from) / "clip"),
+                                    init_from=None if init_from is None else Path(init_from) / "clip",
+                                    device=device, workers=workers),
                  _clip_metrics),
         "sam": (lambda: train_sam(seed=seed, max_steps=sam_steps, minutes=sam_minutes, work_dir=work_dir,
-                                  init_from=None if init_from is None else Path(init_from) / "sam"),
+                                  init_from=None if init_from is None else Path(init_from) / "sam",
+                                  device=device, workers=workers),
                 _sam_metrics),
     }
     for name, (train, measure) in trainers.items():
@@ -712,6 +760,7 @@ def build_teachers(
             continue
         began = time.perf_counter()
         model, processor, info = train()
+        model.to("cpu")
         model.save_pretrained(output_dir / name)
         processor.save_pretrained(output_dir / name)
         metrics = measure(model, processor, output_dir / name)
@@ -771,23 +820,31 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--clip-steps", type=int, help="stop CLIP after this many steps (the schedule follows)")
     parser.add_argument("--sam-steps", type=int, help="stop SAM after this many steps (the schedule follows)")
     parser.add_argument("--clip-lr", type=float, default=7e-4, help="peak learning rate of the CLIP training")
+    parser.add_argument("--device", default="cpu", help="where to train: cpu, cuda, cuda:1, ... (a GPU build)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="processes drawing the training batches (a GPU build: one per spare CPU core)")
     parser.add_argument("--init-from", type=Path,
                         help="warm-start from the teachers saved in this folder (its clip/ and sam/)")
     parser.add_argument("--measure-only", action="store_true", help="re-measure the saved teachers, no training")
     args = parser.parse_args(argv)
-    from ..cli import check_at_least, check_path
+    from ..cli import UsageError, check_at_least, check_path
 
     check_path(args.output_dir, "--output-dir", "folder" if args.measure_only else "output-folder")
     check_path(args.work_dir, "--work-dir", "output-folder")
     if args.init_from is not None:
         check_path(args.init_from, "--init-from", "folder")
     check_at_least("--threads", args.threads, 1)
+    check_at_least("--workers", args.workers, 0)
+    if args.device != "cpu" and not (args.device.startswith("cuda") and torch.cuda.is_available()):
+        raise UsageError(f"--device {args.device}: no such device here (torch sees "
+                         f"{torch.cuda.device_count()} GPU(s)); use --device cpu or a cuda device that exists")
     if args.measure_only:
         return measure_teachers(args.output_dir, only=args.only, threads=args.threads)
     command = "python -m transformers_samclip.mosaic.teachers " + " ".join(sys.argv[1:] if argv is None else argv)
     return build_teachers(args.output_dir, seed=args.seed, only=args.only, threads=args.threads,
                           clip_minutes=args.clip_minutes, sam_minutes=args.sam_minutes, clip_steps=args.clip_steps,
                           sam_steps=args.sam_steps, clip_lr=args.clip_lr, work_dir=args.work_dir, init_from=args.init_from,
+                          device=args.device, workers=args.workers,
                           command=command.strip())
 
 
