@@ -6,9 +6,9 @@ Command::
     python -m benchmarks.bench_onnx --threads 1 --repeats 3 --parts mosaic
     python -m benchmarks.bench_onnx --threads 1 --repeats 1 --parts real --output benchmarks/results/bench_onnx_real.json
 
-Run time here at 1 thread: `--parts mosaic` 159 s (quality ~2 min, latency ~30 s); `--parts real --repeats 1`
-616 s (export and quantization of the ViT-B graphs ~4 min, the 1024 px encoder ~17-22 s a call per backend; peak
-RSS 5.8 GB); `--tiny` (CI) ~30 s.
+Run time here at 1 thread: `--parts mosaic` 159 s on a quiet machine, 391 s at load average ~10 (quality ~2 min,
+latency ~30 s quiet); `--parts real --repeats 1` 616 s (export and quantization of the ViT-B graphs ~4 min, the
+1024 px encoder ~17-22 s a call per backend; peak RSS 5.8 GB); `--tiny` (CI) ~30 s.
 
 - Latency: every graph of `samclip export --onnx` (`transformers_samclip.hub.onnx`) at batch 1, interleaved round-robin
   with the same computation in torch eager (the export's wrapper modules), timed on process CPU time at one thread
@@ -21,9 +21,9 @@ RSS 5.8 GB); `--tiny` (CI) ~30 s.
   and each graph int8 alone (the others fp32), so that the loss is pinned on the graph that causes it.
 
 Reaches (measured here, README's ONNX section): fp32 onnxruntime equals torch eager's quality exactly; int8 of all
-graphs moves zero-shot top-1 / box mIoU / semseg mIoU by -0.001 / -0.0001 / +0.0007 and shrinks the graphs 2.3x
-(mosaic) to 3.6x (ViT-B encoder); latency ratios to torch eager 0.2-0.7 (fp32) and 0.13-0.56 (int8) at mosaic
-size, 0.5-1.28 (fp32) and 0.18-0.81 (int8) at real size.
+graphs moves zero-shot top-1 / box mIoU / semseg mIoU by +0.004 / -0.0002 / +0.0008 (no graph alone by more than
+0.002) and shrinks the graphs 2.9x (mosaic) to 3.6x (ViT-B encoder); latency ratios to torch eager 0.37-0.70 (fp32)
+and 0.11-0.51 (int8) at mosaic size, 0.5-1.28 (fp32) and 0.18-0.81 (int8) at real size.
 """
 
 from __future__ import annotations

@@ -69,9 +69,9 @@ def _run_client(install_dir: Path, folder: Path, clip_image: Path, dtype: str, t
     request = {"install_dir": str(install_dir), "folder": str(folder), "image": str(IMAGE), "point": POINT, "box": BOX,
                "clip_image": str(clip_image), "labels": LABELS, "template": TEMPLATE, "dtype": dtype}
     (tmp_path / f"request-{dtype}.json").write_text(json.dumps(request))
-    # Offline as a user behind no network: the client sets env.allowRemoteModels = false.
+    # Offline: the client sets env.allowRemoteModels = false, so a file missing from the folder fails the run.
     result = subprocess.run(["node", str(CLIENT), str(tmp_path / f"request-{dtype}.json"), str(tmp_path / f"{dtype}.json")],
-                            capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((tmp_path / f"{dtype}.json").read_text())
 
