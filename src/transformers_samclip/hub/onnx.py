@@ -305,8 +305,8 @@ def export_onnx(model: SamClipModel, processor: SamClipProcessor, out_dir: str |
 
 
 def transformers_js_config(quantized: bool) -> dict:
-    """The `transformers.js_config` entry of `config.json`: fp32 graphs by default; with int8 graphs, the wasm
-    backend (browsers) loads those, as it does for Xenova's SAM and CLIP exports."""
+    """The `transformers.js_config` entry of `config.json`: fp32 graphs by default (without it, transformers.js's
+    wasm backend asks for `_quantized` files); with int8 graphs, wasm (browsers) loads those, its own default."""
     config = {"dtype": "fp32"}
     if quantized:
         config["device_config"] = {"wasm": {"dtype": "q8"}}
