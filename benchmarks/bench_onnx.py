@@ -6,9 +6,9 @@ Command::
     python -m benchmarks.bench_onnx --threads 1 --repeats 3 --parts mosaic
     python -m benchmarks.bench_onnx --threads 1 --repeats 1 --parts real --output benchmarks/results/bench_onnx_real.json
 
-Run time here at 1 thread: `--parts mosaic` 159 s (quality ~2 min, latency ~30 s); `--parts real --repeats 1`
-616 s (export and quantization of the ViT-B graphs ~4 min, the 1024 px encoder ~17-22 s a call per backend; peak
-RSS 5.8 GB); `--tiny` (CI) ~30 s.
+Run time here at 1 thread: `--parts mosaic` 159 s on a quiet machine, 391 s at load average ~10 (quality ~2 min,
+latency ~30 s quiet); `--parts real --repeats 1` 616 s (export and quantization of the ViT-B graphs ~4 min, the
+1024 px encoder ~17-22 s a call per backend; peak RSS 5.8 GB); `--tiny` (CI) ~30 s.
 
 - Latency: every graph of `samclip export --onnx` (`transformers_samclip.hub.onnx`) at batch 1, interleaved round-robin
   with the same computation in torch eager (the export's wrapper modules), timed on process CPU time at one thread
@@ -21,9 +21,9 @@ RSS 5.8 GB); `--tiny` (CI) ~30 s.
   and each graph int8 alone (the others fp32), so that the loss is pinned on the graph that causes it.
 
 Reaches (measured here, README's ONNX section): fp32 onnxruntime equals torch eager's quality exactly; int8 of all
-graphs moves zero-shot top-1 / box mIoU / semseg mIoU by -0.001 / -0.0001 / +0.0007 and shrinks the graphs 2.3x
-(mosaic) to 3.6x (ViT-B encoder); latency ratios to torch eager 0.2-0.7 (fp32) and 0.13-0.56 (int8) at mosaic
-size, 0.5-1.28 (fp32) and 0.18-0.81 (int8) at real size.
+graphs moves zero-shot top-1 / box mIoU / semseg mIoU by +0.004 / -0.0002 / +0.0008 (no graph alone by more than
+0.002) and shrinks the graphs 2.9x (mosaic) to 3.6x (ViT-B encoder); latency ratios to torch eager 0.37-0.70 (fp32)
+and 0.11-0.51 (int8) at mosaic size, 0.5-1.28 (fp32) and 0.18-0.81 (int8) at real size.
 """
 
 from __future__ import annotations
@@ -41,14 +41,14 @@ from transformers_samclip.evaluation import evaluate_label_maps
 from transformers_samclip.evaluation.geometry import mask_to_box
 from transformers_samclip.evaluation.metrics import mask_ious, top1_accuracy
 from transformers_samclip.hub import load_samclip
-from transformers_samclip.hub.onnx import GRAPH_NAMES, graph_module, example_inputs, export_onnx, quantize_onnx
+from transformers_samclip.hub.onnx import GRAPH_IO, GRAPH_NAMES, graph_module, example_inputs, export_onnx, quantize_onnx
 from transformers_samclip.modeling import DEFAULT_TEMPLATES
 from transformers_samclip.mosaic import FASHION_MNIST_CLASSES, make_item_views, make_mosaic_dataset
 
 from .common import make_parser, median, paired_ratio, render_tables, setup, table, time_interleaved, write_result
 
 NAME = "bench_onnx"
-REAL_SIZE_GRAPHS = ("vision_encoder", "prompt_encoder_mask_decoder", "text_encoder", "clip_encoder")
+REAL_SIZE_GRAPHS = ("vision_encoder", "prompt_encoder_mask_decoder", "text_model", "vision_model")
 
 
 def _session(path: Path, threads: int, arena: bool = True):
@@ -80,13 +80,14 @@ class Backend:
                 outputs = self.modules[name](*(torch.from_numpy(np.ascontiguousarray(x)) for x in inputs))
             return [o.numpy() for o in (outputs if isinstance(outputs, tuple) else (outputs,))]
         session = self.sessions[name]
-        return session.run(None, {i.name: x for i, x in zip(session.get_inputs(), inputs)})
+        # By name: onnxruntime lists the decoder's optional prompt inputs (boxes, mask) among initializers.
+        return session.run(None, dict(zip(GRAPH_IO[name][0], inputs)))
 
 
 def _class_embeddings(run: Backend, tokenizer) -> np.ndarray:
     prompts = [t.format(c) for c in FASHION_MNIST_CLASSES for t in DEFAULT_TEMPLATES]
     tokens = tokenizer(prompts, padding=True, return_tensors="np")
-    (embeds,) = run("text_encoder", tokens["input_ids"].astype(np.int64), tokens["attention_mask"].astype(np.int64))
+    (embeds,) = run("text_model", tokens["input_ids"].astype(np.int64), tokens["attention_mask"].astype(np.int64))
     embeds = embeds.reshape(len(FASHION_MNIST_CLASSES), len(DEFAULT_TEMPLATES), -1).mean(1)
     return embeds / np.linalg.norm(embeds, axis=-1, keepdims=True)
 
@@ -97,19 +98,19 @@ def quality(run: Backend, model, processor, items, mosaics) -> dict[str, float]:
     scores = []
     for start in range(0, len(items), 64):
         pixels = processor(images=items[start : start + 64]["image"])["pixel_values"].numpy()
-        scores.append(run("clip_encoder", pixels)[0] @ classes.T)
+        scores.append(run("vision_model", pixels)[0] @ classes.T)
     ious = []
     grid = model.config.prompt_encoder_config.image_embedding_size
     no_mask = np.zeros((1, 1, 4 * grid, 4 * grid), np.float32)
+    no_points, no_labels = np.zeros((1, 1, 0, 2), np.float32), np.zeros((1, 1, 0), np.int64)
     for row in mosaics:
         masks = [np.asarray(m) > 0 for m in row["instance_masks"]]
         masks = [m for m in masks if m.any()]
         boxes = [list(mask_to_box(m)) for m in masks]
         encoding = processor(images=row["image"], input_boxes=[boxes])
         embeddings, positional = run("vision_encoder", encoding["pixel_values"].numpy())
-        corners = encoding["input_boxes"].numpy().astype(np.float32).reshape(1, len(boxes), 2, 2)
-        labels = np.tile(np.array([[[2, 3]]], np.int64), (1, len(boxes), 1))
-        iou, low_res = run("prompt_encoder_mask_decoder", embeddings, positional, corners, labels, no_mask, np.zeros(1, np.float32))
+        iou, low_res = run("prompt_encoder_mask_decoder", embeddings, positional, no_points, no_labels,
+                           encoding["input_boxes"].numpy().astype(np.float32), no_mask, np.zeros(1, np.float32))
         full = processor.post_process_masks(torch.from_numpy(low_res), encoding["original_sizes"], encoding["reshaped_input_sizes"])[0]
         best = iou[0].argmax(-1)
         ious.extend(mask_ious(full[np.arange(len(boxes)), best].numpy(), np.stack(masks)).tolist())
@@ -139,8 +140,8 @@ def latency(model, processor, folder: Path, threads: int, repeats: int, graphs, 
     for name in graphs:
         eager = graph_module(name, model).eval()
         fp32, int8 = (_session(folder / f"{name}{suffix}.onnx", threads, arena) for suffix in ("", "_quantized"))
-        torch_inputs = tuple(x[:1] for x in examples[name])  # batch 1 (the decoder with a mask prompt)
-        feed = {i.name: x.numpy() for i, x in zip(fp32.get_inputs(), torch_inputs)}
+        torch_inputs = tuple(x[:1] for x in examples[name])  # batch 1 (the decoder: 2 prompts of 2 clicks + box, and a mask)
+        feed = {input_name: x.numpy() for input_name, x in zip(GRAPH_IO[name][0], torch_inputs)}
         cases = {"torch": lambda: eager(*torch_inputs), "ort_fp32": lambda: fp32.run(None, feed),
                  "ort_int8": lambda: int8.run(None, feed)}
         with torch.inference_mode():

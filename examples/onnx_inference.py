@@ -1,13 +1,16 @@
-"""SAM-CLIP with onnxruntime, numpy and PIL only (no torch, no transformers), the way SAM's web demo runs SAM.
+"""SAM-CLIP with onnxruntime, numpy, PIL and `tokenizers` only (no torch, no transformers), fed as transformers.js
+feeds SAM and CLIP.
 
     samclip export mosaic samclip-onnx --onnx        # the graphs, tokenizer.json and onnx/samclip_onnx.json
     python examples/onnx_inference.py samclip-onnx photo.png --labels "T-shirt/top,Trouser,Bag" --point 40,60 \
         --text Bag --output result.json
 
-Runs the three tasks on one image: zero-shot classification (`clip_encoder` + `text_encoder`), a click -> mask
-(`vision_encoder` once, then `prompt_encoder_mask_decoder` per click) and text -> mask (`dense_encoder` +
-`text_encoder`), and prints their results as JSON (for the masks: pixel counts and the click mask's box). Preprocessing repeats SamClipProcessor's: PIL resizes of the uint8 image, SAM normalisation,
-zero padding to the square view; the tokenizer is CLIP's byte-level BPE read from the export's `tokenizer.json`.
+Runs the three tasks on one image: zero-shot classification (`vision_model` + `text_model`), a click -> mask
+(`vision_encoder` once, then `prompt_encoder_mask_decoder` per click, with transformers' `SamModel` prompts: the
+click and its label, no padding point) and text -> mask (`dense_encoder` + `text_model`), and prints their results
+as JSON (for the masks: pixel counts and the click mask's box). Preprocessing repeats SamClipProcessor's: PIL resizes
+of the uint8 image, SAM normalisation, zero padding to the square view; the export's `tokenizer.json` is read by
+`tokenizers` (CLIP's byte-level BPE, the same Rust code transformers runs).
 About a second per task for the mosaic model on one CPU thread.
 """
 
@@ -15,79 +18,31 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import unicodedata
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from PIL import Image
+from tokenizers import Tokenizer
 
-# CLIP's pre-tokenizer, with the Unicode classes \p{L} / \p{N} written in Python's re: letters are word characters
-# that are neither digits nor "_".
-TOKEN_PATTERN = re.compile(r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|(?:[^\s\w]|_)+")
-
-
-def _byte_alphabet() -> dict[int, str]:
-    # GPT-2's reversible byte -> printable character map, which byte-level BPE vocabularies are written in.
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    extra = [b for b in range(256) if b not in printable]
-    return {b: chr(b) for b in printable} | {b: chr(256 + i) for i, b in enumerate(extra)}
+GRAPHS = ("vision_encoder", "prompt_encoder_mask_decoder", "text_model", "vision_model", "dense_encoder")
 
 
-class ClipBpeTokenizer:
-    """CLIP's tokenizer (lowercase, byte-level BPE with `</w>` word ends, bos/eos) from a `tokenizer.json`."""
+def load_tokenizer(path: str | Path, max_length: int | None, pad_id: int) -> Tokenizer:
+    """The export's `tokenizer.json`, truncating to the text tower's length and right-padding to the longest text
+    with the model's pad token (as the processor's tokenizer does)."""
+    tokenizer = Tokenizer.from_file(str(path))
+    if max_length:
+        tokenizer.enable_truncation(max_length)
+    tokenizer.enable_padding(pad_id=pad_id, pad_token=tokenizer.id_to_token(pad_id))
+    return tokenizer
 
-    def __init__(self, path: str | Path, max_length: int | None = None, pad_id: int | None = None):
-        model = json.loads(Path(path).read_text())["model"]
-        self.vocab = model["vocab"]
-        merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-        self.ranks = {pair: rank for rank, pair in enumerate(merges)}
-        self.unk = self.vocab.get(model.get("unk_token") or "", 0)
-        self.bos, self.eos = self.vocab["<|startoftext|>"], self.vocab["<|endoftext|>"]
-        self.pad = self.eos if pad_id is None else pad_id
-        self.max_length = max_length
-        self.bytes = _byte_alphabet()
 
-    def _bpe(self, word: str) -> list[str]:
-        parts = list(word[:-1]) + [word[-1] + "</w>"]
-        while len(parts) > 1:
-            pairs = set(zip(parts, parts[1:]))
-            best = min(pairs, key=lambda pair: self.ranks.get(pair, float("inf")))
-            if best not in self.ranks:
-                break
-            merged, i = [], 0
-            while i < len(parts):
-                if i < len(parts) - 1 and (parts[i], parts[i + 1]) == best:
-                    merged.append(parts[i] + parts[i + 1])
-                    i += 2
-                else:
-                    merged.append(parts[i])
-                    i += 1
-            parts = merged
-        return parts
-
-    def encode(self, text: str) -> list[int]:
-        """Token ids of one text, with bos and eos, truncated to `max_length`."""
-        text = re.sub(r"\s+", " ", unicodedata.normalize("NFC", text)).lower()
-        ids = [self.bos]
-        for piece in TOKEN_PATTERN.findall(text):
-            mapped = "".join(self.bytes[b] for b in piece.encode("utf-8"))
-            ids += [self.vocab.get(token, self.unk) for token in self._bpe(mapped)]
-        ids.append(self.eos)
-        if self.max_length and len(ids) > self.max_length:
-            ids = ids[: self.max_length - 1] + [self.eos]
-        return ids
-
-    def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
-        """`input_ids` and `attention_mask` (int64), right-padded to the longest text."""
-        encoded = [self.encode(text) for text in texts]
-        length = max(map(len, encoded))
-        ids = np.full((len(encoded), length), self.pad, np.int64)
-        mask = np.zeros((len(encoded), length), np.int64)
-        for row, tokens in enumerate(encoded):
-            ids[row, : len(tokens)], mask[row, : len(tokens)] = tokens, 1
-        return {"input_ids": ids, "attention_mask": mask}
+def tokenize(tokenizer: Tokenizer, texts: list[str]) -> dict[str, np.ndarray]:
+    """`input_ids` and `attention_mask` (int64), right-padded to the longest text."""
+    encodings = tokenizer.encode_batch(texts)
+    return {"input_ids": np.array([e.ids for e in encodings], np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], np.int64)}
 
 
 def bilinear(array: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -114,9 +69,9 @@ class SamClipOnnx:
         options.log_severity_level = 3
         self.sessions = {
             name: ort.InferenceSession(str(folder / "onnx" / f"{name}.onnx"), options, providers=["CPUExecutionProvider"])
-            for name in ("vision_encoder", "prompt_encoder_mask_decoder", "text_encoder", "clip_encoder", "dense_encoder")
+            for name in GRAPHS
         }
-        self.tokenizer = ClipBpeTokenizer(folder / "tokenizer.json", self.config["max_text_length"], self.config["pad_token_id"])
+        self.tokenizer = load_tokenizer(folder / "tokenizer.json", self.config["max_text_length"], self.config["pad_token_id"])
 
     def _normalise(self, image: Image.Image) -> np.ndarray:
         pixels = np.asarray(image, np.float32) / 255.0
@@ -144,13 +99,14 @@ class SamClipOnnx:
     def class_embeddings(self, labels: list[str]) -> np.ndarray:
         """Template-averaged, renormalised text embeddings `(num_labels, dim)`, as SamClipModel.encode_class_names."""
         templates = self.config["templates"]
-        (embeds,) = self.sessions["text_encoder"].run(None, self.tokenizer([t.format(l) for l in labels for t in templates]))
+        prompts = [template.format(label) for label in labels for template in templates]
+        (embeds,) = self.sessions["text_model"].run(None, tokenize(self.tokenizer, prompts))
         embeds = embeds.reshape(len(labels), len(templates), -1).mean(1)
         return embeds / np.linalg.norm(embeds, axis=-1, keepdims=True)
 
     def classify(self, image: Image.Image, labels: list[str]) -> dict[str, float]:
         """Zero-shot classification: softmax over the labels of scaled cosine similarities."""
-        image_embeds, _ = self.sessions["clip_encoder"].run(None, {"pixel_values": self.clip_view(image)})
+        (image_embeds,) = self.sessions["vision_model"].run(None, {"pixel_values": self.clip_view(image)})
         logits = self.config["logit_scale"] * image_embeds[0] @ self.class_embeddings(labels).T
         probs = np.exp(logits - logits.max())
         return dict(zip(labels, (probs / probs.sum()).tolist()))
@@ -164,9 +120,9 @@ class SamClipOnnx:
         size = self.config["sam_size"]
         pixels, resized = self.square_view(image, size)
         embeddings, positional = self.sessions["vision_encoder"].run(None, {"pixel_values": pixels})
-        # The click in view coordinates, then SAM's padding point (label -1) since there is no box.
-        points = np.array([[[[x * resized[1] / image.width, y * resized[0] / image.height], [0.0, 0.0]]]], np.float32)
-        labels = np.array([[[1, -1]]], np.int64)
+        # The click in view coordinates, label 1; the graph adds SAM's padding point itself (there is no box).
+        points = np.array([[[[x * resized[1] / image.width, y * resized[0] / image.height]]]], np.float32)
+        labels = np.array([[[1]]], np.int64)
         iou, masks = self.sessions["prompt_encoder_mask_decoder"].run(
             None, {"image_embeddings": embeddings, "image_positional_embeddings": positional,
                    "input_points": points, "input_labels": labels})

@@ -1,5 +1,6 @@
-"""examples/onnx_inference.py, the numpy-only client: its tokenizer and views equal the processor's, and run in a
-subprocess where importing torch or transformers fails, its three tasks agree with the torch model."""
+"""examples/onnx_inference.py, the numpy-only client: its tokenizer (`tokenizers` on the export's tokenizer.json) and
+views equal the processor's, and run in a subprocess where importing torch or transformers fails, its three tasks
+agree with the torch model; the int8 graphs stay close to the fp32 ones."""
 
 import importlib.util
 import json
@@ -42,9 +43,11 @@ def test_tokenizer_and_views_equal_the_processor(client, mosaic):
 
     folder, model, processor = mosaic
     onnx_model = client.SamClipOnnx(folder)
-    texts = [template.format(label) for label in LABELS + ["Ankle boot's 2 soles_x!"] for template in onnx_model.config["templates"]]
-    expected = processor.tokenizer(texts, padding=True, return_tensors="np")
-    ours = onnx_model.tokenizer(texts)
+    long_text = "a very " * 40 + "long caption"  # past the text tower's length: truncated as the processor does
+    texts = [template.format(label) for label in LABELS + ["Ankle boot's 2 soles_x!", long_text]
+             for template in onnx_model.config["templates"]]
+    expected = processor(text=texts, return_tensors="np")  # padded to the longest, truncated to the tower's length
+    ours = client.tokenize(onnx_model.tokenizer, texts)
     assert np.array_equal(ours["input_ids"], expected["input_ids"])
     assert np.array_equal(ours["attention_mask"], expected["attention_mask"])
     image = Image.open(IMAGE).convert("RGB").resize((150, 97))  # not square, not the view size
@@ -101,8 +104,40 @@ def test_int8_graphs_stay_close_to_fp32(mosaic):
     folder, _, processor = mosaic
     images = [Image.open(path).convert("RGB") for path in sorted(IMAGE.parent.glob("*.png"))]
     pixels = processor(images=images)["pixel_values"].numpy()
-    fp32, int8 = (ort.InferenceSession(str(folder / "onnx" / f"clip_encoder{suffix}.onnx"), providers=["CPUExecutionProvider"])
-                  .run(None, {"pixel_values": pixels}) for suffix in ("", "_quantized"))
-    assert (fp32[0] * int8[0]).sum(-1).min() >= 0.999  # measured 0.99998
-    assert (fp32[1] * int8[1]).sum(1).min() >= 0.99  # per-patch features, measured 0.998
-    assert (folder / "onnx" / "clip_encoder_quantized.onnx").stat().st_size < (folder / "onnx" / "clip_encoder.onnx").stat().st_size
+    dense_pixels = processor(images=images, view="dense")["pixel_values"].numpy()
+    (fp32, int8), (fp32_dense, int8_dense) = (
+        [ort.InferenceSession(str(folder / "onnx" / f"{graph}{suffix}.onnx"), providers=["CPUExecutionProvider"])
+         .run(None, {"pixel_values": graph_pixels})[0] for suffix in ("", "_quantized")]
+        for graph, graph_pixels in (("vision_model", pixels), ("dense_encoder", dense_pixels))
+    )
+    assert (fp32 * int8).sum(-1).min() >= 0.999  # measured 0.99998
+    assert (fp32_dense * int8_dense).sum(1).min() >= 0.99  # per-patch features, measured 0.998
+    assert (folder / "onnx" / "vision_model_quantized.onnx").stat().st_size < (folder / "onnx" / "vision_model.onnx").stat().st_size
+
+
+def test_int8_decoder_keeps_its_prompt_inputs(mosaic):
+    """The int8 decoder still takes boxes and a mask prompt (the quantizer must not fold their defaults in as
+    weights) and answers close to the fp32 one."""
+    import onnxruntime as ort
+    from PIL import Image
+
+    folder, _, processor = mosaic
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    fp32, int8 = (ort.InferenceSession(str(folder / "onnx" / f"prompt_encoder_mask_decoder{suffix}.onnx"), options,
+                                       providers=["CPUExecutionProvider"]) for suffix in ("", "_quantized"))
+    assert [i.name for i in int8.get_inputs()] == [i.name for i in fp32.get_inputs()]
+    encoder = ort.InferenceSession(str(folder / "onnx" / "vision_encoder.onnx"), providers=["CPUExecutionProvider"])
+    pixels = processor(images=Image.open(IMAGE).convert("RGB"), input_points=[[[1, 1]]])["pixel_values"].numpy()
+    embeddings, positional = encoder.run(None, {"pixel_values": pixels})
+    feed = {"image_embeddings": embeddings, "image_positional_embeddings": positional,
+            "input_points": np.zeros((1, 1, 0, 2), np.float32), "input_labels": np.zeros((1, 1, 0), np.int64),
+            "input_boxes": np.array([[[20, 45, 75, 100]]], np.float32)}
+    (_, box_fp32), (_, box_int8) = fp32.run(None, feed), int8.run(None, feed)
+    # Refine with the best box mask as the mask prompt, as SAM's interactive loop does.
+    feed.update(input_masks=box_fp32[:, 0, :1], has_input_masks=np.ones(1, np.float32))
+    (_, refined_fp32), (_, refined_int8) = fp32.run(None, feed), int8.run(None, feed)
+    assert np.abs(refined_int8 - box_int8).max() > 1.0  # the mask prompt reached the int8 graph (measured 3.5)
+    for ours, reference in ((box_int8, box_fp32), (refined_int8, refined_fp32)):
+        overlap = ((ours > 0) & (reference > 0)).sum() / ((ours > 0) | (reference > 0)).sum()
+        assert overlap >= 0.95  # measured 0.969 (box), 0.976 (refined)
