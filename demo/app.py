@@ -42,7 +42,14 @@ PHOTOS_DIR = Path(tempfile.gettempdir()) / "samclip-demo-photos"
 FASHION_LABELS = "T-shirt/top, Trouser, Pullover, Dress, Coat, Sandal, Shirt, Sneaker, Bag, Ankle boot"
 PROMPT_MODES = ("Positive point", "Negative point", "Box (two clicks)")
 PROMPT_HELP = "One prompt per line: `+ x, y` (positive point), `- x, y` (negative point), `box x0, y0, x1, y1`."
-MASK_OPACITY = 0.55  # AnnotatedImage paints a mask's value as its alpha: the image stays visible underneath
+MASK_OPACITY = 0.7  # AnnotatedImage paints a mask's value as its alpha: the image stays visible underneath
+# Distinct, readable mask colours (Tableau 20), given to AnnotatedImage in order; a lone prompted mask gets a hot
+# pink that stands out on the mosaics' textured backgrounds and on photos (Tableau's blue vanished on a teal shoe).
+PROMPTED_MASK_COLOUR = "#ff1f8f"
+PALETTE = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+    "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5",
+]
 _NUMBER = r"-?\d+(?:\.\d+)?"
 _POINT_LINE = re.compile(rf"^([+-])\s*({_NUMBER})\s*,\s*({_NUMBER})$")
 _BOX_LINE = re.compile(rf"^box\s+({_NUMBER})\s*,\s*({_NUMBER})(?:\s*,\s*({_NUMBER})\s*,\s*({_NUMBER}))?$")
@@ -198,6 +205,14 @@ def draw_prompts(image: Image.Image, prompts: Prompts, scale: int = 1) -> Image.
     if prompts.box is not None:
         draw.rectangle([v * scale for v in prompts.box], outline=(255, 215, 0), width=max(2, radius // 2))
     return image
+
+
+def coloured(value: Annotated, palette: list[str] = PALETTE) -> gr.AnnotatedImage:
+    """`value` as an AnnotatedImage update whose i-th mask (and legend entry) is painted in `palette[i]` (cycled).
+    Without a colour map gradio paints every mask red and tints it in the browser with a hue rotation, which turns
+    most masks dark and muddy (an instance on a green shirt was invisible)."""
+    labels = [label for _, label in value[1]]
+    return gr.AnnotatedImage(value=value, color_map={label: palette[i % len(palette)] for i, label in enumerate(labels)})
 
 
 def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
@@ -394,6 +409,27 @@ def build_demo(demo: SamClipDemo, cache_dir: Path | None = None) -> gr.Blocks:
     classify, segment, segment_text, label_everything = (
         on_gpu(task) for task in (demo.classify, demo.segment, demo.segment_text, demo.label_everything)
     )
+
+    # The page's handlers: the same answers with each mask in its own colour (done outside the GPU call, which only
+    # returns arrays). That colour map travels as a component update, which gradio_client would hand to API users
+    # as is, so API clients get the plain answers through `api_endpoint` instead.
+    def segment_coloured(image: Image.Image | None, prompts: str):
+        value, iou = segment(image, prompts)
+        return coloured(value, [PROMPTED_MASK_COLOUR]), iou
+
+    def segment_text_coloured(image: Image.Image | None, labels: str, refine: bool, background_threshold: float):
+        return coloured(segment_text(image, labels, refine, background_threshold))
+
+    def label_everything_coloured(image: Image.Image | None, labels: str, background_threshold: float):
+        value, table = label_everything(image, labels, background_threshold)
+        return coloured(value), table
+
+    def on_click(button: gr.Button, page_fn, api_fn, inputs: list, outputs: list, api_name: str) -> None:
+        """`button` runs `page_fn` for the page (not offered to API clients); `api_name` runs `api_fn` for API
+        clients, through a hidden trigger."""
+        button.click(page_fn, inputs, outputs, api_visibility="private")
+        gr.Button(visible=False).click(api_fn, inputs, outputs, api_name=api_name)
+
     # The mosaic model's text tower knows ten clothing classes on textured backgrounds; a real photo shows the
     # limits of such a model, so it is offered with those labels and said to be out of domain.
     photo_labels = FASHION_LABELS
@@ -435,11 +471,11 @@ def build_demo(demo: SamClipDemo, cache_dir: Path | None = None) -> gr.Blocks:
                     seg_iou = gr.Number(label="Predicted IoU")
             gr.Examples(
                 [[mosaics[0], "+ 27, 30"], [mosaics[2], "box 11, 8, 74, 75"], [photos["astronaut"], "+ 250, 150\n- 400, 450"]],
-                inputs=[seg_image, seg_prompts], outputs=[seg_output, seg_iou], fn=segment, cache_examples=True,
+                inputs=[seg_image, seg_prompts], outputs=[seg_output, seg_iou], fn=segment_coloured, cache_examples=True,
             )
             seg_image.select(add_click, [seg_prompts, seg_mode], seg_prompts, api_name=False)
             seg_image.upload(lambda: "", None, seg_prompts, api_name=False)  # prompts belong to the old image
-            seg_button.click(segment, [seg_image, seg_prompts], [seg_output, seg_iou], api_name="segment")
+            on_click(seg_button, segment_coloured, segment, [seg_image, seg_prompts], [seg_output, seg_iou], "segment")
         with gr.Tab("Text-to-mask segmentation"):
             with gr.Row():
                 with gr.Column():
@@ -457,12 +493,11 @@ def build_demo(demo: SamClipDemo, cache_dir: Path | None = None) -> gr.Blocks:
                 [[mosaics[2], "Bag, Sandal, Coat", False, stored], [mosaics[2], "Bag, Sandal, Coat", True, stored],
                  [mosaics[10], "Bag, Coat, Pullover", True, stored],
                  [photos["coffee"], "Bag, Sandal, Coat", False, stored]],
-                inputs=[sem_image, sem_labels, sem_refine, sem_threshold], outputs=sem_output, fn=segment_text,
+                inputs=[sem_image, sem_labels, sem_refine, sem_threshold], outputs=sem_output, fn=segment_text_coloured,
                 cache_examples=True,
             )
-            sem_button.click(
-                segment_text, [sem_image, sem_labels, sem_refine, sem_threshold], sem_output, api_name="segment_text"
-            )
+            on_click(sem_button, segment_text_coloured, segment_text,
+                     [sem_image, sem_labels, sem_refine, sem_threshold], [sem_output], "segment_text")
         with gr.Tab("Label everything"):
             with gr.Row():
                 with gr.Column():
@@ -477,11 +512,11 @@ def build_demo(demo: SamClipDemo, cache_dir: Path | None = None) -> gr.Blocks:
                                      interactive=False)
             gr.Examples(
                 [[mosaics[0], FASHION_LABELS, -1], [mosaics[10], FASHION_LABELS, -1], [photos["chelsea"], photo_labels, -1]],
-                inputs=[all_image, all_labels, all_threshold], outputs=[all_output, all_table], fn=label_everything,
+                inputs=[all_image, all_labels, all_threshold], outputs=[all_output, all_table], fn=label_everything_coloured,
                 cache_examples=True,
             )
-            all_button.click(label_everything, [all_image, all_labels, all_threshold], [all_output, all_table],
-                             api_name="label_everything")
+            on_click(all_button, label_everything_coloured, label_everything,
+                     [all_image, all_labels, all_threshold], [all_output, all_table], "label_everything")
     return app
 
 

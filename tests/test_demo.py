@@ -18,6 +18,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
+FASHION_LABELS = "T-shirt/top, Trouser, Pullover, Dress, Coat, Sandal, Shirt, Sneaker, Bag, Ankle boot"
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the load benchmark lives in the repository's benchmarks/, not in the package
 ARTIFACTS = ROOT / "test-artifacts"
@@ -51,28 +52,44 @@ def examples_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("examples-cache")
 
 
-@pytest.fixture(scope="module")
-def server(model_dir, examples_cache, tmp_path_factory):
-    """`samclip demo` in a subprocess on a free port, its example cache in a fresh folder; yields its URL."""
+def start_demo(log: Path, **env) -> tuple[subprocess.Popen, str]:
+    """`samclip demo` in a subprocess on a free port with `env` added (a `None` value unsets the variable); returns
+    it and its URL once the page answers."""
     port = free_port()
-    env = {**os.environ, "SAMCLIP_MODEL": str(model_dir), "SAMCLIP_DEMO_MAX_PIXELS": str(MAX_PIXELS),
-           "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1",
-           "GRADIO_EXAMPLES_CACHE": str(examples_cache)}
-    log = tmp_path_factory.mktemp("demo-log") / "demo.log"
+    env = {**os.environ, "SAMCLIP_DEMO_MAX_PIXELS": str(MAX_PIXELS), "HF_HUB_OFFLINE": "1",
+           "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1", **env}
+    env = {key: value for key, value in env.items() if value is not None}
     with open(log, "w") as handle:
         process = subprocess.Popen([str(Path(sys.executable).with_name("samclip")), "demo", "--port", str(port)],
                                    env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 300
     while True:
         try:
             urllib.request.urlopen(url, timeout=2)
-            break
+            return process, url
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
                 pytest.fail(f"the demo did not start:\n{log.read_text()[-3000:]}")
             time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def server(model_dir, examples_cache, tmp_path_factory):
+    """The Space on the tiny model, its example cache in a fresh folder; yields its URL."""
+    log = tmp_path_factory.mktemp("demo-log") / "demo.log"
+    process, url = start_demo(log, SAMCLIP_MODEL=str(model_dir), GRADIO_EXAMPLES_CACHE=str(examples_cache))
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def shipped_server(tmp_path_factory):
+    """The Space as visitors see it: the shipped mosaic model (no $SAMCLIP_MODEL); yields its URL."""
+    log = tmp_path_factory.mktemp("demo-log") / "demo.log"
+    process, url = start_demo(log, SAMCLIP_MODEL=None, GRADIO_EXAMPLES_CACHE=str(tmp_path_factory.mktemp("shipped-cache")))
     yield url
     process.terminate()
     process.wait(timeout=30)
@@ -108,7 +125,7 @@ def annotated(value) -> tuple[np.ndarray, list[tuple[np.ndarray, str]]]:
     return base, [(np.asarray(Image.open(a["image"]).convert("RGBA")), a["label"]) for a in value["annotations"]]
 
 
-def test_segmentation_tab_returns_the_mask_on_the_enlarged_image(client, image_path):
+def test_segmentation_tab_returns_the_mask_on_the_enlarged_image(client, image_path, app_module):
     value, iou = client.predict(handle_file(image_path), "+ 40, 25\n- 5, 5\nbox 20, 10, 60, 40", api_name="/segment")
     base, annotations = annotated(value)
     original = np.asarray(Image.open(image_path))
@@ -119,7 +136,8 @@ def test_segmentation_tab_returns_the_mask_on_the_enlarged_image(client, image_p
     ((layer, label),) = annotations
     assert layer.shape == (300, 450, 4) and label == f"mask (predicted IoU {iou:.2f})" and isinstance(iou, float)
     alpha = layer[..., 3]
-    assert set(np.unique(alpha)) <= {0, round(0.55 * 255)}  # one opacity: the image stays visible under the mask
+    # One opacity below 1: the image stays visible under the mask.
+    assert set(np.unique(alpha)) <= {0, round(app_module.MASK_OPACITY * 255)} and app_module.MASK_OPACITY < 1
     np.testing.assert_array_equal(alpha, alpha[::5, ::5].repeat(5, 0).repeat(5, 1))  # enlarged like the image
 
 
@@ -174,6 +192,15 @@ def test_small_images_are_enlarged_for_display_only(app_module, size, scale):
     enlarged = app_module.enlarge(image, scale)
     assert enlarged.size == (size[0] * scale, size[1] * scale)
     np.testing.assert_array_equal(np.asarray(enlarged), np.asarray(image).repeat(scale, 0).repeat(scale, 1))
+
+
+def test_the_page_paints_each_mask_in_its_own_colour(app_module):
+    """The page's AnnotatedImage gets a colour map: the i-th label in the i-th palette colour, cycling after 20."""
+    masks = [(np.zeros((4, 4), np.float32), f"{i}. thing") for i in range(22)]
+    update = app_module.coloured((Image.new("RGB", (4, 4)), masks))
+    assert list(update.color_map.values()) == app_module.PALETTE + app_module.PALETTE[:2]
+    assert list(update.color_map) == [label for _, label in masks] and len(set(app_module.PALETTE)) == 20
+    assert app_module.coloured((Image.new("RGB", (4, 4)), masks[:1]), ["#ff1f8f"]).color_map == {"0. thing": "#ff1f8f"}
 
 
 def test_tasks_run_under_spaces_gpu_only_where_spaces_is_installed(app_module, monkeypatch):
@@ -303,32 +330,59 @@ def load_example(page, row: int) -> None:
     visible(page.get_by_test_id("image").locator("img")).wait_for(timeout=30_000)
 
 
+RESULT_IMAGE = 'img[alt="the base file that is annotated"]'
+
+
+def legend(page, count: int | None = None) -> list[str]:
+    """The open tab's AnnotatedImage legend, once it has `count` entries (or any, when None)."""
+    items = page.locator(".legend-item").locator("visible=true")
+    items.first.wait_for(timeout=120_000)
+    if count is not None:
+        page.wait_for_function(
+            "n => [...document.querySelectorAll('.legend-item')].filter(e => e.offsetParent).length == n", arg=count,
+            timeout=60_000)
+    return items.all_inner_texts()
+
+
+def shown_large(page) -> None:
+    """The open tab's result is the 128 px mosaic enlarged to 512 px, and shown at least 400 px wide."""
+    result = visible(page.locator(RESULT_IMAGE))
+    assert result.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [512, 512]
+    assert result.bounding_box()["width"] >= 400
+
+
 @pytest.mark.slow
-def test_the_page_runs_an_example_in_chromium(server):
+def test_every_tab_runs_an_example_in_chromium(shipped_server):
+    """The Space with the shipped model in headless Chromium: each tab's cached example (and one live click and
+    segmentation) shows its result; a screenshot of each tab goes to test-artifacts/."""
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(chromium).exists():
         pytest.skip("Debian chromium is not installed (./bootstrap test installs it where apt-get exists)")
     from playwright.sync_api import sync_playwright
 
+    names = [name.strip() for name in FASHION_LABELS.split(",")]
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as driver:
         browser = driver.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1280, "height": 1100})
-        page.goto(server)
+        page.goto(shipped_server)
         page.get_by_role("tab", name="Zero-shot classification").wait_for(timeout=60_000)
-        # The first example (mosaic-0 with the ten Fashion-MNIST labels): ranked labels appear.
+        # The first example (mosaic-0 with the ten Fashion-MNIST labels): its cached ranked labels appear.
         load_example(page, row=0)
-        visible(page.get_by_role("button", name="Classify")).click()
         visible(page.get_by_test_id("label").get_by_text("Sneaker")).wait_for(timeout=60_000)
         page.screenshot(path=str(ARTIFACTS / "demo-classification.png"), full_page=True)
 
-        # A click on the image adds a positive point at that pixel of the 128 px mosaic, however it is scaled.
+        # The cached example's mask, then a click on the image adds a positive point at that pixel of the 128 px
+        # mosaic, however it is scaled, and Segment redraws the result with it.
         page.get_by_role("tab", name="Promptable segmentation").click()
         load_example(page, row=0)
+        assert legend(page, 1)[0].startswith("mask (predicted IoU")
+        shown_large(page)
+        cached = visible(page.locator(RESULT_IMAGE)).get_attribute("src")
         prompts = visible(page.get_by_label("Prompts"))
         picture = visible(page.get_by_test_id("image").locator("img"))
         box, natural = picture.bounding_box(), picture.evaluate("img => [img.naturalWidth, img.naturalHeight]")
-        # Gradio shows the image centred with object-fit: scale-down (never enlarged).
+        # Gradio shows an input image centred with object-fit: scale-down (never enlarged).
         scale = min(1.0, box["width"] / natural[0], box["height"] / natural[1])
         picture.click(position={"x": (box["width"] - natural[0] * scale) / 2 + 0.7 * natural[0] * scale,
                                 "y": (box["height"] - natural[1] * scale) / 2 + 0.5 * natural[1] * scale})
@@ -336,17 +390,34 @@ def test_the_page_runs_an_example_in_chromium(server):
         x, y = (int(v) for v in prompts.input_value().splitlines()[1].removeprefix("+ ").split(","))
         assert abs(x - 0.7 * 128) <= 3 and abs(y - 0.5 * 128) <= 3
         visible(page.get_by_role("button", name="Segment")).click()
-        page.wait_for_function("() => [...document.querySelectorAll('input')].some(i => i.offsetParent && "
-                               "i.type === 'number' && i.value !== '')", timeout=60_000)
+        page.wait_for_function(
+            f"src => [...document.querySelectorAll('{RESULT_IMAGE}')].some(i => i.offsetParent && i.src != src)",
+            arg=cached, timeout=60_000)  # the base image now carries the second point
         page.screenshot(path=str(ARTIFACTS / "demo-segmentation.png"), full_page=True)
 
-        # Text-to-mask: the SAM-refined mosaic example; the legend lists its class names.
+        # Text-to-mask: the SAM-refined mosaic example; one legend entry per class name with its share.
         page.get_by_role("tab", name="Text-to-mask segmentation").click()
         load_example(page, row=1)
-        visible(page.get_by_role("button", name="Segment")).click()
-        legend = visible(page.locator(".samclip-legend"))
-        legend.wait_for(timeout=60_000)
-        assert all(name in legend.inner_text() for name in ("Bag", "Sandal", "Coat"))
+        entries = legend(page, 3)
+        assert [entry.split(" (")[0] for entry in entries] == ["Bag", "Sandal", "Coat"]
+        assert all(entry.endswith("%)") for entry in entries)
+        shown_large(page)
         page.screenshot(path=str(ARTIFACTS / "demo-text-to-mask.png"), full_page=True)
+
+        # Label everything: mosaic-0's instances, each a legend entry "n. label score" and a table row.
+        page.get_by_role("tab", name="Label everything").click()
+        load_example(page, row=0)
+        entries = legend(page)
+        assert len(entries) >= 2
+        for number, entry in enumerate(entries, start=1):
+            prefix, label, score = entry.split(" ", 1)[0], entry.split(" ", 1)[1].rsplit(" ", 1)[0], entry.rsplit(" ", 1)[1]
+            assert prefix == f"{number}." and label in names and 0 < float(score) <= 1
+        shown_large(page)
+        colours = page.locator(".legend-item").locator("visible=true").evaluate_all(
+            "items => items.map(item => getComputedStyle(item).backgroundColor)")
+        # Each instance in its own palette colour (gradio's default paints all red and hue-rotates them dark).
+        assert [colour.rsplit(",", 1)[0] for colour in colours[:2]] == ["rgba(31, 119, 180", "rgba(255, 127, 14"]
+        page.screenshot(path=str(ARTIFACTS / "demo-label-everything.png"), full_page=True)
         browser.close()
-    assert (ARTIFACTS / "demo-classification.png").stat().st_size > 10_000
+    for name in ("classification", "segmentation", "text-to-mask", "label-everything"):
+        assert (ARTIFACTS / f"demo-{name}.png").stat().st_size > 10_000
