@@ -5,9 +5,9 @@ The model comes from `$SAMCLIP_MODEL` (a folder or Hub id, loaded as remote code
 without it, from the `transformers-samclip` package's shipped mosaic model when the package is installed
 (imported only then), else from the Hub copy `HUB_MODEL_ID`. Run locally with `samclip demo`.
 
-Masks and labels are shown with `gr.AnnotatedImage` (hover a legend entry to pick its mask out); images smaller
-than `DISPLAY_SIZE` are enlarged by an integer factor with nearest-neighbour sampling for display only (the model
-always sees the uploaded pixels). Examples are cached at launch in a folder named for the app and the model
+Masks and labels are shown with `gr.AnnotatedImage` (hover a legend entry to pick its mask out); results of small
+images (at most half of `DISPLAY_SIZE` on their longer side) are enlarged by an integer factor with nearest-neighbour
+sampling for display only (the model always sees the uploaded pixels). Examples are cached at launch in a folder named for the app and the model
 (`examples_cache_dir`). On a ZeroGPU Space (the `spaces` package present) each task runs under `spaces.GPU`.
 """
 
@@ -167,7 +167,7 @@ def add_click(prompts: str | None, mode: str, evt: gr.SelectData) -> str:
 
 # ------------------------------------------------------------------------------------------------ drawing
 # What the three segmentation tasks return to `gr.AnnotatedImage`: the base image and (mask layer, label) pairs.
-Annotated = tuple[Image.Image, list[tuple[np.ndarray, str]]]
+AnnotatedValue = tuple[Image.Image, list[tuple[np.ndarray, str]]]
 INSTANCE_COLUMNS = ["#", "label", "score", "pixels", "box (x0, y0, x1, y1)"]
 
 
@@ -207,7 +207,7 @@ def draw_prompts(image: Image.Image, prompts: Prompts, scale: int = 1) -> Image.
     return image
 
 
-def coloured(value: Annotated, palette: list[str] = PALETTE) -> gr.AnnotatedImage:
+def coloured(value: AnnotatedValue, palette: list[str] = PALETTE) -> gr.AnnotatedImage:
     """`value` as an AnnotatedImage update whose i-th mask (and legend entry) is painted in `palette[i]` (cycled).
     Without a colour map gradio paints every mask red and tints it in the browser with a hue rotation, which turns
     most masks dark and muddy (an instance on a green shirt was invisible)."""
@@ -282,7 +282,7 @@ class SamClipDemo:
         return dict(zip(labels, logits.softmax(-1)[0].tolist()))
 
     @torch.no_grad()
-    def segment(self, image: Image.Image | None, prompts_text: str) -> tuple[Annotated, float]:
+    def segment(self, image: Image.Image | None, prompts_text: str) -> tuple[AnnotatedValue, float]:
         """Promptable segmentation: the best of SAM's candidate masks on the (enlarged) image with the prompts
         drawn, and its predicted IoU."""
         image = check_image(image)
@@ -306,7 +306,7 @@ class SamClipDemo:
     @torch.no_grad()
     def segment_text(
         self, image: Image.Image | None, labels_text: str, refine: bool, background_threshold: float | None = None
-    ) -> Annotated:
+    ) -> AnnotatedValue:
         """Text-to-mask semantic segmentation: one mask per class name, labelled with the share of the image it
         covers. Pixels whose best cosine is below `background_threshold` stay uncoloured (default: the threshold
         the model carries in its config; -1 turns background off)."""
@@ -336,7 +336,7 @@ class SamClipDemo:
     @torch.no_grad()
     def label_everything(
         self, image: Image.Image | None, labels_text: str, background_threshold: float | None = None
-    ) -> tuple[Annotated, list[list]]:
+    ) -> tuple[AnnotatedValue, list[list]]:
         """Open-vocabulary instance segmentation from one encoder pass: each object SAM's automatic masks find,
         labelled `"n. label score"`, and a table of the instances (number, label, score, pixels, box at the
         original size). Masks whose best label cosine is below `background_threshold` (default: the model's
