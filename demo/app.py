@@ -4,11 +4,17 @@
 The model comes from `$SAMCLIP_MODEL` (a folder or Hub id, loaded as remote code with plain transformers);
 without it, from the `transformers-samclip` package's shipped mosaic model when the package is installed
 (imported only then), else from the Hub copy `HUB_MODEL_ID`. Run locally with `samclip demo`.
+
+Masks and labels are shown with `gr.AnnotatedImage` (hover a legend entry to pick its mask out); results of small
+images (at most half of `DISPLAY_SIZE` on their longer side) are enlarged by an integer factor with nearest-neighbour
+sampling for display only (the model always sees the uploaded pixels). Examples are cached at launch in a folder named for the app and the model
+(`examples_cache_dir`). On a ZeroGPU Space (the `spaces` package present) each task runs under `spaces.GPU`.
 """
 
 from __future__ import annotations
 
-import html
+import contextlib
+import hashlib
 import os
 import re
 import tempfile
@@ -18,27 +24,58 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import torch
+from gradio import processing_utils
 from PIL import Image, ImageDraw
+
+try:  # Hugging Face's ZeroGPU helper: installed on Spaces, absent (and not needed) elsewhere
+    import spaces
+except ImportError:
+    spaces = None
 
 HUB_MODEL_ID = "transformers-samclip/samclip-mosaic"
 MAX_PIXELS = int(os.environ.get("SAMCLIP_DEMO_MAX_PIXELS", str(2048 * 2048)))
 MAX_LABELS = 20
-IMAGE_HEIGHT = 360  # a steady layout; gradio never enlarges an image, so small ones show at their own size
+IMAGE_HEIGHT = 360  # a steady layout for the inputs; gradio never enlarges an input image
+DISPLAY_SIZE = 512  # results are enlarged (nearest neighbour, integer factor) until their longer side nears this
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 PHOTOS_DIR = Path(tempfile.gettempdir()) / "samclip-demo-photos"
 FASHION_LABELS = "T-shirt/top, Trouser, Pullover, Dress, Coat, Sandal, Shirt, Sneaker, Bag, Ankle boot"
 PROMPT_MODES = ("Positive point", "Negative point", "Box (two clicks)")
 PROMPT_HELP = "One prompt per line: `+ x, y` (positive point), `- x, y` (negative point), `box x0, y0, x1, y1`."
-# Distinct, readable colours for up to MAX_LABELS classes (Tableau 20).
-PALETTE = np.array([
-    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75), (227, 119, 194),
-    (127, 127, 127), (188, 189, 34), (23, 190, 207), (174, 199, 232), (255, 187, 120), (152, 223, 138),
-    (255, 152, 150), (197, 176, 213), (196, 156, 148), (247, 182, 210), (199, 199, 199), (219, 219, 141),
-    (158, 218, 229),
-], dtype=np.uint8)
+MASK_OPACITY = 0.7  # AnnotatedImage paints a mask's value as its alpha: the image stays visible underneath
+# Distinct, readable mask colours (Tableau 20), given to AnnotatedImage in order; a lone prompted mask gets a hot
+# pink that stands out on the mosaics' textured backgrounds and on photos (Tableau's blue vanished on a teal shoe).
+PROMPTED_MASK_COLOUR = "#ff1f8f"
+PALETTE = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+    "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5",
+]
 _NUMBER = r"-?\d+(?:\.\d+)?"
 _POINT_LINE = re.compile(rf"^([+-])\s*({_NUMBER})\s*,\s*({_NUMBER})$")
 _BOX_LINE = re.compile(rf"^box\s+({_NUMBER})\s*,\s*({_NUMBER})(?:\s*,\s*({_NUMBER})\s*,\s*({_NUMBER}))?$")
+
+
+# ------------------------------------------------------------------------------------ gradio under load
+def save_pil_to_cache(image: Image.Image, cache_dir: str, name: str = "image", format: str = "webp") -> str:
+    """gradio's `processing_utils.save_pil_to_cache` without its race. gradio names an output image's file by the
+    hash of its bytes and rewrites it in place (truncate, then write) on every call, so when two requests get the
+    same answer, the second truncates the file while the first client downloads it ("peer closed connection
+    without sending complete message body", at 4 concurrent clients). Here a file is written once, under a
+    temporary name then renamed into place (atomic), and later calls only refresh its age for gradio's cleanup."""
+    data = processing_utils.encode_pil_to_bytes(image, format)
+    path = (Path(cache_dir) / processing_utils.hash_bytes(data) / f"{name}.{format}").resolve()
+    if path.exists():
+        os.utime(path)
+        return str(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{name}-", delete=False) as handle:
+        handle.write(data)
+    os.replace(handle.name, path)
+    return str(path)
+
+
+# gradio's image components (AnnotatedImage, Image) call it through the module at each answer.
+processing_utils.save_pil_to_cache = save_pil_to_cache
 
 
 # ------------------------------------------------------------------------------------------ input checks
@@ -129,43 +166,79 @@ def add_click(prompts: str | None, mode: str, evt: gr.SelectData) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ drawing
-def blend(image: Image.Image, colours: np.ndarray, alpha: float = 0.5) -> Image.Image:
-    """Blend an `(H, W, 3)` colour layer over `image` where it is non-black."""
-    base = np.asarray(image, dtype=np.float32)
-    painted = colours.any(-1, keepdims=True)
-    mixed = np.where(painted, (1 - alpha) * base + alpha * colours.astype(np.float32), base)
-    return Image.fromarray(mixed.round().astype(np.uint8))
+# What the three segmentation tasks return to `gr.AnnotatedImage`: the base image and (mask layer, label) pairs.
+AnnotatedValue = tuple[Image.Image, list[tuple[np.ndarray, str]]]
+INSTANCE_COLUMNS = ["#", "label", "score", "pixels", "box (x0, y0, x1, y1)"]
 
 
-def draw_prompts(image: Image.Image, prompts: Prompts) -> Image.Image:
-    """Mark points (green positive, red negative) and the box on a copy of `image`."""
+def display_scale(width: int, height: int) -> int:
+    """The integer factor that enlarges a `width x height` image until its longer side nears `DISPLAY_SIZE`
+    (1 for an image already that large): a 128 px mosaic is shown at 512 px."""
+    return max(1, DISPLAY_SIZE // max(width, height))
+
+
+def enlarge(image: Image.Image, scale: int) -> Image.Image:
+    """`image` `scale` times larger with nearest-neighbour sampling, so every pixel the model saw (and every mask
+    edge on it) stays a sharp `scale x scale` block instead of a blur."""
+    if scale == 1:
+        return image
+    return image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+
+
+def mask_layer(mask: np.ndarray, scale: int) -> np.ndarray:
+    """A bool `(H, W)` mask as an AnnotatedImage layer (its value becomes the painted alpha), enlarged like the
+    image it lies on."""
+    layer = mask.astype(np.float32) * MASK_OPACITY
+    return layer.repeat(scale, axis=0).repeat(scale, axis=1) if scale > 1 else layer
+
+
+def draw_prompts(image: Image.Image, prompts: Prompts, scale: int = 1) -> Image.Image:
+    """Mark points (green positive, red negative) and the box on a copy of `image`, an enlargement by `scale` of
+    the image the prompts refer to (a point marks the centre of its pixel)."""
     image = image.copy()
     draw = ImageDraw.Draw(image)
-    radius = max(2, round(max(image.size) / 100))
+    radius = max(3, round(max(image.size) / 80))
     for (x, y), label in zip(prompts.points, prompts.point_labels):
+        x, y = (x + 0.5) * scale, (y + 0.5) * scale
         colour = (0, 220, 0) if label == 1 else (230, 0, 0)
-        draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=colour, outline=(255, 255, 255))
+        draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=colour, outline=(255, 255, 255), width=2)
     if prompts.box is not None:
-        draw.rectangle(prompts.box, outline=(255, 215, 0), width=max(1, radius // 2))
+        draw.rectangle([v * scale for v in prompts.box], outline=(255, 215, 0), width=max(2, radius // 2))
     return image
 
 
-def swatch_item(colour, text: str) -> str:
-    """One legend line: a colour swatch and `text` (escaped)."""
-    return (f'<li style="list-style:none;margin:2px 0"><span style="display:inline-block;width:14px;height:14px;'
-            f'background:rgb{tuple(int(c) for c in colour)};margin-right:6px;vertical-align:middle"></span>'
-            f"{html.escape(text)}</li>")
+def coloured(value: AnnotatedValue, palette: list[str] = PALETTE) -> gr.AnnotatedImage:
+    """`value` as an AnnotatedImage update whose i-th mask (and legend entry) is painted in `palette[i]` (cycled).
+    Without a colour map gradio paints every mask red and tints it in the browser with a hue rotation, which turns
+    most masks dark and muddy (an instance on a green shirt was invisible)."""
+    labels = [label for _, label in value[1]]
+    return gr.AnnotatedImage(value=value, color_map={label: palette[i % len(palette)] for i, label in enumerate(labels)})
 
 
-def legend_html(labels: list[str], coverage: list[float]) -> str:
-    """A colour legend: one swatch per label with the share of pixels it covers."""
-    items = "".join(swatch_item(PALETTE[i], f"{label} ({share:.1%})") for i, (label, share) in enumerate(zip(labels, coverage)))
-    return f'<ul class="samclip-legend" style="padding:0">{items}</ul>'
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """The inclusive pixel box `(x0, y0, x1, y1)` of a non-empty bool mask."""
+    ys, xs = np.nonzero(mask)
+    return int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
 
 
 # -------------------------------------------------------------------------------------------------- model
+def on_gpu(function):
+    """`spaces.GPU(function)` where the `spaces` package is installed (a ZeroGPU Space lends a GPU for each call),
+    else `function` unchanged."""
+    return function if spaces is None else spaces.GPU(function)
+
+
+def model_fingerprint(model) -> str:
+    """A short hash of a model's config and weights: two models share it only when they compute the same thing."""
+    digest = hashlib.sha256(model.config.to_json_string().encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 class SamClipDemo:
-    """A loaded SAM-CLIP model and processor, and the three tasks of the Space as plain functions."""
+    """A loaded SAM-CLIP model and processor, and the four tasks of the Space as plain functions."""
 
     def __init__(self, model, processor, description: str):
         self.model = model.eval()
@@ -174,7 +247,8 @@ class SamClipDemo:
 
     @classmethod
     def load(cls, source: str | None = None) -> SamClipDemo:
-        """Load `source` (folder or Hub id; default `$SAMCLIP_MODEL`, else the shipped mosaic model)."""
+        """Load `source` (folder or Hub id; default `$SAMCLIP_MODEL`, else the shipped mosaic model), on the GPU
+        when one is visible (a ZeroGPU Space shows one once `spaces` is imported)."""
         source = source or os.environ.get("SAMCLIP_MODEL")
         if not source:
             try:
@@ -183,25 +257,34 @@ class SamClipDemo:
                 source = HUB_MODEL_ID
             else:
                 loaded = load_mosaic_model()
-                return cls(loaded.model, loaded.processor, loaded.description)
-        from transformers import AutoModel, AutoProcessor
+                model, processor, description = loaded.model, loaded.processor, loaded.description
+        if source:
+            from transformers import AutoModel, AutoProcessor
 
-        model = AutoModel.from_pretrained(source, trust_remote_code=True)
-        return cls(model, AutoProcessor.from_pretrained(source, trust_remote_code=True), f"`{source}`")
+            model = AutoModel.from_pretrained(source, trust_remote_code=True)
+            processor, description = AutoProcessor.from_pretrained(source, trust_remote_code=True), f"`{source}`"
+        if torch.cuda.is_available():
+            model = model.to("cuda")
+        return cls(model, processor, description)
+
+    def _on_device(self, inputs) -> dict:
+        """The processor's tensors moved to the model's device (the processor makes them on the CPU)."""
+        return {key: value.to(self.model.device) for key, value in inputs.items()}
 
     @torch.no_grad()
     def classify(self, image: Image.Image | None, labels_text: str) -> dict[str, float]:
         """Zero-shot classification: `{label: probability}` over the given labels."""
         image, labels = check_image(image), parse_labels(labels_text)
         class_embeds = self.model.encode_class_names(labels, self.processor.tokenizer)
-        inputs = self.processor(images=image, view="clip")
+        inputs = self._on_device(self.processor(images=image, view="clip"))
         image_embeds = self.model(pixel_values=inputs["pixel_values"]).image_embeds
         logits = image_embeds @ class_embeds.T * self.model.logit_scale.exp()
         return dict(zip(labels, logits.softmax(-1)[0].tolist()))
 
     @torch.no_grad()
-    def segment(self, image: Image.Image | None, prompts_text: str) -> tuple[Image.Image, float]:
-        """Promptable segmentation: the best of SAM's candidate masks as an overlay, and its predicted IoU."""
+    def segment(self, image: Image.Image | None, prompts_text: str) -> tuple[AnnotatedValue, float]:
+        """Promptable segmentation: the best of SAM's candidate masks on the (enlarged) image with the prompts
+        drawn, and its predicted IoU."""
         image = check_image(image)
         prompts = parse_prompts(prompts_text, image.width, image.height)
         kwargs = {}
@@ -210,74 +293,73 @@ class SamClipDemo:
         if prompts.box is not None:
             kwargs["input_boxes"] = [[list(prompts.box)]]
         inputs = self.processor(images=image, **kwargs)
-        outputs = self.model(**inputs)
+        outputs = self.model(**self._on_device(inputs))
         masks = self.processor.post_process_masks(
-            outputs.pred_masks, inputs["original_sizes"], inputs["reshaped_input_sizes"]
+            outputs.pred_masks.cpu(), inputs["original_sizes"], inputs["reshaped_input_sizes"]
         )[0][0]
         best = int(outputs.iou_scores[0, 0].argmax())
-        colours = np.zeros((image.height, image.width, 3), dtype=np.uint8)
-        colours[masks[best].numpy()] = PALETTE[0]
-        return draw_prompts(blend(image, colours), prompts), round(float(outputs.iou_scores[0, 0, best]), 4)
+        iou = round(float(outputs.iou_scores[0, 0, best]), 4)
+        scale = display_scale(image.width, image.height)
+        base = draw_prompts(enlarge(image, scale), prompts, scale)
+        return (base, [(mask_layer(masks[best].numpy(), scale), f"mask (predicted IoU {iou:.2f})")]), iou
 
     @torch.no_grad()
     def segment_text(
         self, image: Image.Image | None, labels_text: str, refine: bool, background_threshold: float | None = None
-    ) -> tuple[Image.Image, str]:
-        """Text-to-mask semantic segmentation: a coloured overlay and its legend (HTML). Pixels whose best cosine
-        is below `background_threshold` stay uncoloured (default: the threshold the model carries in its config;
-        -1 turns background off)."""
+    ) -> AnnotatedValue:
+        """Text-to-mask semantic segmentation: one mask per class name, labelled with the share of the image it
+        covers. Pixels whose best cosine is below `background_threshold` stay uncoloured (default: the threshold
+        the model carries in its config; -1 turns background off)."""
         image, labels = check_image(image), parse_labels(labels_text)
         class_embeds = self.model.encode_class_names(labels, self.processor.tokenizer)
         threshold = background_threshold
         if refine:
             inputs = self.processor(images=image, view="sam")
             output = self.model.semantic_segmentation_refined(
-                inputs["pixel_values"], class_embeds, background_threshold=threshold
+                self._on_device(inputs)["pixel_values"], class_embeds, background_threshold=threshold
             )
         else:
             inputs = self.processor(images=image, view="dense")
-            output = self.model.semantic_segmentation(inputs["pixel_values"], class_embeds, background_threshold=threshold)
+            output = self.model.semantic_segmentation(
+                self._on_device(inputs)["pixel_values"], class_embeds, background_threshold=threshold
+            )
         label_map = self.processor.post_process_semantic_segmentation(
-            output.logits, inputs["original_sizes"], inputs["reshaped_input_sizes"]
+            output.logits.cpu(), inputs["original_sizes"], inputs["reshaped_input_sizes"]
         )[0].numpy()
-        colours = np.zeros((*label_map.shape, 3), dtype=np.uint8)
-        colours[label_map > 0] = PALETTE[label_map[label_map > 0] - 1]
-        coverage = [float((label_map == i + 1).mean()) for i in range(len(labels))]
-        return blend(image, colours, alpha=0.6), legend_html(labels, coverage)
-
+        scale = display_scale(image.width, image.height)
+        annotations = []
+        for index, label in enumerate(labels):
+            mask = label_map == index + 1
+            annotations.append((mask_layer(mask, scale), f"{label} ({mask.mean():.1%})"))
+        return enlarge(image, scale), annotations
 
     @torch.no_grad()
     def label_everything(
         self, image: Image.Image | None, labels_text: str, background_threshold: float | None = None
-    ) -> tuple[Image.Image, str]:
+    ) -> tuple[AnnotatedValue, list[list]]:
         """Open-vocabulary instance segmentation from one encoder pass: each object SAM's automatic masks find,
-        coloured and captioned with its label and score, and the list of instances (HTML). Masks whose best label
-        cosine is below `background_threshold` (default: the model's calibrated one) are dropped as "none of
-        these" (default -1: every mask is kept)."""
+        labelled `"n. label score"`, and a table of the instances (number, label, score, pixels, box at the
+        original size). Masks whose best label cosine is below `background_threshold` (default: the model's
+        calibrated one) are dropped as "none of these" (-1: every mask is kept)."""
         image, labels = check_image(image), parse_labels(labels_text)
         class_embeds = self.model.encode_class_names(labels, self.processor.tokenizer)
         inputs = self.processor(images=image, view="sam")
         output = self.model.instance_segmentation(
-            inputs["pixel_values"], class_embeds, background_threshold=background_threshold,
+            self._on_device(inputs)["pixel_values"], class_embeds, background_threshold=background_threshold,
             input_sizes=inputs["reshaped_input_sizes"].tolist(),
         )
         (instances,) = self.processor.post_process_panoptic_segmentation(
             output, inputs["original_sizes"], inputs["reshaped_input_sizes"]
         )
         segmentation = instances["segmentation"].numpy()
-        colours = np.zeros((image.height, image.width, 3), dtype=np.uint8)
-        for segment in instances["segments_info"]:
-            colours[segmentation == segment["id"]] = PALETTE[(segment["id"] - 1) % len(PALETTE)]
-        overlay = blend(image, colours, alpha=0.6)
-        draw = ImageDraw.Draw(overlay)
-        rows = []
-        for segment in instances["segments_info"]:
-            ys, xs = np.nonzero(segmentation == segment["id"])
-            caption = f"{labels[segment['label_id']]} {segment['score']:.2f}"
-            draw.text((int(xs.min()), int(ys.min())), caption, fill=(255, 255, 255), stroke_width=1, stroke_fill=(0, 0, 0))
-            rows.append(swatch_item(PALETTE[(segment["id"] - 1) % len(PALETTE)], caption))
-        summary = "".join(rows) or '<li style="list-style:none">No object found.</li>'
-        return overlay, f'<ul class="samclip-instances" style="padding:0">{summary}</ul>'
+        scale = display_scale(image.width, image.height)
+        annotations, rows = [], []
+        for number, segment in enumerate(instances["segments_info"], start=1):
+            mask = segmentation == segment["id"]
+            label, score = labels[segment["label_id"]], round(float(segment["score"]), 3)
+            annotations.append((mask_layer(mask, scale), f"{number}. {label} {score:.2f}"))
+            rows.append([number, label, score, int(mask.sum()), ", ".join(str(v) for v in mask_box(mask))])
+        return (enlarge(image, scale), annotations), rows
 
 
 # ------------------------------------------------------------------------------------------------ the app
@@ -294,14 +376,64 @@ def example_photos() -> dict[str, Path]:
     return paths
 
 
-def build_demo(demo: SamClipDemo) -> gr.Blocks:
-    """The four-tab Blocks app around a loaded model."""
+def examples_cache_dir(demo: SamClipDemo) -> Path:
+    """Where gradio caches the examples' outputs: a folder named for this app file and the model, under
+    `$GRADIO_EXAMPLES_CACHE` (default: `samclip-demo-examples` in the system temp dir, writable offline and in CI).
+    gradio reuses a cache folder without asking what filled it, so another model or app version gets its own."""
+    root = Path(os.environ.get("GRADIO_EXAMPLES_CACHE") or Path(tempfile.gettempdir()) / "samclip-demo-examples")
+    digest = hashlib.sha256(Path(__file__).read_bytes() + model_fingerprint(demo.model).encode()).hexdigest()
+    return root / digest[:16]
+
+
+@contextlib.contextmanager
+def examples_cached_in(folder: Path):
+    """Point gradio's example cache at `folder` while the app is built (each `gr.Examples` reads
+    `$GRADIO_EXAMPLES_CACHE` when it is made), then restore the variable."""
+    before = os.environ.get("GRADIO_EXAMPLES_CACHE")
+    os.environ["GRADIO_EXAMPLES_CACHE"] = str(folder)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["GRADIO_EXAMPLES_CACHE"]
+        else:
+            os.environ["GRADIO_EXAMPLES_CACHE"] = before
+
+
+def build_demo(demo: SamClipDemo, cache_dir: Path | None = None) -> gr.Blocks:
+    """The four-tab Blocks app around a loaded model; its examples' outputs are computed at launch and cached in
+    `cache_dir` (default `examples_cache_dir(demo)`)."""
+    cache_dir = cache_dir or examples_cache_dir(demo)
     mosaics = {index: str(EXAMPLES_DIR / f"mosaic-{index}.png") for index in (0, 2, 10)}
     photos = {name: str(path) for name, path in example_photos().items()}
+    classify, segment, segment_text, label_everything = (
+        on_gpu(task) for task in (demo.classify, demo.segment, demo.segment_text, demo.label_everything)
+    )
+
+    # The page's handlers: the same answers with each mask in its own colour (done outside the GPU call, which only
+    # returns arrays). That colour map travels as a component update, which gradio_client would hand to API users
+    # as is, so API clients get the plain answers through `api_endpoint` instead.
+    def segment_coloured(image: Image.Image | None, prompts: str):
+        value, iou = segment(image, prompts)
+        return coloured(value, [PROMPTED_MASK_COLOUR]), iou
+
+    def segment_text_coloured(image: Image.Image | None, labels: str, refine: bool, background_threshold: float):
+        return coloured(segment_text(image, labels, refine, background_threshold))
+
+    def label_everything_coloured(image: Image.Image | None, labels: str, background_threshold: float):
+        value, table = label_everything(image, labels, background_threshold)
+        return coloured(value), table
+
+    def on_click(button: gr.Button, page_fn, api_fn, inputs: list, outputs: list, api_name: str) -> None:
+        """`button` runs `page_fn` for the page (not offered to API clients); `api_name` runs `api_fn` for API
+        clients, through a hidden trigger."""
+        button.click(page_fn, inputs, outputs, api_visibility="private")
+        gr.Button(visible=False).click(api_fn, inputs, outputs, api_name=api_name)
+
     # The mosaic model's text tower knows ten clothing classes on textured backgrounds; a real photo shows the
     # limits of such a model, so it is offered with those labels and said to be out of domain.
     photo_labels = FASHION_LABELS
-    with gr.Blocks(title="SAM-CLIP") as app:
+    with examples_cached_in(cache_dir), gr.Blocks(title="SAM-CLIP") as app:
         gr.Markdown(
             "# SAM-CLIP: one backbone for CLIP and SAM tasks\n"
             "SAM's image encoder shared by SAM's mask decoder and a CLIP head distilled from a CLIP teacher "
@@ -310,7 +442,8 @@ def build_demo(demo: SamClipDemo) -> gr.Blocks:
             "The mosaic-world model (the default) was distilled from tiny teachers that know ten Fashion-MNIST "
             "classes pasted on textured backgrounds: the mosaic examples show what it can do; the real photos "
             "(scikit-image's astronaut, cat and coffee) show what it cannot, as any such model outside its domain. "
-            "Load real SAM and CLIP teachers' merge for photos."
+            "Load real SAM and CLIP teachers' merge for photos. Small images are shown enlarged (each pixel a "
+            "block); hover a legend entry to pick out its mask."
         )
         with gr.Tab("Zero-shot classification"):
             with gr.Row():
@@ -321,9 +454,9 @@ def build_demo(demo: SamClipDemo) -> gr.Blocks:
                 cls_output = gr.Label(num_top_classes=MAX_LABELS, label="Ranked labels")
             gr.Examples(
                 [[path, FASHION_LABELS] for path in mosaics.values()] + [[photos["chelsea"], photo_labels]],
-                inputs=[cls_image, cls_labels],
+                inputs=[cls_image, cls_labels], outputs=cls_output, fn=classify, cache_examples=True,
             )
-            cls_button.click(demo.classify, [cls_image, cls_labels], cls_output, api_name="classify")
+            cls_button.click(classify, [cls_image, cls_labels], cls_output, api_name="classify")
         with gr.Tab("Promptable segmentation"):
             with gr.Row():
                 with gr.Column():
@@ -334,15 +467,15 @@ def build_demo(demo: SamClipDemo) -> gr.Blocks:
                         seg_button = gr.Button("Segment", variant="primary")
                         gr.ClearButton(seg_prompts, value="Clear prompts")
                 with gr.Column():
-                    seg_output = gr.Image(type="pil", format="png", height=IMAGE_HEIGHT, label="Mask")
+                    seg_output = gr.AnnotatedImage(format="png", height=DISPLAY_SIZE, label="Mask")
                     seg_iou = gr.Number(label="Predicted IoU")
             gr.Examples(
                 [[mosaics[0], "+ 27, 30"], [mosaics[2], "box 11, 8, 74, 75"], [photos["astronaut"], "+ 250, 150\n- 400, 450"]],
-                inputs=[seg_image, seg_prompts],
+                inputs=[seg_image, seg_prompts], outputs=[seg_output, seg_iou], fn=segment_coloured, cache_examples=True,
             )
             seg_image.select(add_click, [seg_prompts, seg_mode], seg_prompts, api_name=False)
             seg_image.upload(lambda: "", None, seg_prompts, api_name=False)  # prompts belong to the old image
-            seg_button.click(demo.segment, [seg_image, seg_prompts], [seg_output, seg_iou], api_name="segment")
+            on_click(seg_button, segment_coloured, segment, [seg_image, seg_prompts], [seg_output, seg_iou], "segment")
         with gr.Tab("Text-to-mask segmentation"):
             with gr.Row():
                 with gr.Column():
@@ -350,23 +483,21 @@ def build_demo(demo: SamClipDemo) -> gr.Blocks:
                     sem_labels = gr.Textbox(label="Class names (comma-separated)", value="Bag, Sandal, Coat")
                     sem_refine = gr.Checkbox(label="Refine with the SAM head", value=False)
                     stored = demo.model.config.background_threshold
+                    stored = -1 if stored is None else round(stored, 3)
                     sem_threshold = gr.Slider(
-                        -1, 1, value=-1 if stored is None else round(stored, 3), step=0.005,
+                        -1, 1, value=stored, step=0.005,
                         label="Background threshold (cosine; starts at the model's calibrated one; -1 = no background)")
                     sem_button = gr.Button("Segment", variant="primary")
-                with gr.Column():
-                    sem_output = gr.Image(type="pil", format="png", height=IMAGE_HEIGHT, label="Overlay")
-                    sem_legend = gr.HTML(label="Legend")
+                sem_output = gr.AnnotatedImage(format="png", height=DISPLAY_SIZE, label="Classes (share of the image)")
             gr.Examples(
-                [[mosaics[2], "Bag, Sandal, Coat", False], [mosaics[2], "Bag, Sandal, Coat", True],
-                 [mosaics[10], "Bag, Coat, Pullover", True],
-                 [photos["coffee"], "Bag, Sandal, Coat", False]],
-                inputs=[sem_image, sem_labels, sem_refine],
+                [[mosaics[2], "Bag, Sandal, Coat", False, stored], [mosaics[2], "Bag, Sandal, Coat", True, stored],
+                 [mosaics[10], "Bag, Coat, Pullover", True, stored],
+                 [photos["coffee"], "Bag, Sandal, Coat", False, stored]],
+                inputs=[sem_image, sem_labels, sem_refine, sem_threshold], outputs=sem_output, fn=segment_text_coloured,
+                cache_examples=True,
             )
-            sem_button.click(
-                demo.segment_text, [sem_image, sem_labels, sem_refine, sem_threshold], [sem_output, sem_legend],
-                api_name="segment_text",
-            )
+            on_click(sem_button, segment_text_coloured, segment_text,
+                     [sem_image, sem_labels, sem_refine, sem_threshold], [sem_output], "segment_text")
         with gr.Tab("Label everything"):
             with gr.Row():
                 with gr.Column():
@@ -376,15 +507,16 @@ def build_demo(demo: SamClipDemo) -> gr.Blocks:
                         -1, 1, value=-1, step=0.005,
                         label="Reject a mask as 'none of these' below this cosine (-1 = keep every mask)")
                     all_button = gr.Button("Label everything", variant="primary")
-                with gr.Column():
-                    all_output = gr.Image(type="pil", format="png", height=IMAGE_HEIGHT, label="Instances")
-                    all_list = gr.HTML(label="Instances")
+                all_output = gr.AnnotatedImage(format="png", height=DISPLAY_SIZE, label="Instances")
+            all_table = gr.Dataframe(headers=INSTANCE_COLUMNS, label="Instances (box at the original size)",
+                                     interactive=False)
             gr.Examples(
-                [[mosaics[0], FASHION_LABELS], [mosaics[10], FASHION_LABELS], [photos["chelsea"], photo_labels]],
-                inputs=[all_image, all_labels],
+                [[mosaics[0], FASHION_LABELS, -1], [mosaics[10], FASHION_LABELS, -1], [photos["chelsea"], photo_labels, -1]],
+                inputs=[all_image, all_labels, all_threshold], outputs=[all_output, all_table], fn=label_everything_coloured,
+                cache_examples=True,
             )
-            all_button.click(demo.label_everything, [all_image, all_labels, all_threshold], [all_output, all_list],
-                             api_name="label_everything")
+            on_click(all_button, label_everything_coloured, label_everything,
+                     [all_image, all_labels, all_threshold], [all_output, all_table], "label_everything")
     return app
 
 
@@ -393,8 +525,11 @@ def main(
 ) -> None:
     """Load the model and serve the app on `host` (blocks until interrupted)."""
     torch.set_num_threads(threads)
-    app = build_demo(SamClipDemo.load(model))
-    app.launch(server_name=host, server_port=port, share=share, allowed_paths=[str(EXAMPLES_DIR), str(PHOTOS_DIR)])
+    demo = SamClipDemo.load(model)
+    cache_dir = examples_cache_dir(demo)
+    app = build_demo(demo, cache_dir)
+    app.launch(server_name=host, server_port=port, share=share,
+               allowed_paths=[str(EXAMPLES_DIR), str(PHOTOS_DIR), str(cache_dir)])
 
 
 if __name__ == "__main__":  # on Spaces, which set GRADIO_SERVER_NAME/PORT
