@@ -179,14 +179,24 @@ class SamClipDistillationTrainer(Trainer):
             baseline (CLIP loss only, no rehearsal); stages other than `distillation` never add `L_SAM`, but every
             stage adds `region_weight * L_region` on batches with regions.
         encoder_lr_scale: LR multiplier of the shared encoder and the SAM head in stage 2 (default: `Stage`'s).
-        **kwargs: the usual `Trainer` arguments (`args`, `train_dataset`, `data_collator`, ...).
+        **kwargs: the usual `Trainer` arguments (`args`, `train_dataset`, `data_collator`, ...). When `args` is a
+            `SamClipDistillationConfig`, `stage`, `losses` and `encoder_lr_scale` default to its values.
 
     Each loss term is logged on its own (`loss_clip`, `loss_sam`, `loss_focal`, `loss_dice`, `loss_iou`,
     `loss_region`), and `skipped_samples` counts unreadable samples replaced so far.
     """
 
-    def __init__(self, model=None, *, stage: str = "distillation", clip_teacher=None, sam_teacher=None,
-                 losses: LossWeights | None = None, encoder_lr_scale: float = Stage.encoder_lr_scale, **kwargs):
+    def __init__(self, model=None, *, stage: str | None = None, clip_teacher=None, sam_teacher=None,
+                 losses: LossWeights | None = None, encoder_lr_scale: float | None = None, **kwargs):
+        from .config import SamClipDistillationConfig
+
+        config = kwargs.get("args")
+        if isinstance(config, SamClipDistillationConfig):
+            stage = stage or config.stage
+            losses = losses or config.losses
+            encoder_lr_scale = config.encoder_lr_scale if encoder_lr_scale is None else encoder_lr_scale
+        stage = stage or "distillation"
+        encoder_lr_scale = Stage.encoder_lr_scale if encoder_lr_scale is None else encoder_lr_scale
         if not isinstance(model, SamClipDistillationModule):
             losses = losses or LossWeights()
             if not rehearses_sam(stage):
