@@ -14,7 +14,7 @@ from pathlib import Path
 
 from transformers import TrainingArguments
 
-from .recipe import STAGES, LossWeights, Recipe, Stage, _choice, _number, _sizes, as_recipe
+from .recipe import STAGES, LossWeights, Recipe, Stage, _choice, _number, _sizes, as_recipe, is_streaming
 
 # Settings of a run that a recipe leaves to the code (a stage's training_args override them).
 RUN_DEFAULTS = dict(save_strategy="steps", save_total_limit=2, logging_first_step=True, dataloader_num_workers=0)
@@ -84,6 +84,9 @@ class SamClipDistillationConfig(TrainingArguments):
             clip_sizes = recipe.data.clip.get("clip_sizes")
         output_dir = Path(output_dir)
         values = dict(RUN_DEFAULTS, use_cpu=not torch.cuda.is_available(), report_to=[], seed=seed)
+        if is_streaming(recipe.data.clip):
+            # Each rank reads its own part of the stream (run._wrap); the main process must not dispatch batches.
+            values["accelerator_config"] = {"dispatch_batches": False}
         values.update(stage.training_args)
         if max_steps is not None:
             values["max_steps"] = max_steps
