@@ -94,12 +94,19 @@ DATA_PATH_KEYS = {"data_dir": "folder", "image_dir": "folder", "annotation_file"
 
 def check_data_paths(recipe, recipe_argument: str) -> None:
     """The local files and folders a recipe's data entries name exist (checked before teachers or data load)."""
-    from ..cli import check_path
+    from ..cli import UsageError, check_path
 
     clip = recipe.data.clip
     specs = {f"data.clip.{i}": spec for i, spec in enumerate(clip)} if isinstance(clip, list) else {"data.clip": clip}
     specs.update({"data.sam": recipe.data.sam, "calibration": recipe.calibration or {}})
     for where, spec in specs.items():
+        if spec.get("data_files") is not None and spec.get("source") in ("webdataset", "sa1b"):
+            from .run import data_file_paths
+
+            try:
+                data_file_paths(spec["data_files"])
+            except (ValueError, FileNotFoundError) as error:
+                raise UsageError(f"--recipe {recipe_argument}: {where}.{error}") from None
         if spec.get("source") in LOCAL_SOURCES:
             for key, kind in DATA_PATH_KEYS.items():
                 if key in spec:

@@ -4,6 +4,7 @@ and (mosaic world) the evaluation table. `samclip distill` (cli.py) is a thin co
 import dataclasses
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from .data import (
     IterableDistillationImageDataset,
     PairedDataset,
     PairedIterableDataset,
+    PairedStreamsDataset,
     SamClipDistillationCollator,
 )
 from .prompts import PromptSampler
@@ -48,8 +50,9 @@ def load_teachers(spec: Teachers) -> dict:
 
 def load_image_dataset(spec: dict):
     """A `datasets` dataset from a recipe `data` entry: `source` is `mosaic-items`, `mosaic` (the mosaic world),
-    `coco` (`annotation_file`, `image_dir`, and `load_coco_instances`' options), `sa1b` (`data_dir`,
-    `max_images`), or anything `datasets.load_dataset` takes (`imagefolder` with `data_dir`, a Hub id;
+    `coco` (`annotation_file`, `image_dir`, and `load_coco_instances`' options), `sa1b` (`data_dir` of extracted
+    files and `max_images`, or `data_files`: SA-1B's own tars, streamed), `webdataset` (`data_files`: tar shards,
+    e.g. img2dataset's output, streamed; the image column is the first of jpg/jpeg/png/webp), or anything `datasets.load_dataset` takes (`imagefolder` with `data_dir`, a Hub id;
     `streaming: true`). `coco` and `sa1b` put the masks in the column `masks_column` (default `instance_masks`),
     which stage 2 then samples its prompts from. `num_samples` (the dataset's size) is read by the plan alone."""
     masks_column = spec.get("masks_column") or "instance_masks"
@@ -60,9 +63,13 @@ def load_image_dataset(spec: dict):
 
         return load_coco_instances(masks_column=masks_column, **spec)
     if source == "sa1b":
-        from .annotations import load_sa1b
+        from .annotations import load_sa1b, load_sa1b_tars
 
+        if "data_files" in spec:
+            return load_sa1b_tars(data_file_paths(spec.pop("data_files")), masks_column=masks_column, **spec)
         return load_sa1b(spec.pop("data_dir"), masks_column=masks_column, **spec)
+    if source == "webdataset":
+        return load_webdataset(data_file_paths(spec.pop("data_files", None)), **spec)
     if source == "mosaic-items":
         from ..mosaic import make_item_views
 
@@ -80,6 +87,38 @@ def load_image_dataset(spec: dict):
     import datasets
 
     return datasets.load_dataset(source, **spec)
+
+
+def data_file_paths(data_files) -> list[str]:
+    """The tar files of a `data_files` entry (a glob or path, or a list of them), sorted within each glob."""
+    import glob
+
+    if not data_files:
+        raise ValueError("data_files: give a glob or a list of tar paths, e.g. \"data/shards/*.tar\"")
+    paths = []
+    for pattern in [data_files] if isinstance(data_files, str) else data_files:
+        matched = sorted(glob.glob(os.path.expanduser(str(pattern))))
+        if not matched:
+            raise FileNotFoundError(f"data_files: no file matches {str(pattern)!r}")
+        paths.extend(matched)
+    return paths
+
+
+def load_webdataset(data_files: list[str], **options):
+    """D_CLIP streamed from WebDataset tar shards through datasets' `webdataset` builder, its image column (the
+    first of jpg, jpeg, png, webp) renamed `image`; `options` go to `datasets.load_dataset`."""
+    import datasets
+
+    dataset = datasets.load_dataset("webdataset", data_files={"train": data_files}, split="train", streaming=True,
+                                    **options)
+    columns = [name for name in ("jpg", "jpeg", "png", "webp") if name in (dataset.features or {})]
+    if not columns:
+        raise ValueError(f"webdataset shards {data_files[0]!r}...: no jpg/jpeg/png/webp member in the first samples "
+                         f"(columns {list(dataset.features or {})})")
+    # Undecoded before the rename (a map): the dataset decodes inside its error handling, so a corrupt image is
+    # skipped and counted instead of ending the stream.
+    dataset = dataset.cast_column(columns[0], datasets.Image(decode=False))
+    return dataset.rename_column(columns[0], "image") if columns[0] != "image" else dataset
 
 
 def load_clip_images(spec: dict | list[dict]):
@@ -101,14 +140,22 @@ def load_clip_images(spec: dict | list[dict]):
     return datasets.concatenate_datasets(parts), {"image_column": "image"}
 
 
-def _wrap(dataset, spec: dict, masks: bool = False):
+def _wrap(dataset, spec: dict, masks: bool = False, state=None):
+    """`dataset` as a `DistillationImageDataset`, or a streaming one as an `IterableDistillationImageDataset`
+    split among the ranks of `state` (each reads its own tars when there are enough, else every n-th sample)."""
     import datasets
 
     image_column = spec.get("image_column", "image")
-    if isinstance(dataset, datasets.IterableDataset):
-        return IterableDistillationImageDataset(dataset, image_column)
     masks_column = spec.get("masks_column") or ("instance_masks" if spec.get("source") in ("coco", "sa1b") else None)
-    return DistillationImageDataset(dataset, image_column, masks_column if masks else None)
+    masks_column = masks_column if masks else None
+    if isinstance(dataset, datasets.IterableDataset):
+        sharded = state is not None and state.num_processes > 1
+        if sharded:
+            from datasets.distributed import split_dataset_by_node
+
+            dataset = split_dataset_by_node(dataset, rank=state.process_index, world_size=state.num_processes)
+        return IterableDistillationImageDataset(dataset, image_column, masks_column, sharded_by_node=sharded)
+    return DistillationImageDataset(dataset, image_column, masks_column)
 
 
 def last_complete_checkpoint(stage_dir: Path) -> str | None:
@@ -123,8 +170,9 @@ def _load_data(recipe: Recipe, config: SamClipDistillationConfig, teachers: dict
     """D_CLIP and D_SAM wrapped for the collator, with the teachers' cached outputs attached (map-style data and
     `config.teacher_cache`); returns `(clip_data, sam_data, cache)`, `cache` None when uncached."""
     with config.main_process_first(desc="datasets and teacher cache"):
-        clip_data = _wrap(*load_clip_images(recipe.data.clip))
-        sam_data = _wrap(load_image_dataset(recipe.data.sam), recipe.data.sam, masks=True)
+        state = config.distributed_state
+        clip_data = _wrap(*load_clip_images(recipe.data.clip), state=state)
+        sam_data = _wrap(load_image_dataset(recipe.data.sam), recipe.data.sam, masks=True, state=state)
         cache = None
         if config.teacher_cache and isinstance(clip_data, DistillationImageDataset):
             cache = TeacherOutputCache(config.teacher_cache_dir)
@@ -159,7 +207,13 @@ def _train_stage(recipe: Recipe, config: SamClipDistillationConfig, student, pro
         patch_size=student.config.patch_size,
     )
     train_dataset = clip_data
-    if with_sam:
+    if with_sam and isinstance(sam_data, IterableDistillationImageDataset):
+        if not isinstance(clip_data, IterableDistillationImageDataset):
+            raise ValueError("data.sam streams but data.clip does not: stream both (a webdataset source, or "
+                             "streaming: true), or give D_SAM as files (sa1b data_dir, coco, imagefolder).")
+        train_dataset = PairedStreamsDataset(clip_data, sam_data, config.per_device_train_batch_size,
+                                             config.sam_batch_size)
+    elif with_sam:
         paired = PairedIterableDataset if isinstance(clip_data, torch.utils.data.IterableDataset) else PairedDataset
         train_dataset = paired(clip_data, len(sam_data))
     trainer = SamClipDistillationTrainer(trained, clip_teacher=teachers["clip_model"],
@@ -213,11 +267,14 @@ def run_recipe(
                     + (f" (resuming from {Path(checkpoint).name})" if checkpoint else ""))
         student, trainer = _train_stage(recipe, config, student, processor, teachers, clip_data, sam_data,
                                         cached=cache is not None, checkpoint=checkpoint)
+        gathered = trainer.student_state_dict()  # FSDP: every rank takes part; else None (the student is whole)
         if state.is_main_process:
             with atomic_folder(final_dir) as folder:  # a half-saved final/ would pass for a finished stage
-                student.save_pretrained(folder)
+                student.save_pretrained(folder, state_dict=gathered)
                 (folder / "skipped_samples.json").write_text(json.dumps({"skipped_samples": trainer.skipped_samples}))
         state.wait_for_everyone()
+        if gathered is not None:  # a sharded student goes on (next stage, saving, evaluation) whole
+            student = SamClipModel.from_pretrained(final_dir)
 
     results = {"recipe": recipe.name, "seed": seed, "naive": recipe.naive, "lora": recipe.lora.enabled, "head": head,
                "losses": dataclasses.asdict(recipe.losses), "max_steps": max_steps,
