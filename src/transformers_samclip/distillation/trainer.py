@@ -76,7 +76,7 @@ class SamClipDistillationModule(nn.Module):
     @property
     def _no_split_modules(self) -> list[str]:
         # What FSDP may wrap as one unit (`fsdp_transformer_layer_cls_to_wrap` falls back to this): the student's
-        # encoder blocks. Teachers are never wrapped (prepared for evaluation, outside the module tree).
+        # encoder and CLIP-head blocks. Teachers are never wrapped (prepared for evaluation, outside the module tree).
         return ["SamClipVisionLayer"]
 
     def _apply(self, fn, *args, **kwargs):
