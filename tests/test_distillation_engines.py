@@ -102,3 +102,54 @@ def test_two_process_ddp_through_the_shipped_config_on_streamed_shards(tmp_path,
     state = json.loads((tmp_path / "run" / "stage2-distillation" / "checkpoint-2" / "trainer_state.json").read_text())
     assert [entry["step"] for entry in state["log_history"] if "loss_sam" in entry] == [1, 2]
     SamClipModel.from_pretrained(tmp_path / "run")
+
+
+class _Killed(Exception):
+    """Stands for a kill after a checkpoint: the run stops between optimizer steps, mid-epoch."""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("streamed", [False, True])
+def test_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch, shards, tokenizer,  # noqa: F811
+                                                                   teachers, streamed):
+    """Stage 2 of the shortened mosaic recipe (6 steps of 4 images: mid-epoch for the 32 item views, and mid-stream
+    for the shards) stopped at step 3 after checkpoint 2, then run again into the same folder: it resumes from
+    checkpoint 2 and ends at the weights of a run never stopped."""
+    from safetensors.torch import load_file
+
+    from transformers_samclip.distillation.run import run_recipe
+
+    overrides = {"model": {"sam_size": 64, "clip_size": 32, "head": {"num_hidden_layers": 1}},
+                 "data.clip.num_items": 32, "data.clip.size": 32, "data.sam.num_mosaics": 8,
+                 "data.sam.canvas_size": 64, "evaluation": None, "calibration": None}
+    if streamed:
+        overrides["data"] = {"clip": _clip_spec(shards), "sam": _sam_spec(shards)}
+    for index, steps in enumerate((1, 6)):
+        for key, value in dict(max_steps=steps, per_device_train_batch_size=4, save_steps=2, logging_steps=1).items():
+            overrides[f"stages.{index}.training_args.{key}"] = value
+    recipe = load_recipe("mosaic").override(overrides)
+    sam, clip = teachers
+    loaded = {"sam_model": sam, "clip_model": clip, "clip_processor": CLIPProcessor(CLIPImageProcessorPil(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}), tokenizer)}
+    run_recipe(recipe, tmp_path / "whole", teachers=loaded, evaluate=False)
+
+    step = SamClipDistillationTrainer.training_step
+
+    def killed_at_step_3(self, *args, **kwargs):
+        if self.stage == "distillation" and self.state.global_step == 3:
+            raise _Killed
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(SamClipDistillationTrainer, "training_step", killed_at_step_3)
+    with pytest.raises(_Killed):
+        run_recipe(recipe, tmp_path / "killed", teachers=loaded, evaluate=False)
+    stage2 = tmp_path / "killed" / "stage2-distillation"
+    assert (stage2 / "checkpoint-2").is_dir() and not (stage2 / "final").exists()
+    monkeypatch.setattr(SamClipDistillationTrainer, "training_step", step)
+    run_recipe(recipe, tmp_path / "killed", teachers=loaded, evaluate=False)
+    state = json.loads((stage2 / "checkpoint-6" / "trainer_state.json").read_text())
+    assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 3, 4, 5, 6]
+    whole, resumed = (load_file(str(tmp_path / run / "model.safetensors")) for run in ("whole", "killed"))
+    assert whole.keys() == resumed.keys()
+    for name in whole:
+        torch.testing.assert_close(resumed[name], whole[name], rtol=1e-5, atol=1e-6, msg=name)
