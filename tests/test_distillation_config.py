@@ -73,7 +73,8 @@ class _KeywordTrainer(SamClipDistillationTrainer):
     recipe = None
 
     def __init__(self, model, *, args, **kwargs):
-        stage = next(s for i, s in enumerate(self.recipe.stages) if args.output_dir.endswith(f"stage{i + 1}-{s.stage}"))
+        stages = enumerate(self.recipe.stages)
+        stage = next(s for i, s in stages if args.output_dir.endswith(f"stage{i + 1}-{s.stage}"))
         values = dict(output_dir=args.output_dir, use_cpu=True, remove_unused_columns=False, report_to=[], seed=0,
                       save_strategy="steps", save_total_limit=2, logging_first_step=True, dataloader_num_workers=0)
         values.update(stage.training_args)
@@ -120,7 +121,8 @@ def test_mosaic_recipe_first_steps_lose_what_they_lost_before_the_config(tmp_pat
     before = run(tmp_path / "keywords")
     assert list(with_config) == ["stage1-head_probing", "stage2-distillation"]
     assert [len(steps) for steps in with_config.values()] == [2, 2]
-    assert "loss_sam" in with_config["stage2-distillation"][0] and "loss_region" in with_config["stage1-head_probing"][0]
+    assert "loss_sam" in with_config["stage2-distillation"][0]
+    assert "loss_region" in with_config["stage1-head_probing"][0]
     for stage, steps in before.items():
         for old, new in zip(steps, with_config[stage], strict=True):
             assert new.keys() == old.keys()

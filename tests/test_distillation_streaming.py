@@ -53,7 +53,8 @@ def shards(tmp_path_factory):
             for index in range(shard * 4, shard * 4 + 4):
                 key, mosaic = f"sa_{index}", mosaics[index]
                 height, width = np.asarray(mosaic["image"]).shape[:2]
-                annotation = {"image": {"image_id": index, "height": height, "width": width, "file_name": f"{key}.jpg"},
+                image = {"image_id": index, "height": height, "width": width, "file_name": f"{key}.jpg"}
+                annotation = {"image": image,
                               "annotations": [{"id": i, "segmentation": encode_rle(mask), "area": int(mask.sum())}
                                               for i, mask in enumerate(mosaic["instance_masks"])]}
                 text = json.dumps(annotation).encode()

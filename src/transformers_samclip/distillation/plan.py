@@ -69,7 +69,8 @@ def teacher_configs(recipe: Recipe) -> dict:
         except (OSError, ValueError) as error:
             if source not in KNOWN_TEACHER_CONFIGS:
                 raise ValueError(f"teachers.{role}: cannot read the config of {source!r} ({error}); give a local "
-                                 f"folder with its config.json, or run once online so the Hub cache holds it.") from None
+                                 "folder with its config.json, or run once online so the Hub cache holds it."
+                                 ) from None
             configs[role] = KNOWN_TEACHER_CONFIGS[source]()
     return configs
 
@@ -205,7 +206,8 @@ def measure_step(recipe: Recipe, config: SamClipDistillationConfig, models: dict
         batch = _batch(recipe, config, size, teacher_size, student.config.patch_size, with_sam)
         student.zero_grad(set_to_none=True)
         # The model's input checks read tensor values, which meta tensors have not; it skips them while compiling.
-        with FlopCounterMode(display=False) as counter, mock.patch.object(torch.compiler, "is_compiling", lambda: True):
+        compiling = mock.patch.object(torch.compiler, "is_compiling", lambda: True)
+        with FlopCounterMode(display=False) as counter, compiling:
             saved, terms = _saved_activation_bytes(module, batch)
             terms["loss"].backward()
         counts = counter.get_flop_counts()
@@ -214,7 +216,8 @@ def measure_step(recipe: Recipe, config: SamClipDistillationConfig, models: dict
         activations.append(saved)
     accumulation = config.gradient_accumulation_steps
     student_step = accumulation * sum(student_flops) / len(sizes)
-    return {"student_flops": student_step, "teacher_flops": accumulation * sum(total_flops) / len(sizes) - student_step,
+    total_step = accumulation * sum(total_flops) / len(sizes)
+    return {"student_flops": student_step, "teacher_flops": total_step - student_step,
             "activation_bytes": max(activations), "clip_sizes": sizes}
 
 

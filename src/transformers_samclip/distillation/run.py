@@ -52,9 +52,10 @@ def load_image_dataset(spec: dict):
     """A `datasets` dataset from a recipe `data` entry: `source` is `mosaic-items`, `mosaic` (the mosaic world),
     `coco` (`annotation_file`, `image_dir`, and `load_coco_instances`' options), `sa1b` (`data_dir` of extracted
     files and `max_images`, or `data_files`: SA-1B's own tars, streamed), `webdataset` (`data_files`: tar shards,
-    e.g. img2dataset's output, streamed; the image column is the first of jpg/jpeg/png/webp), or anything `datasets.load_dataset` takes (`imagefolder` with `data_dir`, a Hub id;
-    `streaming: true`). `coco` and `sa1b` put the masks in the column `masks_column` (default `instance_masks`),
-    which stage 2 then samples its prompts from. `num_samples` (the dataset's size) is read by the plan alone."""
+    e.g. img2dataset's output, streamed; the image column is the first of jpg/jpeg/png/webp), or anything
+    `datasets.load_dataset` takes (`imagefolder` with `data_dir`, a Hub id; `streaming: true`). `coco` and `sa1b`
+    put the masks in the column `masks_column` (default `instance_masks`), which stage 2 then samples its prompts
+    from. `num_samples` (the dataset's size) is read by the plan alone."""
     masks_column = spec.get("masks_column") or "instance_masks"
     spec = {k: v for k, v in spec.items() if k not in ("masks_column", "image_column", "clip_sizes", "num_samples")}
     source = spec.pop("source")
