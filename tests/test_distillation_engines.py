@@ -153,3 +153,48 @@ def test_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path, mon
     assert whole.keys() == resumed.keys()
     for name in whole:
         torch.testing.assert_close(resumed[name], whole[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_first_step_equals_one_process_at_the_same_global_batch(tmp_path, tokenizer, teachers):
+    """Head probing (L_CLIP alone, no regions: every term is a mean over the batch) for one step: 2 DDP processes of
+    4 images through the shipped 8gpu.yaml read the same 8 images as one process of 8, so the logged loss and
+    gradient norm agree within float tolerance."""
+    from transformers_samclip.distillation.run import run_recipe
+
+    sam, clip = teachers
+    clip_processor = CLIPProcessor(CLIPImageProcessorPil(size={"shortest_edge": 32},
+                                                         crop_size={"height": 32, "width": 32}), tokenizer)
+    sam.save_pretrained(tmp_path / "sam")
+    SamProcessor(SamImageProcessorPil(size={"longest_edge": 64}, pad_size={"height": 64, "width": 64},
+                                      mask_size={"longest_edge": 16}, mask_pad_size={"height": 16, "width": 16})
+                 ).save_pretrained(tmp_path / "sam")
+    clip.save_pretrained(tmp_path / "clip")
+    clip_processor.save_pretrained(tmp_path / "clip")
+    base = load_recipe("mosaic")
+    recipe = base.override({
+        "teachers": {"sam": str(tmp_path / "sam"), "clip": str(tmp_path / "clip")},
+        "model": {"sam_size": 64, "clip_size": 32, "head": {"num_hidden_layers": 1}}, "data.clip.num_items": 32,
+        "data.clip.size": 32, "data.sam.num_mosaics": 4, "data.sam.canvas_size": 64, "evaluation": None,
+        "calibration": None, "losses.region_weight": 0.0, "stages": [base.to_dict()["stages"][0]],
+        "stages.0.training_args": {"learning_rate": 2e-3, "max_steps": 1, "per_device_train_batch_size": 4,
+                                   "logging_steps": 1, "save_steps": 1}})
+
+    def first_step(run_dir):
+        state = json.loads((run_dir / "stage1-head_probing" / "checkpoint-1" / "trainer_state.json").read_text())
+        return next(entry for entry in state["log_history"] if "loss" in entry)
+
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps(recipe.to_dict()))
+    launcher = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    result = subprocess.run([launcher, "launch", "--config_file", str(CONFIGS / "8gpu.yaml"), "--num_processes", "2",
+                             "--main_process_port", "0", "-m", "transformers_samclip.distillation.cli", "--recipe",
+                             str(path), "--output-dir", str(tmp_path / "ddp"), "--no-eval", "--threads", "1"],
+                            env=ENV, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    single = recipe.override({"stages.0.training_args.per_device_train_batch_size": 8})
+    run_recipe(single, tmp_path / "one", teachers={"sam_model": sam, "clip_model": clip,
+                                                   "clip_processor": clip_processor}, evaluate=False)
+    ddp, one = first_step(tmp_path / "ddp"), first_step(tmp_path / "one")
+    assert ddp["loss"] == pytest.approx(one["loss"], rel=1e-5)
+    assert ddp["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-4)
