@@ -11,6 +11,7 @@ from .annotations import (
     rle_area,
 )
 from .cache import TeacherOutputCache, fingerprint, fingerprint_model
+from .config import SamClipDistillationConfig
 from .data import (
     DistillationImageDataset,
     IterableDistillationImageDataset,
@@ -64,6 +65,7 @@ __all__ = [
     "Prompts",
     "Recipe",
     "SamClipDistillationCollator",
+    "SamClipDistillationConfig",
     "SamClipDistillationModule",
     "SamClipDistillationTrainer",
     "SamPrompts",

@@ -275,3 +275,59 @@ def load_sa1b(
     gen_kwargs = {"pairs": tuple(pairs), "masks_column": masks_column}
     return _build(_sa1b_rows, gen_kwargs, found=len(pairs), missing=missing, masks_column=masks_column, key=key,
                   cache_dir=cache_dir, where=str(directory))
+
+
+def sa1b_masks(annotation, where: str = "SA-1B sample") -> list[dict]:
+    """The compressed-RLE masks of one SA-1B annotation (its JSON text, bytes or parsed dict: `{"image": {"height",
+    "width", ...}, "annotations": [{"segmentation": RLE, ...}, ...]}`), each checked against the image's size."""
+    data = json.loads(annotation) if isinstance(annotation, (str, bytes)) else annotation
+    _require(data, ("image", "annotations"), where, "SA-1B")
+    image = data["image"]
+    _require(image, ("height", "width"), f"{where} image", "SA-1B")
+    masks = []
+    for entry in data["annotations"]:
+        _require(entry, ("segmentation",), f"{where} annotation", "SA-1B")
+        masks.append(_rle(entry["segmentation"], image.get("image_id", where), int(image["height"]),
+                          int(image["width"])))
+    return masks
+
+
+def _sa1b_tar_rows(tar_paths, masks_column):
+    # One tar at a time, one member at a time: SA-1B's tars (~10 GB, ~11k images each) are never extracted. A sample
+    # is the jpg and json sharing a name; either missing leaves None, which the dataset skips and counts.
+    import tarfile
+
+    for tar_path in tar_paths:
+        sample = {}
+        with tarfile.open(tar_path, mode="r|*") as archive:
+            for member in archive:
+                if not member.isfile():
+                    continue
+                name = Path(member.name).name
+                key, _, extension = name.partition(".")
+                if extension not in ("jpg", "json"):
+                    continue
+                if sample and sample["__key__"] != key:
+                    yield sample
+                    sample = {}
+                sample.setdefault("__key__", key)
+                sample.setdefault("image", None)
+                sample.setdefault(masks_column, None)
+                content = archive.extractfile(member).read()
+                if extension == "jpg":
+                    sample["image"] = {"bytes": content, "path": name}
+                else:
+                    sample[masks_column] = content.decode("utf-8", errors="replace")
+        if sample:
+            yield sample
+
+
+def load_sa1b_tars(data_files: list[str], *, masks_column: str = "instance_masks") -> datasets.IterableDataset:
+    """D_SAM streamed from SA-1B's own tars (`sa_N.jpg` + `sa_N.json` per sample) without extracting them: columns
+    `__key__`, `image` (undecoded bytes) and `masks_column` (the sample's annotation JSON text, parsed by the
+    dataset with `sa1b_masks`; the prompt sampler decodes only the masks it prompts). Each tar is one shard, so
+    `datasets.distributed.split_dataset_by_node` hands whole tars to the ranks."""
+    features = datasets.Features({"__key__": datasets.Value("string"), "image": datasets.Image(decode=False),
+                                  masks_column: datasets.Value("string")})
+    return datasets.IterableDataset.from_generator(
+        _sa1b_tar_rows, features=features, gen_kwargs={"tar_paths": list(data_files), "masks_column": masks_column})

@@ -12,6 +12,10 @@ or `--set stages.1.training_args.learning_rate=1e-4`. The ablation flags are sho
 Also runs under accelerate (evaluation on the main process only)::
 
     accelerate launch -m transformers_samclip.distillation.cli --output-dir outputs/samclip-mosaic
+
+`--plan` prints what a recipe will cost before it runs (steps, FLOPs, memory, GPU-hours; see plan.py)::
+
+    samclip distill --recipe samclip-vit-b16 --plan --num-processes 32 --images-per-second 400
 """
 
 import argparse
@@ -44,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "= --set lora.enabled=true)")
     parser.add_argument("--cache-dir", default=None, help="teacher-output cache (default: OUTPUT_DIR/teacher-cache)")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation table")
+    plan = parser.add_argument_group("plan (print what the run will cost; nothing trains, no teacher weight loads)")
+    plan.add_argument("--plan", action="store_true", help="print samples and steps per stage, per-step FLOPs, "
+                      "memory per device and (with --images-per-second) GPU-hours, then exit")
+    plan.add_argument("--num-processes", type=int, default=None,
+                      help="devices the run will use (default: WORLD_SIZE, else 1)")
+    plan.add_argument("--images-per-second", type=float, default=None,
+                      help="one device's training throughput in D_CLIP images/s, for GPU-hours")
     return parser
 
 
@@ -83,16 +94,45 @@ DATA_PATH_KEYS = {"data_dir": "folder", "image_dir": "folder", "annotation_file"
 
 def check_data_paths(recipe, recipe_argument: str) -> None:
     """The local files and folders a recipe's data entries name exist (checked before teachers or data load)."""
-    from ..cli import check_path
+    from ..cli import UsageError, check_path
 
     clip = recipe.data.clip
     specs = {f"data.clip.{i}": spec for i, spec in enumerate(clip)} if isinstance(clip, list) else {"data.clip": clip}
     specs.update({"data.sam": recipe.data.sam, "calibration": recipe.calibration or {}})
     for where, spec in specs.items():
+        if spec.get("data_files") is not None and spec.get("source") in ("webdataset", "sa1b"):
+            from .run import data_file_paths
+
+            try:
+                data_file_paths(spec["data_files"])
+            except (ValueError, FileNotFoundError) as error:
+                raise UsageError(f"--recipe {recipe_argument}: {where}.{error}") from None
         if spec.get("source") in LOCAL_SOURCES:
             for key, kind in DATA_PATH_KEYS.items():
                 if key in spec:
                     check_path(spec[key], f"--recipe {recipe_argument}: {where}.{key}", kind)
+
+
+def print_plan(recipe, args: argparse.Namespace) -> int:
+    """`--plan`: print the recipe's plan (`plan.plan_recipe`) on `--num-processes` devices; nothing trains."""
+    from ..cli import UsageError, check_at_least
+
+    check_at_least("--num-processes", args.num_processes, 1)
+    if args.images_per_second is not None and not args.images_per_second > 0:
+        raise UsageError(f"--images-per-second must be > 0; got {args.images_per_second}.")
+    import torch
+
+    torch.set_num_threads(args.threads or 1)
+    from .plan import format_plan, plan_recipe
+
+    num_processes = args.num_processes or int(os.environ.get("WORLD_SIZE", "1"))
+    try:
+        plan = plan_recipe(recipe, num_processes=num_processes, images_per_second=args.images_per_second,
+                           max_steps=args.max_steps)
+    except ValueError as error:
+        raise UsageError(f"--recipe {args.recipe} --plan: {error}") from None
+    print(format_plan(plan))
+    return 0
 
 
 def main(argv=None) -> int:
@@ -110,6 +150,8 @@ def main(argv=None) -> int:
         recipe = recipe_from_args(args)
     except (ValueError, OSError) as error:
         raise UsageError(f"--recipe {args.recipe}: {error}") from None
+    if args.plan:
+        return print_plan(recipe, args)
     check_data_paths(recipe, args.recipe)
     import torch
 

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from ..evaluation.geometry import square_crop
-from .annotations import decode_rle, is_rle, rle_area
+from .annotations import decode_rle, is_rle, rle_area, sa1b_masks
 from .prompts import PromptSampler
 
 logger = logging.getLogger(__name__)
@@ -84,6 +84,30 @@ def _without_decoding(dataset, columns):
     return dataset
 
 
+def _load_row(row: dict, index: int, image_column: str, masks_column: str | None) -> dict:
+    """A dataset row as an item (`index`, RGB `image`, `masks` when `masks_column` is set); raises when the row is
+    unreadable or a mask is not the image's size. A masks value that is text is an SA-1B annotation JSON."""
+    item = {"index": index, "image": decode_image(row[image_column]).convert("RGB")}
+    if masks_column:
+        values = row[masks_column]
+        if isinstance(values, (str, bytes)):
+            values = sa1b_masks(values, f"sample {row.get('__key__', index)}")
+        masks = []
+        for mask in values or []:
+            if is_rle(mask):
+                rle_area(mask)  # a corrupt RLE raises here, so the sample is skipped and counted
+                masks.append(mask)
+            else:
+                masks.append(decode_mask(mask))
+            size = tuple(int(v) for v in mask["size"]) if is_rle(mask) else masks[-1].shape
+            if size != item["image"].size[::-1]:
+                # Prompts from such a mask would point at the wrong pixels: skip the sample, do not train on it.
+                raise ValueError(f"mask of size {size[0]}x{size[1]} on an image of {item['image'].height}x"
+                                 f"{item['image'].width}")
+        item["masks"] = masks
+    return item
+
+
 class DistillationImageDataset(torch.utils.data.Dataset):
     """A map-style `datasets.Dataset` of images (and optional instance masks) for distillation.
 
@@ -105,23 +129,7 @@ class DistillationImageDataset(torch.utils.data.Dataset):
 
     def load(self, index: int) -> dict:
         """Decode sample `index`; raises when it is unreadable or its masks are not the image's size."""
-        row = self.dataset[int(index)]
-        item = {"index": int(index), "image": decode_image(row[self.image_column]).convert("RGB")}
-        if self.masks_column:
-            masks = []
-            for mask in row[self.masks_column] or []:
-                if is_rle(mask):
-                    rle_area(mask)  # a corrupt RLE raises here, so the sample is skipped and counted
-                    masks.append(mask)
-                else:
-                    masks.append(decode_mask(mask))
-                size = tuple(int(v) for v in mask["size"]) if is_rle(mask) else masks[-1].shape
-                if size != item["image"].size[::-1]:
-                    # Prompts from such a mask would point at the wrong pixels: skip the sample, do not train on it.
-                    raise ValueError(f"mask of size {size[0]}x{size[1]} on an image of {item['image'].height}x"
-                                     f"{item['image'].width}")
-            item["masks"] = masks
-        return item
+        return _load_row(self.dataset[int(index)], int(index), self.image_column, self.masks_column)
 
     def __getitem__(self, index: int) -> dict:
         for attempt in range(self.max_retries):
@@ -138,23 +146,30 @@ class DistillationImageDataset(torch.utils.data.Dataset):
 
 
 class IterableDistillationImageDataset(torch.utils.data.IterableDataset):
-    """A streaming (`datasets.IterableDataset`) source of D_CLIP images; unreadable samples are skipped and
-    counted on the next readable item. Its views change with the stream, so no teacher cache applies."""
+    """A streaming (`datasets.IterableDataset`) source of D_CLIP images or of D_SAM images with their masks
+    (`masks_column`, as in `DistillationImageDataset`); unreadable samples are skipped and counted on the next
+    readable item. Its views change with the stream, so no teacher cache applies. `sharded_by_node` marks a stream
+    already split among the ranks (`datasets.distributed.split_dataset_by_node`), which the trainer must not split
+    again."""
 
-    def __init__(self, dataset, image_column: str = "image"):
-        self.dataset = _without_decoding(dataset, [image_column])
-        self.image_column = image_column
+    def __init__(self, dataset, image_column: str = "image", masks_column: str | None = None,
+                 sharded_by_node: bool = False):
+        self.dataset = _without_decoding(dataset, [image_column] + ([masks_column] if masks_column else []))
+        self.image_column, self.masks_column, self.sharded_by_node = image_column, masks_column, sharded_by_node
 
     def __iter__(self):
         skipped = 0
         for index, row in enumerate(self.dataset):
             try:
-                image = decode_image(row[self.image_column]).convert("RGB")
-            except Exception as error:
+                item = _load_row(row, index, self.image_column, self.masks_column)
+            except Exception as error:  # any decoding failure: skip the sample, never the run
                 logger.warning("skipping unreadable streamed sample %d: %s", index, error)
                 skipped += 1
                 continue
-            yield {"index": index, "image": image, "skipped": skipped}
+            item["skipped"] = skipped
+            if "__key__" in row:
+                item["key"] = row["__key__"]
+            yield item
             skipped = 0
 
 
@@ -178,10 +193,37 @@ class PairedIterableDataset(torch.utils.data.IterableDataset):
 
     def __init__(self, clip_dataset: IterableDistillationImageDataset, num_sam_samples: int):
         self.clip_dataset, self.num_sam_samples = clip_dataset, num_sam_samples
+        self.sharded_by_node = clip_dataset.sharded_by_node
 
     def __iter__(self):
         for count, item in enumerate(self.clip_dataset):
             yield {"clip": item, "sam_index": count % self.num_sam_samples}
+
+
+class PairedStreamsDataset(torch.utils.data.IterableDataset):
+    """Stage 2 data when D_SAM streams too: each of the first `sam_batch_size` items of every `batch_size` CLIP
+    items carries the next D_SAM sample (`sam`), the stream restarting when it ends, so one batch holds one CLIP
+    batch and one SAM batch and no SAM image is decoded for nothing."""
+
+    def __init__(self, clip_dataset: IterableDistillationImageDataset, sam_dataset: IterableDistillationImageDataset,
+                 batch_size: int, sam_batch_size: int):
+        self.clip_dataset, self.sam_dataset = clip_dataset, sam_dataset
+        self.batch_size, self.sam_batch_size = batch_size, sam_batch_size
+        self.sharded_by_node = clip_dataset.sharded_by_node
+
+    def _sam_stream(self):
+        while True:
+            empty = True
+            for item in self.sam_dataset:
+                empty = False
+                yield item
+            if empty:
+                raise RuntimeError("D_SAM yielded no readable sample; check data.sam.")
+
+    def __iter__(self):
+        sam = self._sam_stream()
+        for count, item in enumerate(self.clip_dataset):
+            yield {"clip": item, "sam": next(sam)} if count % self.batch_size < self.sam_batch_size else {"clip": item}
 
 
 @dataclass
@@ -219,12 +261,16 @@ class SamClipDistillationCollator:
         return self.region_teacher_image_processor is not None and self.prompt_sampler.num_regions > 0
 
     def __call__(self, features: list[dict]) -> dict:
-        paired = "sam_index" in features[0]
+        paired = "clip" in features[0]
         clip_items = [f["clip"] for f in features] if paired else features
         batch = self._clip_batch(clip_items)
         skipped = sum(item["skipped"] for item in clip_items)
-        if paired and self.sam_dataset is not None and self.sam_batch_size > 0:
+        sam_items = []
+        if "sam" in features[0]:  # streamed D_SAM samples, already loaded (PairedStreamsDataset)
+            sam_items = [f["sam"] for f in features[: self.sam_batch_size] if "sam" in f]
+        elif "sam_index" in features[0] and self.sam_dataset is not None and self.sam_batch_size > 0:
             sam_items = [self.sam_dataset[f["sam_index"]] for f in features[: self.sam_batch_size]]
+        if sam_items:
             batch.update(self._sam_batch(sam_items))
             skipped += sum(item["skipped"] for item in sam_items)
         batch["num_skipped"] = torch.tensor(skipped)

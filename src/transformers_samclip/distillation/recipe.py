@@ -50,6 +50,15 @@ def needs_sam_batches(stage: str, losses: "LossWeights") -> bool:
     return (rehearses_sam(stage) and losses.sam_loss_weight > 0) or losses.region_weight > 0
 
 
+def is_streaming(spec) -> bool:
+    """Whether a data spec (or list of them) is read as a stream: `webdataset`, SA-1B tars (`sa1b` with
+    `data_files`) or `streaming: true`."""
+    if isinstance(spec, list):
+        return any(is_streaming(part) for part in spec)
+    return bool(spec.get("streaming")) or spec.get("source") == "webdataset" or (
+        spec.get("source") == "sa1b" and "data_files" in spec)
+
+
 # ------------------------------------------------------------------------------------------------ validation
 def _fail(name: str, problem: str):
     # Messages start with the field's path relative to the dataclass; `_section` prefixes the enclosing entries.

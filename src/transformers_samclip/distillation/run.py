@@ -4,11 +4,12 @@ and (mosaic world) the evaluation table. `samclip distill` (cli.py) is a thin co
 import dataclasses
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
 import torch
-from transformers import TrainingArguments, set_seed
+from transformers import set_seed
 
 from ..hub.card import DISTILLED_ROW
 from .._atomic import atomic_files, atomic_folder, write_text_atomic
@@ -18,10 +19,12 @@ from .data import (
     IterableDistillationImageDataset,
     PairedDataset,
     PairedIterableDataset,
+    PairedStreamsDataset,
     SamClipDistillationCollator,
 )
 from .prompts import PromptSampler
-from .recipe import Recipe, Stage, Teachers, as_recipe
+from .config import SamClipDistillationConfig
+from .recipe import Recipe, Teachers, as_recipe, needs_sam_batches, stage_trains
 from .trainer import SamClipDistillationTrainer
 
 logger = logging.getLogger(__name__)
@@ -47,21 +50,27 @@ def load_teachers(spec: Teachers) -> dict:
 
 def load_image_dataset(spec: dict):
     """A `datasets` dataset from a recipe `data` entry: `source` is `mosaic-items`, `mosaic` (the mosaic world),
-    `coco` (`annotation_file`, `image_dir`, and `load_coco_instances`' options), `sa1b` (`data_dir`,
-    `max_images`), or anything `datasets.load_dataset` takes (`imagefolder` with `data_dir`, a Hub id;
-    `streaming: true`). `coco` and `sa1b` put the masks in the column `masks_column` (default `instance_masks`),
-    which stage 2 then samples its prompts from."""
+    `coco` (`annotation_file`, `image_dir`, and `load_coco_instances`' options), `sa1b` (`data_dir` of extracted
+    files and `max_images`, or `data_files`: SA-1B's own tars, streamed), `webdataset` (`data_files`: tar shards,
+    e.g. img2dataset's output, streamed; the image column is the first of jpg/jpeg/png/webp), or anything
+    `datasets.load_dataset` takes (`imagefolder` with `data_dir`, a Hub id; `streaming: true`). `coco` and `sa1b`
+    put the masks in the column `masks_column` (default `instance_masks`), which stage 2 then samples its prompts
+    from. `num_samples` (the dataset's size) is read by the plan alone."""
     masks_column = spec.get("masks_column") or "instance_masks"
-    spec = {k: v for k, v in spec.items() if k not in ("masks_column", "image_column", "clip_sizes")}
+    spec = {k: v for k, v in spec.items() if k not in ("masks_column", "image_column", "clip_sizes", "num_samples")}
     source = spec.pop("source")
     if source == "coco":
         from .annotations import load_coco_instances
 
         return load_coco_instances(masks_column=masks_column, **spec)
     if source == "sa1b":
-        from .annotations import load_sa1b
+        from .annotations import load_sa1b, load_sa1b_tars
 
+        if "data_files" in spec:
+            return load_sa1b_tars(data_file_paths(spec.pop("data_files")), masks_column=masks_column, **spec)
         return load_sa1b(spec.pop("data_dir"), masks_column=masks_column, **spec)
+    if source == "webdataset":
+        return load_webdataset(data_file_paths(spec.pop("data_files", None)), **spec)
     if source == "mosaic-items":
         from ..mosaic import make_item_views
 
@@ -79,6 +88,38 @@ def load_image_dataset(spec: dict):
     import datasets
 
     return datasets.load_dataset(source, **spec)
+
+
+def data_file_paths(data_files) -> list[str]:
+    """The tar files of a `data_files` entry (a glob or path, or a list of them), sorted within each glob."""
+    import glob
+
+    if not data_files:
+        raise ValueError("data_files: give a glob or a list of tar paths, e.g. \"data/shards/*.tar\"")
+    paths = []
+    for pattern in [data_files] if isinstance(data_files, str) else data_files:
+        matched = sorted(glob.glob(os.path.expanduser(str(pattern))))
+        if not matched:
+            raise FileNotFoundError(f"data_files: no file matches {str(pattern)!r}")
+        paths.extend(matched)
+    return paths
+
+
+def load_webdataset(data_files: list[str], **options):
+    """D_CLIP streamed from WebDataset tar shards through datasets' `webdataset` builder, its image column (the
+    first of jpg, jpeg, png, webp) renamed `image`; `options` go to `datasets.load_dataset`."""
+    import datasets
+
+    dataset = datasets.load_dataset("webdataset", data_files={"train": data_files}, split="train", streaming=True,
+                                    **options)
+    columns = [name for name in ("jpg", "jpeg", "png", "webp") if name in (dataset.features or {})]
+    if not columns:
+        raise ValueError(f"webdataset shards {data_files[0]!r}...: no jpg/jpeg/png/webp member in the first samples "
+                         f"(columns {list(dataset.features or {})})")
+    # Undecoded before the rename (a map): the dataset decodes inside its error handling, so a corrupt image is
+    # skipped and counted instead of ending the stream.
+    dataset = dataset.cast_column(columns[0], datasets.Image(decode=False))
+    return dataset.rename_column(columns[0], "image") if columns[0] != "image" else dataset
 
 
 def load_clip_images(spec: dict | list[dict]):
@@ -100,25 +141,22 @@ def load_clip_images(spec: dict | list[dict]):
     return datasets.concatenate_datasets(parts), {"image_column": "image"}
 
 
-def _wrap(dataset, spec: dict, masks: bool = False):
+def _wrap(dataset, spec: dict, masks: bool = False, state=None):
+    """`dataset` as a `DistillationImageDataset`, or a streaming one as an `IterableDistillationImageDataset`
+    split among the ranks of `state` (each reads its own tars when there are enough, else every n-th sample)."""
     import datasets
 
     image_column = spec.get("image_column", "image")
-    if isinstance(dataset, datasets.IterableDataset):
-        return IterableDistillationImageDataset(dataset, image_column)
     masks_column = spec.get("masks_column") or ("instance_masks" if spec.get("source") in ("coco", "sa1b") else None)
-    return DistillationImageDataset(dataset, image_column, masks_column if masks else None)
+    masks_column = masks_column if masks else None
+    if isinstance(dataset, datasets.IterableDataset):
+        sharded = state is not None and state.num_processes > 1
+        if sharded:
+            from datasets.distributed import split_dataset_by_node
 
-
-def _training_args(stage_dir: Path, stage: Stage, seed: int, max_steps: int | None) -> TrainingArguments:
-    values = dict(
-        output_dir=str(stage_dir), use_cpu=not torch.cuda.is_available(), remove_unused_columns=False, report_to=[],
-        seed=seed, save_strategy="steps", save_total_limit=2, logging_first_step=True, dataloader_num_workers=0,
-    )
-    values.update(stage.training_args)
-    if max_steps is not None:
-        values["max_steps"] = max_steps
-    return TrainingArguments(**values)
+            dataset = split_dataset_by_node(dataset, rank=state.process_index, world_size=state.num_processes)
+        return IterableDistillationImageDataset(dataset, image_column, masks_column, sharded_by_node=sharded)
+    return DistillationImageDataset(dataset, image_column, masks_column)
 
 
 def last_complete_checkpoint(stage_dir: Path) -> str | None:
@@ -129,8 +167,61 @@ def last_complete_checkpoint(stage_dir: Path) -> str | None:
     return str(max(finished, key=lambda path: int(path.name.split("-")[-1]))) if finished else None
 
 
-def _stage_dirs(output_dir: Path, stages: list[Stage]) -> list[Path]:
-    return [output_dir / f"stage{i + 1}-{stage.stage}" for i, stage in enumerate(stages)]
+def _load_data(recipe: Recipe, config: SamClipDistillationConfig, teachers: dict, sam_processor):
+    """D_CLIP and D_SAM wrapped for the collator, with the teachers' cached outputs attached (map-style data and
+    `config.teacher_cache`); returns `(clip_data, sam_data, cache)`, `cache` None when uncached."""
+    with config.main_process_first(desc="datasets and teacher cache"):
+        state = config.distributed_state
+        clip_data = _wrap(*load_clip_images(recipe.data.clip), state=state)
+        sam_data = _wrap(load_image_dataset(recipe.data.sam), recipe.data.sam, masks=True, state=state)
+        cache = None
+        if config.teacher_cache and isinstance(clip_data, DistillationImageDataset):
+            cache = TeacherOutputCache(config.teacher_cache_dir)
+            clip_data.cached["clip_teacher_embeds"] = cache.clip_image_embeddings(
+                teachers["clip_model"], teachers["clip_processor"].image_processor, clip_data)
+            if recipe.rehearses_sam:
+                sam_data.cached["sam_teacher_embeddings"] = cache.sam_image_embeddings(
+                    teachers["sam_model"], sam_processor.image_processor, sam_data)
+    return clip_data, sam_data, cache
+
+
+def _train_stage(recipe: Recipe, config: SamClipDistillationConfig, student, processor, teachers: dict,
+                 clip_data, sam_data, cached: bool, checkpoint: str | None = None):
+    """Train one stage from `checkpoint` (or from the start); returns `(student, trainer)` with the LoRA adapters,
+    if any, merged into the student."""
+    # LoRA adapters sit on the shared encoder, which only a stage that trains it has.
+    use_lora = recipe.lora.enabled and "vision_encoder." in stage_trains(config.stage)
+    trained = student
+    if use_lora:
+        from peft import LoraConfig, get_peft_model
+
+        trained = get_peft_model(student, LoraConfig(target_modules=LORA_TARGETS, modules_to_save=[
+            "clip_head", "mask_decoder"], **recipe.lora.peft_options()))
+    # L_SAM (stage 2, lambda > 0) and L_region (any stage) read D_SAM; head-only stages then get L_region alone.
+    with_sam = needs_sam_batches(config.stage, config.losses)
+    teacher_processor = teachers["clip_processor"].image_processor
+    collator = SamClipDistillationCollator(
+        processor, None if cached else teacher_processor, sam_dataset=sam_data if with_sam else None,
+        sam_batch_size=config.sam_batch_size, prompt_sampler=PromptSampler(
+            seed=config.seed, **dataclasses.asdict(recipe.prompts)), clip_sizes=config.clip_sizes, seed=config.seed,
+        region_teacher_image_processor=teacher_processor if config.region_weight > 0 else None,
+        patch_size=student.config.patch_size,
+    )
+    train_dataset = clip_data
+    if with_sam and isinstance(sam_data, IterableDistillationImageDataset):
+        if not isinstance(clip_data, IterableDistillationImageDataset):
+            raise ValueError("data.sam streams but data.clip does not: stream both (a webdataset source, or "
+                             "streaming: true), or give D_SAM as files (sa1b data_dir, coco, imagefolder).")
+        train_dataset = PairedStreamsDataset(clip_data, sam_data, config.per_device_train_batch_size,
+                                             config.sam_batch_size)
+    elif with_sam:
+        paired = PairedIterableDataset if isinstance(clip_data, torch.utils.data.IterableDataset) else PairedDataset
+        train_dataset = paired(clip_data, len(sam_data))
+    trainer = SamClipDistillationTrainer(trained, clip_teacher=teachers["clip_model"],
+                                         sam_teacher=teachers["sam_model"], args=config,
+                                         train_dataset=train_dataset, data_collator=collator)
+    trainer.train(resume_from_checkpoint=checkpoint)
+    return (trained.merge_and_unload() if use_lora else student), trainer
 
 
 def run_recipe(
@@ -145,115 +236,84 @@ def run_recipe(
 ) -> dict:
     """Run every stage of `recipe` (a `Recipe`, or a dict, name or path it is parsed from; ablations are
     `Recipe.override`s) into `output_dir` and return the results dict (also written to `output_dir/results.json`
-    on the main process). Re-running with the same `output_dir` resumes: finished stages are loaded, an
-    interrupted one continues from its last checkpoint."""
+    on the main process). Each stage runs from its `SamClipDistillationConfig` (`from_recipe`). Re-running with the
+    same `output_dir` resumes: finished stages are loaded, an interrupted one continues from its last checkpoint."""
     from .. import SamClipModel, SamClipProcessor
 
     began = time.perf_counter()
     recipe = as_recipe(recipe)
     output_dir = Path(output_dir)
     set_seed(seed)
-    head, model_spec, data_spec = dataclasses.asdict(recipe.model.head), recipe.model, recipe.data
-    stage_dirs = _stage_dirs(output_dir, recipe.stages)
-    all_args = [_training_args(d, s, seed, max_steps) for d, s in zip(stage_dirs, recipe.stages)]
-    state = all_args[0].distributed_state  # set up by TrainingArguments (accelerate launch or a single process)
-
+    configs = [SamClipDistillationConfig.from_recipe(recipe, index, output_dir, seed=seed, max_steps=max_steps,
+                                                     cache_dir=cache_dir) for index in range(len(recipe.stages))]
+    state = configs[0].distributed_state  # set up by TrainingArguments (accelerate launch or a single process)
     teachers = teachers or load_teachers(recipe.teachers)
-    sam_teacher, clip_teacher = teachers["sam_model"], teachers["clip_model"]
-    student = SamClipModel.from_teachers(sam_teacher, clip_teacher, image_size=model_spec.clip_size, **head)
-    processor = SamClipProcessor.from_sizes(
-        teachers["clip_processor"].tokenizer, sam_size=model_spec.sam_size, clip_size=model_spec.clip_size
-    )
+    head = dataclasses.asdict(recipe.model.head)
+    student = SamClipModel.from_teachers(teachers["sam_model"], teachers["clip_model"],
+                                         image_size=recipe.model.clip_size, **head)
+    processor = SamClipProcessor.from_sizes(teachers["clip_processor"].tokenizer, sam_size=recipe.model.sam_size,
+                                            clip_size=recipe.model.clip_size)
     untrained_state = {k: v.clone() for k, v in student.state_dict().items()} if evaluate else None
-
-    with all_args[0].main_process_first(desc="datasets and teacher cache"):
-        clip_data = _wrap(*load_clip_images(data_spec.clip))
-        sam_data = _wrap(load_image_dataset(data_spec.sam), data_spec.sam, masks=True)
-        cache = None
-        if recipe.teacher_cache and isinstance(clip_data, DistillationImageDataset):
-            cache = TeacherOutputCache(cache_dir or output_dir / "teacher-cache")
-            clip_data.cached["clip_teacher_embeds"] = cache.clip_image_embeddings(
-                clip_teacher, teachers["clip_processor"].image_processor, clip_data)
-            if recipe.rehearses_sam:
-                sam_data.cached["sam_teacher_embeddings"] = cache.sam_image_embeddings(
-                    sam_teacher, processor.image_processor, sam_data)
+    clip_data, sam_data, cache = _load_data(recipe, configs[0], teachers, processor)
 
     trainer = None
-    for index, (stage, stage_dir, args) in enumerate(zip(recipe.stages, stage_dirs, all_args)):
-        final_dir = stage_dir / "final"
+    for index, config in enumerate(configs):
+        final_dir = Path(config.output_dir) / "final"
         if (final_dir / "model.safetensors").is_file():
-            state.print(f"stage {index + 1} ({stage.stage}) already finished: loading {final_dir}")
+            state.print(f"stage {index + 1} ({config.stage}) already finished: loading {final_dir}")
             student = SamClipModel.from_pretrained(final_dir).eval()
             continue
-        # LoRA adapts the shared encoder, which only a stage that trains it has.
-        use_lora = recipe.lora.enabled and "vision_encoder." in stage.trains
-        trained = student
-        if use_lora:
-            from peft import LoraConfig, get_peft_model
-
-            lora_config = LoraConfig(target_modules=LORA_TARGETS, modules_to_save=["clip_head", "mask_decoder"],
-                                     **recipe.lora.peft_options())
-            trained = get_peft_model(student, lora_config)
-        # L_SAM (stage 2, lambda > 0) and L_region (any stage) read D_SAM; head-only stages then get L_region alone.
-        with_sam = recipe.needs_sam_batches(stage)
-        clip_sizes = stage.clip_sizes
-        if clip_sizes is None and isinstance(data_spec.clip, dict):
-            clip_sizes = data_spec.clip.get("clip_sizes")
-        teacher_processor = teachers["clip_processor"].image_processor
-        collator = SamClipDistillationCollator(
-            processor, None if cache else teacher_processor,
-            sam_dataset=sam_data if with_sam else None, sam_batch_size=stage.sam_batch_size,
-            prompt_sampler=PromptSampler(seed=seed, **dataclasses.asdict(recipe.prompts)), clip_sizes=clip_sizes,
-            seed=seed,
-            region_teacher_image_processor=teacher_processor if recipe.distills_regions else None,
-            patch_size=student.config.patch_size,
-        )
-        if with_sam:
-            paired = PairedIterableDataset if isinstance(clip_data, torch.utils.data.IterableDataset) else PairedDataset
-            train_dataset = paired(clip_data, len(sam_data))
-        else:
-            train_dataset = clip_data
-        trainer = SamClipDistillationTrainer(
-            trained, stage=stage.stage, clip_teacher=clip_teacher, sam_teacher=sam_teacher, losses=recipe.losses,
-            encoder_lr_scale=stage.encoder_lr_scale, args=args, train_dataset=train_dataset, data_collator=collator,
-        )
-        checkpoint = last_complete_checkpoint(stage_dir)
-        state.print(f"stage {index + 1}/{len(recipe.stages)}: {stage.stage} -> {stage_dir}"
+        checkpoint = last_complete_checkpoint(config.output_dir)
+        state.print(f"stage {index + 1}/{len(configs)}: {config.stage} -> {config.output_dir}"
                     + (f" (resuming from {Path(checkpoint).name})" if checkpoint else ""))
-        trainer.train(resume_from_checkpoint=checkpoint)
-        if use_lora:
-            student = trained.merge_and_unload()
+        student, trainer = _train_stage(recipe, config, student, processor, teachers, clip_data, sam_data,
+                                        cached=cache is not None, checkpoint=checkpoint)
+        gathered = trainer.student_state_dict()  # FSDP: every rank takes part; else None (the student is whole)
         if state.is_main_process:
             with atomic_folder(final_dir) as folder:  # a half-saved final/ would pass for a finished stage
-                student.save_pretrained(folder)
+                student.save_pretrained(folder, state_dict=gathered)
                 (folder / "skipped_samples.json").write_text(json.dumps({"skipped_samples": trainer.skipped_samples}))
         state.wait_for_everyone()
+        if gathered is not None:  # a sharded student goes on (next stage, saving, evaluation) whole
+            student = SamClipModel.from_pretrained(final_dir)
 
     results = {"recipe": recipe.name, "seed": seed, "naive": recipe.naive, "lora": recipe.lora.enabled, "head": head,
                "losses": dataclasses.asdict(recipe.losses), "max_steps": max_steps,
                "num_processes": state.num_processes, "threads": torch.get_num_threads(),
                "effective_recipe": recipe.to_dict()}
     if state.is_main_process:
-        if recipe.calibration is not None:
-            student.config.background_threshold = calibrate_background(student, processor, recipe.calibration)
-            results["background_threshold"] = student.config.background_threshold
-            state.print(f"background threshold {student.config.background_threshold:.4f} (calibrated on "
-                        f"{recipe.calibration.get('num_mosaics', '?')} training images, stored in config.json)")
-        with atomic_files(output_dir) as folder:  # config.json lands last: a loader never sees half the files
-            student.save_pretrained(folder)
-            processor.save_pretrained(folder)
-        results["train_wall_seconds"] = round(time.perf_counter() - began, 1)
-        if evaluate and recipe.evaluation is not None:
-            untrained = SamClipModel.from_teachers(sam_teacher, clip_teacher, image_size=model_spec.clip_size, **head)
-            untrained.load_state_dict(untrained_state)
-            results["rows"] = evaluate_rows(student, untrained, processor, teachers, recipe.evaluation,
-                                            cache_dir or output_dir / "teacher-cache")
-        results["wall_seconds"] = round(time.perf_counter() - began, 1)
-        write_text_atomic(output_dir / "results.json", json.dumps(results, indent=2))
+        _finish(recipe, results, student, processor, teachers, untrained_state if evaluate else None,
+                output_dir, cache_dir, began)
     state.wait_for_everyone()
     if trainer is not None:
         trainer.accelerator.end_training()
     return results
+
+
+def _finish(recipe: Recipe, results: dict, student, processor, teachers: dict, untrained_state, output_dir: Path,
+            cache_dir, began: float) -> None:
+    """Main process, after the stages: calibrate the background threshold, save the model and processor, evaluate
+    (when `untrained_state` is given and the recipe has an evaluation) and write `results.json`."""
+    from .. import SamClipModel
+
+    if recipe.calibration is not None:
+        student.config.background_threshold = calibrate_background(student, processor, recipe.calibration)
+        results["background_threshold"] = student.config.background_threshold
+        print(f"background threshold {student.config.background_threshold:.4f} (calibrated on "
+              f"{recipe.calibration.get('num_mosaics', '?')} training images, stored in config.json)")
+    with atomic_files(output_dir) as folder:  # config.json lands last: a loader never sees half the files
+        student.save_pretrained(folder)
+        processor.save_pretrained(folder)
+    results["train_wall_seconds"] = round(time.perf_counter() - began, 1)
+    if untrained_state is not None and recipe.evaluation is not None:
+        untrained = SamClipModel.from_teachers(teachers["sam_model"], teachers["clip_model"],
+                                               image_size=recipe.model.clip_size,
+                                               **dataclasses.asdict(recipe.model.head))
+        untrained.load_state_dict(untrained_state)
+        results["rows"] = evaluate_rows(student, untrained, processor, teachers, recipe.evaluation,
+                                        cache_dir or output_dir / "teacher-cache")
+    results["wall_seconds"] = round(time.perf_counter() - began, 1)
+    write_text_atomic(output_dir / "results.json", json.dumps(results, indent=2))
 
 
 def calibrate_background(model, processor, spec: dict) -> float:

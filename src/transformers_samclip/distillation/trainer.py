@@ -46,6 +46,11 @@ def configure_trainable(student: nn.Module, stage: str, train_sam_head: bool = T
         parameter.requires_grad_(train)
 
 
+def _student_part(state_dict: dict) -> dict:
+    # The student's entries of a `SamClipDistillationModule` state dict, named as in the student.
+    return {name[len("student."):]: value for name, value in state_dict.items() if name.startswith("student.")}
+
+
 class SamClipDistillationModule(nn.Module):
     """Student + frozen teachers + losses, as one module whose forward returns the loss terms.
 
@@ -67,6 +72,12 @@ class SamClipDistillationModule(nn.Module):
             if teacher is not None:
                 teacher.eval().requires_grad_(False)
         self.losses = losses or LossWeights()
+
+    @property
+    def _no_split_modules(self) -> list[str]:
+        # What FSDP may wrap as one unit (`fsdp_transformer_layer_cls_to_wrap` falls back to this): the student's
+        # encoder and CLIP-head blocks. Teachers are never wrapped (prepared for evaluation, outside the module tree).
+        return ["SamClipVisionLayer"]
 
     def _apply(self, fn, *args, **kwargs):
         # .to()/.float() reach the teachers too, so they always live where the student does.
@@ -179,14 +190,24 @@ class SamClipDistillationTrainer(Trainer):
             baseline (CLIP loss only, no rehearsal); stages other than `distillation` never add `L_SAM`, but every
             stage adds `region_weight * L_region` on batches with regions.
         encoder_lr_scale: LR multiplier of the shared encoder and the SAM head in stage 2 (default: `Stage`'s).
-        **kwargs: the usual `Trainer` arguments (`args`, `train_dataset`, `data_collator`, ...).
+        **kwargs: the usual `Trainer` arguments (`args`, `train_dataset`, `data_collator`, ...). When `args` is a
+            `SamClipDistillationConfig`, `stage`, `losses` and `encoder_lr_scale` default to its values.
 
     Each loss term is logged on its own (`loss_clip`, `loss_sam`, `loss_focal`, `loss_dice`, `loss_iou`,
     `loss_region`), and `skipped_samples` counts unreadable samples replaced so far.
     """
 
-    def __init__(self, model=None, *, stage: str = "distillation", clip_teacher=None, sam_teacher=None,
-                 losses: LossWeights | None = None, encoder_lr_scale: float = Stage.encoder_lr_scale, **kwargs):
+    def __init__(self, model=None, *, stage: str | None = None, clip_teacher=None, sam_teacher=None,
+                 losses: LossWeights | None = None, encoder_lr_scale: float | None = None, **kwargs):
+        from .config import SamClipDistillationConfig
+
+        config = kwargs.get("args")
+        if isinstance(config, SamClipDistillationConfig):
+            stage = stage or config.stage
+            losses = losses or config.losses
+            encoder_lr_scale = config.encoder_lr_scale if encoder_lr_scale is None else encoder_lr_scale
+        stage = stage or "distillation"
+        encoder_lr_scale = Stage.encoder_lr_scale if encoder_lr_scale is None else encoder_lr_scale
         if not isinstance(model, SamClipDistillationModule):
             losses = losses or LossWeights()
             if not rehearses_sam(stage):
@@ -197,6 +218,11 @@ class SamClipDistillationTrainer(Trainer):
         self._loss_terms = defaultdict(list)
         self.skipped_samples = 0
         super().__init__(model=model, **kwargs)
+        # As TRL's GKDTrainer prepares its teacher: placed and cast by accelerate, never wrapped for training (no
+        # DDP, no FSDP sharding) and kept out of the student's state dict, optimizer and checkpoints.
+        for role, teacher in model.teachers.items():
+            if teacher is not None:
+                model.teachers[role] = self.accelerator.prepare_model(teacher, evaluation_mode=True)
 
     @property
     def student(self):
@@ -244,13 +270,36 @@ class SamClipDistillationTrainer(Trainer):
         self.optimizer = optimizer_cls(list(groups.values()), **optimizer_kwargs)
         return self.optimizer
 
+    def get_train_dataloader(self):
+        """Trainer's dataloader, except that a stream the ranks already split (`sharded_by_node`:
+        `split_dataset_by_node` in `run._wrap`) is not split again by accelerate's `IterableDatasetShard`."""
+        dataloader = super().get_train_dataloader()
+        if getattr(self.train_dataset, "sharded_by_node", False):
+            from accelerate.data_loader import IterableDatasetShard
+
+            if self.accelerator.dispatch_batches:
+                raise ValueError("a stream split among the ranks cannot have its batches dispatched from the main "
+                                 "process: set accelerator_config.dispatch_batches to false.")
+            if isinstance(dataloader.dataset, IterableDatasetShard):
+                dataloader.dataset.num_processes, dataloader.dataset.process_index = 1, 0
+        return dataloader
+
+    def student_state_dict(self) -> dict | None:
+        """The student's whole state dict gathered from the ranks under FSDP (call it on every rank), else None:
+        the student's own parameters are whole."""
+        if not self.is_fsdp_enabled:
+            return None
+        return _student_part(self.accelerator.get_state_dict(self.model))
+
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        # Checkpoints hold the student alone, as a loadable save_pretrained folder (no teachers).
+        # Checkpoints hold the student alone, as a loadable save_pretrained folder (no teachers). Under FSDP the
+        # Trainer passes the wrapper's gathered state dict: its `student.` entries are the student's.
         output_dir = output_dir or self.args.output_dir
         if not self.args.should_save:
             return
         os.makedirs(output_dir, exist_ok=True)
-        self.student.save_pretrained(output_dir)
+        student_state = _student_part(state_dict) if state_dict else None
+        self.student.save_pretrained(output_dir, state_dict=student_state)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
