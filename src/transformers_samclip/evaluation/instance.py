@@ -40,9 +40,10 @@ def samclip_instance_segmenter(model, processor, class_names, templates=None, **
             encoding["pixel_values"].to(model_device(model), model.dtype), class_embeds,
             input_sizes=encoding["reshaped_input_sizes"].tolist(), **options,
         )
-        return processor.post_process_instance_segmentation(
-            outputs, encoding["original_sizes"], encoding["reshaped_input_sizes"]
+        instances = processor.post_process_instance_segmentation(
+            outputs, target_sizes=encoding["original_sizes"], reshaped_input_sizes=encoding["reshaped_input_sizes"]
         )
+        return [{"masks": i["masks"], "class_ids": i["labels"], "scores": i["scores"]} for i in instances]
 
     return segment
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..modeling import SamClipModel, SamClipProcessor, pipeline_samclip
-from ..pipelines import PIPELINE_TASKS
+from ..pipelines import EXPORTED_PIPELINES
 from .card import DEFAULT_BASE_MODELS, DISTILLED_ROW, MODEL_CARD_TEMPLATE, class_names_of, load_results, render_model_card
 
 # Where the mosaic model is looked for: your own `samclip distill` output (relative to the working directory,
@@ -24,8 +24,10 @@ MOSAIC_MODEL_DIRS = (
 # Besides AutoModel (written by save_pretrained), the task Auto classes the pipelines load through.
 TASK_AUTO_CLASSES = ("AutoModelForZeroShotImageClassification", "AutoModelForMaskGeneration")
 PIPELINE_MODULE = Path(pipeline_samclip.__file__)
-CUSTOM_PIPELINE = {"impl": "pipeline_samclip.ZeroShotImageSegmentationPipeline", "pt": ["AutoModel"], "tf": [],
-                   "type": "multimodal"}
+# Every task an exported folder serves, transformers' own task names included: for a folder or Hub id, pipeline()
+# prefers these entries to its own classes, so each task gets the processor view it needs.
+CUSTOM_PIPELINES = {task: {"impl": f"{PIPELINE_MODULE.stem}.{cls.__name__}", "pt": ["AutoModel"], "tf": [],
+                           "type": "multimodal"} for task, cls in EXPORTED_PIPELINES.items()}
 
 
 class HubError(RuntimeError):
@@ -107,7 +109,7 @@ def export_model(
     # save_pretrained adds AutoConfig/AutoModel to an existing auto_map, so the task classes set here survive.
     model.config.auto_map = {name: f"modeling_samclip.{type(model).__name__}" for name in TASK_AUTO_CLASSES}
     # The pipeline ships as remote code too: `pipeline(task, model=folder, trust_remote_code=True)` finds it here.
-    model.config.custom_pipelines = {task: dict(CUSTOM_PIPELINE) for task in PIPELINE_TASKS}
+    model.config.custom_pipelines = {task: dict(entry) for task, entry in CUSTOM_PIPELINES.items()}
     model.save_pretrained(out_dir)
     loaded.processor.save_pretrained(out_dir)
     shutil.copy(PIPELINE_MODULE, out_dir / PIPELINE_MODULE.name)
