@@ -10,7 +10,10 @@ from typing import NamedTuple
 
 from ..modeling import SamClipModel, SamClipProcessor, pipeline_samclip
 from ..pipelines import EXPORTED_PIPELINES
-from .card import DEFAULT_BASE_MODELS, DISTILLED_ROW, MODEL_CARD_TEMPLATE, class_names_of, load_results, render_model_card
+from .card import (
+    DEFAULT_BASE_MODELS, DISTILLED_ROW, MODEL_CARD_TEMPLATE, MOSAIC_TEACHERS, class_names_of, load_results,
+    render_model_card, teachers_of,
+)
 
 # Where the mosaic model is looked for: your own `samclip distill` output (relative to the working directory,
 # then to the checkout), then the one shipped in the package (mosaic/distilled, with its BUILD.json).
@@ -103,6 +106,12 @@ def export_model(
     if results_json is None and own_results and own_results.exists():
         results_json = own_results
     results = load_results(results_json) if results_json else None
+    # Where the teachers came from: the recipe `samclip distill` recorded beside the model; `base_models` given here
+    # (Hub ids) win.
+    recorded_ids, teachers = teachers_of(own_results) if not loaded.merged_teachers else ((), MOSAIC_TEACHERS)
+    base_models = tuple(base_models) or recorded_ids
+    if base_models:
+        teachers = ", ".join(f"`{name}`" for name in base_models)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = loaded.model
@@ -116,7 +125,7 @@ def export_model(
     card = render_model_card(
         model, repo_id=repo_id, model_name=model_name, results=results, base_models=base_models,
         model_description=loaded.description if loaded.merged_teachers else "",
-        template_path=template_path, row_names=(str(model_dir), DISTILLED_ROW),
+        template_path=template_path, row_names=(str(model_dir), DISTILLED_ROW), teachers_description=teachers,
         class_names=class_names_of(results_json, model_name, str(model_dir), DISTILLED_ROW) if results_json else (),
     )
     card.save(out_dir / "README.md")
