@@ -382,10 +382,10 @@ def check_input_ids(input_ids, max_length: int | None, vocab_size: int | None = 
         raise TypeError(f"input_ids must hold integer token ids; got dtype {input_ids.dtype}.")
     # Skipped while torch.compile traces: a branch on tensor values would break the graph.
     if vocab_size is not None and not torch.compiler.is_compiling():
-        low, high = int(input_ids.min()), int(input_ids.max())  # one host sync each; no per-token Python
-        if low < 0 or high >= vocab_size:
+        outside = (input_ids < 0) | (input_ids >= vocab_size)
+        if outside.any():  # one host synchronisation when all ids are valid
             raise ValueError(
-                f"input_ids hold token id {low if low < 0 else high}, outside this model's vocabulary (0 to "
+                f"input_ids hold token id {int(input_ids[outside][0])}, outside this model's vocabulary (0 to "
                 f"{vocab_size - 1}); tokenize with the model's own tokenizer (processor.tokenizer)."
             )
 

@@ -579,7 +579,9 @@ class SamClipModel(SamClipPreTrainedModel):
     ) -> BaseModelOutputWithPooling:
         """Text features as `CLIPModel.get_text_features`: `pooler_output` is the projected, unnormalised embedding."""
         text_config = self.config.text_config
-        check_input_ids(input_ids, getattr(text_config, "max_position_embeddings", None), getattr(text_config, "vocab_size", None))
+        check_input_ids(
+            input_ids, getattr(text_config, "max_position_embeddings", None), getattr(text_config, "vocab_size", None)
+        )
         outputs = self.text_model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, return_dict=True, **kwargs
         )

@@ -68,7 +68,8 @@ class _SamClipTaskPipeline:
     def __init__(self, *args, **kwargs):
         model, processor = kwargs.get("model", args[0] if args else None), kwargs.get("processor")
         if is_samclip(model) and processor is not None:
-            kwargs["image_processor"] = processor.clip_image_processor if self.view == "clip" else processor.image_processor
+            views = {"clip": processor.clip_image_processor, "sam": processor.image_processor}
+            kwargs["image_processor"] = views[self.view]
             kwargs["tokenizer"] = processor.tokenizer
         super().__init__(*args, **kwargs)
         if is_samclip(model) and self.image_processor is None:
@@ -189,9 +190,11 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
             (instances,) = self.processor.post_process_instance_segmentation(
                 model_outputs["instances"], target_sizes=sizes[0], reshaped_input_sizes=sizes[1]
             )
-            return [{"score": float(score), "label": labels[label], "box": _box(box), "mask": _mask_image(mask.numpy())}
-                    for score, label, box, mask in zip(instances["scores"].tolist(), instances["labels"].tolist(),
-                                                       instances["boxes"], instances["masks"])]
+            return [
+                {"score": float(score), "label": labels[label], "box": _box(box), "mask": _mask_image(mask.numpy())}
+                for score, label, box, mask in zip(instances["scores"].tolist(), instances["labels"].tolist(),
+                                                   instances["boxes"], instances["masks"])
+            ]
         if model_outputs["subtask"] == "panoptic":
             (panoptic,) = self.processor.post_process_panoptic_segmentation(model_outputs["instances"], *sizes)
             segmentation = panoptic["segmentation"].numpy()

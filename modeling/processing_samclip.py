@@ -13,7 +13,13 @@ from transformers.processing_utils import ProcessorMixin
 from transformers.tokenization_utils_base import BatchEncoding
 
 from ._validation import (
-    PROCESSOR_FILES, PROCESSOR_HINT, check_pretrained_folder, check_prompts, check_score_threshold, describe, to_rgb_images,
+    PROCESSOR_FILES,
+    PROCESSOR_HINT,
+    check_pretrained_folder,
+    check_prompts,
+    check_score_threshold,
+    describe,
+    to_rgb_images,
 )
 from .configuration_samclip import SAM_IMAGE_MEAN, SAM_IMAGE_STD
 
@@ -268,8 +274,9 @@ class SamClipProcessor(SamProcessor):
         if target_sizes is None:
             target_sizes = [(self.target_size, self.target_size)] * count
         if len(target_sizes) != count:
-            raise ValueError(f"target_sizes has {len(target_sizes)} sizes for {count} images; give one (height, width) "
-                             "per image.")
+            raise ValueError(
+                f"target_sizes has {len(target_sizes)} sizes for {count} images; give one (height, width) per image."
+            )
         if reshaped_input_sizes is None:
             reshaped_input_sizes = [self.reshaped_size(size) for size in target_sizes]
         results = []

@@ -54,7 +54,8 @@ def detections(model, processor, image, threshold):
     """Boxes the harness's own SAM view gives: `instance_segmentation` + SAM 3-style post-processing."""
     inputs = processor(images=image, view="sam")
     with torch.no_grad():
-        output = model.instance_segmentation(inputs["pixel_values"], model.encode_class_names(LABELS, processor.tokenizer),
+        class_embeds = model.encode_class_names(LABELS, processor.tokenizer)
+        output = model.instance_segmentation(inputs["pixel_values"], class_embeds,
                                              input_sizes=inputs["reshaped_input_sizes"].tolist(), **INSTANCE_OPTIONS)
     (result,) = processor.post_process_instance_segmentation(output, threshold=threshold,
                                                              target_sizes=inputs["original_sizes"])
@@ -205,10 +206,21 @@ def test_zero_shot_object_detection_format_threshold_and_top_k(reference, image)
     middle = (scores[0] + scores[-1]) / 2
     assert detector(image, candidate_labels=LABELS, threshold=middle, **INSTANCE_OPTIONS) == [
         d for d in everything if d["score"] >= middle]
-    assert detector(image, candidate_labels=",".join(LABELS), threshold=0.0, top_k=1, **INSTANCE_OPTIONS) == everything[:1]
+    first = detector(image, candidate_labels=",".join(LABELS), threshold=0.0, top_k=1, **INSTANCE_OPTIONS)
+    assert first == everything[:1]
     with pytest.raises(ValueError, match="top_k must be a positive integer"):
         detector(image, candidate_labels=LABELS, top_k=0)
     with pytest.raises(ValueError, match="threshold must be a finite number"):
         detector(image, candidate_labels=LABELS, threshold="high")
     with pytest.raises(TypeError, match="always finds instances"):
         detector(image, candidate_labels=LABELS, subtask="semantic")
+
+
+def test_saved_folder_with_the_package_gets_each_task_view(saved_tiny_model):
+    """A folder `save_pretrained` wrote (no `custom_pipelines`), with the package imported: the registered classes
+    load the folder's processor and take the task's view from it."""
+    views = {task: pipeline(task, model=str(saved_tiny_model)).image_processor
+             for task in ("zero-shot-image-classification", "image-feature-extraction", "mask-generation")}
+    assert type(views["zero-shot-image-classification"]) is CLIPImageProcessorPil
+    assert views["image-feature-extraction"].crop_size["height"] == 32
+    assert views["mask-generation"].size["longest_edge"] == 64

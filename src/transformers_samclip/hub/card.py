@@ -28,10 +28,12 @@ DISTILLED_ROW = "SAM-CLIP (distilled)"
 DEFAULT_BASE_MODELS = ()
 MOSAIC_TEACHERS = (
     "the mosaic-world teachers shipped in the `transformers-samclip` package (`transformers_samclip/mosaic/teachers`: "
-    "a tiny `SamModel` and `CLIPModel` trained from scratch on Fashion-MNIST mosaics by "
+    "a tiny `SamModel` and `CLIPModel` trained from scratch on the mosaic world's Fashion-MNIST images by "
     "`python -m transformers_samclip.mosaic.teachers`; not Hub repositories)"
 )
-UNKNOWN_TEACHERS = "not recorded with this model (`samclip export --base-model SAM_ID --base-model CLIP_ID` names them)"
+UNKNOWN_TEACHERS = (
+    "not recorded with this model (`samclip export --base-model SAM_ID --base-model CLIP_ID` names them)"
+)
 DEFAULT_TAGS = (
     "samclip", "sam", "clip", "knowledge-distillation", "zero-shot-image-classification", "mask-generation",
     "image-segmentation", "zero-shot-image-segmentation", "custom_code",
@@ -47,25 +49,29 @@ class Metric:
     task_type: str
     task_name: str
     metric_type: str
+    dataset_config: str
     dataset_name: str
 
 
+# The mosaic world's parts, as dataset configs: the Hub groups `model-index` results by task, dataset and config.
+ITEMS, HELDOUT, RAW, MOSAICS = (("items", "item views"), ("items-heldout", "item views, held-out look"),
+                                ("raw-photos", "raw 28 px Fashion-MNIST test photos"), ("mosaics", "mosaics"))
 METRICS = (
     Metric("zero_shot_top1", "Zero-shot top-1", "zero-shot-image-classification", "Zero-shot classification",
-           "accuracy", "item views (test)"),
+           "accuracy", *ITEMS),
     Metric("zero_shot_top1_heldout", "Zero-shot top-1 (held-out look)", "zero-shot-image-classification",
-           "Zero-shot classification, unseen backgrounds/tints/scales", "accuracy", "item views, held-out look (test)"),
+           "Zero-shot classification, unseen backgrounds/tints/scales", "accuracy", *HELDOUT),
     Metric("zero_shot_top1_raw", "Zero-shot top-1 (raw photos)", "zero-shot-image-classification",
-           "Zero-shot classification, raw 28 px photos", "accuracy", "raw 28 px Fashion-MNIST test photos"),
-    Metric("box_miou", "Box mIoU", "mask-generation", "Promptable segmentation (box)", "mean_iou", "mosaics (test)"),
+           "Zero-shot classification, raw 28 px photos", "accuracy", *RAW),
+    Metric("box_miou", "Box mIoU", "mask-generation", "Promptable segmentation (box)", "mean_iou", *MOSAICS),
     Metric("point1_miou", "1-point mIoU", "mask-generation", "Promptable segmentation (1 point)", "mean_iou",
-           "mosaics (test)"),
+           *MOSAICS),
     Metric("point3_miou", "3-point mIoU", "mask-generation", "Promptable segmentation (3 points)", "mean_iou",
-           "mosaics (test)"),
+           *MOSAICS),
     Metric("semseg_miou", "Semantic seg. mIoU", "image-segmentation", "Zero-shot semantic segmentation (CLIP head)",
-           "mean_iou", "mosaics (test)"),
+           "mean_iou", *MOSAICS),
     Metric("semseg_refined_miou", "Semantic seg. mIoU (SAM-refined)", "image-segmentation",
-           "Zero-shot semantic segmentation (SAM-refined)", "mean_iou", "mosaics (test)"),
+           "Zero-shot semantic segmentation (SAM-refined)", "mean_iou", *MOSAICS),
 )
 
 
@@ -132,7 +138,8 @@ def eval_results_for(metrics: dict[str, float]) -> list[EvalResult]:
     return [
         EvalResult(
             task_type=metric.task_type, task_name=metric.task_name, dataset_type=RESULTS_DATASET,
-            dataset_name=f"{RESULTS_DATASET_NAME}: {metric.dataset_name}", dataset_split="test",
+            dataset_name=f"{RESULTS_DATASET_NAME}: {metric.dataset_name}", dataset_config=metric.dataset_config,
+            dataset_split="test",
             metric_type=metric.metric_type,
             metric_name=metric.title, metric_value=metrics[metric.key],
         )
