@@ -224,3 +224,24 @@ def test_saved_folder_with_the_package_gets_each_task_view(saved_tiny_model):
     assert type(views["zero-shot-image-classification"]) is CLIPImageProcessorPil
     assert views["image-feature-extraction"].crop_size["height"] == 32
     assert views["mask-generation"].size["longest_edge"] == 64
+
+
+def test_box_ap_scores_boxes_not_masks():
+    """`samclip evaluate`'s detection box AP50: a prediction whose mask barely overlaps the target's (a diagonal
+    against a ring) but whose box is the target's box scores 1.0 as a detection, 0.0 as a mask."""
+    from transformers_samclip.evaluation.instance import box_masks
+    from transformers_samclip.evaluation.metrics import instance_segmentation_metrics
+
+    ring = np.zeros((1, 16, 16), bool)
+    ring[0, 2:12, 2:12] = True
+    ring[0, 3:11, 3:11] = False
+    diagonal = np.zeros((1, 16, 16), bool)
+    diagonal[0, np.arange(2, 12), np.arange(2, 12)] = True
+    boxes = box_masks(diagonal)
+    assert boxes.sum() == 100 and boxes[0, 2:12, 2:12].all()
+    prediction = {"masks": diagonal, "class_ids": [0], "scores": [0.9]}
+    target = {"masks": ring, "class_ids": [0], "ignore": [False]}
+    assert instance_segmentation_metrics([prediction], [target], 1)["ap50"] == 0.0
+    boxed = instance_segmentation_metrics([{**prediction, "masks": box_masks(diagonal)}],
+                                          [{**target, "masks": box_masks(ring)}], 1)
+    assert boxed["ap50"] == pytest.approx(1.0)
