@@ -55,8 +55,9 @@ def is_samclip(model) -> bool:
 class _SamClipTaskPipeline:
     """Mixin for one of transformers' own pipeline classes: with a SAM-CLIP model and its `SamClipProcessor`
     (loaded from the folder, or passed as `processor=`), the pipeline's image processor is the processor's view for
-    this task (`view`) and its tokenizer the processor's; images and the task's own arguments are checked by
-    SAM-CLIP's validation layer first. Other models are served as transformers serves them."""
+    this task (`view`) and its tokenizer the processor's (a processor given wins over `image_processor=` and
+    `tokenizer=`); images and the task's own arguments are checked by SAM-CLIP's validation layer first. Other
+    models are served as transformers serves them."""
 
     view = "clip"
     # An exported folder holds the processor: load it, and take the view and the tokenizer from it.
