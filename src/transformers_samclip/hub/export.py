@@ -91,8 +91,9 @@ def export_model(
     onnx: bool = False,
     int8: bool = False,
 ) -> Path:
-    """Write a Hub-ready folder: `model.safetensors`, `config.json` with `auto_map`, processor and tokenizer
-    files, the remote code from `modeling/`, and `README.md` rendered from the card template; with `onnx`, also
+    """Write a Hub-ready folder: `model.safetensors`, `config.json` with `auto_map` and `custom_pipelines` (every
+    task the folder serves, see `CUSTOM_PIPELINES`), processor and tokenizer files, the remote code from
+    `modeling/`, and `README.md` rendered from the card template; with `onnx`, also
     the ONNX graphs under `onnx/` (see [`export_onnx`]), and with `int8` their int8 dynamic quantization.
 
     `model_dir` is a folder, a Hub id or `"mosaic"`; `results_json` is the `samclip evaluate` output, whose row
