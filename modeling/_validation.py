@@ -365,8 +365,9 @@ def check_pixel_values(pixel_values, num_channels: int, dtype: torch.dtype) -> t
     return pixel_values.to(dtype)
 
 
-def check_input_ids(input_ids, max_length: int | None):
-    """`input_ids` must be a non-empty `(texts, tokens)` integer tensor within the text tower's length."""
+def check_input_ids(input_ids, max_length: int | None, vocab_size: int | None = None):
+    """`input_ids` must be a non-empty `(texts, tokens)` integer tensor within the text tower's length and, when
+    `vocab_size` is given, hold token ids of its vocabulary (the embedding would raise a bare IndexError)."""
     if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or 0 in input_ids.shape:
         raise ValueError(
             f"input_ids must be a (texts, tokens) tensor with at least one text; got {describe(input_ids)} (an empty "
@@ -376,6 +377,25 @@ def check_input_ids(input_ids, max_length: int | None):
         raise ValueError(
             f"input_ids of {input_ids.shape[-1]} tokens are longer than the text tower accepts ({max_length}); "
             "tokenize with truncation=True and max_length <= that limit."
+        )
+    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+        raise TypeError(f"input_ids must hold integer token ids; got dtype {input_ids.dtype}.")
+    # Skipped while torch.compile traces: a branch on tensor values would break the graph.
+    if vocab_size is not None and not torch.compiler.is_compiling():
+        outside = (input_ids < 0) | (input_ids >= vocab_size)
+        if outside.any():  # one host synchronisation when all ids are valid
+            raise ValueError(
+                f"input_ids hold token id {int(input_ids[outside][0])}, outside this model's vocabulary (0 to "
+                f"{vocab_size - 1}); tokenize with the model's own tokenizer (processor.tokenizer)."
+            )
+
+
+def check_contrastive_pairs(num_images: int, num_texts: int):
+    """`return_loss=True` pairs image i with text i, so both batches must have the same size."""
+    if num_images != num_texts:
+        raise ValueError(
+            f"return_loss=True pairs image i with text i, but got {num_images} image(s) and {num_texts} text(s); "
+            "pass one text per image, or drop return_loss to score every image against every text."
         )
 
 
@@ -394,6 +414,12 @@ def check_class_embeds(embeds, width: int, argument: str = "class_embeds") -> to
     if not torch.isfinite(embeds).all():
         raise ValueError(f"{argument} hold NaN or infinite values.")
     return embeds
+
+
+def check_score_threshold(value, argument: str = "threshold"):
+    """A finite number: instances scoring less are dropped."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        raise ValueError(f"{argument} must be a finite number (a score between 0 and 1); got {describe(value)}.")
 
 
 def check_threshold(value, argument: str = "background_threshold"):

@@ -37,6 +37,7 @@ from transformers.utils.output_capturing import capture_outputs
 from ._validation import (
     check_class_embeds,
     check_class_names,
+    check_contrastive_pairs,
     check_input_ids,
     check_pixel_values,
     check_pretrained_folder,
@@ -577,7 +578,10 @@ class SamClipModel(SamClipPreTrainedModel):
         **kwargs,
     ) -> BaseModelOutputWithPooling:
         """Text features as `CLIPModel.get_text_features`: `pooler_output` is the projected, unnormalised embedding."""
-        check_input_ids(input_ids, getattr(self.config.text_config, "max_position_embeddings", None))
+        text_config = self.config.text_config
+        check_input_ids(
+            input_ids, getattr(text_config, "max_position_embeddings", None), getattr(text_config, "vocab_size", None)
+        )
         outputs = self.text_model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, return_dict=True, **kwargs
         )
@@ -680,6 +684,7 @@ class SamClipModel(SamClipPreTrainedModel):
                 logits_per_text = logits_per_text + self.logit_bias
             out.logits_per_text, out.logits_per_image = logits_per_text, logits_per_text.t()
             if return_loss:
+                check_contrastive_pairs(len(image_embeds), len(text_embeds))
                 targets = torch.arange(len(logits_per_text), device=logits_per_text.device)
                 out.loss = (F.cross_entropy(logits_per_text, targets) + F.cross_entropy(logits_per_text.t(), targets)) / 2
         return out

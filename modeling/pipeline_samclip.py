@@ -1,20 +1,33 @@
-"""The `zero-shot-image-segmentation` pipeline: an image and class names in, labelled masks out (semantic, instance
-or panoptic), in the output format of transformers' `image-segmentation` pipeline.
+"""SAM-CLIP's pipelines: transformers' task names served with the view each task needs, and the text-prompted tasks
+transformers has no SAM-CLIP-shaped class for.
+
+- `zero-shot-image-classification`, `image-feature-extraction`: transformers' classes fed the CLIP-path view.
+- `mask-generation`: transformers' class fed the SAM view.
+- `zero-shot-image-segmentation` (and its older name `zero-shot-semantic-segmentation`): an image and class names in,
+  labelled masks out (semantic, instance or panoptic), in the output format of transformers' `image-segmentation`
+  pipeline; instances also carry their `box`.
+- `zero-shot-object-detection`: the instances as boxes, in the output format of transformers' pipeline of that name.
+
+An exported folder declares them all (`custom_pipelines` in its config.json), so plain transformers serves them with
+only the folder and `trust_remote_code=True`, without this package:
 
     from transformers import pipeline
-    import transformers_samclip  # registers the task (an exported folder also declares it: trust_remote_code=True)
-    segmenter = pipeline("zero-shot-image-segmentation", model="path/or/hub-id", trust_remote_code=True)
-    segments = segmenter(image, candidate_labels=["cat", "dog"], subtask="instance")
+    classifier = pipeline("zero-shot-image-classification", model="path/or/hub-id", trust_remote_code=True)
+    detector = pipeline("zero-shot-object-detection", model="path/or/hub-id", trust_remote_code=True)
+    boxes = detector(image, candidate_labels=["cat", "dog"], threshold=0.1)
 
-Ships beside the model code (imports only torch, transformers, numpy and PIL), so that an exported folder serves it
-as a custom pipeline without this package installed.
+Ships beside the model code (imports only torch, transformers, numpy and PIL).
 """
 
 import numpy as np
 from PIL import Image
 from transformers import Pipeline
+from transformers.pipelines.image_feature_extraction import ImageFeatureExtractionPipeline
+from transformers.pipelines.mask_generation import MaskGenerationPipeline
+from transformers.pipelines.zero_shot_image_classification import ZeroShotImageClassificationPipeline
 
-from ._validation import check_class_names, check_templates, check_threshold, to_rgb_image
+from ._validation import check_class_names, check_score_threshold, check_templates, check_threshold, to_rgb_image
+from .configuration_samclip import SamClipConfig
 from .modeling_samclip import DEFAULT_TEMPLATES
 
 SUBTASKS = ("semantic", "instance", "panoptic")
@@ -27,13 +40,88 @@ def _mask_image(region) -> Image.Image:
     return Image.fromarray(np.asarray(region, dtype=np.uint8) * 255, mode="L")
 
 
+def _box(box) -> dict[str, int]:
+    """A `(x_min, y_min, x_max, y_max)` box as transformers' detection pipelines return it."""
+    xmin, ymin, xmax, ymax = (int(round(float(v))) for v in box)
+    return {"xmin": xmin, "ymin": ymin, "xmax": xmax, "ymax": ymax}
+
+
+def is_samclip(model) -> bool:
+    """Whether `model` is a SAM-CLIP model; by model type, not class: a model loaded with trust_remote_code has the
+    Hub copy's class."""
+    return getattr(getattr(model, "config", None), "model_type", None) == SamClipConfig.model_type
+
+
+class _SamClipTaskPipeline:
+    """Mixin for one of transformers' own pipeline classes: with a SAM-CLIP model and its `SamClipProcessor`
+    (loaded from the folder, or passed as `processor=`), the pipeline's image processor is the processor's view for
+    this task (`view`) and its tokenizer the processor's (a processor given wins over `image_processor=` and
+    `tokenizer=`); images and the task's own arguments are checked by SAM-CLIP's validation layer first. Other
+    models are served as transformers serves them."""
+
+    view = "clip"
+    # An exported folder holds the processor: load it, and take the view and the tokenizer from it.
+    _load_processor = True
+    _load_image_processor = False
+    _load_feature_extractor = False
+    _load_tokenizer = False
+
+    def __init__(self, *args, **kwargs):
+        model, processor = kwargs.get("model", args[0] if args else None), kwargs.get("processor")
+        if is_samclip(model) and processor is not None:
+            views = {"clip": processor.clip_image_processor, "sam": processor.image_processor}
+            kwargs["image_processor"] = views[self.view]
+            kwargs["tokenizer"] = processor.tokenizer
+        super().__init__(*args, **kwargs)
+        if is_samclip(model) and self.image_processor is None:
+            raise ValueError(
+                f"The {self.task or 'pipeline'} pipeline needs SAM-CLIP's processor: pass processor=SamClipProcessor "
+                "(e.g. AutoProcessor.from_pretrained(folder, trust_remote_code=True)), or model=<an exported folder>."
+            )
+
+    def check_model_type(self, supported_models):
+        """transformers' check, except for a SAM-CLIP model: it serves this task without being in transformers'
+        model mapping for it (remote code), which would log an error on every load."""
+        if not is_samclip(self.model):
+            super().check_model_type(supported_models)
+
+    def preprocess(self, image, *args, **kwargs):
+        if is_samclip(self.model):
+            image = to_rgb_image(image, timeout=kwargs.get("timeout"))
+        return super().preprocess(image, *args, **kwargs)
+
+
+class SamClipZeroShotImageClassificationPipeline(_SamClipTaskPipeline, ZeroShotImageClassificationPipeline):
+    """transformers' zero-shot image classification on the CLIP-path view, with `candidate_labels` (a list, or one
+    comma-separated string) and `hypothesis_template` (one `{}`) checked first for a SAM-CLIP model."""
+
+    def _sanitize_parameters(self, tokenizer_kwargs=None, **kwargs):
+        if is_samclip(self.model):
+            if "candidate_labels" in kwargs:
+                kwargs["candidate_labels"] = check_class_names(kwargs["candidate_labels"] or [], "candidate_labels")
+            if "hypothesis_template" in kwargs:
+                check_templates(kwargs["hypothesis_template"], "hypothesis_template")
+        return super()._sanitize_parameters(tokenizer_kwargs=tokenizer_kwargs, **kwargs)
+
+
+class SamClipImageFeatureExtractionPipeline(_SamClipTaskPipeline, ImageFeatureExtractionPipeline):
+    """transformers' image feature extraction on the CLIP-path view: the L2-normalised CLIP-head embedding."""
+
+
+class SamClipMaskGenerationPipeline(_SamClipTaskPipeline, MaskGenerationPipeline):
+    """transformers' mask generation ("segment everything") on the SAM view."""
+
+    view = "sam"
+
+
 class ZeroShotImageSegmentationPipeline(Pipeline):
     """Text-to-mask segmentation with a SAM-CLIP model. `subtask="semantic"` (default): one mask per class present
     from the CLIP head's dense features (SAM-refined with `refine=True`), background as the entry `"background"`;
     `"instance"`: every object SAM's automatic masks find, labelled from ONE encoder pass (`instance_segmentation`;
     `label_source="crops"` labels each mask's crop through the CLIP path instead); `"panoptic"`: those instances
-    made non-overlapping. Returns, like transformers' image-segmentation pipeline, a
-    list of `{"score", "label", "mask"}` dicts with PIL "L" masks (0/255) at the original image size."""
+    made non-overlapping. Returns, like transformers' image-segmentation pipeline, a list of `{"score", "label",
+    "mask"}` dicts with PIL "L" masks (0/255) at the original image size; instances also carry their `box`
+    (`{"xmin", "ymin", "xmax", "ymax"}` pixel edges)."""
 
     _load_processor = True
     _load_image_processor = False
@@ -100,10 +188,14 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
         labels = model_outputs["candidate_labels"]
         sizes = (model_outputs["original_sizes"], model_outputs["reshaped_input_sizes"])
         if model_outputs["subtask"] == "instance":
-            (instances,) = self.processor.post_process_instance_segmentation(model_outputs["instances"], *sizes)
-            return [{"score": float(score), "label": labels[class_id], "mask": _mask_image(mask.numpy())}
-                    for mask, class_id, score in zip(instances["masks"], instances["class_ids"].tolist(),
-                                                     instances["scores"].tolist())]
+            (instances,) = self.processor.post_process_instance_segmentation(
+                model_outputs["instances"], target_sizes=sizes[0], reshaped_input_sizes=sizes[1]
+            )
+            return [
+                {"score": float(score), "label": labels[label], "box": _box(box), "mask": _mask_image(mask.numpy())}
+                for score, label, box, mask in zip(instances["scores"].tolist(), instances["labels"].tolist(),
+                                                   instances["boxes"], instances["masks"])
+            ]
         if model_outputs["subtask"] == "panoptic":
             (panoptic,) = self.processor.post_process_panoptic_segmentation(model_outputs["instances"], *sizes)
             segmentation = panoptic["segmentation"].numpy()
@@ -120,4 +212,47 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
         return segments
 
 
-__all__ = ["ZeroShotImageSegmentationPipeline"]
+class SamClipZeroShotObjectDetectionPipeline(ZeroShotImageSegmentationPipeline):
+    """Open-vocabulary detection from ONE encoder pass: the instances of `subtask="instance"` as boxes, in the output
+    format of transformers' `zero-shot-object-detection` pipeline: a list of `{"score", "label", "box": {"xmin",
+    "ymin", "xmax", "ymax"}}`, best score first, at the original image size. `threshold` (default 0.1, as
+    transformers') drops instances scoring less (score: class probability times SAM's predicted IoU); `top_k` keeps
+    that many; `templates` and the instance options of `zero-shot-image-segmentation` apply too."""
+
+    def _sanitize_parameters(self, candidate_labels=None, threshold=None, top_k=None, **kwargs):
+        if "subtask" in kwargs or "refine" in kwargs:
+            raise TypeError("zero-shot-object-detection always finds instances; drop subtask= and refine=.")
+        preprocess, forward, _ = super()._sanitize_parameters(candidate_labels=candidate_labels, **kwargs)
+        postprocess = {}
+        if threshold is not None:
+            check_score_threshold(threshold)
+            postprocess["threshold"] = threshold
+        if top_k is not None:
+            if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+                raise ValueError(f"top_k must be a positive integer or None; got {top_k!r}.")
+            postprocess["top_k"] = top_k
+        return preprocess, forward, postprocess
+
+    def preprocess(self, image, candidate_labels=None, timeout=None):
+        return super().preprocess(image, candidate_labels=candidate_labels, subtask="instance", timeout=timeout)
+
+    def postprocess(self, model_outputs, threshold=0.1, top_k=None):
+        labels = model_outputs["candidate_labels"]
+        (instances,) = self.processor.post_process_instance_segmentation(
+            model_outputs["instances"], threshold=threshold, target_sizes=model_outputs["original_sizes"],
+            reshaped_input_sizes=model_outputs["reshaped_input_sizes"],
+        )
+        results = [{"score": score, "label": labels[label], "box": _box(box)}
+                   for score, label, box in zip(instances["scores"].tolist(), instances["labels"].tolist(),
+                                                instances["boxes"])]
+        return results[:top_k] if top_k else results
+
+
+__all__ = [
+    "SamClipImageFeatureExtractionPipeline",
+    "SamClipMaskGenerationPipeline",
+    "SamClipZeroShotImageClassificationPipeline",
+    "SamClipZeroShotObjectDetectionPipeline",
+    "ZeroShotImageSegmentationPipeline",
+    "is_samclip",
+]

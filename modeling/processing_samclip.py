@@ -4,13 +4,23 @@ teacher's tokenizer, and post-processing of masks and semantic maps back to the 
 # First, so that an older transformers fails with configuration_samclip's clear message.
 from .configuration_samclip import MIN_TRANSFORMERS_VERSION  # noqa: F401, I001
 
+import math
+
 import torch
 from transformers import CLIPImageProcessorPil, SamImageProcessorPil, SamProcessor
 from transformers.models.sam.image_processing_pil_sam import _rle_to_mask
 from transformers.processing_utils import ProcessorMixin
 from transformers.tokenization_utils_base import BatchEncoding
 
-from ._validation import PROCESSOR_FILES, PROCESSOR_HINT, check_pretrained_folder, check_prompts, describe, to_rgb_images
+from ._validation import (
+    PROCESSOR_FILES,
+    PROCESSOR_HINT,
+    check_pretrained_folder,
+    check_prompts,
+    check_score_threshold,
+    describe,
+    to_rgb_images,
+)
 from .configuration_samclip import SAM_IMAGE_MEAN, SAM_IMAGE_STD
 
 VIEWS = ("sam", "clip", "dense")
@@ -50,6 +60,27 @@ def paint_instances(masks: torch.Tensor, overlap_threshold: float = 0.5) -> tupl
         kept.append(index)
         segmentation[free] = len(kept)
     return segmentation, kept
+
+
+def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """`(M, 4)` float boxes `(x_min, y_min, x_max, y_max)` of `(M, H, W)` bool masks, in pixel-edge coordinates (a
+    mask covering columns 3 to 7 spans x 3.0 to 8.0, so a box's width is its mask's width in pixels); an empty mask
+    gets a zero box."""
+    boxes = torch.zeros((len(masks), 4), dtype=torch.float32)
+    if len(masks) == 0:
+        return boxes
+    rows, columns = masks.any(dim=2), masks.any(dim=1)  # (M, H), (M, W)
+    for index, (row, column) in enumerate(zip(rows, columns)):
+        ys, xs = torch.nonzero(row)[:, 0], torch.nonzero(column)[:, 0]
+        if len(ys):
+            boxes[index] = torch.tensor([xs[0], ys[0], xs[-1] + 1, ys[-1] + 1], dtype=torch.float32)
+    return boxes
+
+
+def _probability_to_logit(probability: float) -> float:
+    if isinstance(probability, bool) or not isinstance(probability, (int, float)) or not 0 < probability < 1:
+        raise ValueError(f"mask_threshold must be a probability strictly between 0 and 1; got {probability!r}.")
+    return math.log(probability / (1 - probability))
 
 
 class SamClipImageProcessor(SamImageProcessorPil):
@@ -109,6 +140,16 @@ class SamClipProcessor(SamProcessor):
         and holds the processor files (a folder written by `model.save_pretrained` alone does not)."""
         check_pretrained_folder(pretrained_model_name_or_path, PROCESSOR_FILES, "SAM-CLIP processor", PROCESSOR_HINT)
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+    @classmethod
+    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
+        # transformers saves `CLIPImageProcessorPil` under the name "CLIPImageProcessor", and loading that name
+        # without torchvision warns and falls back to the PIL class: name the class this processor uses.
+        clip_config = (processor_dict or {}).get("clip_image_processor")
+        if isinstance(clip_config, dict) and clip_config.get("image_processor_type") == "CLIPImageProcessor":
+            clip_config = {**clip_config, "image_processor_type": CLIPImageProcessorPil.__name__}
+            processor_dict = {**processor_dict, "clip_image_processor": clip_config}
+        return super()._get_arguments_from_pretrained(pretrained_model_name_or_path, processor_dict, **kwargs)
 
     @property
     def clip_size(self) -> int:
@@ -204,38 +245,76 @@ class SamClipProcessor(SamProcessor):
         `"dense"` or `"sam"` view (see `resize_semantic_logits`)."""
         return [m.argmax(0) for m in self.resize_semantic_logits(logits, original_sizes, reshaped_input_sizes)]
 
-    def _masks_at_original_size(self, mask_logits, original_size, reshaped_input_size) -> torch.Tensor:
-        """`(M, height, width)` bool masks of one image from `(M, h, w)` low-resolution logits (M may be 0)."""
+    def reshaped_size(self, original_size) -> tuple[int, int]:
+        """`(height, width)` of an image of `original_size` inside the SAM view (longest side resized to the SAM size,
+        as `SamImageProcessor` does, before the padding)."""
         height, width = (int(v) for v in original_size)
-        if len(mask_logits) == 0:
-            return torch.zeros((0, height, width), dtype=torch.bool)
-        (masks,) = self.image_processor.post_process_masks(
-            [mask_logits[None].float().cpu()], [[height, width]], [[int(v) for v in reshaped_input_size]]
-        )
-        return masks[0]
+        scale = self.target_size / max(height, width)
+        return int(height * scale + 0.5), int(width * scale + 0.5)
 
-    def post_process_instance_segmentation(self, outputs, original_sizes, reshaped_input_sizes):
-        """Per image, `{"masks": (M, height, width) bool, "class_ids": (M,), "scores": (M,)}` at the original size,
-        from a `SamClipInstanceSegmentationOutput` of the `"sam"` view (best score first, as the model returns;
-        masks that vanish at the original size are left out)."""
+    def post_process_instance_segmentation(self, outputs, threshold=0.0, mask_threshold=0.5, target_sizes=None,
+                                           reshaped_input_sizes=None):
+        """Per image, `{"scores": (M,), "boxes": (M, 4), "masks": (M, height, width) bool, "labels": (M,)}`, as SAM 3's
+        processor returns them (plus `labels`, each instance's index in the class names), from a
+        `SamClipInstanceSegmentationOutput` of the `"sam"` view; best score first.
+
+        Args:
+            threshold: keep instances whose score (class probability times SAM's predicted IoU) is at least this; the
+                default 0.0 keeps every instance the model's own mask filters kept.
+            mask_threshold: probability (sigmoid of the mask logits) above which a pixel is in the mask.
+            target_sizes: `(height, width)` of each original image (the processor's `original_sizes`); masks and
+                boxes `(x_min, y_min, x_max, y_max)` come back at that size. `None`: at the SAM view's size.
+            reshaped_input_sizes: each image's size inside the SAM view (the processor's `reshaped_input_sizes`);
+                derived from `target_sizes` when not given.
+
+        Masks that vanish at the target size (slivers) are left out."""
+        check_score_threshold(threshold)
+        logit_threshold = _probability_to_logit(mask_threshold)
+        count = len(outputs.mask_logits)
+        if target_sizes is None:
+            target_sizes = [(self.target_size, self.target_size)] * count
+        if len(target_sizes) != count:
+            raise ValueError(
+                f"target_sizes has {len(target_sizes)} sizes for {count} images; give one (height, width) per image."
+            )
+        if reshaped_input_sizes is None:
+            reshaped_input_sizes = [self.reshaped_size(size) for size in target_sizes]
         results = []
         for index, logits in enumerate(outputs.mask_logits):
-            masks = self._masks_at_original_size(logits, original_sizes[index], reshaped_input_sizes[index])
-            nonempty = masks.flatten(1).any(dim=1).to(outputs.scores[index].device)  # slivers can vanish on resize
-            results.append({"masks": masks[nonempty.cpu()], "class_ids": outputs.class_ids[index][nonempty],
-                            "scores": outputs.scores[index][nonempty]})
+            height, width = (int(v) for v in target_sizes[index])
+            scores = outputs.scores[index]
+            keep = (scores >= threshold).cpu()
+            logits = logits[keep.to(logits.device)]
+            if len(logits) == 0:
+                masks = torch.zeros((0, height, width), dtype=torch.bool)
+            else:
+                (masks,) = self.image_processor.post_process_masks(
+                    [logits[None].float().cpu()], [[height, width]], [[int(v) for v in reshaped_input_sizes[index]]],
+                    mask_threshold=logit_threshold,
+                )
+                masks = masks[0]
+            nonempty = masks.flatten(1).any(dim=1)  # slivers can vanish on resize
+            masks = masks[nonempty]
+            kept = keep.nonzero()[:, 0][nonempty]
+            results.append({"scores": scores.cpu()[kept], "boxes": masks_to_boxes(masks), "masks": masks,
+                            "labels": outputs.class_ids[index].cpu()[kept]})
         return results
 
-    def post_process_panoptic_segmentation(self, outputs, original_sizes, reshaped_input_sizes, overlap_threshold=0.5):
+    def post_process_panoptic_segmentation(self, outputs, target_sizes=None, reshaped_input_sizes=None,
+                                           overlap_threshold=0.5, threshold=0.0, mask_threshold=0.5):
         """Per image, `{"segmentation": (height, width) long, "segments_info": [{"id", "label_id", "score"}]}` as
-        transformers' panoptic post-processors return: instances painted best score first, each pixel kept by the
-        first instance that claims it, an instance dropped when less than `overlap_threshold` of its mask is left
-        to it; segment ids start at 1, 0 is unlabelled."""
+        transformers' panoptic post-processors return: the instances of [`post_process_instance_segmentation`]
+        (same `threshold`, `mask_threshold`, `target_sizes`, `reshaped_input_sizes`) painted best score first, each
+        pixel kept by the first instance that claims it, an instance dropped when less than `overlap_threshold` of
+        its mask is left to it; segment ids start at 1, 0 is unlabelled."""
         results = []
-        for instances in self.post_process_instance_segmentation(outputs, original_sizes, reshaped_input_sizes):
+        for instances in self.post_process_instance_segmentation(
+            outputs, threshold=threshold, mask_threshold=mask_threshold, target_sizes=target_sizes,
+            reshaped_input_sizes=reshaped_input_sizes,
+        ):
             segmentation, kept = paint_instances(instances["masks"], overlap_threshold)
-            class_ids, scores = instances["class_ids"].tolist(), instances["scores"].tolist()
-            segments = [{"id": number + 1, "label_id": class_ids[index], "score": scores[index]}
+            labels, scores = instances["labels"].tolist(), instances["scores"].tolist()
+            segments = [{"id": number + 1, "label_id": labels[index], "score": scores[index]}
                         for number, index in enumerate(kept)]
             results.append({"segmentation": segmentation, "segments_info": segments})
         return results
@@ -245,4 +324,4 @@ class SamClipProcessor(SamProcessor):
         return ["pixel_values", "input_ids", "attention_mask", "input_points", "input_labels", "input_boxes"]
 
 
-__all__ = ["SamClipImageProcessor", "SamClipProcessor", "paint_instances"]
+__all__ = ["SamClipImageProcessor", "SamClipProcessor", "masks_to_boxes", "paint_instances"]

@@ -4,6 +4,7 @@ process without the package, and push (offline message, upload calls)."""
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -73,13 +74,20 @@ def test_card_metadata_and_model_index(exported):
     assert data["license"] == "apache-2.0"
     assert data["library_name"] == "transformers"
     assert data["pipeline_tag"] == "zero-shot-image-classification"
-    assert len(data["base_model"]) == 2 and data["datasets"] == ["zalando-datasets/fashion_mnist"]
+    # The tiny model's teachers are not on the Hub and its folder records no recipe: no base_model, and the card
+    # says so; the images come from Fashion-MNIST, the results from the mosaic world built from it.
+    assert "base_model" not in data and data["datasets"] == ["zalando-datasets/fashion_mnist"]
+    assert "| Teachers | not recorded with this model" in card.text
     assert {"samclip", "sam", "clip", "custom_code"} <= set(data["tags"])
     results = card.data.eval_results
     assert {r.metric_name: r.metric_value for r in results} == {
         "Zero-shot top-1": 0.71, "Box mIoU": 0.62, "1-point mIoU": 0.4, "Semantic seg. mIoU": 0.3,
     }
-    assert all(r.dataset_split == "test" for r in results)
+    assert all(r.dataset_split == "test" and r.dataset_type == "samclip-mosaic-world" for r in results)
+    assert all(r.dataset_name.startswith("SAM-CLIP mosaic world (synthetic, built from Fashion-MNIST photos)")
+               for r in results)
+    assert {r.metric_name: r.dataset_config for r in results} == {
+        "Zero-shot top-1": "items", "Box mIoU": "mosaics", "1-point mIoU": "mosaics", "Semantic seg. mIoU": "mosaics"}
     assert "| Model | Zero-shot top-1 | Box mIoU | 1-point mIoU | 3-point mIoU | Semantic seg. mIoU |" in card.text
     assert "| CLIP teacher | 0.7500 | – | – | – | – |" in card.text
     assert "| SAM teacher | – | 0.6600 | 0.4500 | 0.5500 | – |" in card.text
@@ -107,15 +115,58 @@ def test_card_without_results(tiny_model_dir, tmp_path):
 
 def test_card_snippets_run_on_the_export_without_the_package(exported, tmp_path):
     blocks = re.findall(r"```python\n(.*?)```", (exported / "README.md").read_text(), re.DOTALL)
-    assert len(blocks) == 3 and all(REPO_ID in block for block in blocks)
+    assert len(blocks) == 4 and all(REPO_ID in block for block in blocks)
+    assert "image_processor=" not in "".join(blocks) and "tokenizer=processor" not in "".join(blocks)
     runner = BLOCK_PACKAGE + textwrap.dedent(f"""
         for index, block in enumerate({[b.replace(REPO_ID, str(exported)) for b in blocks]!r}):
             exec(compile(block, f"snippet {{index}}", "exec"), {{"__name__": "__main__"}})
             print("snippet", index, "ok")
     """)
-    output = run_python(runner, tmp_path).stdout
-    assert all(f"snippet {i} ok" in output for i in range(3))
-    assert "'label': 'Sneaker'" in output  # the classification snippet printed its ranked labels
+    result = run_python(runner, tmp_path)
+    assert all(f"snippet {i} ok" in result.stdout for i in range(4))
+    assert "'label': 'Sneaker'" in result.stdout  # the classification snippet printed its ranked labels
+    assert "torchvision" not in result.stderr and "is not supported" not in result.stderr, result.stderr[-2000:]
+
+
+def test_card_install_line_names_what_the_snippets_need(exported):
+    """The card's one shell snippet (`pip install ...`) cannot run offline: each requirement it names is installed
+    here at a version it accepts, and the Python snippets import nothing else."""
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+
+    text = (exported / "README.md").read_text()
+    (shell,) = re.findall(r"```bash\n(.*?)```", text, re.DOTALL)
+    words = shlex.split(shell.strip())
+    assert words[:2] == ["pip", "install"]
+    requirements = [Requirement(word) for word in words[2:]]
+    for requirement in requirements:
+        assert requirement.specifier.contains(version(requirement.name), prereleases=True), requirement
+    imported = set(re.findall(r"^(?:from|import) (\w+)", "".join(re.findall(r"```python\n(.*?)```", text, re.DOTALL)),
+                              re.MULTILINE))
+    distributions = {"PIL": "pillow", "skimage": "scikit-image"}
+    assert {distributions.get(name, name) for name in imported} == {r.name for r in requirements}
+
+
+def test_card_teachers_come_from_the_recipe(tiny_model_dir, tmp_path):
+    """base_model holds Hub ids only: the recipe's teachers when it named Hub repos, none for the mosaic teachers
+    (the card says where they came from instead); --base-model wins."""
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    teachers = {"sam": "facebook/sam-vit-base", "clip": "openai/clip-vit-base-patch16"}
+    hub_recipe = {"effective_recipe": {"teachers": teachers}}
+    (folder / "results.json").write_text(json.dumps(hub_recipe))
+    card = ModelCard.load(export_model(folder, tmp_path / "hub") / "README.md")
+    assert card.data.base_model == ["facebook/sam-vit-base", "openai/clip-vit-base-patch16"]
+    assert "| Teachers | `facebook/sam-vit-base`, `openai/clip-vit-base-patch16` |" in card.text
+    (folder / "results.json").write_text(json.dumps({"effective_recipe": {"teachers": {"source": "mosaic"}}}))
+    card = ModelCard.load(export_model(folder, tmp_path / "mosaic") / "README.md")
+    assert card.data.base_model is None
+    assert "mosaic-world teachers shipped in the `transformers-samclip` package" in card.text
+    card = ModelCard.load(export_model(folder, tmp_path / "given", base_models=["a/sam", "b/clip"]) / "README.md")
+    assert card.data.base_model == ["a/sam", "b/clip"]
 
 
 def test_export_reloads_as_remote_code_with_identical_outputs(exported, tiny_model_dir, processor, image, tmp_path):

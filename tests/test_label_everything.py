@@ -125,9 +125,12 @@ def test_instance_pipeline_labels_the_items_of_test_mosaics(shipped, test_mosaic
                           label_source="crops")
         crops_found += labelled_recall(crops, row)[0]
         segments = segmenter(row["image"], candidate_labels=list(FASHION_MNIST_CLASSES), subtask="instance")
-        # transformers' image-segmentation format: score, label, an "L" mask of 0/255 at the original size.
+        # transformers' image-segmentation format: score, label, an "L" mask of 0/255 at the original size; and
+        # the mask's box (issue 20).
         for segment in segments:
-            assert set(segment) == {"score", "label", "mask"}
+            assert set(segment) == {"score", "label", "box", "mask"}
+            ys, xs = np.nonzero(np.asarray(segment["mask"]))
+            assert segment["box"] == {"xmin": xs.min(), "ymin": ys.min(), "xmax": xs.max() + 1, "ymax": ys.max() + 1}
             assert segment["mask"].mode == "L" and segment["mask"].size == row["image"].size
             assert set(np.unique(np.asarray(segment["mask"]))) <= {0, 255}
             assert 0.0 <= segment["score"] <= 1.0 and segment["label"] in FASHION_MNIST_CLASSES

@@ -17,11 +17,23 @@ from ..modeling.configuration_samclip import MIN_TRANSFORMERS_VERSION
 HUB_CARDS_DIR = Path(str(files("transformers_samclip.hub_cards")))
 MODEL_CARD_TEMPLATE = HUB_CARDS_DIR / "model_card.md"
 
+# Where the mosaic world's photos come from (the card's training `datasets`); results are not measured on this
+# dataset as published but on the synthetic world built from it, filed under `RESULTS_DATASET`.
 DATASET_ID = "zalando-datasets/fashion_mnist"
+RESULTS_DATASET = "samclip-mosaic-world"  # not a Hub dataset: `samclip evaluate mosaic` builds it
+RESULTS_DATASET_NAME = "SAM-CLIP mosaic world (synthetic, built from Fashion-MNIST photos)"
 # The row `samclip distill` writes for the model it saved, in the results.json beside it.
 DISTILLED_ROW = "SAM-CLIP (distilled)"
-# The mosaic-world teachers (shipped in transformers_samclip/mosaic/teachers); pass others for other teachers.
-DEFAULT_BASE_MODELS = ("transformers-samclip/mosaic-sam-teacher", "transformers-samclip/mosaic-clip-teacher")
+# `base_model` lists Hub ids only; the mosaic-world teachers are not on the Hub, so the card says where they are from.
+DEFAULT_BASE_MODELS = ()
+MOSAIC_TEACHERS = (
+    "the mosaic-world teachers shipped in the `transformers-samclip` package (`transformers_samclip/mosaic/teachers`: "
+    "a tiny `SamModel` and `CLIPModel` trained from scratch on the mosaic world's Fashion-MNIST images by "
+    "`python -m transformers_samclip.mosaic.teachers`; not Hub repositories)"
+)
+UNKNOWN_TEACHERS = (
+    "not recorded with this model (`samclip export --base-model SAM_ID --base-model CLIP_ID` names them)"
+)
 DEFAULT_TAGS = (
     "samclip", "sam", "clip", "knowledge-distillation", "zero-shot-image-classification", "mask-generation",
     "image-segmentation", "zero-shot-image-segmentation", "custom_code",
@@ -37,28 +49,44 @@ class Metric:
     task_type: str
     task_name: str
     metric_type: str
+    dataset_config: str
     dataset_name: str
 
 
+# The mosaic world's parts, as dataset configs: the Hub groups `model-index` results by task, dataset and config.
+ITEMS, HELDOUT, RAW, MOSAICS = (("items", "item views"), ("items-heldout", "item views, held-out look"),
+                                ("raw-photos", "raw 28 px Fashion-MNIST test photos"), ("mosaics", "mosaics"))
 METRICS = (
     Metric("zero_shot_top1", "Zero-shot top-1", "zero-shot-image-classification", "Zero-shot classification",
-           "accuracy", "Fashion-MNIST item views (test)"),
+           "accuracy", *ITEMS),
     Metric("zero_shot_top1_heldout", "Zero-shot top-1 (held-out look)", "zero-shot-image-classification",
-           "Zero-shot classification, unseen backgrounds/tints/scales", "accuracy",
-           "Fashion-MNIST item views, held-out look (test)"),
+           "Zero-shot classification, unseen backgrounds/tints/scales", "accuracy", *HELDOUT),
     Metric("zero_shot_top1_raw", "Zero-shot top-1 (raw photos)", "zero-shot-image-classification",
-           "Zero-shot classification, raw 28 px photos", "accuracy", "Fashion-MNIST (test)"),
-    Metric("box_miou", "Box mIoU", "mask-generation", "Promptable segmentation (box)", "mean_iou",
-           "Fashion-MNIST mosaics (test)"),
+           "Zero-shot classification, raw 28 px photos", "accuracy", *RAW),
+    Metric("box_miou", "Box mIoU", "mask-generation", "Promptable segmentation (box)", "mean_iou", *MOSAICS),
     Metric("point1_miou", "1-point mIoU", "mask-generation", "Promptable segmentation (1 point)", "mean_iou",
-           "Fashion-MNIST mosaics (test)"),
+           *MOSAICS),
     Metric("point3_miou", "3-point mIoU", "mask-generation", "Promptable segmentation (3 points)", "mean_iou",
-           "Fashion-MNIST mosaics (test)"),
+           *MOSAICS),
     Metric("semseg_miou", "Semantic seg. mIoU", "image-segmentation", "Zero-shot semantic segmentation (CLIP head)",
-           "mean_iou", "Fashion-MNIST mosaics (test)"),
+           "mean_iou", *MOSAICS),
     Metric("semseg_refined_miou", "Semantic seg. mIoU (SAM-refined)", "image-segmentation",
-           "Zero-shot semantic segmentation (SAM-refined)", "mean_iou", "Fashion-MNIST mosaics (test)"),
+           "Zero-shot semantic segmentation (SAM-refined)", "mean_iou", *MOSAICS),
 )
+
+
+def teachers_of(results_path: str | Path | None) -> tuple[tuple[str, ...], str]:
+    """`(Hub ids for base_model, where the teachers came from)` read from the effective recipe in a `samclip
+    distill` results.json (`effective_recipe.teachers`): Hub ids when the recipe named them, else the shipped
+    mosaic-world teachers; unknown without a recipe."""
+    data = json.loads(Path(results_path).read_text()) if results_path and Path(results_path).exists() else {}
+    teachers = (data.get("effective_recipe") or {}).get("teachers") if isinstance(data, dict) else None
+    if not isinstance(teachers, dict):
+        return (), UNKNOWN_TEACHERS
+    ids = tuple(teachers[key] for key in ("sam", "clip") if isinstance(teachers.get(key), str))
+    if ids:
+        return ids, ", ".join(f"`{name}`" for name in ids)
+    return ((), MOSAIC_TEACHERS) if teachers.get("source") == "mosaic" else ((), UNKNOWN_TEACHERS)
 
 
 def load_results(path: str | Path) -> dict[str, dict[str, float]]:
@@ -109,8 +137,10 @@ def eval_results_for(metrics: dict[str, float]) -> list[EvalResult]:
     """`model-index` entries for the known metric keys present in one model's row (missing keys are skipped)."""
     return [
         EvalResult(
-            task_type=metric.task_type, task_name=metric.task_name, dataset_type=DATASET_ID,
-            dataset_name=metric.dataset_name, dataset_split="test", metric_type=metric.metric_type,
+            task_type=metric.task_type, task_name=metric.task_name, dataset_type=RESULTS_DATASET,
+            dataset_name=f"{RESULTS_DATASET_NAME}: {metric.dataset_name}", dataset_config=metric.dataset_config,
+            dataset_split="test",
+            metric_type=metric.metric_type,
             metric_name=metric.title, metric_value=metrics[metric.key],
         )
         for metric in METRICS
@@ -138,10 +168,13 @@ def render_model_card(
     license: str = "apache-2.0",
     template_path: str | Path = MODEL_CARD_TEMPLATE,
     row_names: tuple[str, ...] = (),
+    teachers_description: str = "",
 ) -> ModelCard:
     """Render the card of `model` (a `SamClipModel`) for `repo_id`. The results row of `model_name` (or of one of
     `row_names`, see [`find_row`]) fills `model-index`; every row goes into the results table. `class_names` (the
-    classes the model was distilled and evaluated on) are listed in the card and used as the snippets' labels."""
+    classes the model was distilled and evaluated on) are listed in the card and used as the snippets' labels.
+    `base_models` are the teachers' Hub ids (metadata `base_model`; none when they are not on the Hub);
+    `teachers_description` says where the teachers came from (default: the `base_models`)."""
     results = results or {}
     row = find_row(results, model_name, *row_names)
     card_data = ModelCardData(
@@ -149,7 +182,7 @@ def render_model_card(
         library_name="transformers",
         pipeline_tag="zero-shot-image-classification",
         tags=list(DEFAULT_TAGS),
-        base_model=list(base_models),
+        base_model=list(base_models) or None,
         datasets=[DATASET_ID],
         model_name=model_name,
         eval_results=eval_results_for(results[row] if row else {}) or None,
@@ -162,7 +195,7 @@ def render_model_card(
         template_path=str(template_path),
         model_name=model_name,
         repo_id=repo_id,
-        base_models=list(base_models),
+        teachers=teachers_description or ", ".join(f"`{name}`" for name in base_models) or UNKNOWN_TEACHERS,
         num_parameters=f"{sum(p.numel() for p in model.parameters()):,}",
         sam_size=config.image_size,
         clip_size=config.head_config.image_size,
@@ -170,8 +203,10 @@ def render_model_card(
         metric_titles=titles,
         result_rows=rows,
         results_description=(
-            f"Measured by `samclip evaluate` (values as the harness reports them); the `model-index` metadata "
-            f"holds the `{model_name}` row." if row else "Measured by `samclip evaluate` (values as the harness reports them)."
+            "Measured by `samclip evaluate` (values as the harness reports them) on the synthetic mosaic world built "
+            "from Fashion-MNIST photos (single-item views in three looks and 128 px mosaics of several items), not "
+            "on the Fashion-MNIST classification benchmark itself"
+            + (f"; the `model-index` metadata holds the `{model_name}` row." if row else ".")
         ),
         example_labels=json.dumps(list(class_names or example_labels)),
         class_names=list(class_names),

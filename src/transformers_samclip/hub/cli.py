@@ -17,7 +17,8 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", type=Path, help="evaluation JSON of `samclip evaluate` (fills model-index)")
     parser.add_argument("--model-name", help="row of the results JSON that is this model (default: folder name)")
     parser.add_argument("--base-model", action="append", dest="base_models", metavar="ID",
-                        help="a teacher's Hub id (give twice: SAM, CLIP); default: the mosaic teachers")
+                        help="a teacher's Hub id (give twice: SAM, CLIP); default: the Hub ids the model's recipe "
+                             "names, none for the mosaic teachers (not on the Hub)")
 
 
 def _export_options(args) -> dict:

@@ -9,8 +9,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..modeling import SamClipModel, SamClipProcessor, pipeline_samclip
-from ..pipelines import PIPELINE_TASKS
-from .card import DEFAULT_BASE_MODELS, DISTILLED_ROW, MODEL_CARD_TEMPLATE, class_names_of, load_results, render_model_card
+from ..pipelines import EXPORTED_PIPELINES
+from .card import (
+    DEFAULT_BASE_MODELS, DISTILLED_ROW, MODEL_CARD_TEMPLATE, MOSAIC_TEACHERS, class_names_of, load_results,
+    render_model_card, teachers_of,
+)
 
 # Where the mosaic model is looked for: your own `samclip distill` output (relative to the working directory,
 # then to the checkout), then the one shipped in the package (mosaic/distilled, with its BUILD.json).
@@ -24,8 +27,10 @@ MOSAIC_MODEL_DIRS = (
 # Besides AutoModel (written by save_pretrained), the task Auto classes the pipelines load through.
 TASK_AUTO_CLASSES = ("AutoModelForZeroShotImageClassification", "AutoModelForMaskGeneration")
 PIPELINE_MODULE = Path(pipeline_samclip.__file__)
-CUSTOM_PIPELINE = {"impl": "pipeline_samclip.ZeroShotImageSegmentationPipeline", "pt": ["AutoModel"], "tf": [],
-                   "type": "multimodal"}
+# Every task an exported folder serves, transformers' own task names included: for a folder or Hub id, pipeline()
+# prefers these entries to its own classes, so each task gets the processor view it needs.
+CUSTOM_PIPELINES = {task: {"impl": f"{PIPELINE_MODULE.stem}.{cls.__name__}", "pt": ["AutoModel"], "tf": [],
+                           "type": "multimodal"} for task, cls in EXPORTED_PIPELINES.items()}
 
 
 class HubError(RuntimeError):
@@ -86,8 +91,9 @@ def export_model(
     onnx: bool = False,
     int8: bool = False,
 ) -> Path:
-    """Write a Hub-ready folder: `model.safetensors`, `config.json` with `auto_map`, processor and tokenizer
-    files, the remote code from `modeling/`, and `README.md` rendered from the card template; with `onnx`, also
+    """Write a Hub-ready folder: `model.safetensors`, `config.json` with `auto_map` and `custom_pipelines` (every
+    task the folder serves, see `CUSTOM_PIPELINES`), processor and tokenizer files, the remote code from
+    `modeling/`, and `README.md` rendered from the card template; with `onnx`, also
     the ONNX graphs under `onnx/` (see [`export_onnx`]), and with `int8` their int8 dynamic quantization.
 
     `model_dir` is a folder, a Hub id or `"mosaic"`; `results_json` is the `samclip evaluate` output, whose row
@@ -101,20 +107,26 @@ def export_model(
     if results_json is None and own_results and own_results.exists():
         results_json = own_results
     results = load_results(results_json) if results_json else None
+    # Where the teachers came from: the recipe `samclip distill` recorded beside the model; `base_models` given here
+    # (Hub ids) win.
+    recorded_ids, teachers = teachers_of(own_results) if not loaded.merged_teachers else ((), MOSAIC_TEACHERS)
+    base_models = tuple(base_models) or recorded_ids
+    if base_models:
+        teachers = ", ".join(f"`{name}`" for name in base_models)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = loaded.model
     # save_pretrained adds AutoConfig/AutoModel to an existing auto_map, so the task classes set here survive.
     model.config.auto_map = {name: f"modeling_samclip.{type(model).__name__}" for name in TASK_AUTO_CLASSES}
     # The pipeline ships as remote code too: `pipeline(task, model=folder, trust_remote_code=True)` finds it here.
-    model.config.custom_pipelines = {task: dict(CUSTOM_PIPELINE) for task in PIPELINE_TASKS}
+    model.config.custom_pipelines = {task: dict(entry) for task, entry in CUSTOM_PIPELINES.items()}
     model.save_pretrained(out_dir)
     loaded.processor.save_pretrained(out_dir)
     shutil.copy(PIPELINE_MODULE, out_dir / PIPELINE_MODULE.name)
     card = render_model_card(
         model, repo_id=repo_id, model_name=model_name, results=results, base_models=base_models,
         model_description=loaded.description if loaded.merged_teachers else "",
-        template_path=template_path, row_names=(str(model_dir), DISTILLED_ROW),
+        template_path=template_path, row_names=(str(model_dir), DISTILLED_ROW), teachers_description=teachers,
         class_names=class_names_of(results_json, model_name, str(model_dir), DISTILLED_ROW) if results_json else (),
     )
     card.save(out_dir / "README.md")
