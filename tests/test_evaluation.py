@@ -39,7 +39,8 @@ from transformers_samclip.evaluation.geometry import (
 from transformers_samclip.mosaic import FASHION_MNIST_CLASSES, SHIPPED_TEACHERS_DIR, make_mosaic_dataset
 
 TINY = dict(num_items=12, num_mosaics=3, calibration_mosaics=2, seed=0)
-ROW_KEYS = ("zero_shot_top1", "box_miou", "point1_miou", "point3_miou", "semseg_miou", "semseg_refined_miou")
+ROW_KEYS = ("zero_shot_top1", "box_miou", "point1_miou", "point3_miou", "semseg_miou", "semseg_refined_miou",
+            "recognition_crop", "recognition_one_pass")
 
 
 # --------------------------------------------------------------------------------------------------- metrics
@@ -191,8 +192,18 @@ def test_samclip_on_mosaic_ranges_and_determinism(merged, processor):
 
 def test_teachers_on_mosaic_rows_and_merge_parity(tiny_teachers, merged, processor):
     rows = evaluate_teachers_on_mosaic(tiny_teachers, **TINY)
-    assert list(rows) == ["CLIP teacher", "SAM teacher", "MaskCLIP baseline", "SAM+CLIP cascade"]
-    assert 0 <= rows["MaskCLIP baseline"]["semseg_miou"] <= 1 and 0 <= rows["SAM+CLIP cascade"]["semseg_miou"] <= 1
+    assert list(rows) == ["CLIP teacher", "SAM teacher", "MaskCLIP baseline", "SAM+CLIP cascade",
+                          "SAM+CLIP cascade (masked crops)"]
+    for name in ("MaskCLIP baseline", "SAM+CLIP cascade", "SAM+CLIP cascade (masked crops)"):
+        assert 0 <= rows[name]["semseg_miou"] <= 1, name
+    # Each cascade names SAM's masks with its labeller, whose recognition on ground-truth masks it reports.
+    teacher = rows["CLIP teacher"]
+    assert rows["SAM+CLIP cascade"]["recognition_crop"] == teacher["recognition_crop"]
+    assert rows["SAM+CLIP cascade (masked crops)"]["recognition_masked_crop"] == teacher["recognition_masked_crop"]
+    for name in ("crop", "masked_crop"):
+        confusion = np.asarray(teacher[f"recognition_{name}_confusion"])
+        assert confusion.sum() == teacher["recognition_items"] > 0
+        assert teacher[f"recognition_{name}"] == pytest.approx(np.trace(confusion) / confusion.sum())
     # A fresh merge carries SAM's encoder and decoder unchanged: its prompted masks are the teacher's.
     mosaics = make_mosaic_dataset("test", TINY["num_mosaics"], TINY["seed"])
     merged_prompted = evaluate_prompted_segmentation(merged, processor, mosaics)
