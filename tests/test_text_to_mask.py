@@ -197,3 +197,33 @@ def test_precision_recall_f1_count_every_kept_prediction():
     # Rejecting below 0.5 drops the background piece: precision 1/2, recall unchanged.
     rejected = instance_segmentation_metrics(above_score([prediction], 0.5), [target], 2)
     assert rejected["precision"] == pytest.approx(1 / 2) and rejected["recall"] == pytest.approx(1 / 2)
+
+
+def test_connected_components_are_8_connected():
+    from transformers_samclip.modeling.modeling_samclip import _connected_components
+
+    region = torch.zeros(5, 5, dtype=torch.bool)
+    region[0, 0] = region[1, 1] = True  # diagonal neighbours: one component
+    region[3:, 3:] = True
+    components = _connected_components(region)
+    assert sorted(int(c.sum()) for c in components) == [2, 4]
+    assert torch.equal(sum(c.int() for c in components).bool(), region)
+
+
+def test_per_component_refinement_keeps_the_coarse_map_where_sam_is_not_trusted(merged, processor, image, tokenizer):
+    inputs = processor(images=image, view="sam")
+    class_embeds = merged.encode_class_names(LABELS, tokenizer)
+    grid = merged.config.image_size // merged.config.patch_size
+    low = 4 * merged.config.prompt_encoder_config.image_embedding_size
+    with torch.no_grad():
+        coarse = merged.semantic_segmentation(inputs["pixel_values"], class_embeds, background_threshold=0.0,
+                                              output_size=(grid, grid)).label_map
+        # An IoU gate SAM can never reach: every component stays as the coarse map drew it.
+        kept = merged.semantic_segmentation_refined(inputs["pixel_values"], class_embeds, background_threshold=0.0,
+                                                    per_component=True, iou_gate=2.0, output_size=(low, low))
+        trusted = merged.semantic_segmentation_refined(inputs["pixel_values"], class_embeds, background_threshold=0.0,
+                                                       per_component=True, iou_gate=-1.0, output_size=(low, low))
+    expected = F.interpolate(coarse[:, None].float(), size=(low, low))[:, 0].long()
+    assert len(coarse.unique()) >= 2  # not a vacuous one-label map
+    assert torch.equal(kept.label_map, expected)
+    assert not torch.equal(trusted.label_map, expected)  # SAM's masks replace the components when trusted
