@@ -16,7 +16,8 @@ writes JSON (`--output`). ~8 min on 1 thread with 100 mosaics.
 With `--text-to-mask` (issue 19): the plain map with the trunk-affinity read-out at each temperature, then per
 prompt set of label-everything (grid, peaks + sparse grid) the painted semantic map, AP50 / PQ / F1@0.5 (every mask
 kept, and with the "none of these" threshold calibrated for F1 on the calibration mosaics) and time, beside the
-teachers' cascade. ~6 min on 1 thread with 100 mosaics. The defaults of `SamClipHeadConfig.dense_readout`
+teachers' cascade. ~15 min on 1 thread with 100 mosaics. `--timing` times label-everything with the grid, with
+the default peaks and the cascade, each on each mosaic in turn (medians; ~1 min with 40 mosaics). The defaults of `SamClipHeadConfig.dense_readout`
 and `instance_segmentation(mask_pooling=...)` are the best on train mosaics (docs/ablations.md).
 """
 
@@ -145,6 +146,35 @@ def ablate_text_to_mask(model, processor, mosaics, calibration, class_names, tea
     return results
 
 
+def time_label_everything(model, processor, teachers, mosaics, class_names) -> dict:
+    """Median seconds per mosaic of label-everything with each of :data:`PROMPT_VARIANTS`' grid and default peaks
+    and of the teachers' cascade, each method run on each mosaic in turn (after one warm-up) so that the machine's
+    load weighs on all alike; `{name: {"median_seconds", "mean_seconds", "vs_cascade"}}`."""
+    import statistics
+    import time
+
+    from ._common import rgb
+    from .instance import cascade_instance_segmenter
+
+    segmenters = {name: samclip_instance_segmenter(model, processor, class_names, **PROMPT_VARIANTS[name])
+                  for name in ("grid 8x8", "peaks 8 + grid 4x4")}
+    segmenters["SAM+CLIP cascade (teachers)"] = cascade_instance_segmenter(
+        teachers["sam_model"], teachers["sam_processor"], teachers["clip_model"], teachers["clip_processor"],
+        class_names)
+    images = [rgb(image) for image in mosaics["image"]]
+    seconds = {name: [] for name in segmenters}
+    for segment in segmenters.values():
+        segment(images[:1])
+    for image in images:
+        for name, segment in segmenters.items():
+            began = time.perf_counter()
+            segment([image])
+            seconds[name].append(time.perf_counter() - began)
+    cascade = statistics.median(seconds["SAM+CLIP cascade (teachers)"])
+    return {name: {"median_seconds": statistics.median(values), "mean_seconds": statistics.fmean(values),
+                   "vs_cascade": statistics.median(values) / cascade} for name, values in seconds.items()}
+
+
 def format_text_to_mask(results: dict) -> str:
     """Markdown tables of :func:`ablate_text_to_mask`."""
     lines = ["| affinity temperature | plain semseg | refined semseg |", "|---|---:|---:|"]
@@ -180,6 +210,8 @@ def main(argv=None) -> int:
     parser.add_argument("--text-to-mask", action="store_true",
                         help="instead: affinity read-out, prompt sets, painted semantic map and none-of-these "
                         "(with the teachers' cascade for time)")
+    parser.add_argument("--timing", action="store_true",
+                        help="instead: label-everything time per mosaic, grid vs peaks vs the cascade, interleaved")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     path = args.model or SHIPPED_MOSAIC_MODEL_DIR
@@ -187,7 +219,13 @@ def main(argv=None) -> int:
     # Selection mosaics (seed 0) and calibration mosaics (seed 1) never overlap the test mosaics (test items).
     mosaics = make_mosaic_dataset(args.split, args.num_mosaics, seed=0)
     calibration = make_mosaic_dataset("train", 50, seed=1)
-    if args.text_to_mask:
+    if args.timing:
+        from ..mosaic import load_mosaic_teachers
+
+        results = time_label_everything(model, processor, load_mosaic_teachers(), mosaics, FASHION_MNIST_CLASSES)
+        for name, row in results.items():
+            print(f"| {name} | {1000 * row['median_seconds']:.0f} ms | {row['vs_cascade']:.2f}x |")
+    elif args.text_to_mask:
         from ..mosaic import load_mosaic_teachers
 
         results = ablate_text_to_mask(model, processor, mosaics, calibration, FASHION_MNIST_CLASSES,
