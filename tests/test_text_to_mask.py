@@ -227,3 +227,28 @@ def test_per_component_refinement_keeps_the_coarse_map_where_sam_is_not_trusted(
     assert len(coarse.unique()) >= 2  # not a vacuous one-label map
     assert torch.equal(kept.label_map, expected)
     assert not torch.equal(trusted.label_map, expected)  # SAM's masks replace the components when trusted
+
+
+def test_none_of_these_calibration_and_rejected_rows(merged, processor):
+    from transformers_samclip.evaluation.instance import (
+        calibrate_instance_score_threshold,
+        collect_instances,
+        evaluate_instance_segmentation,
+        samclip_instance_segmenter,
+    )
+    from transformers_samclip.mosaic import FASHION_MNIST_CLASSES, make_mosaic_dataset
+
+    mosaics = make_mosaic_dataset("train", 2, seed=0)
+    loose = dict(pred_iou_threshold=-10.0, stability_threshold=0.0, points_per_side=4)
+    calibrated = calibrate_instance_score_threshold(merged, processor, mosaics, FASHION_MNIST_CLASSES, **loose)
+    # The lowest candidate keeps every mask, so the chosen threshold is never worse than keeping all.
+    assert calibrated["f1"] >= calibrated["f1_all_masks"]
+    segment = samclip_instance_segmenter(merged, processor, FASHION_MNIST_CLASSES, score_threshold=0.0, **loose)
+    result = evaluate_instance_segmentation(segment, mosaics, FASHION_MNIST_CLASSES,
+                                            score_thresholds={"rejected": calibrated["threshold"]})
+    collected = collect_instances(segment, mosaics)
+    kept = above_score(collected["predictions"], calibrated["threshold"])
+    assert sum(len(p["scores"]) for p in kept) <= sum(len(p["scores"]) for p in collected["predictions"])
+    expected = instance_segmentation_metrics(kept, collected["targets"], len(FASHION_MNIST_CLASSES))
+    assert result["rejected"]["rejected"]["f1"] == pytest.approx(expected["f1"])
+    assert result["rejected"]["rejected"]["precision"] == pytest.approx(expected["precision"])
