@@ -11,7 +11,11 @@ from .modeling_samclip import (
     encode_class_names,
     grid_points,
     mask_padding,
+    mask_pooled_tokens,
+    mask_token_weights,
+    peak_points,
     select_generated_masks,
+    trunk_affinity,
 )
 from .processing_samclip import SamClipImageProcessor, SamClipProcessor
 
@@ -31,6 +35,10 @@ __all__ = [
     "encode_class_names",
     "grid_points",
     "mask_padding",
+    "mask_pooled_tokens",
+    "mask_token_weights",
+    "peak_points",
     "samclip_config_from_preset",
     "select_generated_masks",
+    "trunk_affinity",
 ]

@@ -63,6 +63,10 @@ class SamClipHeadConfig(PreTrainedConfig):
             the global mix): `"clearclip"` (query-query attention, ClearCLIP), `"naclip"` (key-key attention plus
             a Gaussian neighbourhood prior, NACLIP), `"sclip"` (query-query plus key-key attention, SCLIP).
         neighbourhood_sigma (`float`, defaults to 5.0): width in patches of NACLIP's Gaussian prior.
+        dense_affinity_temperature (`float`, *optional*): when set, the per-patch features are averaged with the
+            encoder's own trunk-token affinity, softmax over patches of cos(trunk_i, trunk_j) / temperature
+            (ProxyCLIP-style: the SAM features, which group objects, tell the CLIP features where to pool).
+            `None` (default) reads each patch alone.
     """
 
     model_type = "samclip_head"
@@ -79,6 +83,7 @@ class SamClipHeadConfig(PreTrainedConfig):
     dense_value_layers: int = 2
     dense_readout: str = "value"
     neighbourhood_sigma: float = 5.0
+    dense_affinity_temperature: float | None = None
 
     def validate_architecture(self):
         """Reject head settings the model cannot build, naming the allowed values."""
@@ -92,6 +97,9 @@ class SamClipHeadConfig(PreTrainedConfig):
             raise ValueError(f"head_config.dense_readout must be one of {DENSE_READOUTS}, got {self.dense_readout!r}.")
         if not self.neighbourhood_sigma > 0:
             raise ValueError(f"head_config.neighbourhood_sigma must be > 0, got {self.neighbourhood_sigma}.")
+        if self.dense_affinity_temperature is not None and not self.dense_affinity_temperature > 0:
+            raise ValueError("head_config.dense_affinity_temperature must be > 0 (or None: no affinity), got "
+                             f"{self.dense_affinity_temperature}.")
         if self.projection_dim <= 0:
             raise ValueError(f"head_config.projection_dim must be positive, got {self.projection_dim}.")
 
@@ -117,6 +125,10 @@ class SamClipConfig(PreTrainedConfig):
             a pixel whose best class cosine is below it is background. `samclip distill` calibrates it on training
             images and stores it here; `None` (no calibration) means background is never predicted unless the
             caller gives a threshold or background labels.
+        instance_score_threshold (`float`, *optional*): default "none of these" of label-everything
+            (`instance_segmentation`): a mask whose confidence (class probability x predicted IoU) is below it is
+            not named. Calibrated on training mosaics (`evaluation.instance.calibrate_instance_score_threshold`);
+            `None` keeps every mask.
     """
 
     model_type = "samclip"
@@ -138,6 +150,7 @@ class SamClipConfig(PreTrainedConfig):
     logit_bias_init_value: float | None = None
     initializer_range: float = 0.02
     background_threshold: float | None = None
+    instance_score_threshold: float | None = None
     tie_word_embeddings: bool = True
 
     def __post_init__(self, **kwargs):
@@ -183,6 +196,9 @@ class SamClipConfig(PreTrainedConfig):
             )
         if self.background_threshold is not None and not -1.0 <= self.background_threshold <= 1.0:
             problems.append(f"background_threshold ({self.background_threshold}) is a cosine: it must lie in [-1, 1]")
+        if self.instance_score_threshold is not None and not 0.0 <= self.instance_score_threshold <= 1.0:
+            problems.append(f"instance_score_threshold ({self.instance_score_threshold}) is a confidence: it must lie "
+                            "in [0, 1]")
         if problems:
             raise ValueError("Invalid SamClipConfig: " + "; ".join(problems) + ".")
 

@@ -180,6 +180,57 @@ def select_generated_masks(
     return candidates[kept]
 
 
+def mask_token_weights(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """`(M, grid_h * grid_w)` pooling weights of `M` masks `(M, H, W)` (bool, or logits: > 0 is inside) over a token
+    grid covering the same square: each token's weight is the share of its area the mask covers, normalised to sum
+    to 1 (a mask smaller than a patch still pools the patches it touches; an empty mask gets all-zero weights)."""
+    inside = masks > 0 if masks.dtype != torch.bool else masks
+    weights = F.adaptive_avg_pool2d(inside.float()[:, None], tuple(grid))[:, 0].flatten(1)
+    return weights / weights.sum(1, keepdim=True).clamp(min=1e-6)
+
+
+def mask_pooled_tokens(tokens: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """The mean of `(h, w, dim)` tokens inside each of `M` masks `(M, H, W)`: `(M, dim)`, weighted as
+    :func:`mask_token_weights`. The one region pooling of SAM-CLIP: label-everything labels a mask by the CLIP head
+    projected after this pooling of its tokens, and region distillation should pool its student features the same
+    way so that training and read-out agree."""
+    if tokens.dim() != 3 or masks.dim() != 3:
+        raise ValueError(f"tokens must be (h, w, dim) and masks (M, H, W); got {tuple(tokens.shape)} and "
+                         f"{tuple(masks.shape)}.")
+    return mask_token_weights(masks, tokens.shape[:2]).to(tokens.dtype) @ tokens.flatten(0, 1)
+
+
+def peak_points(score_map: torch.Tensor, max_points: int, height: float, width: float, input_size: int,
+                min_score: float | None = None) -> torch.Tensor:
+    """`(K, 2)` (x, y) prompt points, K <= `max_points`, at the local maxima (3x3) of a `(h, w)` token score map over
+    the `input_size` square, best first, inside the unpadded `height` x `width` region and at least `min_score`."""
+    grid_h, grid_w = score_map.shape
+    pooled = F.max_pool2d(score_map[None, None], 3, stride=1, padding=1)[0, 0]
+    rows = torch.arange(grid_h, device=score_map.device)[:, None] < max(round(height * grid_h / input_size), 1)
+    cols = torch.arange(grid_w, device=score_map.device)[None, :] < max(round(width * grid_w / input_size), 1)
+    is_peak = (score_map >= pooled) & rows & cols
+    if min_score is not None:
+        is_peak &= score_map >= min_score
+    values = score_map.masked_fill(~is_peak, float("-inf")).flatten()
+    top = values.topk(min(max_points, int(is_peak.sum()))).indices
+    xy = torch.stack([top % grid_w, top // grid_w], dim=-1).to(torch.float32) + 0.5
+    return xy * torch.tensor([input_size / grid_w, input_size / grid_h], device=score_map.device)
+
+
+def _connected_components(region: torch.Tensor) -> list[torch.Tensor]:
+    """The 8-connected components of a `(h, w)` bool map, as bool maps (propagating the largest index of each
+    component by 3x3 max pooling until nothing changes; the token grids this runs on are small)."""
+    height, width = region.shape
+    index = torch.arange(1, height * width + 1, device=region.device, dtype=torch.float32).reshape(height, width)
+    labels = index * region
+    while True:
+        grown = F.max_pool2d(labels[None, None], 3, stride=1, padding=1)[0, 0] * region
+        if torch.equal(grown, labels):
+            break
+        labels = grown
+    return [labels == value for value in labels.unique().tolist() if value > 0]
+
+
 def _build_text_tower(text_config) -> PreTrainedModel:
     """The teacher's text tower class from its config: AutoModel where registered (CLIP), else the transformers
     class named after the config (SiglipTextConfig -> SiglipTextModel, which AutoModel does not map)."""
@@ -399,6 +450,7 @@ class SamClipHead(nn.Module):
         self.dense_readout = head.dense_readout
         self.neighbourhood_sigma = head.neighbourhood_sigma
         self.project_before_pool = head.project_before_pool
+        self.dense_affinity_temperature = head.dense_affinity_temperature
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """Pool a `(batch, h, w, dim)` token map over space."""
@@ -436,8 +488,22 @@ class SamClipHead(nn.Module):
 
     def dense_features(self, trunk_tokens: torch.Tensor) -> torch.Tensor:
         """Per-patch embeddings in text space, `(batch, projection_dim, h, w)`, unnormalised, from `(batch, h, w,
-        hidden)` trunk tokens (the projector applied to :meth:`dense_tokens`)."""
-        return self.projector(self.dense_tokens(trunk_tokens)).permute(0, 3, 1, 2)
+        hidden)` trunk tokens (the projector applied to :meth:`dense_tokens`), averaged with the trunk tokens' own
+        affinity when `dense_affinity_temperature` is set (then each patch's feature is L2-normalised first)."""
+        features = self.projector(self.dense_tokens(trunk_tokens))
+        if self.dense_affinity_temperature is not None:
+            features = trunk_affinity(trunk_tokens, self.dense_affinity_temperature) @ F.normalize(features, dim=-1).flatten(1, 2)
+            features = features.unflatten(1, trunk_tokens.shape[1:3])
+        return features.permute(0, 3, 1, 2)
+
+
+def trunk_affinity(trunk_tokens: torch.Tensor, temperature: float) -> torch.Tensor:
+    """`(batch, h*w, h*w)` row-stochastic affinity of `(batch, h, w, dim)` tokens: softmax over j of the cosine of
+    the mean-centred tokens i and j divided by `temperature` (centring removes the component all patches share, which
+    would otherwise make every patch look alike)."""
+    flat = trunk_tokens.flatten(1, 2)
+    flat = F.normalize(flat - flat.mean(dim=1, keepdim=True), dim=-1)
+    return (flat @ flat.transpose(1, 2) / temperature).softmax(dim=-1)
 
 
 def _value_only_block(layer: SamVisionLayer, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -742,13 +808,20 @@ class SamClipModel(SamClipPreTrainedModel):
         min_pixels: int = 1,
         mask_prompt_scale: float = 8.0,
         output_size: tuple[int, int] | None = None,
+        per_component: bool = False,
+        iou_gate: float = 0.7,
     ) -> SamClipSemanticSegmentationOutput:
         """SAM-refined zero-shot semantic segmentation (the paper's Table 5), from ONE SAM-path encoder pass.
 
         The CLIP head's coarse map gives, for each class present, a mask prompt (its region, as logits of
         +-`mask_prompt_scale`) and up to `num_points` positive points at its most confident patches; the SAM head
         returns one refined mask per class, and each pixel takes the class with the highest mask logit (background
-        where no mask logit is positive)."""
+        where no mask logit is positive). With `per_component=True` (Trident's refinement), each connected component
+        of each class region is prompted alone (its best patch, its box and its region) and SAM's mask replaces the
+        component only where SAM's predicted IoU reaches `iou_gate`; otherwise the coarse component stays."""
+        if per_component:
+            return self._refine_per_component(pixel_values, class_embeds, background_embeds, background_threshold,
+                                              mask_prompt_scale, output_size, iou_gate)
         size = self.config.image_size
         pixel_values = check_pixel_values(pixel_values, self.config.vision_config.num_channels, self.dtype)
         if isinstance(num_points, bool) or not isinstance(num_points, int) or num_points < 1:
@@ -792,6 +865,51 @@ class SamClipModel(SamClipPreTrainedModel):
         logits = F.interpolate(torch.stack(refined), size=output_size or (size, size), mode="bilinear", align_corners=False)
         return SamClipSemanticSegmentationOutput(logits=logits, label_map=logits.argmax(1))
 
+    def _refine_per_component(self, pixel_values, class_embeds, background_embeds, background_threshold,
+                              mask_prompt_scale, output_size, iou_gate):
+        size = self.config.image_size
+        pixel_values = check_pixel_values(pixel_values, self.config.vision_config.num_channels, self.dtype)
+        if tuple(pixel_values.shape[-2:]) != (size, size):
+            raise ValueError(f"SAM refinement runs on the {size}x{size} SAM path; got {tuple(pixel_values.shape[-2:])}.")
+        check_threshold(iou_gate, "iou_gate")
+        encoded = self.vision_encoder(pixel_values, compute_neck=True)
+        coarse = self._class_logits(self.clip_head.dense_features(encoded.trunk_hidden_state), class_embeds,
+                                    background_embeds, background_threshold)
+        low_res = 4 * self.config.prompt_encoder_config.image_embedding_size
+        grid = coarse.shape[-1]
+        refined = []
+        for image_index in range(pixel_values.shape[0]):
+            labels = coarse[image_index].argmax(0)
+            logits = torch.full((coarse.shape[1], low_res, low_res), -1e4, device=coarse.device, dtype=coarse.dtype)
+            logits[0] = 0.0
+            components = [(c, region) for c in labels.unique().tolist() if c > 0
+                          for region in _connected_components(labels == c)]
+            if components:
+                points, boxes, masks = [], [], []
+                for c, region in components:
+                    best = coarse[image_index, c].masked_fill(~region, float("-inf")).flatten().argmax()
+                    points.append(torch.stack([best % grid, best // grid]).to(coarse.dtype) + 0.5)
+                    ys, xs = torch.nonzero(region, as_tuple=True)
+                    boxes.append(torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).to(coarse.dtype))
+                    region_low = F.interpolate(region[None, None].to(coarse.dtype), size=(low_res, low_res))[0, 0]
+                    masks.append((region_low * 2 - 1) * mask_prompt_scale)
+                scale = size / grid
+                count = len(components)
+                pred, iou = self.segment(
+                    encoded.last_hidden_state[image_index : image_index + 1].expand(count, -1, -1, -1),
+                    input_points=(torch.stack(points) * scale)[:, None, None],
+                    input_boxes=(torch.stack(boxes) * scale)[:, None],
+                    input_masks=torch.stack(masks)[:, None],
+                    multimask_output=False,
+                )
+                for (c, _), mask, sam_logits, predicted_iou in zip(components, masks, pred[:, 0, 0], iou[:, 0, 0]):
+                    # SAM's mask where it is confident, else the coarse component as it was.
+                    chosen = sam_logits.to(logits.dtype) if predicted_iou >= iou_gate else mask
+                    logits[c] = torch.maximum(logits[c], chosen)
+            refined.append(logits)
+        logits = F.interpolate(torch.stack(refined), size=output_size or (size, size), mode="bilinear", align_corners=False)
+        return SamClipSemanticSegmentationOutput(logits=logits, label_map=logits.argmax(1))
+
     @torch.no_grad()
     def instance_segmentation(
         self,
@@ -806,25 +924,47 @@ class SamClipModel(SamClipPreTrainedModel):
         label_source: str = "dense",
         input_sizes: list[tuple[int, int]] | None = None,
         points_per_batch: int = 64,
+        prompts: str = "peaks",
+        num_peaks: int = 8,
+        score_threshold: float | None = None,
+        background_embeds: torch.Tensor | None = None,
     ) -> SamClipInstanceSegmentationOutput:
         """Open-vocabulary instance segmentation ("label everything") from ONE encoder pass per image: SAM's
-        automatic masks from the shared embeddings (a `points_per_side`^2 grid of one-point prompts, SAM's three
-        masks each, :func:`select_generated_masks`), each labelled by the CLIP head's dense features pooled inside
-        it (`mask_pooling`: `"mean_tokens"`, the head tokens averaged then projected; `"mean"` of the text-space
-        features; `"max"` of the per-patch class cosines) against `class_embeds`. With `background_threshold` set,
-        a mask whose best class cosine is below it is "none of these" and dropped; by default every mask is kept
-        (on training mosaics the semantic threshold dropped more right labels than wrong ones: AP50 0.142 vs
-        0.166). `label_source="crops"` labels each mask instead by its square crop of the input through the CLIP
-        path (one more, small, batched encoder pass: the teachers' cascade within one model). `input_sizes` are the
-        unpadded `(height, width)` of each image in the SAM input (the processor's
-        `reshaped_input_sizes`), so that no prompt lands in the padding; default: the whole input."""
+        automatic masks from the shared embeddings (one-point prompts, SAM's three masks each,
+        :func:`select_generated_masks`), each labelled by the CLIP head's dense features pooled inside it
+        (`mask_pooling`: `"mean_tokens"`, the head tokens averaged by :func:`mask_pooled_tokens` then projected;
+        `"mean"` of the text-space features; `"max"` of the per-patch class cosines) against `class_embeds`.
+
+        Prompts: `"peaks"` (default), the `num_peaks` best local maxima of the head's per-patch best-class cosine
+        (above `config.background_threshold` when the model has one) plus a `(points_per_side // 2)`^2 grid so that
+        things the head misses still get a prompt; `"grid"`, a `points_per_side`^2 grid (SAM's automatic masks). On
+        train mosaics peaks + 4x4 matched the 8x8 grid's AP50 (0.170 vs 0.166) with 24 prompts instead of 64, at
+        0.51x the cascade's time (docs/text-to-mask.md).
+
+        "None of these": a mask is dropped when its best class cosine is below `background_threshold`, when its
+        confidence is below `score_threshold` (default `config.instance_score_threshold`, calibrated on training
+        mosaics by `evaluation.instance.calibrate_instance_score_threshold`; `None` keeps every mask), or when one
+        of `background_embeds` (e.g. the embedding of "background") matches it better than every class.
+        `label_source="crops"` labels each mask instead by its square crop of the input through the CLIP path (one
+        more, small, batched encoder pass: the teachers' cascade within one model). `input_sizes` are the unpadded
+        `(height, width)` of each image in the SAM input (the processor's `reshaped_input_sizes`), so that no prompt
+        lands in the padding; default: the whole input."""
         if mask_pooling not in ("mean", "max", "mean_tokens"):
             raise ValueError(f"mask_pooling must be 'mean', 'max' or 'mean_tokens', got {mask_pooling!r}.")
-        check_class_embeds(class_embeds, self.config.head_config.projection_dim)
+        if prompts not in ("grid", "peaks"):
+            raise ValueError(f"prompts must be 'grid' or 'peaks', got {prompts!r}.")
+        width = self.config.head_config.projection_dim
+        check_class_embeds(class_embeds, width)
+        if background_embeds is not None:
+            check_class_embeds(background_embeds, width, "background_embeds")
         check_threshold(background_threshold)
+        if score_threshold is None:
+            score_threshold = self.config.instance_score_threshold
+        check_threshold(score_threshold, "score_threshold")
         if label_source not in ("dense", "crops"):
             raise ValueError(f"label_source must be 'dense' or 'crops', got {label_source!r}.")
-        for name, value in (("points_per_side", points_per_side), ("points_per_batch", points_per_batch)):
+        for name, value in (("points_per_side", points_per_side), ("points_per_batch", points_per_batch),
+                            ("num_peaks", num_peaks)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         size = self.config.image_size
@@ -833,14 +973,25 @@ class SamClipModel(SamClipPreTrainedModel):
             raise ValueError(f"Instance segmentation runs on the {size}x{size} SAM path (the processor's 'sam' view); "
                              f"got {tuple(pixel_values.shape[-2:])}.")
         encoded = self.vision_encoder(pixel_values, compute_neck=True)
-        # The crops path reads the CLIP head on the crops, not on this pass's tokens.
-        tokens = self.clip_head.dense_tokens(encoded.trunk_hidden_state) if label_source == "dense" else None
         class_embeds = class_embeds.to(encoded.last_hidden_state.dtype)
+        # The crops path reads the CLIP head on the crops, not on this pass's tokens (peaks still need them).
+        needs_tokens = label_source == "dense" or prompts == "peaks"
+        tokens = self.clip_head.dense_tokens(encoded.trunk_hidden_state) if needs_tokens else None
+        if prompts == "peaks":
+            objectness = (F.normalize(self.clip_head.projector(tokens), dim=-1) @ class_embeds.T).amax(-1)
         output = SamClipInstanceSegmentationOutput(mask_logits=[], class_ids=[], scores=[], class_cosines=[],
                                                    iou_scores=[])
         for image_index in range(pixel_values.shape[0]):
             height, width = input_sizes[image_index] if input_sizes is not None else (size, size)
-            points = grid_points(points_per_side, float(height), float(width)).to(class_embeds.device, class_embeds.dtype)
+            if prompts == "grid":
+                points = grid_points(points_per_side, float(height), float(width))
+            else:
+                points = torch.cat([
+                    peak_points(objectness[image_index], num_peaks, float(height), float(width), size,
+                                self.config.background_threshold).cpu(),
+                    grid_points(max(points_per_side // 2, 1), float(height), float(width)),
+                ])
+            points = points.to(class_embeds.device, class_embeds.dtype)
             embedding = encoded.last_hidden_state[image_index : image_index + 1]
             logits, ious = [], []
             for start in range(0, len(points), points_per_batch):
@@ -859,12 +1010,57 @@ class SamClipModel(SamClipPreTrainedModel):
             best, class_ids = cosines.max(dim=1)
             probabilities = (cosines * self.logit_scale.exp()).softmax(dim=1)
             scores = probabilities.gather(1, class_ids[:, None])[:, 0] * ious.clamp(0, 1)
-            keep = best >= (background_threshold if background_threshold is not None else -1.0)
+            keep = torch.ones_like(best, dtype=torch.bool)
+            if background_threshold is not None:
+                keep &= best >= background_threshold
+            if score_threshold is not None:
+                keep &= scores >= score_threshold
+            if background_embeds is not None and len(logits):
+                background = self._mask_class_cosines(tokens[image_index], logits, background_embeds.to(class_embeds),
+                                                      mask_pooling) if label_source == "dense" else \
+                    self._crop_class_cosines(pixel_values[image_index], logits, background_embeds.to(class_embeds))
+                keep &= best > background.amax(dim=1)
             order = scores[keep].argsort(descending=True)
             for name, value in (("mask_logits", logits), ("class_ids", class_ids), ("scores", scores),
                                 ("class_cosines", cosines), ("iou_scores", ious)):
                 getattr(output, name).append(value[keep][order])
         return output
+
+    @torch.no_grad()
+    def semantic_segmentation_from_instances(
+        self,
+        pixel_values: torch.Tensor,
+        class_embeds: torch.Tensor,
+        output_size: tuple[int, int] | None = None,
+        input_sizes: list[tuple[int, int]] | None = None,
+        **instance_options,
+    ) -> SamClipSemanticSegmentationOutput:
+        """Zero-shot semantic segmentation from the labelled masks of ONE encoder pass: the instances of
+        :meth:`instance_segmentation` (`instance_options` go to it) painted into a map, each pixel taking the class of
+        the most confident instance covering it, background where none does. Masks are upsampled bilinearly from
+        SAM's low resolution to `output_size` (default: the input size) before painting. `logits` channel `c + 1` is
+        the best confidence (class probability x predicted IoU, in [0, 1]) of a class-`c` instance covering the
+        pixel, -1 where none does; channel 0 (background) is 0. Every mask is painted unless `score_threshold`
+        is given (the config's `instance_score_threshold` is not applied here: on train mosaics rejecting masks cost
+        the painted map more than it saved, 0.273 -> 0.249 mIoU, since an unnamed pixel is background)."""
+        instance_options.setdefault("score_threshold", 0.0)
+        size = self.config.image_size
+        pixel_values = check_pixel_values(pixel_values, self.config.vision_config.num_channels, self.dtype)
+        instances = self.instance_segmentation(pixel_values, class_embeds, input_sizes=input_sizes, **instance_options)
+        output_size = tuple(output_size or (size, size))
+        num_classes = class_embeds.shape[0]
+        maps = []
+        for mask_logits, class_ids, scores in zip(instances.mask_logits, instances.class_ids, instances.scores):
+            logits = torch.full((num_classes + 1, *output_size), -1.0, device=pixel_values.device, dtype=scores.dtype)
+            logits[0] = 0.0
+            if len(mask_logits):
+                inside = F.interpolate(mask_logits[:, None], size=output_size, mode="bilinear", align_corners=False)[:, 0] > 0
+                # Per class, the best confidence of an instance covering the pixel.
+                for mask, class_id, score in zip(inside, class_ids.tolist(), scores):
+                    logits[class_id + 1] = torch.where(mask, logits[class_id + 1].clamp(min=score), logits[class_id + 1])
+            maps.append(logits)
+        logits = torch.stack(maps)
+        return SamClipSemanticSegmentationOutput(logits=logits, label_map=logits.argmax(1))
 
     def _crop_class_cosines(self, pixel_values, mask_logits, class_embeds, padding: float = 0.2):
         # The framing of CLIP's single-object views: a square around the mask's box, grown by `padding`, shifted to
@@ -887,15 +1083,11 @@ class SamClipModel(SamClipPreTrainedModel):
         return F.normalize(embeddings, dim=-1) @ class_embeds.T
 
     def _mask_class_cosines(self, tokens, mask_logits, class_embeds, mask_pooling):
-        # Masks come at SAM's low resolution (4x the token grid): each token's weight is the share of its area the
-        # mask covers, so a mask smaller than a patch still pools the patches it touches.
-        grid = tokens.shape[:2]
-        weights = F.adaptive_avg_pool2d((mask_logits > 0).to(tokens.dtype)[:, None], grid)[:, 0].flatten(1)
-        weights = weights / weights.sum(1, keepdim=True).clamp(min=1e-6)  # (M, g*g)
-        flat_tokens = tokens.flatten(0, 1)  # (g*g, hidden)
+        # Masks come at SAM's low resolution (4x the token grid); the pooling is the shared `mask_pooled_tokens`.
         if mask_pooling == "mean_tokens":
-            return F.normalize(self.clip_head.projector(weights @ flat_tokens), dim=-1) @ class_embeds.T
-        features = F.normalize(self.clip_head.projector(flat_tokens), dim=-1)  # (g*g, dim)
+            return F.normalize(self.clip_head.projector(mask_pooled_tokens(tokens, mask_logits)), dim=-1) @ class_embeds.T
+        weights = mask_token_weights(mask_logits, tokens.shape[:2]).to(tokens.dtype)  # (M, g*g)
+        features = F.normalize(self.clip_head.projector(tokens.flatten(0, 1)), dim=-1)  # (g*g, dim)
         if mask_pooling == "mean":
             return F.normalize(weights @ features, dim=-1) @ class_embeds.T
         cosines = features @ class_embeds.T  # (g*g, C)
@@ -983,5 +1175,9 @@ __all__ = [
     "SamClipVisionEncoder",
     "SamClipVisionLayer",
     "mask_padding",
+    "mask_pooled_tokens",
+    "mask_token_weights",
+    "peak_points",
     "select_generated_masks",
+    "trunk_affinity",
 ]

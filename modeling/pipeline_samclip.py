@@ -31,8 +31,11 @@ from .configuration_samclip import SamClipConfig
 from .modeling_samclip import DEFAULT_TEMPLATES
 
 SUBTASKS = ("semantic", "instance", "panoptic")
+# How the semantic subtask paints its map; the first is the default (best measured on train mosaics, issue 19).
+SEMANTIC_METHODS = ("instances", "plain", "refined")
 INSTANCE_OPTIONS = (
     "points_per_side", "pred_iou_threshold", "stability_threshold", "nms_threshold", "mask_pooling", "label_source",
+    "prompts", "num_peaks", "score_threshold",
 )
 
 
@@ -115,8 +118,10 @@ class SamClipMaskGenerationPipeline(_SamClipTaskPipeline, MaskGenerationPipeline
 
 
 class ZeroShotImageSegmentationPipeline(Pipeline):
-    """Text-to-mask segmentation with a SAM-CLIP model. `subtask="semantic"` (default): one mask per class present
-    from the CLIP head's dense features (SAM-refined with `refine=True`), background as the entry `"background"`;
+    """Text-to-mask segmentation with a SAM-CLIP model. `subtask="semantic"` (default): one mask per class present,
+    background as the entry `"background"`, painted by `method`: `"instances"` (default) the one-pass labelled masks
+    (`semantic_segmentation_from_instances`), `"plain"` the CLIP head's dense features, `"refined"` (or
+    `refine=True`) those refined by the SAM head;
     `"instance"`: every object SAM's automatic masks find, labelled from ONE encoder pass (`instance_segmentation`;
     `label_source="crops"` labels each mask's crop through the CLIP path instead); `"panoptic"`: those instances
     made non-overlapping. Returns, like transformers' image-segmentation pipeline, a list of `{"score", "label",
@@ -128,14 +133,15 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
     _load_feature_extractor = False
     _load_tokenizer = False
 
-    def _sanitize_parameters(self, candidate_labels=None, subtask=None, templates=None, refine=None,
+    def _sanitize_parameters(self, candidate_labels=None, subtask=None, templates=None, refine=None, method=None,
                              background_threshold=None, background_labels=None, timeout=None, **instance_options):
         unknown = sorted(set(instance_options) - set(INSTANCE_OPTIONS))
         if unknown:
             raise TypeError(f"Unexpected argument(s) {unknown}; this pipeline takes candidate_labels, subtask, "
-                            f"templates, refine, background_threshold, background_labels, timeout and {INSTANCE_OPTIONS}.")
+                            f"templates, refine, method, background_threshold, background_labels, timeout and {INSTANCE_OPTIONS}.")
         preprocess = {key: value for key, value in (("candidate_labels", candidate_labels), ("subtask", subtask),
-                                                    ("refine", refine), ("timeout", timeout)) if value is not None}
+                                                    ("refine", refine), ("method", method), ("timeout", timeout))
+                      if value is not None}
         forward = dict(instance_options)
         if templates is not None:
             forward["templates"] = check_templates(templates)
@@ -151,23 +157,28 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
         comma-separated string); `templates` is one template string or a list, each with one `{}`."""
         return super().__call__(image, candidate_labels=candidate_labels, **kwargs)
 
-    def preprocess(self, image, candidate_labels=None, subtask="semantic", refine=False, timeout=None):
+    def preprocess(self, image, candidate_labels=None, subtask="semantic", refine=False, method=None, timeout=None):
         if subtask not in SUBTASKS:
             raise ValueError(f"subtask must be one of {SUBTASKS}, got {subtask!r}.")
         labels = check_class_names([] if candidate_labels is None else candidate_labels, "candidate_labels")
         if not isinstance(refine, bool):
             raise TypeError(f"refine must be True or False; got {refine!r}.")
+        if method is None:
+            method = "refined" if refine else SEMANTIC_METHODS[0]
+        elif method not in SEMANTIC_METHODS or (refine and method != "refined"):
+            raise ValueError(f"method must be one of {SEMANTIC_METHODS} (refine=True means 'refined'); got "
+                             f"method={method!r}, refine={refine!r}.")
         image = to_rgb_image(image, timeout=timeout)
         if min(image.size) < 2:
             raise ValueError(f"image is {image.size[0]}x{image.size[1]} pixels; give an image of at least 2x2 pixels.")
-        view = "sam" if refine or subtask != "semantic" else "dense"
+        view = "dense" if subtask == "semantic" and method == "plain" else "sam"
         inputs = self.processor(images=image, view=view)
-        inputs.update(candidate_labels=labels, subtask=subtask, refine=refine)
+        inputs.update(candidate_labels=labels, subtask=subtask, method=method)
         return inputs
 
     def _forward(self, model_inputs, templates=DEFAULT_TEMPLATES, background_threshold=None, background_labels=None,
                  **instance_options):
-        labels, subtask, refine = (model_inputs.pop(key) for key in ("candidate_labels", "subtask", "refine"))
+        labels, subtask, method = (model_inputs.pop(key) for key in ("candidate_labels", "subtask", "method"))
         tokenizer = self.processor.tokenizer
         class_embeds = self.model.encode_class_names(labels, tokenizer, templates)
         pixel_values = model_inputs["pixel_values"].to(self.model.dtype)
@@ -179,9 +190,16 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
             )
             return {"instances": output, "candidate_labels": labels, "subtask": subtask, **sizes}
         background_embeds = self.model.encode_class_names(background_labels, tokenizer, templates) if background_labels else None
-        segment = self.model.semantic_segmentation_refined if refine else self.model.semantic_segmentation
-        output = segment(pixel_values, class_embeds, background_embeds=background_embeds,
-                         background_threshold=background_threshold)
+        if method == "instances":
+            output = self.model.semantic_segmentation_from_instances(
+                pixel_values, class_embeds, background_embeds=background_embeds,
+                background_threshold=background_threshold, input_sizes=model_inputs["reshaped_input_sizes"].tolist(),
+                **instance_options,
+            )
+        else:
+            segment = self.model.semantic_segmentation_refined if method == "refined" else self.model.semantic_segmentation
+            output = segment(pixel_values, class_embeds, background_embeds=background_embeds,
+                             background_threshold=background_threshold)
         return {"logits": output.logits, "candidate_labels": labels, "subtask": subtask, **sizes}
 
     def postprocess(self, model_outputs):

@@ -16,6 +16,7 @@ from transformers_samclip.evaluation import (
     mosaic_gallery,
     write_segmentation_gallery,
 )
+from transformers_samclip.evaluation.semantic import evaluate_instance_semantic_segmentation
 from transformers_samclip.evaluation.gallery import GAP, INK_COLOR, LEGEND_LINE_HEIGHT, TITLE_HEIGHT
 from transformers_samclip.mosaic import FASHION_MNIST_CLASSES, make_mosaic_dataset
 
@@ -92,7 +93,8 @@ def _miou(maps, mosaics) -> float:
 
 def test_mosaic_gallery_shows_what_the_evaluation_scores(merged, processor, tiny_teachers, tmp_path):
     layout = mosaic_gallery(merged, processor, tiny_teachers, tmp_path / "m.png", num_mosaics=3, calibration_mosaics=2)
-    assert layout.titles == ["image", "ground truth", "SAM-CLIP", "SAM-CLIP refined", "SAM+CLIP cascade"]
+    assert layout.titles == ["image", "ground truth", "SAM-CLIP", "SAM-CLIP refined", "SAM-CLIP one pass",
+                             "SAM+CLIP cascade"]
     png = Image.open(tmp_path / "m.png")
     mosaics = make_mosaic_dataset("test", 3, 0)
     decoded = {title: [_decode(_crop(png, layout.cells[row][column]), layout.palette) for row in range(3)]
@@ -112,12 +114,14 @@ def test_mosaic_gallery_shows_what_the_evaluation_scores(merged, processor, tiny
                                         tiny_teachers["clip_model"], tiny_teachers["clip_processor"], mosaics, CLASSES,
                                         pred_iou_threshold=None, calibration_dataset=calibration)
     assert _miou(decoded["SAM+CLIP cascade"], mosaics) == pytest.approx(cascade["miou"], abs=1e-12)
+    painted = evaluate_instance_semantic_segmentation(merged, processor, mosaics, CLASSES)["miou"]
+    assert _miou(decoded["SAM-CLIP one pass"], mosaics) == pytest.approx(painted, abs=1e-12)
 
     # The threshold calibrated for this random model paints each cell one colour; the one a model carries in its
     # config (used as is, no calibration) gives mixed maps, so the comparison sees every pixel's label.
     merged.config.background_threshold = -0.15
     without = mosaic_gallery(merged, processor, None, tmp_path / "n.png", num_mosaics=3)
-    assert without.titles[-1] == "SAM-CLIP refined"
+    assert without.titles[-1] == "SAM-CLIP one pass"
     png = Image.open(tmp_path / "n.png")
     for refine, column in ((False, 2), (True, 3)):
         maps = [_decode(_crop(png, without.cells[row][column]), without.palette) for row in range(3)]
@@ -149,6 +153,6 @@ def test_cli_writes_gallery(saved_tiny_model, tmp_path, capsys):
     assert main(argv) == 0
     assert f"wrote {gallery}" in capsys.readouterr().out
     width, height = Image.open(gallery).size
-    assert width == GAP + 4 * (128 + GAP)  # no teachers there: no cascade column
+    assert width == GAP + 5 * (128 + GAP)  # no teachers there: no cascade column
     assert height > TITLE_HEIGHT + 8 * (128 + GAP)
     assert json.loads(output.read_text())["gallery"] == str(gallery)

@@ -111,7 +111,7 @@ def test_mask_generation_pipeline_agrees_with_prompted_model(merged, processor, 
 
 def test_zero_shot_semantic_segmentation_pipeline(merged, processor, image, tokenizer):
     segmenter = pipeline("zero-shot-semantic-segmentation", model=merged, processor=processor)
-    segments = segmenter(image, candidate_labels=LABELS)
+    segments = segmenter(image, candidate_labels=LABELS, method="plain")
     class_embeds = merged.encode_class_names(LABELS, tokenizer)
     inputs = processor(images=image, view="dense")
     with torch.no_grad():
@@ -166,8 +166,8 @@ print(json.dumps({{"masks": masks.flatten().tolist(), "logits": logits.flatten()
 
 
 def test_default_pipeline_call_of_the_shipped_model_predicts_background_where_nothing_is():
-    """A user who passes only an image and labels gets the threshold `samclip distill` calibrated: the map beats
-    the all-background map (and the old never-background default) on test mosaics."""
+    """A user who asks for the plain map with only an image and labels gets the threshold `samclip distill`
+    calibrated: the map beats the all-background map (and the old never-background default) on test mosaics."""
     from transformers_samclip.evaluation.metrics import confusion_matrix, mean_iou
     from transformers_samclip.hub.export import SHIPPED_MOSAIC_MODEL_DIR, load_samclip
     from transformers_samclip.mosaic import FASHION_MNIST_CLASSES, make_mosaic_dataset
@@ -180,10 +180,11 @@ def test_default_pipeline_call_of_the_shipped_model_predicts_background_where_no
     for row in make_mosaic_dataset("test", 30, seed=0):
         target = np.asarray(row["semantic_map"]).astype(np.int64)
         predicted = np.zeros_like(target)
-        for segment in segmenter(row["image"], candidate_labels=list(FASHION_MNIST_CLASSES)):
+        for segment in segmenter(row["image"], candidate_labels=list(FASHION_MNIST_CLASSES), method="plain"):
             predicted[np.asarray(segment["mask"]) > 0] = labels.index(segment["label"])
         never = np.zeros_like(target)
-        for segment in segmenter(row["image"], candidate_labels=list(FASHION_MNIST_CLASSES), background_threshold=-1.0):
+        for segment in segmenter(row["image"], candidate_labels=list(FASHION_MNIST_CLASSES), method="plain",
+                                 background_threshold=-1.0):
             never[np.asarray(segment["mask"]) > 0] = labels.index(segment["label"])
         for name, prediction in (("default", predicted), ("all background", np.zeros_like(target)),
                                  ("never background", never)):

@@ -10,6 +10,7 @@ from .prompted import evaluate_prompted_segmentation
 from .semantic import (
     calibrate_background_threshold,
     evaluate_cascade_baseline,
+    evaluate_instance_semantic_segmentation,
     evaluate_label_maps,
     evaluate_maskclip_baseline,
     evaluate_semantic_segmentation,
@@ -25,6 +26,7 @@ __all__ = [
     "class_text_embeddings",
     "confusion_matrix",
     "evaluate_cascade_baseline",
+    "evaluate_instance_semantic_segmentation",
     "evaluate_label_maps",
     "evaluate_maskclip_baseline",
     "evaluate_prompted_segmentation",

@@ -33,7 +33,7 @@ from ._common import subset, versions
 from .classification import evaluate_zero_shot_classification
 from .mosaic import evaluate_samclip_on_mosaic, evaluate_teachers_on_mosaic, format_results_table
 from .recognition import crop_labeller, evaluate_recognition, one_pass_labeller
-from .semantic import evaluate_maskclip_baseline, evaluate_semantic_segmentation
+from .semantic import evaluate_instance_semantic_segmentation, evaluate_maskclip_baseline, evaluate_semantic_segmentation
 
 SEMANTIC_COLUMNS = ("semantic_map", "annotation", "segmentation", "label_map", "semantic_segmentation")
 INSTANCE_COLUMNS = ("instance_masks", "masks")
@@ -174,6 +174,9 @@ def _evaluate_dataset(args, model, processor) -> tuple[dict[str, dict], int]:
         for refine, key in ((False, "semseg_miou"), (True, "semseg_refined_miou")):
             rows[name][key] = evaluate_semantic_segmentation(
                 model, processor, dataset, columns["class_names"], refine=refine, **common)["miou"]
+        rows[name]["semseg_instances_miou"] = evaluate_instance_semantic_segmentation(
+            model, processor, dataset, columns["class_names"], image_column=columns["image"],
+            semantic_column=columns["semantic"], limit=args.limit)["miou"]
     return rows, skipped
 
 

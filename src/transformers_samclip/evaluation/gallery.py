@@ -1,5 +1,5 @@
 """Segmentation gallery: a PNG grid, one row per image, one column per label map (ground truth, SAM-CLIP plain,
-SAM-CLIP SAM-refined, the SAM+CLIP cascade baseline), with column titles and a colour legend. Numbers say how much
+SAM-CLIP SAM-refined, SAM-CLIP one pass (its labelled masks painted), the SAM+CLIP cascade baseline), with column titles and a colour legend. Numbers say how much
 a segmenter gets right; the gallery shows what it gets wrong.
 
 Make one (the mosaic model, 8 test mosaics; `--teachers` adds the teacher rows to the table and is not needed for
@@ -196,7 +196,8 @@ def mosaic_gallery(
     cascade_iou_threshold: float | None = None,
 ) -> GalleryLayout:
     """Gallery of the first `num_mosaics` test mosaics (`make_mosaic_dataset("test", num_mosaics, seed)`): image,
-    ground truth, the SAM-CLIP `model`'s plain and SAM-refined segmentation, and (when `teachers`, a dict as from
+    ground truth, the SAM-CLIP `model`'s plain, SAM-refined and one-pass painted (labelled masks) segmentation, and
+    (when `teachers`, a dict as from
     `load_mosaic_teachers()`, is given) the SAM+CLIP cascade, all predicted by the evaluation's own code with its
     background threshold (the model's `config.background_threshold`, else calibrated on `calibration_mosaics`
     train mosaics; the cascade's predicted-IoU threshold `cascade_iou_threshold`, else calibrated there too).
@@ -208,6 +209,7 @@ def mosaic_gallery(
         calibrate_background_threshold,
         calibrate_cascade_iou_threshold,
         cascade_segmenter,
+        instance_semantic_segmenter,
         samclip_cosine_maps,
     )
 
@@ -227,6 +229,7 @@ def mosaic_gallery(
         logits, encoding = _samclip_segmentation(model, processor, images, class_embeds, refine, size, threshold)
         columns[title] = processor.post_process_semantic_segmentation(
             logits, encoding["original_sizes"], encoding["reshaped_input_sizes"])
+    columns["SAM-CLIP one pass"] = instance_semantic_segmenter(model, processor, class_names)(images)
     if teachers is not None:
         sam = (teachers["sam_model"], teachers["sam_processor"], teachers["clip_model"], teachers["clip_processor"])
         iou_threshold = cascade_iou_threshold

@@ -7,8 +7,12 @@ Run (test mosaics; the cascade row needs the teachers)::
 
 Ground truth: every visible item of a mosaic is an instance; items less than 30% visible are ignored (neither found
 nor missed), as in the prompted evaluation. Both methods share SAM's automatic-mask selection (the model package's
-`select_generated_masks`, an 8x8 point grid). Time per 128 px mosaic, 1 thread: ~0.1 s SAM-CLIP, ~0.25 s cascade.
-Target (issue 11): SAM-CLIP >= the cascade on AP50 and PQ at <= 0.5x its time.
+`select_generated_masks`; the cascade prompts an 8x8 point grid, SAM-CLIP by default the peaks of its own class-score
+map plus a 4x4 grid). Precision, recall and F1@0.5 count every kept mask; "none of these" is measured with the
+confidence threshold of :func:`calibrate_instance_score_threshold`, calibrated on train mosaics. Time per 128 px
+mosaic, 1 thread, quiet machine (`python -m transformers_samclip.evaluation.readouts --timing`): ~60 ms SAM-CLIP with
+peak prompts, ~135 ms with the 8x8 grid, ~130 ms cascade.
+Target (issue 19): SAM-CLIP >= the cascade on AP50 and PQ at <= 0.6x its time.
 """
 
 from __future__ import annotations
@@ -90,14 +94,11 @@ def box_masks(masks) -> np.ndarray:
     return boxes
 
 
-def evaluate_instance_segmentation(segment: InstanceSegmenter, dataset, class_names, limit: int | None = None,
-                                   batch_size: int = 1, desc: str = "instance segmentation",
-                                   image_column: str = "image", **target_options) -> dict:
-    """Class-aware mask AP / AP50 / AP75 and panoptic quality (PQ, SQ, RQ) of `segment` on a dataset with
-    instance masks and labels (:func:`metrics.instance_segmentation_metrics`), box AP / AP50 of the instances' tight
-    boxes (`box_ap`, `box_ap50`: what `zero-shot-object-detection` returns, against the targets' boxes), plus
-    `seconds_per_image` (wall time of `segment` alone) and the mean number of instances predicted per image;
-    unreadable images are skipped and counted (`skipped_samples`)."""
+def collect_instances(segment: InstanceSegmenter, dataset, limit: int | None = None, batch_size: int = 1,
+                      desc: str = "instance segmentation", image_column: str = "image", **target_options) -> dict:
+    """Run `segment` over a dataset: `{"predictions", "targets", "seconds", "skipped"}`, predictions as numpy dicts
+    (`masks`, `class_ids`, `scores`), targets from :func:`instance_targets`, `seconds` the wall time of `segment`
+    alone; unreadable images are skipped and counted."""
     dataset = subset(dataset, limit)
     predictions, targets, seconds = [], [], 0.0
     skipped = SkippedSamples()
@@ -109,11 +110,57 @@ def evaluate_instance_segmentation(segment: InstanceSegmenter, dataset, class_na
             predictions.append({key: np.asarray(torch.as_tensor(output[key]).cpu()) for key in ("masks", "class_ids",
                                                                                                  "scores")})
             targets.append(instance_targets(rows, index, **target_options))
+    return {"predictions": predictions, "targets": targets, "seconds": seconds, "skipped": skipped.count}
+
+
+def above_score(predictions: list[dict], threshold: float) -> list[dict]:
+    """The predictions whose score is at least `threshold` (what `score_threshold` keeps)."""
+    return [{key: value[prediction["scores"] >= threshold] for key, value in prediction.items()}
+            for prediction in predictions]
+
+
+def calibrate_instance_score_threshold(model, processor, dataset, class_names, templates=None,
+                                       num_candidates: int = 21, **options) -> dict:
+    """The "none of these" confidence threshold of label-everything that maximises instance F1@0.5 on `dataset`
+    (use TRAIN mosaics): SAM-CLIP's instances with every mask kept, then candidate thresholds at `num_candidates`
+    quantiles (0 to 0.9) of their scores. Returns `{"threshold", "f1", "f1_all_masks"}`; store the threshold as
+    `config.instance_score_threshold` to make it the model's default."""
+    segment = samclip_instance_segmenter(model, processor, class_names, templates, score_threshold=0.0, **options)
+    collected = collect_instances(segment, dataset, desc="instance threshold calibration")
+    scores = np.concatenate([p["scores"] for p in collected["predictions"]] or [np.zeros(0)])
+    candidates = np.unique(np.quantile(scores, np.linspace(0, 0.9, num_candidates))) if len(scores) else np.zeros(1)
+    f1 = [instance_segmentation_metrics(above_score(collected["predictions"], t), collected["targets"],
+                                        len(class_names), iou_thresholds=(0.5,))["f1"] for t in candidates]
+    best = int(np.argmax(f1))
+    all_masks = instance_segmentation_metrics(collected["predictions"], collected["targets"], len(class_names),
+                                              iou_thresholds=(0.5,))["f1"]
+    return {"threshold": float(candidates[best]), "f1": float(f1[best]), "f1_all_masks": float(all_masks)}
+
+
+def evaluate_instance_segmentation(segment: InstanceSegmenter, dataset, class_names, limit: int | None = None,
+                                   batch_size: int = 1, desc: str = "instance segmentation",
+                                   image_column: str = "image", score_thresholds: dict | None = None,
+                                   **target_options) -> dict:
+    """Class-aware mask AP / AP50 / AP75 and panoptic quality (PQ, SQ, RQ) of `segment` on a dataset with
+    instance masks and labels (:func:`metrics.instance_segmentation_metrics`), box AP / AP50 of the instances' tight
+    boxes (`box_ap`, `box_ap50`: what `zero-shot-object-detection` returns, against the targets' boxes), plus
+    `seconds_per_image` (wall time of `segment` alone) and the mean number of instances predicted per image;
+    unreadable images are skipped and counted (`skipped_samples`). With `score_thresholds` (`{name: threshold}`), also `precision`, `recall` and
+    `f1` of the predictions scoring at least each threshold, under `rejected[name]`."""
+    collected = collect_instances(segment, dataset, limit, batch_size, desc, image_column, **target_options)
+    predictions, targets, seconds = collected["predictions"], collected["targets"], collected["seconds"]
     result = instance_segmentation_metrics(predictions, targets, len(class_names))
     boxes = instance_segmentation_metrics([{**p, "masks": box_masks(p["masks"])} for p in predictions],
                                           [{**t, "masks": box_masks(t["masks"])} for t in targets], len(class_names))
     result.update(box_ap=boxes["ap"], box_ap50=boxes["ap50"])
+    if score_thresholds:
+        result["rejected"] = {}
+        for name, threshold in score_thresholds.items():
+            kept = instance_segmentation_metrics(above_score(predictions, threshold), targets, len(class_names),
+                                                 iou_thresholds=(0.5,))
+            result["rejected"][name] = {key: kept[key] for key in ("precision", "recall", "f1", "ap50")}
+            result["rejected"][name]["threshold"] = threshold
     result.update(seconds_per_image=seconds / max(len(predictions), 1), num_images=len(predictions),
-                  skipped_samples=skipped.count,
+                  skipped_samples=collected["skipped"],
                   instances_per_image=float(np.mean([len(p["scores"]) for p in predictions])) if predictions else 0.0)
     return result

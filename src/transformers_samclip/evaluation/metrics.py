@@ -62,7 +62,9 @@ def instance_segmentation_metrics(predictions, targets, num_classes: int,
     their class with the highest IoU >= the threshold; 101-point interpolation; mean over classes with targets.
     PQ (Kirillov et al.): predictions made non-overlapping first (best score first, a segment kept when at least half
     of it is left to it), matched to same-class targets at IoU > 0.5, PQ_c = sum of matched IoUs / (TP + FP/2 + FN/2),
-    mean over classes that occur. Returns `{"ap", "ap50", "ap75", "pq", "sq", "rq", "per_class_ap", "per_class_pq"}`."""
+    mean over classes that occur. Precision, recall and F1 at IoU 0.5 count every prediction (the AP50 matching,
+    pooled over classes). Returns `{"ap", "ap50", "ap75", "pq", "sq", "rq", "precision", "recall", "f1",
+    "per_class_ap", "per_class_pq"}`."""
     if len(predictions) != len(targets):
         raise ValueError(f"{len(predictions)} predictions vs {len(targets)} targets: give one of each per image.")
     detections = {(c, t): ([], []) for c in range(num_classes) for t in iou_thresholds}
@@ -130,6 +132,15 @@ def instance_segmentation_metrics(predictions, targets, num_classes: int,
     def mean(values):
         return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
 
+    # Precision / recall / F1 at IoU 0.5 over all kept predictions (the matches AP50 counts, every score kept):
+    # how many named masks are right things, and how many things are found and named right.
+    f1_threshold = 0.5 if 0.5 in iou_thresholds else iou_thresholds[0]
+    hits = [hit for c in range(num_classes) for hit in detections[(c, f1_threshold)][1]]
+    true_positives = float(sum(hits))
+    precision = true_positives / len(hits) if hits else 0.0
+    recall = true_positives / num_targets.sum() if num_targets.sum() else float("nan")
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+
     return {
         "ap": mean(per_class_ap.mean(axis=1)),
         "ap50": mean(per_class_ap[:, ap50_index]) if ap50_index is not None else float("nan"),
@@ -137,6 +148,9 @@ def instance_segmentation_metrics(predictions, targets, num_classes: int,
         "pq": mean(per_class_pq),
         "sq": mean(np.where(occurs, sq, np.nan)),
         "rq": mean(rq),
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
         "per_class_ap": per_class_ap.mean(axis=1).tolist(),
         "per_class_pq": per_class_pq.tolist(),
     }

@@ -19,10 +19,20 @@ from __future__ import annotations
 import time
 
 from .classification import evaluate_zero_shot_classification
-from .instance import cascade_instance_segmenter, evaluate_instance_segmentation, samclip_instance_segmenter
+from .instance import (
+    calibrate_instance_score_threshold,
+    cascade_instance_segmenter,
+    evaluate_instance_segmentation,
+    samclip_instance_segmenter,
+)
 from .prompted import evaluate_prompted_segmentation
 from .recognition import crop_labeller, evaluate_recognition, one_pass_labeller
-from .semantic import evaluate_cascade_baseline, evaluate_maskclip_baseline, evaluate_semantic_segmentation
+from .semantic import (
+    evaluate_cascade_baseline,
+    evaluate_instance_semantic_segmentation,
+    evaluate_maskclip_baseline,
+    evaluate_semantic_segmentation,
+)
 
 # (result key, table header), in the order of the paper's tables.
 RESULT_COLUMNS = (
@@ -37,9 +47,12 @@ RESULT_COLUMNS = (
     ("recognition_one_pass", "recognition one pass"),
     ("semseg_miou", "semseg mIoU"),
     ("semseg_refined_miou", "refined semseg mIoU"),
+    ("semseg_instances_miou", "one-pass painted semseg mIoU"),
     ("instance_ap50", "label-everything AP50"),
     ("detection_box_ap50", "detection box AP50"),
     ("panoptic_pq", "PQ"),
+    ("instance_f1", "F1@0.5"),
+    ("instance_f1_rejected", "F1@0.5 with none-of-these"),
 )
 
 
@@ -107,16 +120,25 @@ def _cascade_row(result: dict) -> dict:
     return {**_semseg_row(result), "semseg_pred_iou_threshold": result["pred_iou_threshold"]}
 
 
-def _instance_row(segment, mosaics, desc: str) -> dict:
-    """Label-everything metrics (AP50, AP, PQ, time per image) of an instance segmenter on the test mosaics, and the
-    box AP50 of its instances as detections."""
+def _instance_row(segment, mosaics, desc: str, score_threshold: float | None = None) -> dict:
+    """Label-everything metrics (AP50, AP, PQ, precision / recall / F1@0.5, time per image) of an instance segmenter
+    on the test mosaics and the box AP50 of its instances as detections; with `score_threshold`, precision / recall / F1@0.5 of the masks scoring at least it too
+    (the "none of these" rejection), under `instance_*_rejected`."""
     from ..mosaic import FASHION_MNIST_CLASSES
 
-    result = evaluate_instance_segmentation(segment, mosaics, FASHION_MNIST_CLASSES, desc=desc)
-    return {"instance_ap50": result["ap50"], "instance_ap": result["ap"], "panoptic_pq": result["pq"],
-            "detection_box_ap50": result["box_ap50"],
-            "instance_seconds_per_image": result["seconds_per_image"],
-            "instances_per_image": result["instances_per_image"]}
+    thresholds = {"rejected": score_threshold} if score_threshold is not None else None
+    result = evaluate_instance_segmentation(segment, mosaics, FASHION_MNIST_CLASSES, desc=desc,
+                                            score_thresholds=thresholds)
+    row = {"instance_ap50": result["ap50"], "instance_ap": result["ap"], "panoptic_pq": result["pq"],
+           "instance_precision": result["precision"], "instance_recall": result["recall"],
+           "instance_f1": result["f1"], "detection_box_ap50": result["box_ap50"],
+           "instance_seconds_per_image": result["seconds_per_image"],
+           "instances_per_image": result["instances_per_image"]}
+    if thresholds:
+        rejected = result["rejected"]["rejected"]
+        row.update({f"instance_{key}_rejected": rejected[key] for key in ("precision", "recall", "f1", "ap50")},
+                   instance_score_threshold=score_threshold)
+    return row
 
 
 def evaluate_samclip_on_mosaic(
@@ -124,8 +146,10 @@ def evaluate_samclip_on_mosaic(
     calibration_mosaics: int = 20,
 ) -> dict:
     """Every mosaic-world metric of a merged `SamClipModel`: `zero_shot_top1`, `box_miou`, `point1_miou`,
-    `point3_miou`, `semseg_miou`, `semseg_refined_miou`, label-everything `instance_ap50` / `instance_ap` /
-    `panoptic_pq`, plus sizes, background thresholds and wall time.
+    `point3_miou`, `semseg_miou`, `semseg_refined_miou`, `semseg_instances_miou` (the one-pass labelled masks
+    painted), label-everything `instance_ap50` / `instance_ap` / `panoptic_pq` / `instance_precision` /
+    `instance_recall` / `instance_f1` (every mask kept) and the same F1 with "none of these"
+    (`instance_f1_rejected`, at `instance_score_threshold`), plus sizes, thresholds and wall time.
     `num_items=None` takes all 10,000 test items; 0 skips a part."""
     from ..mosaic import FASHION_MNIST_CLASSES
 
@@ -143,8 +167,17 @@ def evaluate_samclip_on_mosaic(
                 model, processor, data["mosaics"], FASHION_MNIST_CLASSES, refine=refine,
                 calibration_dataset=None if stored else data["calibration"],
             ), prefix))
-        row.update(_instance_row(samclip_instance_segmenter(model, processor, FASHION_MNIST_CLASSES), data["mosaics"],
-                                 "label everything"))
+        row.update(_semseg_row(evaluate_instance_semantic_segmentation(
+            model, processor, data["mosaics"], FASHION_MNIST_CLASSES), "semseg_instances"))
+        # Every mask kept (what AP and PQ rank), and "none of these" at the model's stored confidence threshold or
+        # one calibrated on the train mosaics for F1.
+        threshold = getattr(model.config, "instance_score_threshold", None)
+        if threshold is None:
+            threshold = calibrate_instance_score_threshold(model, processor, data["calibration"],
+                                                           FASHION_MNIST_CLASSES)["threshold"]
+        row.update(_instance_row(samclip_instance_segmenter(model, processor, FASHION_MNIST_CLASSES,
+                                                            score_threshold=0.0),
+                                 data["mosaics"], "label everything", score_threshold=threshold))
         row.update(_recognition_row({"crop": crop_labeller(model, processor, FASHION_MNIST_CLASSES),
                                      "one_pass": one_pass_labeller(model, processor, FASHION_MNIST_CLASSES)},
                                     data["mosaics"]))

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..modeling import mask_pooled_tokens
 from ._common import SkippedSamples, clip_view, iter_batches, model_device, rgb, sam_view, subset
 from .classification import class_text_embeddings
 from .geometry import masked_crop, square_crop
@@ -52,7 +53,8 @@ def crop_labeller(model, processor, class_names, templates=None, masked: bool = 
 
 def one_pass_labeller(model, processor, class_names, templates=None) -> Labeller:
     """Label each mask as `SamClipModel.instance_segmentation` labels its own masks: the CLIP head's dense tokens of
-    one SAM-path encoder pass, pooled inside the mask (the model's configured pooling), against the class names."""
+    one SAM-path encoder pass, averaged inside the mask (`mask_pooled_tokens`, the one region pooling), projected,
+    against the class names."""
     model.eval()
     class_embeds = class_text_embeddings(model, processor.tokenizer, class_names, templates)
 
@@ -63,13 +65,13 @@ def one_pass_labeller(model, processor, class_names, templates=None) -> Labeller
         height, width = encoding["reshaped_input_sizes"][0].tolist()
         size = pixel_values.shape[-1]
         # Each ground-truth mask in the SAM input frame: resized as the image was, zero in the padding.
-        frame = torch.zeros((len(masks), size, size), dtype=pixel_values.dtype, device=pixel_values.device)
+        frame = torch.zeros((len(masks), size, size), dtype=torch.bool, device=pixel_values.device)
         for index, mask in enumerate(masks):
             resized = Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255).resize((width, height), Image.NEAREST)
-            frame[index, :height, :width] = torch.from_numpy(np.asarray(resized) > 127).to(frame)
+            frame[index, :height, :width] = torch.from_numpy(np.asarray(resized) > 127)
         tokens = model.clip_head.dense_tokens(model.vision_encoder(pixel_values, compute_neck=False).trunk_hidden_state)
-        cosines = model._mask_class_cosines(tokens[0], frame * 2 - 1, class_embeds.to(pixel_values.dtype), "mean_tokens")
-        return cosines.argmax(dim=1).cpu().numpy()
+        embeddings = F.normalize(model.clip_head.projector(mask_pooled_tokens(tokens[0], frame)), dim=-1)
+        return (embeddings @ class_embeds.to(embeddings.dtype).T).argmax(dim=1).cpu().numpy()
 
     return label
 

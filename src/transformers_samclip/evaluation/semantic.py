@@ -187,6 +187,42 @@ def evaluate_semantic_segmentation(
     return result
 
 
+@torch.no_grad()
+def instance_semantic_segmenter(model, processor, class_names, templates=None, **instance_options) -> Segmenter:
+    """SAM-CLIP's `semantic_segmentation_from_instances` (the one-pass labelled masks painted into a map) as a
+    segmenter, called as the pipeline calls it (SAM view, label maps at the original size); `instance_options` go to
+    `instance_segmentation`."""
+    model.eval()
+    class_embeds = class_text_embeddings(model, processor.tokenizer, class_names, templates)
+
+    def segment(images):
+        encoding = sam_view(processor, [rgb(image) for image in images])
+        logits = model.semantic_segmentation_from_instances(
+            encoding["pixel_values"].to(model_device(model), model.dtype), class_embeds,
+            input_sizes=encoding["reshaped_input_sizes"].tolist(), **instance_options,
+        ).logits.float().cpu()
+        return processor.post_process_semantic_segmentation(
+            logits, encoding["original_sizes"], encoding["reshaped_input_sizes"]
+        )
+
+    return segment
+
+
+@torch.no_grad()
+def evaluate_instance_semantic_segmentation(
+    model, processor, dataset, class_names, templates=None, image_column: str = "image",
+    semantic_column: str = "semantic_map", ignore_index: int | None = 255, batch_size: int = 16,
+    limit: int | None = None, **instance_options,
+) -> dict:
+    """Semantic mIoU of the one-pass labelled masks painted into a map (:func:`instance_semantic_segmenter`). No
+    background threshold: pixels no kept mask covers are background, as in the cascade. Returns
+    `{"miou", "per_class_iou", "num_images", "skipped_samples"}`."""
+    segment = instance_semantic_segmenter(model, processor, class_names, templates, **instance_options)
+    return evaluate_label_maps(segment, dataset, class_names, image_column=image_column,
+                               semantic_column=semantic_column, ignore_index=ignore_index, batch_size=batch_size,
+                               limit=limit, desc="one-pass painted semantic segmentation")
+
+
 # ------------------------------------------------------------------------------------------------ baselines
 @torch.no_grad()
 def maskclip_dense_features(clip_model, pixel_values: torch.Tensor) -> torch.Tensor:
