@@ -284,7 +284,8 @@ def test_cli_teachers_from_a_folder(tiny_teachers, tmp_path):
             "--calibration-mosaics", "2", "--output", str(output)]
     assert main(argv) == 0
     rows = json.loads(output.read_text())["rows"]
-    assert list(rows) == ["CLIP teacher", "SAM teacher", "MaskCLIP baseline", "SAM+CLIP cascade"]
+    assert list(rows) == ["CLIP teacher", "SAM teacher", "MaskCLIP baseline", "SAM+CLIP cascade",
+                          "SAM+CLIP cascade (masked crops)"]
 
 
 def test_cli_imagefolder_suite(merged, processor, tmp_path):
