@@ -48,7 +48,7 @@ FASHION_LABELS = "T-shirt/top, Trouser, Pullover, Dress, Coat, Sandal, Shirt, Sn
 ENDPOINTS = {
     "/classify": ("mosaic-0.png", FASHION_LABELS),
     "/segment": ("mosaic-2.png", "box 11, 8, 74, 75"),
-    "/segment_text": ("mosaic-2.png", "Bag, Sandal, Coat", True, -1),
+    "/segment_text": ("mosaic-2.png", "Bag, Sandal, Coat", "SAM-refined map", -1),
     "/label_everything": ("mosaic-0.png", FASHION_LABELS, -1),
 }
 

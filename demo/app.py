@@ -41,6 +41,8 @@ EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 PHOTOS_DIR = Path(tempfile.gettempdir()) / "samclip-demo-photos"
 FASHION_LABELS = "T-shirt/top, Trouser, Pullover, Dress, Coat, Sandal, Shirt, Sneaker, Bag, Ankle boot"
 PROMPT_MODES = ("Positive point", "Negative point", "Box (two clicks)")
+# Text-to-mask methods, the best measured first (200 test mosaics: one pass 0.32 mIoU, refined 0.21, plain 0.12).
+TEXT_TO_MASK_METHODS = ("One pass: labelled masks", "SAM-refined map", "Plain dense map")
 PROMPT_HELP = "One prompt per line: `+ x, y` (positive point), `- x, y` (negative point), `box x0, y0, x1, y1`."
 MASK_OPACITY = 0.7  # AnnotatedImage paints a mask's value as its alpha: the image stays visible underneath
 # Distinct, readable mask colours (Tableau 20), given to AnnotatedImage in order; a lone prompted mask gets a hot
@@ -305,15 +307,25 @@ class SamClipDemo:
 
     @torch.no_grad()
     def segment_text(
-        self, image: Image.Image | None, labels_text: str, refine: bool, background_threshold: float | None = None
+        self, image: Image.Image | None, labels_text: str, method: str = TEXT_TO_MASK_METHODS[0],
+        background_threshold: float | None = None,
     ) -> AnnotatedValue:
         """Text-to-mask semantic segmentation: one mask per class name, labelled with the share of the image it
-        covers. Pixels whose best cosine is below `background_threshold` stay uncoloured (default: the threshold
-        the model carries in its config; -1 turns background off)."""
+        covers. `method` is one of :data:`TEXT_TO_MASK_METHODS`: the one-pass labelled masks painted (the best
+        measured, default), the SAM-refined map or the plain dense map. On the two maps, pixels whose best cosine is
+        below `background_threshold` stay uncoloured (default: the threshold the model carries in its config; -1
+        turns background off); the painted masks leave uncoloured what no mask covers."""
         image, labels = check_image(image), parse_labels(labels_text)
+        if method not in TEXT_TO_MASK_METHODS:
+            raise gr.Error(f"Unknown method {method!r}: choose one of {', '.join(TEXT_TO_MASK_METHODS)}.")
         class_embeds = self.model.encode_class_names(labels, self.processor.tokenizer)
         threshold = background_threshold
-        if refine:
+        if method == TEXT_TO_MASK_METHODS[0]:
+            inputs = self.processor(images=image, view="sam")
+            output = self.model.semantic_segmentation_from_instances(
+                self._on_device(inputs)["pixel_values"], class_embeds,
+                input_sizes=inputs["reshaped_input_sizes"].tolist())
+        elif method == TEXT_TO_MASK_METHODS[1]:
             inputs = self.processor(images=image, view="sam")
             output = self.model.semantic_segmentation_refined(
                 self._on_device(inputs)["pixel_values"], class_embeds, background_threshold=threshold
@@ -417,8 +429,8 @@ def build_demo(demo: SamClipDemo, cache_dir: Path | None = None) -> gr.Blocks:
         value, iou = segment(image, prompts)
         return coloured(value, [PROMPTED_MASK_COLOUR]), iou
 
-    def segment_text_coloured(image: Image.Image | None, labels: str, refine: bool, background_threshold: float):
-        return coloured(segment_text(image, labels, refine, background_threshold))
+    def segment_text_coloured(image: Image.Image | None, labels: str, method: str, background_threshold: float):
+        return coloured(segment_text(image, labels, method, background_threshold))
 
     def label_everything_coloured(image: Image.Image | None, labels: str, background_threshold: float):
         value, table = label_everything(image, labels, background_threshold)
@@ -481,7 +493,8 @@ def build_demo(demo: SamClipDemo, cache_dir: Path | None = None) -> gr.Blocks:
                 with gr.Column():
                     sem_image = gr.Image(type="pil", format="png", height=IMAGE_HEIGHT, label="Image")
                     sem_labels = gr.Textbox(label="Class names (comma-separated)", value="Bag, Sandal, Coat")
-                    sem_refine = gr.Checkbox(label="Refine with the SAM head", value=False)
+                    one_pass, refined, _ = TEXT_TO_MASK_METHODS
+                    sem_method = gr.Radio(list(TEXT_TO_MASK_METHODS), value=TEXT_TO_MASK_METHODS[0], label="Method")
                     stored = demo.model.config.background_threshold
                     stored = -1 if stored is None else round(stored, 3)
                     sem_threshold = gr.Slider(
@@ -490,14 +503,14 @@ def build_demo(demo: SamClipDemo, cache_dir: Path | None = None) -> gr.Blocks:
                     sem_button = gr.Button("Segment", variant="primary")
                 sem_output = gr.AnnotatedImage(format="png", height=DISPLAY_SIZE, label="Classes (share of the image)")
             gr.Examples(
-                [[mosaics[2], "Bag, Sandal, Coat", False, stored], [mosaics[2], "Bag, Sandal, Coat", True, stored],
-                 [mosaics[10], "Bag, Coat, Pullover", True, stored],
-                 [photos["coffee"], "Bag, Sandal, Coat", False, stored]],
-                inputs=[sem_image, sem_labels, sem_refine, sem_threshold], outputs=sem_output, fn=segment_text_coloured,
+                [[mosaics[2], "Bag, Sandal, Coat", one_pass, stored], [mosaics[2], "Bag, Sandal, Coat", refined, stored],
+                 [mosaics[10], "Bag, Coat, Pullover", one_pass, stored],
+                 [photos["coffee"], "Bag, Sandal, Coat", one_pass, stored]],
+                inputs=[sem_image, sem_labels, sem_method, sem_threshold], outputs=sem_output, fn=segment_text_coloured,
                 cache_examples=True,
             )
             on_click(sem_button, segment_text_coloured, segment_text,
-                     [sem_image, sem_labels, sem_refine, sem_threshold], [sem_output], "segment_text")
+                     [sem_image, sem_labels, sem_method, sem_threshold], [sem_output], "segment_text")
         with gr.Tab("Label everything"):
             with gr.Row():
                 with gr.Column():
