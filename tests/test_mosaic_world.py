@@ -30,10 +30,13 @@ from transformers_samclip.mosaic import (  # noqa: E402
 from transformers_samclip.mosaic import fashion_mnist, teachers  # noqa: E402
 from transformers_samclip.mosaic.mosaics import SCENE_TEMPLATES  # noqa: E402
 
-# Floors a little below what the shipped teachers measure (500 test views: CLIP top-1 0.718; the SAM teacher's
-# full-split box 0.846 / 1-point 0.806, 50 mosaics 0.830 / 0.786); the metrics are deterministic. CLIP is below
-# the mosaic world's 0.80 target (box is 0.004 under its 0.85): see BUILD.json for the training budgets.
-CLIP_TOP1_FLOOR_500 = 0.68
+# Floors a little below what the shipped teachers measure (500 test views: CLIP top-1 0.766, held-out look 0.596,
+# raw photos 0.808; recognition on the ground-truth masks of 50 test mosaics from masked crops 0.723; the SAM
+# teacher's full-split box 0.846 / 1-point 0.806, 50 mosaics 0.830 / 0.786); the metrics are deterministic. The CLIP
+# teacher is below issue 18's floors (0.85 / 0.70 / 0.80 / 0.75 on the full test split): BUILD.json has its curve.
+CLIP_TOP1_FLOOR_500 = 0.74
+CLIP_FLOORS_500 = {"zero_shot_top1": CLIP_TOP1_FLOOR_500, "zero_shot_top1_heldout": 0.57, "zero_shot_top1_raw": 0.78,
+                   "recognition_masked_crop": 0.69}
 SAM_BOX_MIOU_FLOOR_100 = 0.80
 SAM_POINT_MIOU_FLOOR_100 = 0.75
 
@@ -256,10 +259,16 @@ def test_shipped_teachers_measured_by_the_harness(monkeypatch):
     # The builder's own measurement (what BUILD.json records), on the first 500 views and 100 mosaics.
     loaded = _shipped()
     assert not loaded["clip_model"].training and not loaded["sam_model"].training
-    monkeypatch.setattr(teachers, "make_item_views", lambda split, seed: make_item_views(split, 500, seed))
-    monkeypatch.setattr(teachers, "make_mosaic_dataset", lambda split, num, seed: make_mosaic_dataset(split, 100, seed))
-    clip = teachers._clip_metrics(loaded["clip_model"], loaded["clip_processor"])
-    assert clip["num_views"] == 500 and clip["zero_shot_top1"] >= CLIP_TOP1_FLOOR_500
+    monkeypatch.setattr(teachers, "make_item_views", lambda split, num_items=None, seed=0, style="training":
+                        make_item_views(split, min(num_items or 500, 500), seed, style=style))
+    monkeypatch.setattr(teachers, "make_mosaic_dataset",
+                        lambda split, num, seed: make_mosaic_dataset(split, min(num, 100), seed))
+    clip = teachers._clip_metrics(loaded["clip_model"], loaded["clip_processor"], num_mosaics=50)
+    assert clip["num_views"] == 500
+    for key, floor in CLIP_FLOORS_500.items():
+        assert clip[key] >= floor, (key, clip[key])
+    assert clip["floors"]["zero_shot_top1"] == {"floor": 0.85, "measured": clip["zero_shot_top1"],
+                                                "met": clip["zero_shot_top1"] >= 0.85}
     sam = teachers._sam_metrics(loaded["sam_model"], loaded["sam_processor"])
     assert sam["num_mosaics"] == 100 and sam["min_visible_fraction"] == teachers.MIN_VISIBLE_FRACTION
     assert sam["box_miou"] >= SAM_BOX_MIOU_FLOOR_100
