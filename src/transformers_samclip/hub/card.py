@@ -72,6 +72,12 @@ METRICS = (
            "mean_iou", *MOSAICS),
     Metric("semseg_refined_miou", "Semantic seg. mIoU (SAM-refined)", "image-segmentation",
            "Zero-shot semantic segmentation (SAM-refined)", "mean_iou", *MOSAICS),
+    Metric("semseg_instances_miou", "Semantic seg. mIoU (one pass, labelled masks)", "image-segmentation",
+           "Zero-shot semantic segmentation (one-pass labelled masks, the pipeline's default)", "mean_iou", *MOSAICS),
+    Metric("recognition_one_pass", "Recognition on ground-truth masks (one pass)", "zero-shot-image-classification",
+           "Naming ground-truth instance masks from one encoder pass", "accuracy", *MOSAICS),
+    Metric("recognition_crop", "Recognition on ground-truth masks (crops)", "zero-shot-image-classification",
+           "Naming ground-truth instance masks from their square crops", "accuracy", *MOSAICS),
 )
 
 
