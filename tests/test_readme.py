@@ -4,6 +4,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -56,3 +57,22 @@ def test_readme_label_everything_example_runs_without_the_package(tmp_path):
     instances = json.loads(result.stdout.strip().splitlines()[-1])
     # mosaic-0 shows a T-shirt and a sneaker; the one-pass labels may be wrong, the masks come at the image size.
     assert len(instances) >= 2 and all(size == [128, 128] for _, size in instances)
+
+
+def test_result_tables_are_written_from_their_results_json(tmp_path):
+    """Every results table in the README is what `evaluation.tables` writes from the results.json it names."""
+    from transformers_samclip.evaluation.tables import render_results_tables, update_results_tables
+
+    text = README.read_text()
+    assert text.count("<!-- results-table:") >= 2
+    assert render_results_tables(text, README.parent) == text, "run: python -m transformers_samclip.evaluation.tables README.md"
+    # A stale table is rewritten; an unknown column group is named.
+    results = tmp_path / "results.json"
+    results.write_text('{"rows": {"m": {"zero_shot_top1": 0.5, "box_miou": 0.25}}}')
+    page = tmp_path / "page.md"
+    page.write_text("<!-- results-table: results.json segmentation -->\n| old |\n<!-- /results-table -->\n")
+    assert update_results_tables(page) and "| m | - | 0.250 |" not in page.read_text()
+    assert page.read_text().splitlines()[3].startswith("| m | 0.250 |") and not update_results_tables(page)
+    page.write_text("<!-- results-table: results.json nonsense -->\n<!-- /results-table -->\n")
+    with pytest.raises(ValueError, match="unknown column group 'nonsense'"):
+        update_results_tables(page)

@@ -240,15 +240,8 @@ def load_coco_instances(
 def _sa1b_rows(pairs, masks_column):
     for annotation_file, image_path in pairs:
         data = _read_json(Path(annotation_file))
-        _require(data, ("image", "annotations"), annotation_file, "SA-1B")
-        image = data["image"]
-        _require(image, ("height", "width"), f"{annotation_file} image", "SA-1B")
-        masks = []
-        for annotation in data["annotations"]:
-            _require(annotation, ("segmentation",), f"{annotation_file} annotation", "SA-1B")
-            masks.append(_rle(annotation["segmentation"], image.get("image_id", annotation_file),
-                              int(image["height"]), int(image["width"])))
-        yield {"image": image_path, "image_id": image.get("image_id"), masks_column: masks}
+        masks = sa1b_masks(data, annotation_file)
+        yield {"image": image_path, "image_id": data["image"].get("image_id"), masks_column: masks}
 
 
 def load_sa1b(

@@ -33,7 +33,7 @@ def render_results_tables(text: str, base: Path) -> str:
             raise ValueError(f"unknown column group {group!r} in {match.group(1).strip()}; use one of "
                              f"{sorted(COLUMN_GROUPS)}.")
         rows = json.loads(path.read_text())["rows"]
-        return match.group(1) + format_results_table(rows, COLUMN_GROUPS[group]) + "\n" + match.group(4)
+        return match.group(1) + format_results_table(rows, COLUMN_GROUPS[group]) + "\n" + match.group(5)
 
     return _BLOCK.sub(table, text)
 
