@@ -32,8 +32,12 @@ from ..cli import UsageError, check_at_least, check_model_source, check_path
 from ._common import subset, versions
 from .classification import evaluate_zero_shot_classification
 from .mosaic import evaluate_samclip_on_mosaic, evaluate_teachers_on_mosaic, format_results_table
-from .recognition import crop_labeller, evaluate_recognition, one_pass_labeller
-from .semantic import evaluate_instance_semantic_segmentation, evaluate_maskclip_baseline, evaluate_semantic_segmentation
+from .recognition import crop_labeller, one_pass_labeller, recognition_row
+from .semantic import (
+    evaluate_instance_semantic_segmentation,
+    evaluate_maskclip_baseline,
+    evaluate_semantic_segmentation,
+)
 
 SEMANTIC_COLUMNS = ("semantic_map", "annotation", "segmentation", "label_map", "semantic_segmentation")
 INSTANCE_COLUMNS = ("instance_masks", "masks")
@@ -120,13 +124,10 @@ def _recognition_rows(args, dataset, columns, model, processor) -> tuple[dict[st
         labellers = {"crop": crop_labeller(clip, clip_processor, names),
                      "masked_crop": crop_labeller(clip, clip_processor, names, masked=True)}
     else:
-        labellers = {"crop": crop_labeller(model, processor, names), "one_pass": one_pass_labeller(model, processor, names)}
-    result = evaluate_recognition(labellers, dataset, len(names), limit=args.limit, image_column=columns["image"])
-    row = {"recognition_items": result[next(iter(labellers))]["num_items"]}
-    for name in labellers:
-        row[f"recognition_{name}"] = result[name]["accuracy"]
-        row[f"recognition_{name}_confusion"] = result[name]["confusion"]
-    return {"CLIP teacher" if args.model == "teachers" else args.model: row}, result["skipped_samples"]
+        labellers = {"crop": crop_labeller(model, processor, names),
+                     "one_pass": one_pass_labeller(model, processor, names)}
+    row, skipped = recognition_row(labellers, dataset, len(names), limit=args.limit, image_column=columns["image"])
+    return {"CLIP teacher" if args.model == "teachers" else args.model: row}, skipped
 
 
 def _calibration_images(args):

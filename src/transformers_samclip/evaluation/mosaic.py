@@ -26,7 +26,7 @@ from .instance import (
     samclip_instance_segmenter,
 )
 from .prompted import evaluate_prompted_segmentation
-from .recognition import crop_labeller, evaluate_recognition, one_pass_labeller
+from .recognition import crop_labeller, one_pass_labeller, recognition_row
 from .semantic import (
     evaluate_cascade_baseline,
     evaluate_instance_semantic_segmentation,
@@ -108,12 +108,7 @@ def _recognition_row(labellers: dict, mosaics) -> dict:
     `recognition_<labeller>_confusion` matrix (rows: truth, columns: prediction) for each labeller."""
     from ..mosaic import FASHION_MNIST_CLASSES
 
-    result = evaluate_recognition(labellers, mosaics, len(FASHION_MNIST_CLASSES))
-    row = {"recognition_items": result[next(iter(labellers))]["num_items"]}
-    for name in labellers:
-        row[f"recognition_{name}"] = result[name]["accuracy"]
-        row[f"recognition_{name}_confusion"] = result[name]["confusion"]
-    return row
+    return recognition_row(labellers, mosaics, len(FASHION_MNIST_CLASSES))[0]
 
 
 def _cascade_row(result: dict) -> dict:
@@ -122,8 +117,8 @@ def _cascade_row(result: dict) -> dict:
 
 def _instance_row(segment, mosaics, desc: str, score_threshold: float | None = None) -> dict:
     """Label-everything metrics (AP50, AP, PQ, precision / recall / F1@0.5, time per image) of an instance segmenter
-    on the test mosaics and the box AP50 of its instances as detections; with `score_threshold`, precision / recall / F1@0.5 of the masks scoring at least it too
-    (the "none of these" rejection), under `instance_*_rejected`."""
+    on the test mosaics and the box AP50 of its instances as detections; with `score_threshold`, precision / recall /
+    F1@0.5 of the masks scoring at least it too (the "none of these" rejection), under `instance_*_rejected`."""
     from ..mosaic import FASHION_MNIST_CLASSES
 
     thresholds = {"rejected": score_threshold} if score_threshold is not None else None

@@ -113,3 +113,15 @@ def evaluate_recognition(labellers: dict[str, Labeller], dataset, num_classes: i
                          "confusion": matrix.tolist()}
     return {**results, "num_images": num_images, "skipped_samples": skipped.count,
             "min_visible_fraction": min_visible_fraction}
+
+
+def recognition_row(labellers: dict[str, Labeller], dataset, num_classes: int, **options) -> tuple[dict, int]:
+    """:func:`evaluate_recognition` as a results row: `recognition_items`, and for each labeller
+    `recognition_<name>` (accuracy) and `recognition_<name>_confusion`; returns the row and the unreadable images
+    skipped. `options` go to :func:`evaluate_recognition`."""
+    result = evaluate_recognition(labellers, dataset, num_classes, **options)
+    row = {"recognition_items": result[next(iter(labellers))]["num_items"]}
+    for name in labellers:
+        row[f"recognition_{name}"] = result[name]["accuracy"]
+        row[f"recognition_{name}_confusion"] = result[name]["confusion"]
+    return row, result["skipped_samples"]

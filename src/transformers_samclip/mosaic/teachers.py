@@ -702,7 +702,8 @@ def _clip_metrics(model, processor, folder: Path | None = None, num_pipeline_ite
     metrics = {}
     for style, key in (("training", "zero_shot_top1"), ("heldout", "zero_shot_top1_heldout"),
                        ("raw", "zero_shot_top1_raw")):
-        result = evaluate_zero_shot_classification(model, processor, make_item_views("test", seed=0, style=style), names)
+        views = make_item_views("test", seed=0, style=style)
+        result = evaluate_zero_shot_classification(model, processor, views, names)
         metrics[key] = round(result["top1"], 4)
         metrics["num_views"], metrics["num_templates"] = result["num_images"], result["num_templates"]
     if folder is not None:
@@ -754,7 +755,8 @@ def build_teachers(
     output_dir.mkdir(parents=True, exist_ok=True)
     command = command or REBUILD_COMMAND
     trainers = {
-        "clip": (lambda: train_clip(seed=seed, max_steps=clip_steps, minutes=clip_minutes, lr=clip_lr, work_dir=work_dir,
+        "clip": (lambda: train_clip(seed=seed, max_steps=clip_steps, minutes=clip_minutes, lr=clip_lr,
+                                    work_dir=work_dir,
                                     init_from=None if init_from is None else Path(init_from) / "clip",
                                     device=device, workers=workers),
                  _clip_metrics),
@@ -851,7 +853,8 @@ def main(argv: list[str] | None = None) -> dict:
     command = "python -m transformers_samclip.mosaic.teachers " + " ".join(sys.argv[1:] if argv is None else argv)
     return build_teachers(args.output_dir, seed=args.seed, only=args.only, threads=args.threads,
                           clip_minutes=args.clip_minutes, sam_minutes=args.sam_minutes, clip_steps=args.clip_steps,
-                          sam_steps=args.sam_steps, clip_lr=args.clip_lr, work_dir=args.work_dir, init_from=args.init_from,
+                          sam_steps=args.sam_steps, clip_lr=args.clip_lr, work_dir=args.work_dir,
+                          init_from=args.init_from,
                           device=args.device, workers=args.workers,
                           command=command.strip())
 
