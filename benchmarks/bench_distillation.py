@@ -82,16 +82,25 @@ def build_trainer(sam, clip, recipe: Recipe, stage: Stage, work_dir: str, use_cp
     """A fresh student merged from the teachers, in the trainer of `stage`, with its optimizer created."""
     from transformers import TrainingArguments
 
-    student = SamClipModel.from_teachers(sam, clip, image_size=recipe.model.clip_size,
-                                         **dataclasses.asdict(recipe.model.head))
+    student = SamClipModel.from_teachers(
+        sam, clip, image_size=recipe.model.clip_size, **dataclasses.asdict(recipe.model.head)
+    )
     settings = stage.training_args
     args = TrainingArguments(
-        output_dir=work_dir, use_cpu=use_cpu, report_to=[], learning_rate=settings["learning_rate"],
+        output_dir=work_dir,
+        use_cpu=use_cpu,
+        report_to=[],
+        learning_rate=settings["learning_rate"],
         weight_decay=settings.get("weight_decay", 0.0),
     )
     trainer = SamClipDistillationTrainer(
-        student, stage=stage.stage, clip_teacher=clip, sam_teacher=sam, losses=recipe.losses,
-        encoder_lr_scale=stage.encoder_lr_scale, args=args,
+        student,
+        stage=stage.stage,
+        clip_teacher=clip,
+        sam_teacher=sam,
+        losses=recipe.losses,
+        encoder_lr_scale=stage.encoder_lr_scale,
+        args=args,
     )
     if settings.get("activation_checkpointing"):
         trainer.model.activation_checkpointing_enable()
@@ -119,7 +128,9 @@ def make_batch(sam, clip, recipe: Recipe, stage: Stage, clip_batch: int, sam_bat
             input_labels=torch.ones(*points, dtype=torch.int, device=device),
         )
     with torch.no_grad():
-        batch["clip_teacher_embeds"] = clip.get_image_features(pixel_values=batch["clip_teacher_pixel_values"]).pooler_output
+        batch["clip_teacher_embeds"] = clip.get_image_features(
+            pixel_values=batch["clip_teacher_pixel_values"]
+        ).pooler_output
         if "sam_pixel_values" in batch:
             batch["sam_teacher_embeddings"] = sam.get_image_embeddings(batch["sam_pixel_values"])
     return batch
@@ -207,8 +218,11 @@ def main(argv: list[str] | None = None) -> dict:
             ["case", "CPU ms/step", "images/s (CPU time)", "speed-up vs no cache"],
             [[n, s["median_ms"], s["images_per_s"], speedups.get(n, 1.0)] for n, s in steps.items()],
         ),
-        table("Stage-1 step breakdown (differences of medians)", ["part", "ms", "share"],
-              [[part, ms, ms / stage1_ms["stage1_no_cache"]] for part, ms in breakdown.items()]),
+        table(
+            "Stage-1 step breakdown (differences of medians)",
+            ["part", "ms", "share"],
+            [[part, ms, ms / stage1_ms["stage1_no_cache"]] for part, ms in breakdown.items()],
+        ),
         table("Distillation targets", ["target", "value", "target", "met"], target_rows(targets)),
     ]
     print(render_tables(tables))

@@ -115,13 +115,23 @@ def main(argv: list[str] | None = None) -> dict:
     parser = make_parser(__doc__, default_repeats=10)
     parser.set_defaults(threads=None)  # resolved below: every core for a GPU's host side, 1 on CPU
     parser.add_argument("--device", default="cuda", help="cuda (default), or cpu for a --tiny smoke test")
-    parser.add_argument("--batches", type=int, nargs="+", default=None, help="images per call at 224 px (default 64 256)")
-    parser.add_argument("--sam-batches", type=int, nargs="+", default=None, help="images per call at 1024 px (default 16 64)")
-    parser.add_argument("--modes", nargs="+", choices=["eager", "compiled", "cudagraphs"], default=["eager", "compiled"])
+    parser.add_argument(
+        "--batches", type=int, nargs="+", default=None, help="images per call at 224 px (default 64 256)"
+    )
+    parser.add_argument(
+        "--sam-batches", type=int, nargs="+", default=None, help="images per call at 1024 px (default 16 64)"
+    )
+    parser.add_argument(
+        "--modes", nargs="+", choices=["eager", "compiled", "cudagraphs"], default=["eager", "compiled"]
+    )
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the compiled mode")
     parser.add_argument("--quick", action="store_true", help="the first batch of the two headline groups, 5 rounds")
-    parser.add_argument("--peak-tflops", type=float, default=None, help="peak bf16 TFLOP/s, if the GPU is not in the table")
-    parser.add_argument("--budget-s", type=float, default=None, help="skip the remaining groups after this many seconds (420)")
+    parser.add_argument(
+        "--peak-tflops", type=float, default=None, help="peak bf16 TFLOP/s, if the GPU is not in the table"
+    )
+    parser.add_argument(
+        "--budget-s", type=float, default=None, help="skip the remaining groups after this many seconds (420)"
+    )
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         message = "bench_gpu: no CUDA device here; nothing measured (run it on a GPU machine, or --tiny --device cpu)."
@@ -152,7 +162,9 @@ def main(argv: list[str] | None = None) -> dict:
     names = {"sam": sam_size, "clip": clip_sizes[0]}
 
     def inference_cases(batch: int) -> dict:
-        return make_cases(sam, clip, model, make_inputs(sam, clip, clip_sizes, batch=batch, device=device), sam_size, clip_sizes)
+        return make_cases(
+            sam, clip, model, make_inputs(sam, clip, clip_sizes, batch=batch, device=device), sam_size, clip_sizes
+        )
 
     # FLOPs are linear in the batch: counted once per item, eagerly and outside autocast (FlopCounterMode decomposes
     # ops below the autocast layer, so mixed-dtype einsums would fail there; the count depends on neither dtype
@@ -169,7 +181,9 @@ def main(argv: list[str] | None = None) -> dict:
         groups.append(("teacher_cache_stage1", None, pair["teacher_cache_stage1"], ["eager"]))
         groups.append(("clip_sizes", batches[0], [f"samclip_clip_{size}" for size in clip_sizes[1:]], ["eager"]))
         groups.append(("text", batches[0], pair["text"], ["eager"]))
-        groups.append(("both_tasks", sam_batches[0], [*pair["both_tasks"], f"both_tasks_samclip_one_pass_{sam_size}"], ["eager"]))
+        groups.append(
+            ("both_tasks", sam_batches[0], [*pair["both_tasks"], f"both_tasks_samclip_one_pass_{sam_size}"], ["eager"])
+        )
         groups.append(("teacher_cache_stage2", None, pair["teacher_cache_stage2"], ["eager"]))
 
     results, ratios, profiles, skipped = {}, {}, {}, []
@@ -184,10 +198,13 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             cases = inference_cases(batch)
             fns = {name: cases[name] for name in case_names}
-            items = {name: batch for name in case_names}
+            items = dict.fromkeys(case_names, batch)
             flops = {name: flops_per_item[name] * batch for name in case_names}
-        timed = {f"{name}/{mode}": synchronized(compiled(fn, mode, args.compile_backend), device)
-                 for name, fn in fns.items() for mode in modes}
+        timed = {
+            f"{name}/{mode}": synchronized(compiled(fn, mode, args.compile_backend), device)
+            for name, fn in fns.items()
+            for mode in modes
+        }
         with torch.set_grad_enabled(training), torch.inference_mode(not training):
             with torch.autocast(device.type, dtype=torch.bfloat16):
                 times = time_interleaved(timed, args.repeats, warmup=warmup)["wall"]
@@ -211,7 +228,9 @@ def main(argv: list[str] | None = None) -> dict:
                 ratios[f"{label}/{mode}"] = paired_ratio(times, f"{reference}/{mode}", f"{samclip_case}/{mode}")
         for name in fns:
             for mode in modes[1:]:
-                ratios[f"{name}/b{items[name]}/{mode}_vs_eager"] = paired_ratio(times, f"{name}/eager", f"{name}/{mode}")
+                ratios[f"{name}/b{items[name]}/{mode}_vs_eager"] = paired_ratio(
+                    times, f"{name}/eager", f"{name}/{mode}"
+                )
         if group in ("clip_path", "sam_path") and group not in profiles:
             # Per-forward ops, kernels and GPU-busy time, eager, at the group's first batch (the GPU profile of
             # benchmarks/profile_encoder's CPU table).
@@ -225,11 +244,22 @@ def main(argv: list[str] | None = None) -> dict:
         table(
             f"{device_name}: bf16 autocast, SDPA, peak {peak} TFLOP/s",
             ["case", "mode", "items/call", "ms/call", "items/s", "TFLOP/s", "MFU"],
-            [[r["case"], r["mode"], r["items_per_call"], r["median_ms"], r["items_per_s"], r["achieved_tflops"], r["mfu"]]
-             for r in results.values()],
+            [
+                [
+                    r["case"],
+                    r["mode"],
+                    r["items_per_call"],
+                    r["median_ms"],
+                    r["items_per_s"],
+                    r["achieved_tflops"],
+                    r["mfu"],
+                ]
+                for r in results.values()
+            ],
         ),
         table(
-            "Speed ratios (reference time / SAM-CLIP time, or eager time / compiled time; medians of per-round ratios)",
+            "Speed ratios (reference time / SAM-CLIP time, or eager time / compiled time;"
+            " medians of per-round ratios)",
             ["comparison", "ratio"],
             [[name, value] for name, value in ratios.items()],
         ),
@@ -238,8 +268,17 @@ def main(argv: list[str] | None = None) -> dict:
         table(
             f"{group}: one eager forward at batch {next(iter(cases.values()))['batch']}, profiled",
             ["case", "dispatched ops", "kernel ops", "CUDA kernels", "GPU busy ms", "top op by self CPU time"],
-            [[name, p["dispatched_ops"], p["kernel_ops"], p.get("cuda_kernels"), p.get("cuda_ms"), p["top"][0]["op"]]
-             for name, p in cases.items()],
+            [
+                [
+                    name,
+                    p["dispatched_ops"],
+                    p["kernel_ops"],
+                    p.get("cuda_kernels"),
+                    p.get("cuda_ms"),
+                    p["top"][0]["op"],
+                ]
+                for name, p in cases.items()
+            ],
         )
         for group, cases in profiles.items()
     ]
@@ -275,7 +314,9 @@ def training_cases(args, model, sam, clip, device: torch.device, group: str) -> 
     clip_batch = 4 if args.tiny else stage.training_args["per_device_train_batch_size"]
     sam_batch = 0 if stage_index == 0 else (1 if args.tiny else stage.sam_batch_size)
     with tempfile.TemporaryDirectory() as work_dir:
-        trainer = build_trainer(*teachers, recipe, stage, str(Path(work_dir) / str(stage_index + 1)), use_cpu=device.type == "cpu")
+        trainer = build_trainer(
+            *teachers, recipe, stage, str(Path(work_dir) / str(stage_index + 1)), use_cpu=device.type == "cpu"
+        )
     batch = make_batch(*teachers, recipe, stage, clip_batch, sam_batch, device)
     prefix = f"stage{stage_index + 1}"
     fns = {
@@ -283,7 +324,7 @@ def training_cases(args, model, sam, clip, device: torch.device, group: str) -> 
         f"{prefix}_teacher_cache": lambda: train_step(trainer, step_inputs(batch, cached=True)),
     }
     flops = {name: count_flops(fn) for name, fn in fns.items()}
-    return fns, {name: clip_batch + sam_batch for name in fns}, flops
+    return fns, dict.fromkeys(fns, clip_batch + sam_batch), flops
 
 
 if __name__ == "__main__":

@@ -193,18 +193,25 @@ def main(argv: list[str] | None = None) -> dict:
         for name in cases
     }
     tables = [
-        table(f"Inference, batch 1 (SAM path {sam_size} px, CLIP path {clip_sizes} px)",
-              ["case", "GFLOPs", "median CPU ms", "median wall ms", "peak MiB"],
-              [[n, r["gflops"], r["cpu_median_ms"], r["wall_median_ms"], r["peak_mib"]] for n, r in case_rows.items()]),
+        table(
+            f"Inference, batch 1 (SAM path {sam_size} px, CLIP path {clip_sizes} px)",
+            ["case", "GFLOPs", "median CPU ms", "median wall ms", "peak MiB"],
+            [[n, r["gflops"], r["cpu_median_ms"], r["wall_median_ms"], r["peak_mib"]] for n, r in case_rows.items()],
+        ),
         table("Parameters", ["model", "count (M)"], [[k, v / 1e6] for k, v in params.items()]),
-        table("Ratios, SAM-CLIP / teachers (latency: median of per-round ratios of CPU time; _wall: of wall time)",
-              ["ratio", "value"],
-              [[k, v] for k, v in ratios.items()]),
+        table(
+            "Ratios, SAM-CLIP / teachers (latency: median of per-round ratios of CPU time; _wall: of wall time)",
+            ["ratio", "value"],
+            [[k, v] for k, v in ratios.items()],
+        ),
         table("Inference targets", ["target", "value", "target", "met"], target_rows(targets)),
     ]
     tables += [
-        table(f"Missed {target}: top ops of {name}", ["op", "calls", "self ms"],
-              [[o["op"], o["calls"], o["self_ms"]] for o in ops])
+        table(
+            f"Missed {target}: top ops of {name}",
+            ["op", "calls", "self ms"],
+            [[o["op"], o["calls"], o["self_ms"]] for o in ops],
+        )
         for target, per_case in profiles.items()
         for name, ops in per_case.items()
     ]
@@ -215,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
         "clip_sizes": clip_sizes,
         "attn_implementation": model.config._attn_implementation,
         "memory_method": "peak bytes of torch's CPU allocator during one call above its starting level "
-                         "(torch.profiler memory events); weights excluded",
+        "(torch.profiler memory events); weights excluded",
         "cases": case_rows,
         "params": params,
         "parity": parity,

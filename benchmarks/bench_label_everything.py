@@ -65,7 +65,9 @@ def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     parser = make_parser(__doc__, default_repeats=2)
     parser.add_argument("--masks", type=int, default=16, help="masks to label per image")
-    parser.add_argument("--mosaics", type=int, default=None, help="test mosaics timed end to end (default 20; 2 with --tiny)")
+    parser.add_argument(
+        "--mosaics", type=int, default=None, help="test mosaics timed end to end (default 20; 2 with --tiny)"
+    )
     args = parser.parse_args(argv)
     setup(args)
     started = time.perf_counter()
@@ -103,20 +105,38 @@ def main(argv: list[str] | None = None) -> dict:
         "flops_ratio": flops["samclip"] / flops["cascade"],
         "cpu_time_ratio": paired_ratio(cpu, "samclip", "cascade"),
     }
-    result["tables"] = [table(
-        f"Label {args.masks} masks of one {sam_size} px image (mask finding, the same for both, left out)",
-        ["case", "GFLOPs", "CPU s (median)", "ratio to cascade (FLOPs / CPU time)"],
-        [["SAM encoder + CLIP crops (cascade)", result["gflops"]["cascade"], result["cpu_seconds"]["cascade"], "1"],
-         ["SAM-CLIP one pass", result["gflops"]["samclip"], result["cpu_seconds"]["samclip"],
-          f"{result['flops_ratio']:.3f} / {result['cpu_time_ratio']:.3f}"]],
-    )]
+    result["tables"] = [
+        table(
+            f"Label {args.masks} masks of one {sam_size} px image (mask finding, the same for both, left out)",
+            ["case", "GFLOPs", "CPU s (median)", "ratio to cascade (FLOPs / CPU time)"],
+            [
+                [
+                    "SAM encoder + CLIP crops (cascade)",
+                    result["gflops"]["cascade"],
+                    result["cpu_seconds"]["cascade"],
+                    "1",
+                ],
+                [
+                    "SAM-CLIP one pass",
+                    result["gflops"]["samclip"],
+                    result["cpu_seconds"]["samclip"],
+                    f"{result['flops_ratio']:.3f} / {result['cpu_time_ratio']:.3f}",
+                ],
+            ],
+        )
+    ]
     result["mosaic_world"] = mosaic_world(args.mosaics or (2 if args.tiny else 20), args.repeats)
     world = result["mosaic_world"]
-    result["tables"].append(table(
-        f"Mosaic world end to end ({world['mosaics']} test mosaics of 128 px, mask finding included)",
-        ["method", "CPU s per image (median)", "ratio to cascade"],
-        [[name, world["cpu_seconds"][name], world["cpu_time_ratio"].get(name, 1.0)] for name in world["cpu_seconds"]],
-    ))
+    result["tables"].append(
+        table(
+            f"Mosaic world end to end ({world['mosaics']} test mosaics of 128 px, mask finding included)",
+            ["method", "CPU s per image (median)", "ratio to cascade"],
+            [
+                [name, world["cpu_seconds"][name], world["cpu_time_ratio"].get(name, 1.0)]
+                for name in world["cpu_seconds"]
+            ],
+        )
+    )
     print(render_tables(result["tables"]))
     write_result(NAME, args, argv, result, started)
     return result
@@ -135,18 +155,26 @@ def mosaic_world(num_mosaics: int, repeats: int) -> dict:
     segmenters = {
         "SAM-CLIP one pass": samclip_instance_segmenter(shipped.model, shipped.processor, classes),
         "SAM-CLIP crops": samclip_instance_segmenter(shipped.model, shipped.processor, classes, label_source="crops"),
-        "SAM+CLIP cascade": cascade_instance_segmenter(teachers["sam_model"], teachers["sam_processor"],
-                                                       teachers["clip_model"], teachers["clip_processor"], classes),
+        "SAM+CLIP cascade": cascade_instance_segmenter(
+            teachers["sam_model"],
+            teachers["sam_processor"],
+            teachers["clip_model"],
+            teachers["clip_processor"],
+            classes,
+        ),
     }
-    cases = {name: (lambda segment=segment: [segment([image]) for image in images]) for name, segment in segmenters.items()}
+    cases = {
+        name: (lambda segment=segment: [segment([image]) for image in images]) for name, segment in segmenters.items()
+    }
     with torch.inference_mode():
         cpu = time_interleaved(cases, repeats)["cpu"]
     per_image = {name: [value / len(images) for value in values] for name, values in cpu.items()}
     return {
         "mosaics": len(images),
         "cpu_seconds": {name: median(values) for name, values in per_image.items()},
-        "cpu_time_ratio": {name: paired_ratio(per_image, name, "SAM+CLIP cascade") for name in per_image
-                           if name != "SAM+CLIP cascade"},
+        "cpu_time_ratio": {
+            name: paired_ratio(per_image, name, "SAM+CLIP cascade") for name in per_image if name != "SAM+CLIP cascade"
+        },
     }
 
 

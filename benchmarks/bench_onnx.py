@@ -4,7 +4,8 @@ per graph, file sizes, and the quality of int8 on the mosaic world.
 Command::
 
     python -m benchmarks.bench_onnx --threads 1 --repeats 3 --parts mosaic
-    python -m benchmarks.bench_onnx --threads 1 --repeats 1 --parts real --output benchmarks/results/bench_onnx_real.json
+    python -m benchmarks.bench_onnx --threads 1 --repeats 1 --parts real \
+        --output benchmarks/results/bench_onnx_real.json
 
 Run time here at 1 thread: `--parts mosaic` 159 s on a quiet machine, 391 s at load average ~10 (quality ~2 min,
 latency ~30 s quiet); `--parts real --repeats 1` 616 s (export and quantization of the ViT-B graphs ~4 min, the
@@ -41,7 +42,14 @@ from transformers_samclip.evaluation import evaluate_label_maps
 from transformers_samclip.evaluation.geometry import mask_to_box
 from transformers_samclip.evaluation.metrics import mask_ious, top1_accuracy
 from transformers_samclip.hub import load_samclip
-from transformers_samclip.hub.onnx import GRAPH_IO, GRAPH_NAMES, graph_module, example_inputs, export_onnx, quantize_onnx
+from transformers_samclip.hub.onnx import (
+    GRAPH_IO,
+    GRAPH_NAMES,
+    example_inputs,
+    export_onnx,
+    graph_module,
+    quantize_onnx,
+)
 from transformers_samclip.modeling import DEFAULT_TEMPLATES
 from transformers_samclip.mosaic import FASHION_MNIST_CLASSES, make_item_views, make_mosaic_dataset
 
@@ -70,9 +78,14 @@ class Backend:
 
     def __init__(self, model, folder: Path | None, threads: int, int8=()):
         self.modules = {name: graph_module(name, model).eval() for name in GRAPH_NAMES} if folder is None else None
-        self.sessions = None if folder is None else {
-            name: _session(folder / f"{name}{'_quantized' if name in int8 else ''}.onnx", threads) for name in GRAPH_NAMES
-        }
+        self.sessions = (
+            None
+            if folder is None
+            else {
+                name: _session(folder / f"{name}{'_quantized' if name in int8 else ''}.onnx", threads)
+                for name in GRAPH_NAMES
+            }
+        )
 
     def __call__(self, name: str, *inputs: np.ndarray) -> list[np.ndarray]:
         if self.sessions is None:
@@ -109,9 +122,19 @@ def quality(run: Backend, model, processor, items, mosaics) -> dict[str, float]:
         boxes = [list(mask_to_box(m)) for m in masks]
         encoding = processor(images=row["image"], input_boxes=[boxes])
         embeddings, positional = run("vision_encoder", encoding["pixel_values"].numpy())
-        iou, low_res = run("prompt_encoder_mask_decoder", embeddings, positional, no_points, no_labels,
-                           encoding["input_boxes"].numpy().astype(np.float32), no_mask, np.zeros(1, np.float32))
-        full = processor.post_process_masks(torch.from_numpy(low_res), encoding["original_sizes"], encoding["reshaped_input_sizes"])[0]
+        iou, low_res = run(
+            "prompt_encoder_mask_decoder",
+            embeddings,
+            positional,
+            no_points,
+            no_labels,
+            encoding["input_boxes"].numpy().astype(np.float32),
+            no_mask,
+            np.zeros(1, np.float32),
+        )
+        full = processor.post_process_masks(
+            torch.from_numpy(low_res), encoding["original_sizes"], encoding["reshaped_input_sizes"]
+        )[0]
         best = iou[0].argmax(-1)
         ious.extend(mask_ious(full[np.arange(len(boxes)), best].numpy(), np.stack(masks)).tolist())
 
@@ -125,33 +148,62 @@ def quality(run: Backend, model, processor, items, mosaics) -> dict[str, float]:
             cosine = torch.from_numpy(np.einsum("bdhw,cd->bchw", features, classes))
             logits = torch.cat([torch.full_like(cosine[:, :1], threshold), cosine], 1) * scale
             logits = torch.nn.functional.interpolate(logits, size=dense["pixel_values"].shape[-2:], mode="bilinear")
-            maps.append(processor.post_process_semantic_segmentation(logits, dense["original_sizes"], dense["reshaped_input_sizes"])[0].numpy())
+            maps.append(
+                processor.post_process_semantic_segmentation(
+                    logits, dense["original_sizes"], dense["reshaped_input_sizes"]
+                )[0].numpy()
+            )
         return maps
 
     semseg = evaluate_label_maps(segment, mosaics, list(FASHION_MNIST_CLASSES), batch_size=len(mosaics), desc="semseg")
-    return {"zero_shot_top1": top1_accuracy(np.concatenate(scores), items["label"]), "box_miou": float(np.mean(ious)),
-            "semseg_miou": semseg["miou"]}
+    return {
+        "zero_shot_top1": top1_accuracy(np.concatenate(scores), items["label"]),
+        "box_miou": float(np.mean(ious)),
+        "semseg_miou": semseg["miou"],
+    }
 
 
-def latency(model, processor, folder: Path, threads: int, repeats: int, graphs, label: str, arena: bool = True) -> tuple[list, dict]:
+def latency(
+    model, processor, folder: Path, threads: int, repeats: int, graphs, label: str, arena: bool = True
+) -> tuple[list, dict]:
     """Per graph: torch eager, onnxruntime fp32 and int8 CPU-time medians and ratios."""
     examples = example_inputs(model, processor)
     rows, results = [], {}
     for name in graphs:
         eager = graph_module(name, model).eval()
         fp32, int8 = (_session(folder / f"{name}{suffix}.onnx", threads, arena) for suffix in ("", "_quantized"))
-        torch_inputs = tuple(x[:1] for x in examples[name])  # batch 1 (the decoder: 2 prompts of 2 clicks + box, and a mask)
+        # Batch 1 (the decoder: 2 prompts of 2 clicks + box, and a mask).
+        torch_inputs = tuple(x[:1] for x in examples[name])
         feed = {input_name: x.numpy() for input_name, x in zip(GRAPH_IO[name][0], torch_inputs)}
-        cases = {"torch": lambda: eager(*torch_inputs), "ort_fp32": lambda: fp32.run(None, feed),
-                 "ort_int8": lambda: int8.run(None, feed)}
+        # Default arguments bind this iteration's graphs and inputs (the lambdas run inside the loop body).
+        cases = {
+            "torch": lambda eager=eager, inputs=torch_inputs: eager(*inputs),
+            "ort_fp32": lambda session=fp32, feed=feed: session.run(None, feed),
+            "ort_int8": lambda session=int8, feed=feed: session.run(None, feed),
+        }
         with torch.inference_mode():
             times = time_interleaved(cases, repeats)["cpu"]
         entry = {case: median(t) * 1e3 for case, t in times.items()}
-        entry.update(fp32_over_torch=paired_ratio(times, "ort_fp32", "torch"), int8_over_torch=paired_ratio(times, "ort_int8", "torch"),
-                     fp32_mb=(folder / f"{name}.onnx").stat().st_size / 1e6, int8_mb=(folder / f"{name}_quantized.onnx").stat().st_size / 1e6)
+        entry.update(
+            fp32_over_torch=paired_ratio(times, "ort_fp32", "torch"),
+            int8_over_torch=paired_ratio(times, "ort_int8", "torch"),
+            fp32_mb=(folder / f"{name}.onnx").stat().st_size / 1e6,
+            int8_mb=(folder / f"{name}_quantized.onnx").stat().st_size / 1e6,
+        )
         results[name] = entry
-        rows.append([label, name, entry["torch"], entry["ort_fp32"], entry["ort_int8"], entry["fp32_over_torch"],
-                     entry["int8_over_torch"], entry["fp32_mb"], entry["int8_mb"]])
+        rows.append(
+            [
+                label,
+                name,
+                entry["torch"],
+                entry["ort_fp32"],
+                entry["ort_int8"],
+                entry["fp32_over_torch"],
+                entry["int8_over_torch"],
+                entry["fp32_mb"],
+                entry["int8_mb"],
+            ]
+        )
     return rows, results
 
 
@@ -159,9 +211,16 @@ def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     parser = make_parser(__doc__, default_repeats=3)
     parser.add_argument("--num-items", type=int, default=1000, help="item views for zero-shot top-1 (tiny: 32)")
-    parser.add_argument("--num-mosaics", type=int, default=100, help="test mosaics for box and semantic mIoU (tiny: 4)")
-    parser.add_argument("--parts", nargs="+", choices=("mosaic", "real"), default=("mosaic", "real"),
-                        help="mosaic: quality and latency of the shipped model; real: latency at real size (~3 GB)")
+    parser.add_argument(
+        "--num-mosaics", type=int, default=100, help="test mosaics for box and semantic mIoU (tiny: 4)"
+    )
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=("mosaic", "real"),
+        default=("mosaic", "real"),
+        help="mosaic: quality and latency of the shipped model; real: latency at real size (~3 GB)",
+    )
     args = parser.parse_args(argv)
     setup(args)
     started = time.perf_counter()
@@ -176,38 +235,69 @@ def main(argv: list[str] | None = None) -> dict:
             quantize_onnx(folder / "onnx")
             items = make_item_views("test", num_items=num_items, seed=0)
             mosaics = make_mosaic_dataset("test", num_mosaics, seed=0)
-            backends = {"torch eager": (None, ()), "onnxruntime fp32": (folder / "onnx", ()),
-                        "onnxruntime int8 (all graphs)": (folder / "onnx", GRAPH_NAMES)}
+            backends = {
+                "torch eager": (None, ()),
+                "onnxruntime fp32": (folder / "onnx", ()),
+                "onnxruntime int8 (all graphs)": (folder / "onnx", GRAPH_NAMES),
+            }
             backends.update({f"int8 {name} only": (folder / "onnx", (name,)) for name in GRAPH_NAMES})
             result["quality"] = {
                 label: quality(Backend(model, path, args.threads, int8), model, processor, items, mosaics)
                 for label, (path, int8) in backends.items()
             }
-            tables.append(table(
-                f"Quality on the mosaic world ({num_items} item views, {num_mosaics} test mosaics)",
-                ["backend", "zero-shot top-1", "box mIoU (best of 3)", "semseg mIoU"],
-                [[label, q["zero_shot_top1"], q["box_miou"], q["semseg_miou"]] for label, q in result["quality"].items()],
-            ))
+            tables.append(
+                table(
+                    f"Quality on the mosaic world ({num_items} item views, {num_mosaics} test mosaics)",
+                    ["backend", "zero-shot top-1", "box mIoU (best of 3)", "semseg mIoU"],
+                    [
+                        [label, q["zero_shot_top1"], q["box_miou"], q["semseg_miou"]]
+                        for label, q in result["quality"].items()
+                    ],
+                )
+            )
             print(render_tables(tables[-1:]), flush=True)
-            latency_rows, result["latency"] = latency(model, processor, folder / "onnx", args.threads, args.repeats,
-                                                      GRAPH_NAMES, "mosaic (128 / 64 px)")
+            latency_rows, result["latency"] = latency(
+                model, processor, folder / "onnx", args.threads, args.repeats, GRAPH_NAMES, "mosaic (128 / 64 px)"
+            )
         if "real" in args.parts:
-            real_model = SamClipModel(samclip_config_from_preset("samclip-tiny" if args.tiny else "samclip-vit-b16")).eval()
+            real_model = SamClipModel(
+                samclip_config_from_preset("samclip-tiny" if args.tiny else "samclip-vit-b16")
+            ).eval()
             real_size, clip_size = real_model.config.image_size, real_model.config.head_config.image_size
             real_processor = SamClipProcessor.from_sizes(processor.tokenizer, sam_size=real_size, clip_size=clip_size)
             real_folder = Path(tmp) / "real"
             export_onnx(real_model, real_processor, real_folder, REAL_SIZE_GRAPHS)
             quantize_onnx(real_folder / "onnx", REAL_SIZE_GRAPHS)
-            rows, result["latency_real_size"] = latency(real_model, real_processor, real_folder / "onnx", args.threads,
-                                                        args.repeats, REAL_SIZE_GRAPHS, f"real ({real_size} / {clip_size} px)",
-                                                        arena=False)
+            rows, result["latency_real_size"] = latency(
+                real_model,
+                real_processor,
+                real_folder / "onnx",
+                args.threads,
+                args.repeats,
+                REAL_SIZE_GRAPHS,
+                f"real ({real_size} / {clip_size} px)",
+                arena=False,
+            )
             latency_rows += rows
 
-    tables.append(table(
-        f"Latency per graph, batch 1, CPU ms at {args.threads} thread(s) (medians of {args.repeats} interleaved rounds)",
-        ["size", "graph", "torch eager", "ORT fp32", "ORT int8", "fp32 / torch", "int8 / torch", "fp32 MB", "int8 MB"],
-        latency_rows,
-    ))
+    tables.append(
+        table(
+            f"Latency per graph, batch 1, CPU ms at {args.threads} thread(s)"
+            f" (medians of {args.repeats} interleaved rounds)",
+            [
+                "size",
+                "graph",
+                "torch eager",
+                "ORT fp32",
+                "ORT int8",
+                "fp32 / torch",
+                "int8 / torch",
+                "fp32 MB",
+                "int8 MB",
+            ],
+            latency_rows,
+        )
+    )
     print(render_tables(tables))
     result["tables"] = tables
     write_result(NAME, args, argv, result, started)

@@ -70,19 +70,27 @@ def main(argv: list[str] | None = None) -> dict:
         with torch.inference_mode():
             times = time_interleaved(cases, args.repeats)["cpu"]  # stable on a shared machine at 1 thread
             diff = (cases["sam_teacher"]().pred_masks - cases["samclip"]()[0]).abs().max().item()
-        entry = {
-            name: {"median_ms": median(t) * 1e3, "prompts_per_s": count / median(t)} for name, t in times.items()
-        }
+        entry = {name: {"median_ms": median(t) * 1e3, "prompts_per_s": count / median(t)} for name, t in times.items()}
         entry["throughput_ratio"] = 1 / paired_ratio(times, "samclip", "sam_teacher")
         entry["pred_masks_max_abs_diff"] = diff
         results[str(count)] = entry
-        rows.append([count, entry["sam_teacher"]["prompts_per_s"], entry["samclip"]["prompts_per_s"],
-                     entry["throughput_ratio"], diff])
+        rows.append(
+            [
+                count,
+                entry["sam_teacher"]["prompts_per_s"],
+                entry["samclip"]["prompts_per_s"],
+                entry["throughput_ratio"],
+                diff,
+            ]
+        )
 
-    tables = [table(
-        f"Prompts on one cached {size} px embedding (1 point each, 3 masks; CPU time)",
-        ["prompts per call", "SamModel prompts/s", "SAM-CLIP prompts/s", "SAM-CLIP / SamModel", "mask max diff"], rows,
-    )]
+    tables = [
+        table(
+            f"Prompts on one cached {size} px embedding (1 point each, 3 masks; CPU time)",
+            ["prompts per call", "SamModel prompts/s", "SAM-CLIP prompts/s", "SAM-CLIP / SamModel", "mask max diff"],
+            rows,
+        )
+    ]
     print(render_tables(tables))
     result = {"image_size": size, "batch_sizes": batch_sizes, "results": results, "tables": tables}
     write_result(NAME, args, argv, result, started)

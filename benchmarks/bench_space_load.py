@@ -136,8 +136,13 @@ def launch(model: str | None, threads: int, log: Path) -> tuple[subprocess.Popen
     command = [str(Path(sys.executable).with_name("samclip")), "demo", "--port", str(port), "--threads", str(threads)]
     if model:
         command += ["--model", model]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": str(threads),
-           "GRADIO_EXAMPLES_CACHE": tempfile.mkdtemp(prefix="samclip-load-cache-")}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "OMP_NUM_THREADS": str(threads),
+        "GRADIO_EXAMPLES_CACHE": tempfile.mkdtemp(prefix="samclip-load-cache-"),
+    }
     with open(log, "w") as handle:
         process = subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
@@ -146,10 +151,10 @@ def launch(model: str | None, threads: int, log: Path) -> tuple[subprocess.Popen
         try:
             urllib.request.urlopen(url, timeout=5)
             return process, url
-        except OSError:
+        except OSError as error:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
-                raise SystemExit(f"the Space did not start:\n{log.read_text()[-3000:]}")
+                raise SystemExit(f"the Space did not start:\n{log.read_text()[-3000:]}") from error
             time.sleep(1)
 
 
@@ -175,16 +180,23 @@ def main(argv: list[str] | None = None) -> dict:
             warm.predict(*_arguments(endpoint), api_name=endpoint)
         warm.close()
         memory = {"before": rss_mib(process.pid)}
-        results = drive(url, args.clients, args.seconds,
-                        on_endpoint_done=lambda endpoint: memory.__setitem__(f"after {endpoint}", rss_mib(process.pid)))
+        results = drive(
+            url,
+            args.clients,
+            args.seconds,
+            on_endpoint_done=lambda endpoint: memory.__setitem__(f"after {endpoint}", rss_mib(process.pid)),
+        )
     finally:
         process.terminate()
         process.wait(timeout=60)
-    rows = [[name, r["requests"], r["failed"], r["answers_per_s"], r["p50_ms"], r["p99_ms"], r["max_ms"]]
-            for name, r in results.items()]
+    rows = [
+        [name, r["requests"], r["failed"], r["answers_per_s"], r["p50_ms"], r["p99_ms"], r["max_ms"]]
+        for name, r in results.items()
+    ]
     latency = format_table(["endpoint", "requests", "failed", "answers/s", "p50 ms", "p99 ms", "max ms"], rows)
-    memory_table = format_table(["when", "RSS MiB", "peak RSS MiB"],
-                                [[when, m["rss_mib"], m["peak_mib"]] for when, m in memory.items()])
+    memory_table = format_table(
+        ["when", "RSS MiB", "peak RSS MiB"], [[when, m["rss_mib"], m["peak_mib"]] for when, m in memory.items()]
+    )
     print(f"{args.clients} clients x {args.seconds:g} s per endpoint on {url}\n\n{latency}\n\n{memory_table}")
     failed = sum(r["failed"] for r in results.values())
     result = {

@@ -25,8 +25,8 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 # FlopCounterMode has no formula for CPU's fused attention kernel, so SDPA on CPU would count as 0 FLOPs.
 _CPU_SDPA_FLOPS = {
-    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: lambda query, key, value, *args, **kwargs: sdpa_flop_count(
-        query, key, value
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: lambda query, key, value, *args, **kwargs: (
+        sdpa_flop_count(query, key, value)
     )
 }
 
@@ -36,8 +36,12 @@ def make_parser(doc: str, default_repeats: int = 3) -> argparse.ArgumentParser:
     """The options every benchmark takes: --tiny, --threads, --repeats, --output."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="tiny configs and 1 repeat (CI smoke run)")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is fastest on a busy 2-core box)")
-    parser.add_argument("--repeats", type=int, default=None, help=f"timed rounds per case (default {default_repeats}; 1 with --tiny)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads (1 is fastest on a busy 2-core box)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help=f"timed rounds per case (default {default_repeats}; 1 with --tiny)"
+    )
     parser.add_argument("--output", type=Path, default=None, help="JSON path (default benchmarks/results/<name>.json)")
     parser.set_defaults(default_repeats=default_repeats)
     return parser
@@ -56,7 +60,9 @@ def machine_info(threads: int) -> dict:
     cpu = platform.processor() or platform.machine()
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        cpu = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), cpu)
+        cpu = next(
+            (line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), cpu
+        )
     except OSError:
         pass
     info = {
@@ -107,11 +113,24 @@ def build_clip_teacher(tiny: bool, attn_implementation: str = "sdpa"):
 
     preset = samclip_config_from_preset(preset_name(tiny))
     if tiny:
-        vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-                  "image_size": 32, "patch_size": 8}
+        vision = {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": 32,
+            "patch_size": 8,
+        }
     else:
-        vision = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
-                  "image_size": 224, "patch_size": 14, "hidden_act": "gelu"}
+        vision = {
+            "hidden_size": 1024,
+            "intermediate_size": 4096,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 16,
+            "image_size": 224,
+            "patch_size": 14,
+            "hidden_act": "gelu",
+        }
     config = CLIPConfig(
         text_config=preset.text_config.to_dict(), vision_config=vision, projection_dim=preset.text_projection_dim
     )
@@ -155,7 +174,9 @@ def measure_once(fn: Callable[[], object]) -> tuple[object, int, int]:
     return output, counter.get_total_flops(), peak
 
 
-def time_interleaved(cases: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, dict[str, list[float]]]:
+def time_interleaved(
+    cases: dict[str, Callable[[], object]], repeats: int, warmup: int = 1
+) -> dict[str, dict[str, list[float]]]:
     """Seconds per call of every case on two clocks, `{"wall": {case: [...]}, "cpu": {case: [...]}}`.
 
     Cases run round-robin (one call of each per round) so that load from other processes hits all alike; every
@@ -163,7 +184,10 @@ def time_interleaved(cases: dict[str, Callable[[], object]], repeats: int, warmu
     untimed rounds first. "cpu" is this process's CPU time (all its threads): at 1 thread it is the call's
     latency on an idle core, and it stays stable on a machine shared with other jobs, where wall time includes
     waiting for a core."""
-    times: dict[str, dict[str, list[float]]] = {"wall": {name: [] for name in cases}, "cpu": {name: [] for name in cases}}
+    times: dict[str, dict[str, list[float]]] = {
+        "wall": {name: [] for name in cases},
+        "cpu": {name: [] for name in cases},
+    }
     for round_index in range(warmup + repeats):
         order = list(cases.items())
         for name, fn in order if round_index % 2 == 0 else order[::-1]:
@@ -264,10 +288,38 @@ def profile_call(fn: Callable[[], object], count: int = 8, cuda: bool = False) -
 
 # Leaf ops that launch no kernel: views, allocation without initialisation, and calls that return their input.
 _NO_KERNEL_OPS = {
-    "view", "_unsafe_view", "_reshape_alias", "as_strided", "t", "transpose", "permute", "expand", "unsqueeze",
-    "squeeze", "select", "slice", "unbind", "split", "split_with_sizes", "narrow", "chunk", "unflatten", "detach",
-    "alias", "lift_fresh", "resolve_conj", "resolve_neg", "empty", "empty_strided", "contiguous", "to", "reshape",
-    "flatten", "view_as", "expand_as", "dropout",
+    "view",
+    "_unsafe_view",
+    "_reshape_alias",
+    "as_strided",
+    "t",
+    "transpose",
+    "permute",
+    "expand",
+    "unsqueeze",
+    "squeeze",
+    "select",
+    "slice",
+    "unbind",
+    "split",
+    "split_with_sizes",
+    "narrow",
+    "chunk",
+    "unflatten",
+    "detach",
+    "alias",
+    "lift_fresh",
+    "resolve_conj",
+    "resolve_neg",
+    "empty",
+    "empty_strided",
+    "contiguous",
+    "to",
+    "reshape",
+    "flatten",
+    "view_as",
+    "expand_as",
+    "dropout",
 }
 
 

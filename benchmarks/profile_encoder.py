@@ -71,7 +71,9 @@ def make_encoder_cases(sam, clip, model, clip_pixels: torch.Tensor, sam_pixels: 
 def load_model_class_at(rev: str, work_dir: Path):
     """`SamClipModel` of this repository's `modeling/` at git revision `rev`, imported as a package of its own."""
     repo = Path(__file__).resolve().parents[1]
-    archive = subprocess.run(["git", "-C", str(repo), "archive", rev, "modeling"], capture_output=True, check=True).stdout
+    archive = subprocess.run(
+        ["git", "-C", str(repo), "archive", rev, "modeling"], capture_output=True, check=True
+    ).stdout
     tarfile.open(fileobj=io.BytesIO(archive)).extractall(work_dir, filter="data")
     package = "samclip_modeling_" + re.sub(r"\W", "_", rev)
     spec = importlib.util.spec_from_file_location(
@@ -116,9 +118,17 @@ def main(argv: list[str] | None = None) -> dict:
             outputs[name] = fn()  # the untimed first call (SAM-CLIP fills its caches here)
             profiles[name] = profile_call(fn)
         times = time_interleaved(cases, args.repeats, warmup=0)["cpu"]
-    baseline_diff = {name: (outputs[name] - outputs[f"{name}@{rev}"]).abs().max().item() for name in names if f"{name}@{rev}" in cases}
+    baseline_diff = {
+        name: (outputs[name] - outputs[f"{name}@{rev}"]).abs().max().item()
+        for name in names
+        if f"{name}@{rev}" in cases
+    }
     results = {
-        name: {**profiles[name], "cpu_median_ms": median(times[name]) * 1e3, "cpu_times_ms": [t * 1e3 for t in times[name]]}
+        name: {
+            **profiles[name],
+            "cpu_median_ms": median(times[name]) * 1e3,
+            "cpu_times_ms": [t * 1e3 for t in times[name]],
+        }
         for name in cases
     }
     ratios = {path: paired_ratio(times, *pair) for path, pair in pairs.items()}
@@ -127,12 +137,19 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [[n, r["dispatched_ops"], r["kernel_ops"], r["cpu_median_ms"]] for n, r in results.items()]
     ratio_rows = [[f"{path}: {a} / {b}", ratios[path]] for path, (a, b) in pairs.items()]
     tables = [
-        table(f"Ops and CPU time per forward (batch 1, {args.threads} thread(s), median of {args.repeats})", headers, rows),
+        table(
+            f"Ops and CPU time per forward (batch 1, {args.threads} thread(s), median of {args.repeats})",
+            headers,
+            rows,
+        ),
         table("CPU time ratios (medians of per-round ratios)", ["pair", "ratio"], ratio_rows),
     ]
     tables += [
-        table(f"Top ops of {name} by self CPU time (one profiled call)", ["op", "calls", "self ms"],
-              [[op["op"], op["calls"], op["self_ms"]] for op in r["top"]])
+        table(
+            f"Top ops of {name} by self CPU time (one profiled call)",
+            ["op", "calls", "self ms"],
+            [[op["op"], op["calls"], op["self_ms"]] for op in r["top"]],
+        )
         for name, r in results.items()
     ]
     print(render_tables(tables))

@@ -58,8 +58,14 @@ def to_markdown(combined: dict) -> str:
         "",
     ]
     for name, result in combined["results"].items():
-        lines += [f"## {name}", "", f"`{result['command']}` ({result['wall_seconds']:.0f} s)", "",
-                  render_tables(result["tables"]), ""]
+        lines += [
+            f"## {name}",
+            "",
+            f"`{result['command']}` ({result['wall_seconds']:.0f} s)",
+            "",
+            render_tables(result["tables"]),
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -70,9 +76,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=None, help="override every script's default")
     parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR)
-    parser.add_argument("--only", nargs="*", choices=list(SUITE), default=None,
-                        help="rerun only these scripts (none: just recombine); the others' results are read from "
-                             "--output-dir")
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        choices=list(SUITE),
+        default=None,
+        help="rerun only these scripts (none: just recombine); the others' results are read from --output-dir",
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     suffix = "-tiny" if args.tiny else ""

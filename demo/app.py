@@ -7,7 +7,8 @@ without it, from the `transformers-samclip` package's shipped mosaic model when 
 
 Masks and labels are shown with `gr.AnnotatedImage` (hover a legend entry to pick its mask out); results of small
 images (at most half of `DISPLAY_SIZE` on their longer side) are enlarged by an integer factor with nearest-neighbour
-sampling for display only (the model always sees the uploaded pixels). Examples are cached at launch in a folder named for the app and the model
+sampling for display only (the model always sees the uploaded pixels). Examples are cached at launch in a folder
+named for the app and the model
 (`examples_cache_dir`). On a ZeroGPU Space (the `spaces` package present) each task runs under `spaces.GPU`.
 """
 
@@ -49,8 +50,26 @@ MASK_OPACITY = 0.7  # AnnotatedImage paints a mask's value as its alpha: the ima
 # pink that stands out on the mosaics' textured backgrounds and on photos (Tableau's blue vanished on a teal shoe).
 PROMPTED_MASK_COLOUR = "#ff1f8f"
 PALETTE = [
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
-    "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5",
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+    "#aec7e8",
+    "#ffbb78",
+    "#98df8a",
+    "#ff9896",
+    "#c5b0d5",
+    "#c49c94",
+    "#f7b6d2",
+    "#c7c7c7",
+    "#dbdb8d",
+    "#9edae5",
 ]
 _NUMBER = r"-?\d+(?:\.\d+)?"
 _POINT_LINE = re.compile(rf"^([+-])\s*({_NUMBER})\s*,\s*({_NUMBER})$")
@@ -214,7 +233,9 @@ def coloured(value: AnnotatedValue, palette: list[str] = PALETTE) -> gr.Annotate
     Without a colour map gradio paints every mask red and tints it in the browser with a hue rotation, which turns
     most masks dark and muddy (an instance on a green shirt was invisible)."""
     labels = [label for _, label in value[1]]
-    return gr.AnnotatedImage(value=value, color_map={label: palette[i % len(palette)] for i, label in enumerate(labels)})
+    return gr.AnnotatedImage(
+        value=value, color_map={label: palette[i % len(palette)] for i, label in enumerate(labels)}
+    )
 
 
 def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
@@ -307,7 +328,10 @@ class SamClipDemo:
 
     @torch.no_grad()
     def segment_text(
-        self, image: Image.Image | None, labels_text: str, method: str = TEXT_TO_MASK_METHODS[0],
+        self,
+        image: Image.Image | None,
+        labels_text: str,
+        method: str = TEXT_TO_MASK_METHODS[0],
         background_threshold: float | None = None,
     ) -> AnnotatedValue:
         """Text-to-mask semantic segmentation: one mask per class name, labelled with the share of the image it
@@ -323,8 +347,10 @@ class SamClipDemo:
         if method == TEXT_TO_MASK_METHODS[0]:
             inputs = self.processor(images=image, view="sam")
             output = self.model.semantic_segmentation_from_instances(
-                self._on_device(inputs)["pixel_values"], class_embeds,
-                input_sizes=inputs["reshaped_input_sizes"].tolist())
+                self._on_device(inputs)["pixel_values"],
+                class_embeds,
+                input_sizes=inputs["reshaped_input_sizes"].tolist(),
+            )
         elif method == TEXT_TO_MASK_METHODS[1]:
             inputs = self.processor(images=image, view="sam")
             output = self.model.semantic_segmentation_refined(
@@ -357,7 +383,9 @@ class SamClipDemo:
         class_embeds = self.model.encode_class_names(labels, self.processor.tokenizer)
         inputs = self.processor(images=image, view="sam")
         output = self.model.instance_segmentation(
-            self._on_device(inputs)["pixel_values"], class_embeds, background_threshold=background_threshold,
+            self._on_device(inputs)["pixel_values"],
+            class_embeds,
+            background_threshold=background_threshold,
             input_sizes=inputs["reshaped_input_sizes"].tolist(),
         )
         (instances,) = self.processor.post_process_panoptic_segmentation(
@@ -466,13 +494,18 @@ def build_demo(demo: SamClipDemo, cache_dir: Path | None = None) -> gr.Blocks:
                 cls_output = gr.Label(num_top_classes=MAX_LABELS, label="Ranked labels")
             gr.Examples(
                 [[path, FASHION_LABELS] for path in mosaics.values()] + [[photos["chelsea"], photo_labels]],
-                inputs=[cls_image, cls_labels], outputs=cls_output, fn=classify, cache_examples=True,
+                inputs=[cls_image, cls_labels],
+                outputs=cls_output,
+                fn=classify,
+                cache_examples=True,
             )
             cls_button.click(classify, [cls_image, cls_labels], cls_output, api_name="classify")
         with gr.Tab("Promptable segmentation"):
             with gr.Row():
                 with gr.Column():
-                    seg_image = gr.Image(type="pil", format="png", height=IMAGE_HEIGHT, label="Image (click to add prompts)")
+                    seg_image = gr.Image(
+                        type="pil", format="png", height=IMAGE_HEIGHT, label="Image (click to add prompts)"
+                    )
                     seg_mode = gr.Radio(list(PROMPT_MODES), value=PROMPT_MODES[0], label="A click adds")
                     seg_prompts = gr.Textbox(label="Prompts", lines=3, info=PROMPT_HELP)
                     with gr.Row():
@@ -482,8 +515,15 @@ def build_demo(demo: SamClipDemo, cache_dir: Path | None = None) -> gr.Blocks:
                     seg_output = gr.AnnotatedImage(format="png", height=DISPLAY_SIZE, label="Mask")
                     seg_iou = gr.Number(label="Predicted IoU")
             gr.Examples(
-                [[mosaics[0], "+ 27, 30"], [mosaics[2], "box 11, 8, 74, 75"], [photos["astronaut"], "+ 250, 150\n- 400, 450"]],
-                inputs=[seg_image, seg_prompts], outputs=[seg_output, seg_iou], fn=segment_coloured, cache_examples=True,
+                [
+                    [mosaics[0], "+ 27, 30"],
+                    [mosaics[2], "box 11, 8, 74, 75"],
+                    [photos["astronaut"], "+ 250, 150\n- 400, 450"],
+                ],
+                inputs=[seg_image, seg_prompts],
+                outputs=[seg_output, seg_iou],
+                fn=segment_coloured,
+                cache_examples=True,
             )
             seg_image.select(add_click, [seg_prompts, seg_mode], seg_prompts, api_name=False)
             seg_image.upload(lambda: "", None, seg_prompts, api_name=False)  # prompts belong to the old image
@@ -498,38 +538,72 @@ def build_demo(demo: SamClipDemo, cache_dir: Path | None = None) -> gr.Blocks:
                     stored = demo.model.config.background_threshold
                     stored = -1 if stored is None else round(stored, 3)
                     sem_threshold = gr.Slider(
-                        -1, 1, value=stored, step=0.005,
-                        label="Background threshold (cosine; starts at the model's calibrated one; -1 = no background)")
+                        -1,
+                        1,
+                        value=stored,
+                        step=0.005,
+                        label=(
+                            "Background threshold (cosine; starts at the model's calibrated one; -1 = no background)"
+                        ),
+                    )
                     sem_button = gr.Button("Segment", variant="primary")
                 sem_output = gr.AnnotatedImage(format="png", height=DISPLAY_SIZE, label="Classes (share of the image)")
             gr.Examples(
-                [[mosaics[2], "Bag, Sandal, Coat", one_pass, stored], [mosaics[2], "Bag, Sandal, Coat", refined, stored],
-                 [mosaics[10], "Bag, Coat, Pullover", one_pass, stored],
-                 [photos["coffee"], "Bag, Sandal, Coat", one_pass, stored]],
-                inputs=[sem_image, sem_labels, sem_method, sem_threshold], outputs=sem_output, fn=segment_text_coloured,
+                [
+                    [mosaics[2], "Bag, Sandal, Coat", one_pass, stored],
+                    [mosaics[2], "Bag, Sandal, Coat", refined, stored],
+                    [mosaics[10], "Bag, Coat, Pullover", one_pass, stored],
+                    [photos["coffee"], "Bag, Sandal, Coat", one_pass, stored],
+                ],
+                inputs=[sem_image, sem_labels, sem_method, sem_threshold],
+                outputs=sem_output,
+                fn=segment_text_coloured,
                 cache_examples=True,
             )
-            on_click(sem_button, segment_text_coloured, segment_text,
-                     [sem_image, sem_labels, sem_method, sem_threshold], [sem_output], "segment_text")
+            on_click(
+                sem_button,
+                segment_text_coloured,
+                segment_text,
+                [sem_image, sem_labels, sem_method, sem_threshold],
+                [sem_output],
+                "segment_text",
+            )
         with gr.Tab("Label everything"):
             with gr.Row():
                 with gr.Column():
                     all_image = gr.Image(type="pil", format="png", height=IMAGE_HEIGHT, label="Image")
                     all_labels = gr.Textbox(label="Labels (comma-separated)", value=FASHION_LABELS)
                     all_threshold = gr.Slider(
-                        -1, 1, value=-1, step=0.005,
-                        label="Reject a mask as 'none of these' below this cosine (-1 = keep every mask)")
+                        -1,
+                        1,
+                        value=-1,
+                        step=0.005,
+                        label="Reject a mask as 'none of these' below this cosine (-1 = keep every mask)",
+                    )
                     all_button = gr.Button("Label everything", variant="primary")
                 all_output = gr.AnnotatedImage(format="png", height=DISPLAY_SIZE, label="Instances")
-            all_table = gr.Dataframe(headers=INSTANCE_COLUMNS, label="Instances (box at the original size)",
-                                     interactive=False)
+            all_table = gr.Dataframe(
+                headers=INSTANCE_COLUMNS, label="Instances (box at the original size)", interactive=False
+            )
             gr.Examples(
-                [[mosaics[0], FASHION_LABELS, -1], [mosaics[10], FASHION_LABELS, -1], [photos["chelsea"], photo_labels, -1]],
-                inputs=[all_image, all_labels, all_threshold], outputs=[all_output, all_table], fn=label_everything_coloured,
+                [
+                    [mosaics[0], FASHION_LABELS, -1],
+                    [mosaics[10], FASHION_LABELS, -1],
+                    [photos["chelsea"], photo_labels, -1],
+                ],
+                inputs=[all_image, all_labels, all_threshold],
+                outputs=[all_output, all_table],
+                fn=label_everything_coloured,
                 cache_examples=True,
             )
-            on_click(all_button, label_everything_coloured, label_everything,
-                     [all_image, all_labels, all_threshold], [all_output, all_table], "label_everything")
+            on_click(
+                all_button,
+                label_everything_coloured,
+                label_everything,
+                [all_image, all_labels, all_threshold],
+                [all_output, all_table],
+                "label_everything",
+            )
     return app
 
 
@@ -541,8 +615,12 @@ def main(
     demo = SamClipDemo.load(model)
     cache_dir = examples_cache_dir(demo)
     app = build_demo(demo, cache_dir)
-    app.launch(server_name=host, server_port=port, share=share,
-               allowed_paths=[str(EXAMPLES_DIR), str(PHOTOS_DIR), str(cache_dir)])
+    app.launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        allowed_paths=[str(EXAMPLES_DIR), str(PHOTOS_DIR), str(cache_dir)],
+    )
 
 
 if __name__ == "__main__":  # on Spaces, which set GRADIO_SERVER_NAME/PORT

@@ -41,12 +41,15 @@ def load_tokenizer(path: str | Path, max_length: int | None, pad_id: int) -> Tok
 def tokenize(tokenizer: Tokenizer, texts: list[str]) -> dict[str, np.ndarray]:
     """`input_ids` and `attention_mask` (int64), right-padded to the longest text."""
     encodings = tokenizer.encode_batch(texts)
-    return {"input_ids": np.array([e.ids for e in encodings], np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encodings], np.int64)}
+    return {
+        "input_ids": np.array([e.ids for e in encodings], np.int64),
+        "attention_mask": np.array([e.attention_mask for e in encodings], np.int64),
+    }
 
 
 def bilinear(array: np.ndarray, height: int, width: int) -> np.ndarray:
     """Resize the last two axes bilinearly with half-pixel centres (torch's `align_corners=False`)."""
+
     def axis(size_in, size_out):
         position = np.clip((np.arange(size_out) + 0.5) * size_in / size_out - 0.5, 0, None)
         low = np.minimum(np.floor(position).astype(int), size_in - 1)
@@ -68,10 +71,14 @@ class SamClipOnnx:
         options.intra_op_num_threads = options.inter_op_num_threads = threads
         options.log_severity_level = 3
         self.sessions = {
-            name: ort.InferenceSession(str(folder / "onnx" / f"{name}.onnx"), options, providers=["CPUExecutionProvider"])
+            name: ort.InferenceSession(
+                str(folder / "onnx" / f"{name}.onnx"), options, providers=["CPUExecutionProvider"]
+            )
             for name in GRAPHS
         }
-        self.tokenizer = load_tokenizer(folder / "tokenizer.json", self.config["max_text_length"], self.config["pad_token_id"])
+        self.tokenizer = load_tokenizer(
+            folder / "tokenizer.json", self.config["max_text_length"], self.config["pad_token_id"]
+        )
 
     def _normalise(self, image: Image.Image) -> np.ndarray:
         pixels = np.asarray(image, np.float32) / 255.0
@@ -112,7 +119,7 @@ class SamClipOnnx:
         return dict(zip(labels, (probs / probs.sum()).tolist()))
 
     def _to_original(self, maps: np.ndarray, resized: tuple[int, int], image: Image.Image) -> np.ndarray:
-        # Maps of the padded square view -> crop the image's part -> the original size (the processor's post-processing).
+        # Padded square view -> the image's part -> the original size (the processor's post-processing).
         return bilinear(maps[..., : resized[0], : resized[1]], image.height, image.width)
 
     def click_to_mask(self, image: Image.Image, x: float, y: float) -> tuple[np.ndarray, float]:
@@ -124,8 +131,14 @@ class SamClipOnnx:
         points = np.array([[[[x * resized[1] / image.width, y * resized[0] / image.height]]]], np.float32)
         labels = np.array([[[1]]], np.int64)
         iou, masks = self.sessions["prompt_encoder_mask_decoder"].run(
-            None, {"image_embeddings": embeddings, "image_positional_embeddings": positional,
-                   "input_points": points, "input_labels": labels})
+            None,
+            {
+                "image_embeddings": embeddings,
+                "image_positional_embeddings": positional,
+                "input_points": points,
+                "input_labels": labels,
+            },
+        )
         best = int(iou[0, 0].argmax())
         full = self._to_original(bilinear(masks[0, 0, best], size, size), resized, image)
         return full > 0, float(iou[0, 0, best])
@@ -151,10 +164,17 @@ def run(folder, image_path, labels, point, text, threads: int = 1) -> dict:
     ys, xs = np.nonzero(mask)
     return {
         "classification": model.classify(image, labels),
-        "click": {"point": list(point), "predicted_iou": iou, "mask_pixels": int(mask.sum()),
-                  "mask_box": [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())] if len(xs) else None},
-        "text": {"label": text, "mask_pixels": int((text_map == labels.index(text) + 1).sum()),
-                 "pixels_per_label": {label: int((text_map == i + 1).sum()) for i, label in enumerate(labels)}},
+        "click": {
+            "point": list(point),
+            "predicted_iou": iou,
+            "mask_pixels": int(mask.sum()),
+            "mask_box": [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())] if len(xs) else None,
+        },
+        "text": {
+            "label": text,
+            "mask_pixels": int((text_map == labels.index(text) + 1).sum()),
+            "pixels_per_label": {label: int((text_map == i + 1).sum()) for i, label in enumerate(labels)},
+        },
     }
 
 
@@ -172,7 +192,9 @@ def main(argv=None) -> None:
     labels = [label.strip() for label in args.labels.split(",") if label.strip()]
     if args.text and args.text not in labels:
         parser.error(f"--text {args.text!r} is not one of --labels; add it to --labels.")
-    point = tuple(map(float, args.point.split(","))) if args.point else tuple(s / 2 for s in Image.open(args.image).size)
+    point = (
+        tuple(map(float, args.point.split(","))) if args.point else tuple(s / 2 for s in Image.open(args.image).size)
+    )
     result = run(args.folder, args.image, labels, point, args.text or labels[0], args.threads)
     text = json.dumps(result, indent=2)
     if args.output:

@@ -1,10 +1,16 @@
 """SAM-CLIP model definition (config, model, processor). Self-contained: it ships to the Hub as remote code."""
 
-from .configuration_samclip import DENSE_READOUTS, SAMCLIP_PRESETS, SamClipConfig, SamClipHeadConfig, samclip_config_from_preset
+from .configuration_samclip import (
+    DENSE_READOUTS,
+    SAMCLIP_PRESETS,
+    SamClipConfig,
+    SamClipHeadConfig,
+    samclip_config_from_preset,
+)
 from .modeling_samclip import (
     DEFAULT_TEMPLATES,
-    SamClipModel,
     SamClipInstanceSegmentationOutput,
+    SamClipModel,
     SamClipOutput,
     SamClipPreTrainedModel,
     SamClipSemanticSegmentationOutput,

@@ -86,7 +86,9 @@ def _to_rgb(image, argument: str, timeout: float | None = None) -> Image.Image:
         return image if image.mode == "RGB" else image.convert("RGB")
     if isinstance(image, torch.Tensor):
         tensor = image.detach().cpu()
-        return _array_to_rgb((tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor).numpy(), argument)
+        return _array_to_rgb(
+            (tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor).numpy(), argument
+        )
     if isinstance(image, np.ndarray):
         return _array_to_rgb(image, argument)
     raise TypeError(f"{argument} must be {IMAGE_KINDS}; got {describe(image)}.")
@@ -98,7 +100,9 @@ def _open_image(path, argument: str, timeout: float | None = None) -> Image.Imag
         try:
             return load_image(text, timeout=timeout)
         except Exception as error:  # network errors come in many types; all mean the same to the caller
-            raise ValueError(f"{argument}: could not load the image at {text} ({type(error).__name__}: {error}).") from None
+            raise ValueError(
+                f"{argument}: could not load the image at {text} ({type(error).__name__}: {error})."
+            ) from None
     path = Path(text).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"{argument}: no such file {text!r}; give an existing image file, a URL or an image.")
@@ -120,9 +124,7 @@ def _array_to_rgb(array: np.ndarray, argument: str) -> Image.Image:
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
-        raise ValueError(
-            f"{argument} must be shaped HW, HWC or CHW with 1, 3 or 4 channels; got {describe(array)}."
-        )
+        raise ValueError(f"{argument} must be shaped HW, HWC or CHW with 1, 3 or 4 channels; got {describe(array)}.")
     if array.size == 0:
         raise ValueError(f"{argument} is empty ({describe(array)}).")
     if array.dtype.kind == "f":
@@ -157,7 +159,9 @@ def _per_image(value, argument: str, num_images: int) -> list[np.ndarray]:
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().float().numpy()
     if not isinstance(value, (list, tuple, np.ndarray)) or (isinstance(value, np.ndarray) and value.ndim == 0):
-        raise TypeError(f"{argument} must be a nested list, array or tensor with one entry per image; got {describe(value)}.")
+        raise TypeError(
+            f"{argument} must be a nested list, array or tensor with one entry per image; got {describe(value)}."
+        )
     if len(value) != num_images:
         raise ValueError(
             f"{argument} has entries for {len(value)} image(s) but {num_images} image(s) were given; its first level "
@@ -249,14 +253,20 @@ def check_prompt_tensors(config, image_embeddings, input_points, input_labels, i
     grid = config.prompt_encoder_config.image_embedding_size
     channels = config.vision_config.output_channels
     if not isinstance(image_embeddings, torch.Tensor) or image_embeddings.ndim != 4 or 0 in image_embeddings.shape:
-        raise ValueError(f"image_embeddings must be a (batch, {channels}, {grid}, {grid}) tensor; got {describe(image_embeddings)}.")
+        raise ValueError(
+            f"image_embeddings must be a (batch, {channels}, {grid}, {grid}) tensor; got {describe(image_embeddings)}."
+        )
     if tuple(image_embeddings.shape[1:]) != (channels, grid, grid):
         raise ValueError(
-            f"image_embeddings have shape {tuple(image_embeddings.shape)}; this model's are (batch, {channels}, {grid}, "
-            f"{grid}) (get_image_embeddings of {size}x{size} SAM-path pixel values)."
+            f"image_embeddings have shape {tuple(image_embeddings.shape)}; this model's are "
+            f"(batch, {channels}, {grid}, {grid}) (get_image_embeddings of {size}x{size} SAM-path pixel values)."
         )
-    for name, value in (("input_points", input_points), ("input_labels", input_labels), ("input_boxes", input_boxes),
-                        ("input_masks", input_masks)):
+    for name, value in (
+        ("input_points", input_points),
+        ("input_labels", input_labels),
+        ("input_boxes", input_boxes),
+        ("input_masks", input_masks),
+    ):
         if value is not None and not isinstance(value, torch.Tensor):
             raise TypeError(f"{name} must be a torch tensor (SamClipProcessor returns them); got {describe(value)}.")
     batch_size = image_embeddings.shape[0]
@@ -282,7 +292,9 @@ def check_prompt_tensors(config, image_embeddings, input_points, input_labels, i
             )
     if input_boxes is not None:
         if input_boxes.ndim != 3 or input_boxes.shape[-1] != 4 or input_boxes.shape[1] == 0:
-            raise ValueError(f"input_boxes must have shape (batch, boxes, 4), boxes > 0; got {tuple(input_boxes.shape)}.")
+            raise ValueError(
+                f"input_boxes must have shape (batch, boxes, 4), boxes > 0; got {tuple(input_boxes.shape)}."
+            )
         if input_boxes.shape[0] != batch_size:
             raise ValueError(f"input_boxes are for {input_boxes.shape[0]} images but {batch_size} images were given.")
         if input_points is not None and input_points.shape[1] != input_boxes.shape[1]:
@@ -309,7 +321,11 @@ def _check_prompt_values(size, input_points, input_labels, input_boxes, input_ma
         return
     flags, real = {}, None
     if input_points is not None:
-        real = input_labels != POINT_LABELS[0] if input_labels is not None else torch.ones_like(input_points[..., 0], dtype=torch.bool)
+        real = (
+            input_labels != POINT_LABELS[0]
+            if input_labels is not None
+            else torch.ones_like(input_points[..., 0], dtype=torch.bool)
+        )
         flags["points_finite"] = ((~torch.isfinite(input_points)).any(-1) & real).any()
         flags["points_range"] = (((input_points < 0) | (input_points > size)).any(-1) & real).any()
         if input_labels is not None:
@@ -325,8 +341,10 @@ def _check_prompt_values(size, input_points, input_labels, input_boxes, input_ma
     failed = [name for name, bad in zip(flags, torch.stack(list(flags.values())).tolist()) if bad]
     if not failed:
         return
-    outside = (f"must lie inside the {size}x{size} model input; pass prompts in original image coordinates through "
-               "SamClipProcessor, which rescales them.")
+    outside = (
+        f"must lie inside the {size}x{size} model input; pass prompts in original image coordinates through "
+        "SamClipProcessor, which rescales them."
+    )
     messages = {
         "points_finite": "input_points hold NaN or infinite coordinates; prompts are finite pixel coordinates.",
         "points_range": "input_points " + outside,
@@ -424,7 +442,9 @@ def check_score_threshold(value, argument: str = "threshold"):
 
 def check_threshold(value, argument: str = "background_threshold"):
     """A finite number or None."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value)):
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value)
+    ):
         raise ValueError(f"{argument} must be a finite number (a cosine, e.g. 0.2) or None; got {describe(value)}.")
 
 
@@ -435,9 +455,13 @@ def check_class_names(names, argument: str = "class_names") -> list[str]:
     if isinstance(names, str):
         names = [name.strip() for name in names.split(",") if name.strip()]
     if not isinstance(names, (list, tuple)) or not all(isinstance(name, str) for name in names):
-        raise TypeError(f"{argument} must be a list of strings (or one comma-separated string); got {describe(names)}.")
+        raise TypeError(
+            f"{argument} must be a list of strings (or one comma-separated string); got {describe(names)}."
+        )
     if not names or any(not name.strip() for name in names):
-        raise ValueError(f"{argument} must be non-empty strings, at least one, e.g. ['cat', 'dog']; got {list(names)!r}.")
+        raise ValueError(
+            f"{argument} must be non-empty strings, at least one, e.g. ['cat', 'dog']; got {list(names)!r}."
+        )
     if len(set(names)) != len(names):
         raise ValueError(f"{argument} has duplicates: {list(names)}; give each class once.")
     return list(names)
@@ -478,7 +502,9 @@ def check_pretrained_folder(source, expected_files=("config.json",), what: str =
             raise FileNotFoundError(f"{text}: no such folder; give a saved {what} folder or a Hub repo id.")
         return
     if not path.is_dir():
-        raise NotADirectoryError(f"{text} is a file; give the folder that holds config.json (save_pretrained's output).")
+        raise NotADirectoryError(
+            f"{text} is a file; give the folder that holds config.json (save_pretrained's output)."
+        )
     config_file = path / "config.json"
     if config_file.is_file():
         try:
@@ -492,7 +518,9 @@ def check_pretrained_folder(source, expected_files=("config.json",), what: str =
                 "SamClipModel.from_teachers(sam, clip), or give a folder saved from a SamClipModel."
             )
     if not any((path / name).is_file() for name in expected_files):
-        raise FileNotFoundError(f"{text} has no {' or '.join(expected_files)}: it is not a saved {what} folder. {hint}".strip())
+        raise FileNotFoundError(
+            f"{text} has no {' or '.join(expected_files)}: it is not a saved {what} folder. {hint}".strip()
+        )
     for weights in sorted(path.glob("*.safetensors")):
         _check_safetensors(weights)
 
@@ -508,8 +536,11 @@ def _check_safetensors(path: Path):
             header = json.loads(handle.read(header_length))
         end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
     except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError):
-        raise OSError(f"{path} is not a readable safetensors file (truncated or corrupt); re-save or re-download it.") from None
+        raise OSError(
+            f"{path} is not a readable safetensors file (truncated or corrupt); re-save or re-download it."
+        ) from None
     if 8 + header_length + end > size:
         raise OSError(
-            f"{path} is truncated ({size} bytes, its header needs {8 + header_length + end}); re-save or re-download it."
+            f"{path} is truncated ({size} bytes, its header needs {8 + header_length + end}); "
+            "re-save or re-download it."
         )

@@ -98,8 +98,10 @@ class SamClipHeadConfig(PreTrainedConfig):
         if not self.neighbourhood_sigma > 0:
             raise ValueError(f"head_config.neighbourhood_sigma must be > 0, got {self.neighbourhood_sigma}.")
         if self.dense_affinity_temperature is not None and not self.dense_affinity_temperature > 0:
-            raise ValueError("head_config.dense_affinity_temperature must be > 0 (or None: no affinity), got "
-                             f"{self.dense_affinity_temperature}.")
+            raise ValueError(
+                "head_config.dense_affinity_temperature must be > 0 (or None: no affinity), got "
+                f"{self.dense_affinity_temperature}."
+            )
         if self.projection_dim <= 0:
             raise ValueError(f"head_config.projection_dim must be positive, got {self.projection_dim}.")
 
@@ -170,7 +172,9 @@ class SamClipConfig(PreTrainedConfig):
         )
         problems = []
         if vision.image_size % vision.patch_size:
-            problems.append(f"vision_config.image_size ({vision.image_size}) is not a multiple of patch_size ({vision.patch_size})")
+            problems.append(
+                f"vision_config.image_size ({vision.image_size}) is not a multiple of patch_size ({vision.patch_size})"
+            )
         if (prompt.image_size, prompt.patch_size) != (vision.image_size, vision.patch_size):
             problems.append(
                 f"prompt_encoder_config image_size/patch_size ({prompt.image_size}/{prompt.patch_size}) differ from "
@@ -187,7 +191,9 @@ class SamClipConfig(PreTrainedConfig):
                 f"({vision.output_channels // 2})"
             )
         if head.image_size % vision.patch_size:
-            problems.append(f"head_config.image_size ({head.image_size}) is not a multiple of patch_size ({vision.patch_size})")
+            problems.append(
+                f"head_config.image_size ({head.image_size}) is not a multiple of patch_size ({vision.patch_size})"
+            )
         if self.text_embed_dim != head.projection_dim:
             problems.append(
                 f"head_config.projection_dim ({head.projection_dim}) must equal the text embedding size "
@@ -197,8 +203,9 @@ class SamClipConfig(PreTrainedConfig):
         if self.background_threshold is not None and not -1.0 <= self.background_threshold <= 1.0:
             problems.append(f"background_threshold ({self.background_threshold}) is a cosine: it must lie in [-1, 1]")
         if self.instance_score_threshold is not None and not 0.0 <= self.instance_score_threshold <= 1.0:
-            problems.append(f"instance_score_threshold ({self.instance_score_threshold}) is a confidence: it must lie "
-                            "in [0, 1]")
+            problems.append(
+                f"instance_score_threshold ({self.instance_score_threshold}) is a confidence: it must lie in [0, 1]"
+            )
         if problems:
             raise ValueError("Invalid SamClipConfig: " + "; ".join(problems) + ".")
 
@@ -222,10 +229,17 @@ class SamClipConfig(PreTrainedConfig):
 
 
 def _sam_vit_b_vision(**overrides) -> dict:
-    # SAM ViT-B; initializer_range 0.02 (SamVisionConfig's 1e-10 default yields a dead encoder when trained from scratch).
+    # SAM ViT-B; initializer_range 0.02 (SamVisionConfig's 1e-10 default leaves a dead encoder trained from scratch).
     base = dict(
-        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, image_size=1024, patch_size=16,
-        output_channels=256, num_pos_feats=128, window_size=14, global_attn_indexes=[2, 5, 8, 11],
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        image_size=1024,
+        patch_size=16,
+        output_channels=256,
+        num_pos_feats=128,
+        window_size=14,
+        global_attn_indexes=[2, 5, 8, 11],
         initializer_range=0.02,
     )
     base.update(overrides)
@@ -235,8 +249,16 @@ def _sam_vit_b_vision(**overrides) -> dict:
 def _preset_samclip_vit_b16() -> SamClipConfig:
     # The paper: SAM ViT-B/16 backbone; CLIP teacher OpenCLIP ViT-L/14 (DataComp-1B), 768-d embeddings.
     text = CLIPTextConfig(
-        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-        max_position_embeddings=77, hidden_act="gelu", projection_dim=768, bos_token_id=49406, eos_token_id=49407,
+        vocab_size=49408,
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        max_position_embeddings=77,
+        hidden_act="gelu",
+        projection_dim=768,
+        bos_token_id=49406,
+        eos_token_id=49407,
         pad_token_id=0,
     )
     return SamClipConfig(
@@ -252,13 +274,29 @@ def _preset_samclip_vit_b16() -> SamClipConfig:
 def _preset_samclip_tiny() -> SamClipConfig:
     # For tests: every part present, a few thousand parameters each, 64 px SAM path, 32 px CLIP path.
     text = CLIPTextConfig(
-        vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=16, projection_dim=24, bos_token_id=97, eos_token_id=98, pad_token_id=1,
+        vocab_size=99,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=16,
+        projection_dim=24,
+        bos_token_id=97,
+        eos_token_id=98,
+        pad_token_id=1,
     )
     return SamClipConfig(
         vision_config=_sam_vit_b_vision(
-            hidden_size=32, num_hidden_layers=4, num_attention_heads=4, image_size=64, patch_size=8,
-            output_channels=32, num_pos_feats=16, window_size=4, global_attn_indexes=[1, 3], mlp_dim=64,
+            hidden_size=32,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            image_size=64,
+            patch_size=8,
+            output_channels=32,
+            num_pos_feats=16,
+            window_size=4,
+            global_attn_indexes=[1, 3],
+            mlp_dim=64,
         ),
         prompt_encoder_config=dict(hidden_size=32, image_size=64, patch_size=8, mask_input_channels=8),
         mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_attention_heads=4, iou_head_hidden_dim=32),
@@ -284,4 +322,10 @@ def samclip_config_from_preset(name: str, **overrides) -> SamClipConfig:
     return config
 
 
-__all__ = ["MIN_TRANSFORMERS_VERSION", "SamClipConfig", "SamClipHeadConfig", "SAMCLIP_PRESETS", "samclip_config_from_preset"]
+__all__ = [
+    "MIN_TRANSFORMERS_VERSION",
+    "SamClipConfig",
+    "SamClipHeadConfig",
+    "SAMCLIP_PRESETS",
+    "samclip_config_from_preset",
+]

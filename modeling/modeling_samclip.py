@@ -195,13 +195,20 @@ def mask_pooled_tokens(tokens: torch.Tensor, masks: torch.Tensor) -> torch.Tenso
     projected after this pooling of its tokens, and region distillation should pool its student features the same
     way so that training and read-out agree."""
     if tokens.dim() != 3 or masks.dim() != 3:
-        raise ValueError(f"tokens must be (h, w, dim) and masks (M, H, W); got {tuple(tokens.shape)} and "
-                         f"{tuple(masks.shape)}.")
+        raise ValueError(
+            f"tokens must be (h, w, dim) and masks (M, H, W); got {tuple(tokens.shape)} and {tuple(masks.shape)}."
+        )
     return mask_token_weights(masks, tokens.shape[:2]).to(tokens.dtype) @ tokens.flatten(0, 1)
 
 
-def peak_points(score_map: torch.Tensor, max_points: int, height: float, width: float, input_size: int,
-                min_score: float | None = None) -> torch.Tensor:
+def peak_points(
+    score_map: torch.Tensor,
+    max_points: int,
+    height: float,
+    width: float,
+    input_size: int,
+    min_score: float | None = None,
+) -> torch.Tensor:
     """`(K, 2)` (x, y) prompt points, K <= `max_points`, at the local maxima (3x3) of a `(h, w)` token score map over
     the `input_size` square, best first, inside the unpadded `height` x `width` region and at least `min_score`."""
     grid_h, grid_w = score_map.shape
@@ -240,7 +247,9 @@ def _build_text_tower(text_config) -> PreTrainedModel:
         name = type(text_config).__name__.removesuffix("Config") + "Model"
         model_class = getattr(transformers, name, None)
         if model_class is None:
-            raise ValueError(f"No text model class for {type(text_config).__name__}; expected transformers.{name}.") from None
+            raise ValueError(
+                f"No text model class for {type(text_config).__name__}; expected transformers.{name}."
+            ) from None
         return model_class._from_config(text_config)
 
 
@@ -254,7 +263,9 @@ def encode_class_names(model, class_names, tokenizer, templates=DEFAULT_TEMPLATE
     templates = check_templates(templates)
     prompts = [template.format(name) for name in class_names for template in templates]
     max_length = getattr(model.config.text_config, "max_position_embeddings", None)
-    tokens = tokenizer(prompts, padding=True, truncation=max_length is not None, max_length=max_length, return_tensors="pt")
+    tokens = tokenizer(
+        prompts, padding=True, truncation=max_length is not None, max_length=max_length, return_tensors="pt"
+    )
     tokens = {k: v.to(model.device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
     embeds = F.normalize(model.get_text_features(**tokens).pooler_output, dim=-1)
     embeds = embeds.reshape(len(class_names), len(templates), -1).mean(dim=1)
@@ -283,9 +294,11 @@ def _rel_pos_table(rel_pos: torch.Tensor, q_size: int, k_size: int) -> torch.Ten
     to the size the table already has (a no-op in value)."""
     max_rel_dist = 2 * max(q_size, k_size) - 1
     if rel_pos.shape[0] != max_rel_dist:
-        rel_pos = F.interpolate(
-            rel_pos.reshape(1, rel_pos.shape[0], -1).transpose(1, 2), size=max_rel_dist, mode="linear"
-        ).reshape(-1, max_rel_dist).permute(1, 0)
+        rel_pos = (
+            F.interpolate(rel_pos.reshape(1, rel_pos.shape[0], -1).transpose(1, 2), size=max_rel_dist, mode="linear")
+            .reshape(-1, max_rel_dist)
+            .permute(1, 0)
+        )
     q_coords = torch.arange(q_size, device=rel_pos.device)[:, None] * max(k_size / q_size, 1.0)
     k_coords = torch.arange(k_size, device=rel_pos.device)[None, :] * max(q_size / k_size, 1.0)
     relative_coords = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
@@ -312,7 +325,9 @@ def _rel_pos_sdpa(attention: SamVisionSdpaAttention, hidden_states: torch.Tensor
         bias = (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).view(batch_size, heads, tokens, tokens)
     query, key, value = (x.view(batch_size, heads, tokens, -1) for x in (query, key, value))
     output = F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
-    output = output.view(batch_size, heads, height, width, -1).permute(0, 2, 3, 1, 4).reshape(batch_size, height, width, -1)
+    output = (
+        output.view(batch_size, heads, height, width, -1).permute(0, 2, 3, 1, 4).reshape(batch_size, height, width, -1)
+    )
     return attention.proj(output)
 
 
@@ -334,7 +349,10 @@ class SamClipVisionLayer(SamVisionLayer):
             self._rel_pos_cache,
             (height, width),
             (attention.rel_pos_h, attention.rel_pos_w),
-            lambda: (_rel_pos_table(attention.rel_pos_h, height, height), _rel_pos_table(attention.rel_pos_w, width, width)),
+            lambda: (
+                _rel_pos_table(attention.rel_pos_h, height, height),
+                _rel_pos_table(attention.rel_pos_w, width, width),
+            ),
         )
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -393,7 +411,9 @@ class SamClipVisionEncoder(SamVisionEncoder):
         """
         if pixel_values is None:
             raise ValueError("You have to specify pixel_values.")
-        pixel_values = check_pixel_values(pixel_values, self.config.num_channels, self.patch_embed.projection.weight.dtype)
+        pixel_values = check_pixel_values(
+            pixel_values, self.config.num_channels, self.patch_embed.projection.weight.dtype
+        )
         height, width = pixel_values.shape[-2:]
         patch = self.config.patch_size
         if height % patch or width % patch:
@@ -492,7 +512,9 @@ class SamClipHead(nn.Module):
         affinity when `dense_affinity_temperature` is set (then each patch's feature is L2-normalised first)."""
         features = self.projector(self.dense_tokens(trunk_tokens))
         if self.dense_affinity_temperature is not None:
-            features = trunk_affinity(trunk_tokens, self.dense_affinity_temperature) @ F.normalize(features, dim=-1).flatten(1, 2)
+            features = trunk_affinity(trunk_tokens, self.dense_affinity_temperature) @ F.normalize(
+                features, dim=-1
+            ).flatten(1, 2)
             features = features.unflatten(1, trunk_tokens.shape[1:3])
         return features.permute(0, 3, 1, 2)
 
@@ -522,7 +544,9 @@ def _neighbourhood_prior(height: int, width: int, sigma: float, device, dtype) -
     return torch.exp(-torch.cdist(centres, centres).square() / (2 * sigma**2))
 
 
-def _training_free_block(layer: SamVisionLayer, hidden_states: torch.Tensor, readout: str, sigma: float) -> torch.Tensor:
+def _training_free_block(
+    layer: SamVisionLayer, hidden_states: torch.Tensor, readout: str, sigma: float
+) -> torch.Tensor:
     # The block's own projections with a self-similarity attention (no relative positions, no residual, no MLP):
     # ClearCLIP/NACLIP/SCLIP find that query-query or key-key affinity keeps each patch's attention on patches
     # like it, where the trained query-key attention gathers the global context that pooling needs.
@@ -553,7 +577,13 @@ class SamClipPreTrainedModel(PreTrainedModel):
     base_model_prefix = "samclip"
     main_input_name = "pixel_values"
     input_modalities = ("image", "text")
-    _no_split_modules = ["SamVisionLayer", "SamClipVisionLayer", "CLIPEncoderLayer", "CLIPTextEmbeddings", "SiglipEncoderLayer"]
+    _no_split_modules = [
+        "SamVisionLayer",
+        "SamClipVisionLayer",
+        "CLIPEncoderLayer",
+        "CLIPTextEmbeddings",
+        "SiglipEncoderLayer",
+    ]
     supports_gradient_checkpointing = True
     _supports_sdpa = True
 
@@ -608,7 +638,9 @@ class SamClipModel(SamClipPreTrainedModel):
         )
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
         self.logit_bias = (
-            nn.Parameter(torch.tensor(config.logit_bias_init_value)) if config.logit_bias_init_value is not None else None
+            nn.Parameter(torch.tensor(config.logit_bias_init_value))
+            if config.logit_bias_init_value is not None
+            else None
         )
         self.post_init()
 
@@ -752,7 +784,9 @@ class SamClipModel(SamClipPreTrainedModel):
             if return_loss:
                 check_contrastive_pairs(len(image_embeds), len(text_embeds))
                 targets = torch.arange(len(logits_per_text), device=logits_per_text.device)
-                out.loss = (F.cross_entropy(logits_per_text, targets) + F.cross_entropy(logits_per_text.t(), targets)) / 2
+                out.loss = (
+                    F.cross_entropy(logits_per_text, targets) + F.cross_entropy(logits_per_text.t(), targets)
+                ) / 2
         return out
 
     # ------------------------------------------------------------------------------- semantic segmentation
@@ -794,7 +828,9 @@ class SamClipModel(SamClipPreTrainedModel):
         logits = self._class_logits(
             self.get_dense_image_features(pixel_values), class_embeds, background_embeds, background_threshold
         )
-        logits = F.interpolate(logits, size=output_size or pixel_values.shape[-2:], mode="bilinear", align_corners=False)
+        logits = F.interpolate(
+            logits, size=output_size or pixel_values.shape[-2:], mode="bilinear", align_corners=False
+        )
         return SamClipSemanticSegmentationOutput(logits=logits, label_map=logits.argmax(1))
 
     @torch.no_grad()
@@ -820,17 +856,28 @@ class SamClipModel(SamClipPreTrainedModel):
         of each class region is prompted alone (its best patch, its box and its region) and SAM's mask replaces the
         component only where SAM's predicted IoU reaches `iou_gate`; otherwise the coarse component stays."""
         if per_component:
-            return self._refine_per_component(pixel_values, class_embeds, background_embeds, background_threshold,
-                                              mask_prompt_scale, output_size, iou_gate)
+            return self._refine_per_component(
+                pixel_values,
+                class_embeds,
+                background_embeds,
+                background_threshold,
+                mask_prompt_scale,
+                output_size,
+                iou_gate,
+            )
         size = self.config.image_size
         pixel_values = check_pixel_values(pixel_values, self.config.vision_config.num_channels, self.dtype)
         if isinstance(num_points, bool) or not isinstance(num_points, int) or num_points < 1:
             raise ValueError(f"num_points must be a positive integer (points per class prompt); got {num_points!r}.")
         if tuple(pixel_values.shape[-2:]) != (size, size):
-            raise ValueError(f"SAM refinement runs on the {size}x{size} SAM path; got {tuple(pixel_values.shape[-2:])}.")
+            raise ValueError(
+                f"SAM refinement runs on the {size}x{size} SAM path; got {tuple(pixel_values.shape[-2:])}."
+            )
         encoded = self.vision_encoder(pixel_values, compute_neck=True)
         coarse = self._class_logits(
-            self.clip_head.dense_features(encoded.trunk_hidden_state), class_embeds, background_embeds,
+            self.clip_head.dense_features(encoded.trunk_hidden_state),
+            class_embeds,
+            background_embeds,
             background_threshold,
         )
         low_res = 4 * self.config.prompt_encoder_config.image_embedding_size
@@ -862,19 +909,35 @@ class SamClipModel(SamClipPreTrainedModel):
                 )
                 logits[present] = pred[:, 0, 0].to(logits.dtype)
             refined.append(logits)
-        logits = F.interpolate(torch.stack(refined), size=output_size or (size, size), mode="bilinear", align_corners=False)
+        logits = F.interpolate(
+            torch.stack(refined), size=output_size or (size, size), mode="bilinear", align_corners=False
+        )
         return SamClipSemanticSegmentationOutput(logits=logits, label_map=logits.argmax(1))
 
-    def _refine_per_component(self, pixel_values, class_embeds, background_embeds, background_threshold,
-                              mask_prompt_scale, output_size, iou_gate):
+    def _refine_per_component(
+        self,
+        pixel_values,
+        class_embeds,
+        background_embeds,
+        background_threshold,
+        mask_prompt_scale,
+        output_size,
+        iou_gate,
+    ):
         size = self.config.image_size
         pixel_values = check_pixel_values(pixel_values, self.config.vision_config.num_channels, self.dtype)
         if tuple(pixel_values.shape[-2:]) != (size, size):
-            raise ValueError(f"SAM refinement runs on the {size}x{size} SAM path; got {tuple(pixel_values.shape[-2:])}.")
+            raise ValueError(
+                f"SAM refinement runs on the {size}x{size} SAM path; got {tuple(pixel_values.shape[-2:])}."
+            )
         check_threshold(iou_gate, "iou_gate")
         encoded = self.vision_encoder(pixel_values, compute_neck=True)
-        coarse = self._class_logits(self.clip_head.dense_features(encoded.trunk_hidden_state), class_embeds,
-                                    background_embeds, background_threshold)
+        coarse = self._class_logits(
+            self.clip_head.dense_features(encoded.trunk_hidden_state),
+            class_embeds,
+            background_embeds,
+            background_threshold,
+        )
         low_res = 4 * self.config.prompt_encoder_config.image_embedding_size
         grid = coarse.shape[-1]
         refined = []
@@ -882,8 +945,9 @@ class SamClipModel(SamClipPreTrainedModel):
             labels = coarse[image_index].argmax(0)
             logits = torch.full((coarse.shape[1], low_res, low_res), -1e4, device=coarse.device, dtype=coarse.dtype)
             logits[0] = 0.0
-            components = [(c, region) for c in labels.unique().tolist() if c > 0
-                          for region in _connected_components(labels == c)]
+            components = [
+                (c, region) for c in labels.unique().tolist() if c > 0 for region in _connected_components(labels == c)
+            ]
             if components:
                 points, boxes, masks = [], [], []
                 for c, region in components:
@@ -907,7 +971,9 @@ class SamClipModel(SamClipPreTrainedModel):
                     chosen = sam_logits.to(logits.dtype) if predicted_iou >= iou_gate else mask
                     logits[c] = torch.maximum(logits[c], chosen)
             refined.append(logits)
-        logits = F.interpolate(torch.stack(refined), size=output_size or (size, size), mode="bilinear", align_corners=False)
+        logits = F.interpolate(
+            torch.stack(refined), size=output_size or (size, size), mode="bilinear", align_corners=False
+        )
         return SamClipSemanticSegmentationOutput(logits=logits, label_map=logits.argmax(1))
 
     @torch.no_grad()
@@ -963,15 +1029,20 @@ class SamClipModel(SamClipPreTrainedModel):
         check_threshold(score_threshold, "score_threshold")
         if label_source not in ("dense", "crops"):
             raise ValueError(f"label_source must be 'dense' or 'crops', got {label_source!r}.")
-        for name, value in (("points_per_side", points_per_side), ("points_per_batch", points_per_batch),
-                            ("num_peaks", num_peaks)):
+        for name, value in (
+            ("points_per_side", points_per_side),
+            ("points_per_batch", points_per_batch),
+            ("num_peaks", num_peaks),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         size = self.config.image_size
         pixel_values = check_pixel_values(pixel_values, self.config.vision_config.num_channels, self.dtype)
         if tuple(pixel_values.shape[-2:]) != (size, size):
-            raise ValueError(f"Instance segmentation runs on the {size}x{size} SAM path (the processor's 'sam' view); "
-                             f"got {tuple(pixel_values.shape[-2:])}.")
+            raise ValueError(
+                f"Instance segmentation runs on the {size}x{size} SAM path (the processor's 'sam' view); "
+                f"got {tuple(pixel_values.shape[-2:])}."
+            )
         encoded = self.vision_encoder(pixel_values, compute_neck=True)
         class_embeds = class_embeds.to(encoded.last_hidden_state.dtype)
         # The crops path reads the CLIP head on the crops, not on this pass's tokens (peaks still need them).
@@ -979,25 +1050,35 @@ class SamClipModel(SamClipPreTrainedModel):
         tokens = self.clip_head.dense_tokens(encoded.trunk_hidden_state) if needs_tokens else None
         if prompts == "peaks":
             objectness = (F.normalize(self.clip_head.projector(tokens), dim=-1) @ class_embeds.T).amax(-1)
-        output = SamClipInstanceSegmentationOutput(mask_logits=[], class_ids=[], scores=[], class_cosines=[],
-                                                   iou_scores=[])
+        output = SamClipInstanceSegmentationOutput(
+            mask_logits=[], class_ids=[], scores=[], class_cosines=[], iou_scores=[]
+        )
         for image_index in range(pixel_values.shape[0]):
             height, width = input_sizes[image_index] if input_sizes is not None else (size, size)
             if prompts == "grid":
                 points = grid_points(points_per_side, float(height), float(width))
             else:
-                points = torch.cat([
-                    peak_points(objectness[image_index], num_peaks, float(height), float(width), size,
-                                self.config.background_threshold).cpu(),
-                    grid_points(max(points_per_side // 2, 1), float(height), float(width)),
-                ])
+                points = torch.cat(
+                    [
+                        peak_points(
+                            objectness[image_index],
+                            num_peaks,
+                            float(height),
+                            float(width),
+                            size,
+                            self.config.background_threshold,
+                        ).cpu(),
+                        grid_points(max(points_per_side // 2, 1), float(height), float(width)),
+                    ]
+                )
             points = points.to(class_embeds.device, class_embeds.dtype)
             embedding = encoded.last_hidden_state[image_index : image_index + 1]
             logits, ious = [], []
             for start in range(0, len(points), points_per_batch):
                 chunk = points[start : start + points_per_batch]
-                masks, iou = self.segment(embedding.expand(len(chunk), -1, -1, -1), input_points=chunk[:, None, None],
-                                          multimask_output=True)
+                masks, iou = self.segment(
+                    embedding.expand(len(chunk), -1, -1, -1), input_points=chunk[:, None, None], multimask_output=True
+                )
                 logits.append(masks[:, 0].flatten(0, 1))
                 ious.append(iou[:, 0].flatten())
             logits, ious = mask_padding(torch.cat(logits), height, width, size), torch.cat(ious)
@@ -1016,13 +1097,24 @@ class SamClipModel(SamClipPreTrainedModel):
             if score_threshold is not None:
                 keep &= scores >= score_threshold
             if background_embeds is not None and len(logits):
-                background = self._mask_class_cosines(tokens[image_index], logits, background_embeds.to(class_embeds),
-                                                      mask_pooling) if label_source == "dense" else \
-                    self._crop_class_cosines(pixel_values[image_index], logits, background_embeds.to(class_embeds))
+                background = (
+                    self._mask_class_cosines(
+                        tokens[image_index], logits, background_embeds.to(class_embeds), mask_pooling
+                    )
+                    if label_source == "dense"
+                    else self._crop_class_cosines(
+                        pixel_values[image_index], logits, background_embeds.to(class_embeds)
+                    )
+                )
                 keep &= best > background.amax(dim=1)
             order = scores[keep].argsort(descending=True)
-            for name, value in (("mask_logits", logits), ("class_ids", class_ids), ("scores", scores),
-                                ("class_cosines", cosines), ("iou_scores", ious)):
+            for name, value in (
+                ("mask_logits", logits),
+                ("class_ids", class_ids),
+                ("scores", scores),
+                ("class_cosines", cosines),
+                ("iou_scores", ious),
+            ):
                 getattr(output, name).append(value[keep][order])
         return output
 
@@ -1054,10 +1146,15 @@ class SamClipModel(SamClipPreTrainedModel):
             logits = torch.full((num_classes + 1, *output_size), -1.0, device=pixel_values.device, dtype=scores.dtype)
             logits[0] = 0.0
             if len(mask_logits):
-                inside = F.interpolate(mask_logits[:, None], size=output_size, mode="bilinear", align_corners=False)[:, 0] > 0
+                inside = (
+                    F.interpolate(mask_logits[:, None], size=output_size, mode="bilinear", align_corners=False)[:, 0]
+                    > 0
+                )
                 # Per class, the best confidence of an instance covering the pixel.
                 for mask, class_id, score in zip(inside, class_ids.tolist(), scores):
-                    logits[class_id + 1] = torch.where(mask, logits[class_id + 1].clamp(min=score), logits[class_id + 1])
+                    logits[class_id + 1] = torch.where(
+                        mask, logits[class_id + 1].clamp(min=score), logits[class_id + 1]
+                    )
             maps.append(logits)
         logits = torch.stack(maps)
         return SamClipSemanticSegmentationOutput(logits=logits, label_map=logits.argmax(1))
@@ -1075,8 +1172,15 @@ class SamClipModel(SamClipPreTrainedModel):
             top = int(min(max((y0 + y1 - side) // 2, 0), size - side))
             left = int(min(max((x0 + x1 - side) // 2, 0), size - side))
             crop = pixel_values[None, :, top : top + side, left : left + side]
-            crops.append(F.interpolate(crop, size=(self.config.head_config.image_size,) * 2, mode="bilinear",
-                                       align_corners=False, antialias=True))
+            crops.append(
+                F.interpolate(
+                    crop,
+                    size=(self.config.head_config.image_size,) * 2,
+                    mode="bilinear",
+                    align_corners=False,
+                    antialias=True,
+                )
+            )
         if not crops:
             return class_embeds.new_zeros((0, class_embeds.shape[0]))
         embeddings = self.get_image_features(torch.cat(crops).to(pixel_values.dtype)).pooler_output
@@ -1085,7 +1189,9 @@ class SamClipModel(SamClipPreTrainedModel):
     def _mask_class_cosines(self, tokens, mask_logits, class_embeds, mask_pooling):
         # Masks come at SAM's low resolution (4x the token grid); the pooling is the shared `mask_pooled_tokens`.
         if mask_pooling == "mean_tokens":
-            return F.normalize(self.clip_head.projector(mask_pooled_tokens(tokens, mask_logits)), dim=-1) @ class_embeds.T
+            return (
+                F.normalize(self.clip_head.projector(mask_pooled_tokens(tokens, mask_logits)), dim=-1) @ class_embeds.T
+            )
         weights = mask_token_weights(mask_logits, tokens.shape[:2]).to(tokens.dtype)  # (M, g*g)
         features = F.normalize(self.clip_head.projector(tokens.flatten(0, 1)), dim=-1)  # (g*g, dim)
         if mask_pooling == "mean":
@@ -1101,10 +1207,18 @@ class SamClipModel(SamClipPreTrainedModel):
         SAM-CLIP: encoder, prompt encoder and mask decoder from SAM; CLIP-head blocks copied from SAM's last encoder
         layer; text tower, text projection and logit scale (and bias) from the CLIP teacher. `head_options` are
         `SamClipHeadConfig` fields (e.g. `num_hidden_layers`, `pooling`, `project_before_pool`, `image_size`)."""
-        missing = [name for name in ("vision_encoder", "prompt_encoder", "mask_decoder", "shared_image_embedding") if not hasattr(sam_model, name)]
+        missing = [
+            name
+            for name in ("vision_encoder", "prompt_encoder", "mask_decoder", "shared_image_embedding")
+            if not hasattr(sam_model, name)
+        ]
         if missing:
             raise ValueError(f"sam_model must be a transformers SamModel; {type(sam_model).__name__} lacks {missing}.")
-        if not (hasattr(clip_model, "text_model") and hasattr(clip_model, "logit_scale") and hasattr(clip_model, "get_image_features")):
+        if not (
+            hasattr(clip_model, "text_model")
+            and hasattr(clip_model, "logit_scale")
+            and hasattr(clip_model, "get_image_features")
+        ):
             raise ValueError(
                 f"clip_model must be a dual encoder with text_model, logit_scale and get_image_features "
                 f"(CLIPModel, SiglipModel); got {type(clip_model).__name__}."

@@ -34,8 +34,15 @@ SUBTASKS = ("semantic", "instance", "panoptic")
 # How the semantic subtask paints its map; the first is the default (best measured on train mosaics, issue 19).
 SEMANTIC_METHODS = ("instances", "plain", "refined")
 INSTANCE_OPTIONS = (
-    "points_per_side", "pred_iou_threshold", "stability_threshold", "nms_threshold", "mask_pooling", "label_source",
-    "prompts", "num_peaks", "score_threshold",
+    "points_per_side",
+    "pred_iou_threshold",
+    "stability_threshold",
+    "nms_threshold",
+    "mask_pooling",
+    "label_source",
+    "prompts",
+    "num_peaks",
+    "score_threshold",
 )
 
 
@@ -133,15 +140,35 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
     _load_feature_extractor = False
     _load_tokenizer = False
 
-    def _sanitize_parameters(self, candidate_labels=None, subtask=None, templates=None, refine=None, method=None,
-                             background_threshold=None, background_labels=None, timeout=None, **instance_options):
+    def _sanitize_parameters(
+        self,
+        candidate_labels=None,
+        subtask=None,
+        templates=None,
+        refine=None,
+        method=None,
+        background_threshold=None,
+        background_labels=None,
+        timeout=None,
+        **instance_options,
+    ):
         unknown = sorted(set(instance_options) - set(INSTANCE_OPTIONS))
         if unknown:
-            raise TypeError(f"Unexpected argument(s) {unknown}; this pipeline takes candidate_labels, subtask, "
-                            f"templates, refine, method, background_threshold, background_labels, timeout and {INSTANCE_OPTIONS}.")
-        preprocess = {key: value for key, value in (("candidate_labels", candidate_labels), ("subtask", subtask),
-                                                    ("refine", refine), ("method", method), ("timeout", timeout))
-                      if value is not None}
+            raise TypeError(
+                f"Unexpected argument(s) {unknown}; this pipeline takes candidate_labels, subtask, "
+                f"templates, refine, method, background_threshold, background_labels, timeout and {INSTANCE_OPTIONS}."
+            )
+        preprocess = {
+            key: value
+            for key, value in (
+                ("candidate_labels", candidate_labels),
+                ("subtask", subtask),
+                ("refine", refine),
+                ("method", method),
+                ("timeout", timeout),
+            )
+            if value is not None
+        }
         forward = dict(instance_options)
         if templates is not None:
             forward["templates"] = check_templates(templates)
@@ -166,8 +193,10 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
         if method is None:
             method = "refined" if refine else SEMANTIC_METHODS[0]
         elif method not in SEMANTIC_METHODS or (refine and method != "refined"):
-            raise ValueError(f"method must be one of {SEMANTIC_METHODS} (refine=True means 'refined'); got "
-                             f"method={method!r}, refine={refine!r}.")
+            raise ValueError(
+                f"method must be one of {SEMANTIC_METHODS} (refine=True means 'refined'); got "
+                f"method={method!r}, refine={refine!r}."
+            )
         image = to_rgb_image(image, timeout=timeout)
         if min(image.size) < 2:
             raise ValueError(f"image is {image.size[0]}x{image.size[1]} pixels; give an image of at least 2x2 pixels.")
@@ -176,8 +205,14 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
         inputs.update(candidate_labels=labels, subtask=subtask, method=method)
         return inputs
 
-    def _forward(self, model_inputs, templates=DEFAULT_TEMPLATES, background_threshold=None, background_labels=None,
-                 **instance_options):
+    def _forward(
+        self,
+        model_inputs,
+        templates=DEFAULT_TEMPLATES,
+        background_threshold=None,
+        background_labels=None,
+        **instance_options,
+    ):
         labels, subtask, method = (model_inputs.pop(key) for key in ("candidate_labels", "subtask", "method"))
         tokenizer = self.processor.tokenizer
         class_embeds = self.model.encode_class_names(labels, tokenizer, templates)
@@ -185,21 +220,35 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
         sizes = {key: model_inputs[key] for key in ("original_sizes", "reshaped_input_sizes")}
         if subtask != "semantic":
             output = self.model.instance_segmentation(
-                pixel_values, class_embeds, background_threshold=background_threshold,
-                input_sizes=model_inputs["reshaped_input_sizes"].tolist(), **instance_options,
+                pixel_values,
+                class_embeds,
+                background_threshold=background_threshold,
+                input_sizes=model_inputs["reshaped_input_sizes"].tolist(),
+                **instance_options,
             )
             return {"instances": output, "candidate_labels": labels, "subtask": subtask, **sizes}
-        background_embeds = self.model.encode_class_names(background_labels, tokenizer, templates) if background_labels else None
+        background_embeds = (
+            self.model.encode_class_names(background_labels, tokenizer, templates) if background_labels else None
+        )
         if method == "instances":
             output = self.model.semantic_segmentation_from_instances(
-                pixel_values, class_embeds, background_embeds=background_embeds,
-                background_threshold=background_threshold, input_sizes=model_inputs["reshaped_input_sizes"].tolist(),
+                pixel_values,
+                class_embeds,
+                background_embeds=background_embeds,
+                background_threshold=background_threshold,
+                input_sizes=model_inputs["reshaped_input_sizes"].tolist(),
                 **instance_options,
             )
         else:
-            segment = self.model.semantic_segmentation_refined if method == "refined" else self.model.semantic_segmentation
-            output = segment(pixel_values, class_embeds, background_embeds=background_embeds,
-                             background_threshold=background_threshold)
+            segment = (
+                self.model.semantic_segmentation_refined if method == "refined" else self.model.semantic_segmentation
+            )
+            output = segment(
+                pixel_values,
+                class_embeds,
+                background_embeds=background_embeds,
+                background_threshold=background_threshold,
+            )
         return {"logits": output.logits, "candidate_labels": labels, "subtask": subtask, **sizes}
 
     def postprocess(self, model_outputs):
@@ -211,22 +260,34 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
             )
             return [
                 {"score": float(score), "label": labels[label], "box": _box(box), "mask": _mask_image(mask.numpy())}
-                for score, label, box, mask in zip(instances["scores"].tolist(), instances["labels"].tolist(),
-                                                   instances["boxes"], instances["masks"])
+                for score, label, box, mask in zip(
+                    instances["scores"].tolist(), instances["labels"].tolist(), instances["boxes"], instances["masks"]
+                )
             ]
         if model_outputs["subtask"] == "panoptic":
             (panoptic,) = self.processor.post_process_panoptic_segmentation(model_outputs["instances"], *sizes)
             segmentation = panoptic["segmentation"].numpy()
-            return [{"score": segment["score"], "label": labels[segment["label_id"]],
-                     "mask": _mask_image(segmentation == segment["id"])} for segment in panoptic["segments_info"]]
+            return [
+                {
+                    "score": segment["score"],
+                    "label": labels[segment["label_id"]],
+                    "mask": _mask_image(segmentation == segment["id"]),
+                }
+                for segment in panoptic["segments_info"]
+            ]
         (resized,) = self.processor.resize_semantic_logits(model_outputs["logits"].float(), *sizes)
         label_map, probabilities = resized.argmax(0), resized.softmax(0)
         segments = []
         for index, label in enumerate(["background", *labels]):
             region = label_map == index
             if region.any():
-                segments.append({"score": probabilities[index][region].mean().item(), "label": label,
-                                 "mask": _mask_image(region.numpy())})
+                segments.append(
+                    {
+                        "score": probabilities[index][region].mean().item(),
+                        "label": label,
+                        "mask": _mask_image(region.numpy()),
+                    }
+                )
         return segments
 
 
@@ -257,12 +318,17 @@ class SamClipZeroShotObjectDetectionPipeline(ZeroShotImageSegmentationPipeline):
     def postprocess(self, model_outputs, threshold=0.1, top_k=None):
         labels = model_outputs["candidate_labels"]
         (instances,) = self.processor.post_process_instance_segmentation(
-            model_outputs["instances"], threshold=threshold, target_sizes=model_outputs["original_sizes"],
+            model_outputs["instances"],
+            threshold=threshold,
+            target_sizes=model_outputs["original_sizes"],
             reshaped_input_sizes=model_outputs["reshaped_input_sizes"],
         )
-        results = [{"score": score, "label": labels[label], "box": _box(box)}
-                   for score, label, box in zip(instances["scores"].tolist(), instances["labels"].tolist(),
-                                                instances["boxes"])]
+        results = [
+            {"score": score, "label": labels[label], "box": _box(box)}
+            for score, label, box in zip(
+                instances["scores"].tolist(), instances["labels"].tolist(), instances["boxes"]
+            )
+        ]
         return results[:top_k] if top_k else results
 
 

@@ -190,8 +190,12 @@ class SamClipProcessor(SamProcessor):
             raise ValueError("Point and box prompts need the SAM view; drop view= or pass view='sam'.")
         if images is None and text is None:
             raise ValueError("Give images and/or text to process.")
-        if dense_size is not None and (isinstance(dense_size, bool) or not isinstance(dense_size, int) or dense_size < 1):
-            raise ValueError(f"dense_size must be a positive integer (the side of the dense view); got {dense_size!r}.")
+        if dense_size is not None and (
+            isinstance(dense_size, bool) or not isinstance(dense_size, int) or dense_size < 1
+        ):
+            raise ValueError(
+                f"dense_size must be a positive integer (the side of the dense view); got {dense_size!r}."
+            )
         encoding = BatchEncoding()
         if images is not None:
             size = dense_size or self.dense_size
@@ -201,13 +205,21 @@ class SamClipProcessor(SamProcessor):
                     [(image.height, image.width) for image in images], input_points, input_labels, input_boxes
                 )
                 encoding = super().__call__(
-                    images, segmentation_maps=segmentation_maps, input_points=input_points,
-                    input_labels=input_labels, input_boxes=input_boxes, return_tensors=return_tensors, **kwargs,
+                    images,
+                    segmentation_maps=segmentation_maps,
+                    input_points=input_points,
+                    input_labels=input_labels,
+                    input_boxes=input_boxes,
+                    return_tensors=return_tensors,
+                    **kwargs,
                 )
             elif view == "dense":
                 encoding = self.image_processor(
-                    images, size={"longest_edge": size}, pad_size={"height": size, "width": size},
-                    return_tensors=return_tensors, **kwargs,
+                    images,
+                    size={"longest_edge": size},
+                    pad_size={"height": size, "width": size},
+                    return_tensors=return_tensors,
+                    **kwargs,
                 )
             else:
                 encoding = self.clip_image_processor(images, return_tensors=return_tensors, **kwargs)
@@ -215,13 +227,21 @@ class SamClipProcessor(SamProcessor):
             raise ValueError("Prompts need the image they refer to: pass images= as well.")
         if text is not None:
             texts = [text] if isinstance(text, str) else text
-            if not isinstance(texts, (list, tuple)) or not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
+            if (
+                not isinstance(texts, (list, tuple))
+                or not texts
+                or any(not isinstance(t, str) or not t.strip() for t in texts)
+            ):
                 raise ValueError(
                     f"text must be a non-empty string or a non-empty list of non-empty strings; got {describe(text)}."
                 )
             max_length = self.tokenizer.model_max_length if self.tokenizer.model_max_length < 10**6 else None
             tokens = self.tokenizer(
-                texts, padding=True, truncation=max_length is not None, max_length=max_length, return_tensors=return_tensors
+                texts,
+                padding=True,
+                truncation=max_length is not None,
+                max_length=max_length,
+                return_tensors=return_tensors,
             )
             encoding.update({k: v for k, v in tokens.items() if k in ("input_ids", "attention_mask")})
         return encoding
@@ -252,8 +272,9 @@ class SamClipProcessor(SamProcessor):
         scale = self.target_size / max(height, width)
         return int(height * scale + 0.5), int(width * scale + 0.5)
 
-    def post_process_instance_segmentation(self, outputs, threshold=0.0, mask_threshold=0.5, target_sizes=None,
-                                           reshaped_input_sizes=None):
+    def post_process_instance_segmentation(
+        self, outputs, threshold=0.0, mask_threshold=0.5, target_sizes=None, reshaped_input_sizes=None
+    ):
         """Per image, `{"scores": (M,), "boxes": (M, 4), "masks": (M, height, width) bool, "labels": (M,)}`, as SAM 3's
         processor returns them (plus `labels`, each instance's index in the class names), from a
         `SamClipInstanceSegmentationOutput` of the `"sam"` view; best score first.
@@ -289,19 +310,34 @@ class SamClipProcessor(SamProcessor):
                 masks = torch.zeros((0, height, width), dtype=torch.bool)
             else:
                 (masks,) = self.image_processor.post_process_masks(
-                    [logits[None].float().cpu()], [[height, width]], [[int(v) for v in reshaped_input_sizes[index]]],
+                    [logits[None].float().cpu()],
+                    [[height, width]],
+                    [[int(v) for v in reshaped_input_sizes[index]]],
                     mask_threshold=logit_threshold,
                 )
                 masks = masks[0]
             nonempty = masks.flatten(1).any(dim=1)  # slivers can vanish on resize
             masks = masks[nonempty]
             kept = keep.nonzero()[:, 0][nonempty]
-            results.append({"scores": scores.cpu()[kept], "boxes": masks_to_boxes(masks), "masks": masks,
-                            "labels": outputs.class_ids[index].cpu()[kept]})
+            results.append(
+                {
+                    "scores": scores.cpu()[kept],
+                    "boxes": masks_to_boxes(masks),
+                    "masks": masks,
+                    "labels": outputs.class_ids[index].cpu()[kept],
+                }
+            )
         return results
 
-    def post_process_panoptic_segmentation(self, outputs, target_sizes=None, reshaped_input_sizes=None,
-                                           overlap_threshold=0.5, threshold=0.0, mask_threshold=0.5):
+    def post_process_panoptic_segmentation(
+        self,
+        outputs,
+        target_sizes=None,
+        reshaped_input_sizes=None,
+        overlap_threshold=0.5,
+        threshold=0.0,
+        mask_threshold=0.5,
+    ):
         """Per image, `{"segmentation": (height, width) long, "segments_info": [{"id", "label_id", "score"}]}` as
         transformers' panoptic post-processors return: the instances of [`post_process_instance_segmentation`]
         (same `threshold`, `mask_threshold`, `target_sizes`, `reshaped_input_sizes`) painted best score first, each
@@ -309,13 +345,18 @@ class SamClipProcessor(SamProcessor):
         its mask is left to it; segment ids start at 1, 0 is unlabelled."""
         results = []
         for instances in self.post_process_instance_segmentation(
-            outputs, threshold=threshold, mask_threshold=mask_threshold, target_sizes=target_sizes,
+            outputs,
+            threshold=threshold,
+            mask_threshold=mask_threshold,
+            target_sizes=target_sizes,
             reshaped_input_sizes=reshaped_input_sizes,
         ):
             segmentation, kept = paint_instances(instances["masks"], overlap_threshold)
             labels, scores = instances["labels"].tolist(), instances["scores"].tolist()
-            segments = [{"id": number + 1, "label_id": labels[index], "score": scores[index]}
-                        for number, index in enumerate(kept)]
+            segments = [
+                {"id": number + 1, "label_id": labels[index], "score": scores[index]}
+                for number, index in enumerate(kept)
+            ]
             results.append({"segmentation": segmentation, "segments_info": segments})
         return results
 

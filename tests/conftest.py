@@ -47,13 +47,22 @@ def make_tiny_teachers(tokenizer, seed: int = 0, attn_implementation: str = "eag
     sam = SamModel._from_config(sam_config, attn_implementation=attn_implementation).eval()
     text = preset.text_config.to_dict()
     text.update(
-        vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, max_position_embeddings=tokenizer.model_max_length,
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        max_position_embeddings=tokenizer.model_max_length,
     )
     clip_config = CLIPConfig(
         text_config=text,
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=32, patch_size=8),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+        ),
         projection_dim=24,
     )
     clip = CLIPModel._from_config(clip_config, attn_implementation=attn_implementation).eval()
@@ -96,8 +105,12 @@ def tiny_teachers(teachers, processor, tokenizer):
         image_processor=CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
         tokenizer=tokenizer,
     )
-    return {"sam_model": sam, "sam_processor": SamProcessor(image_processor=processor.image_processor),
-            "clip_model": clip, "clip_processor": clip_processor}
+    return {
+        "sam_model": sam,
+        "sam_processor": SamProcessor(image_processor=processor.image_processor),
+        "clip_model": clip,
+        "clip_processor": clip_processor,
+    }
 
 
 @pytest.fixture(scope="session")

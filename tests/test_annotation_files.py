@@ -117,17 +117,46 @@ def _write_coco(folder, *, drop_image=None):
     crowd_mask = _box(37, 29, 0, 12, 0, 29)
     tiny_mask = _box(37, 29, 20, 22, 20, 22)
     annotations = [
-        {"id": 10, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": 336.0, "bbox": [10, 5, 20, 15],
-         "segmentation": [[10, 5, 30, 5, 30, 20, 10, 20]]},
-        {"id": 11, "image_id": 1, "category_id": 2, "iscrowd": 0, "area": float(rle_mask.sum()),
-         "bbox": [40, 30, 20, 14], "segmentation": encode_rle(rle_mask)},
-        {"id": 12, "image_id": 2, "category_id": 1, "iscrowd": 1, "area": float(crowd_mask.sum()),
-         "bbox": [0, 0, 29, 12], "segmentation": {"size": [37, 29], "counts": _runs(crowd_mask)}},
-        {"id": 13, "image_id": 2, "category_id": 2, "iscrowd": 0, "bbox": [20, 20, 2, 2],
-         "segmentation": encode_rle(tiny_mask)},  # no `area`: its pixel count (4) is used
+        {
+            "id": 10,
+            "image_id": 1,
+            "category_id": 1,
+            "iscrowd": 0,
+            "area": 336.0,
+            "bbox": [10, 5, 20, 15],
+            "segmentation": [[10, 5, 30, 5, 30, 20, 10, 20]],
+        },
+        {
+            "id": 11,
+            "image_id": 1,
+            "category_id": 2,
+            "iscrowd": 0,
+            "area": float(rle_mask.sum()),
+            "bbox": [40, 30, 20, 14],
+            "segmentation": encode_rle(rle_mask),
+        },
+        {
+            "id": 12,
+            "image_id": 2,
+            "category_id": 1,
+            "iscrowd": 1,
+            "area": float(crowd_mask.sum()),
+            "bbox": [0, 0, 29, 12],
+            "segmentation": {"size": [37, 29], "counts": _runs(crowd_mask)},
+        },
+        {
+            "id": 13,
+            "image_id": 2,
+            "category_id": 2,
+            "iscrowd": 0,
+            "bbox": [20, 20, 2, 2],
+            "segmentation": encode_rle(tiny_mask),
+        },  # no `area`: its pixel count (4) is used
     ]
     data = {
-        "info": {}, "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}], "annotations": annotations,
+        "info": {},
+        "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+        "annotations": annotations,
         "images": [{"id": i, "file_name": f"{i:04d}.png", "height": h, "width": w} for i, (h, w) in sizes.items()],
     }
     path = folder / "instances.json"
@@ -155,8 +184,9 @@ def test_load_coco_instances_rows_masks_crowd_and_min_area(tmp_path):
     _assert_masks_equal(_masks(dataset[1]), masks[2][1:])  # the crowd region is dropped by default
     assert dataset[2]["instance_masks"] == []  # kept: D_SAM prompts it from a grid
 
-    with_crowd = load_coco_instances(annotation_file, tmp_path, include_crowd=True, min_area=5,
-                                     masks_column="masks", cache_dir=tmp_path / "cache")
+    with_crowd = load_coco_instances(
+        annotation_file, tmp_path, include_crowd=True, min_area=5, masks_column="masks", cache_dir=tmp_path / "cache"
+    )
     _assert_masks_equal(_masks(with_crowd[1], "masks"), masks[2][:1])  # crowd kept, the 4-pixel mask dropped
     _assert_masks_equal(_masks(with_crowd[0], "masks"), masks[1])
     assert len(load_coco_instances(annotation_file, tmp_path, max_images=2, cache_dir=tmp_path / "cache")) == 2
@@ -210,9 +240,19 @@ def _write_sa1b(folder):
     for number, (height, width) in zip((3, 1, 2, 7), [(40, 50), (33, 45), (26, 31), (20, 20)]):
         masks = [_box(height, width, 2, 15, 3, 20), _box(height, width, 10, height, 0, 9)]
         masks[1][12, 4] = False
-        annotations = [{"id": number * 10 + i, "segmentation": encode_rle(m), "bbox": [0, 0, 1, 1],
-                        "area": int(m.sum()), "predicted_iou": 0.9, "stability_score": 0.95,
-                        "crop_box": [0, 0, width, height], "point_coords": [[5.0, 5.0]]} for i, m in enumerate(masks)]
+        annotations = [
+            {
+                "id": number * 10 + i,
+                "segmentation": encode_rle(m),
+                "bbox": [0, 0, 1, 1],
+                "area": int(m.sum()),
+                "predicted_iou": 0.9,
+                "stability_score": 0.95,
+                "crop_box": [0, 0, width, height],
+                "point_coords": [[5.0, 5.0]],
+            }
+            for i, m in enumerate(masks)
+        ]
         image = {"image_id": number, "file_name": f"sa_{number}.jpg", "height": height, "width": width}
         (folder / f"sa_{number}.json").write_text(json.dumps({"image": image, "annotations": annotations}))
         if number != 7:
@@ -254,8 +294,12 @@ def test_bad_sa1b_files_raise_clear_errors(tmp_path):
 # ----------------------------------------------------------------------------------------------- end to end
 def test_recipe_coco_entry_reaches_the_collator(tmp_path, processor):
     annotation_file, masks = _write_coco(tmp_path)
-    spec = {"source": "coco", "annotation_file": str(annotation_file), "image_dir": str(tmp_path),
-            "cache_dir": str(tmp_path / "cache")}  # masks_column defaults to instance_masks for coco
+    spec = {
+        "source": "coco",
+        "annotation_file": str(annotation_file),
+        "image_dir": str(tmp_path),
+        "cache_dir": str(tmp_path / "cache"),
+    }  # masks_column defaults to instance_masks for coco
     sam_data = _wrap(load_image_dataset(spec), spec, masks=True)
     item = sam_data[0]
     assert item["image"].mode == "RGB" and item["image"].size == (64, 48) and item["skipped"] == 0
@@ -263,8 +307,9 @@ def test_recipe_coco_entry_reaches_the_collator(tmp_path, processor):
     assert all(is_rle(mask) for mask in item["masks"])
     _assert_masks_equal([decode_mask(mask) for mask in item["masks"]], masks[1])
     assert sam_data[2]["masks"] == []
-    collator = SamClipDistillationCollator(processor, sam_dataset=sam_data, sam_batch_size=3,
-                                           prompt_sampler=PromptSampler(num_boxes=2, box_jitter=0.0))
+    collator = SamClipDistillationCollator(
+        processor, sam_dataset=sam_data, sam_batch_size=3, prompt_sampler=PromptSampler(num_boxes=2, box_jitter=0.0)
+    )
     batch = collator([PairedDataset(sam_data, len(sam_data))[i] for i in range(3)])
     assert batch["sam_pixel_values"].shape == (3, 3, 64, 64) and batch["input_boxes"].shape == (3, 2, 4)
     # 48x64 is resized by 64/64 = 1: image 1's boxes are exactly its two masks' tight boxes.
@@ -292,8 +337,12 @@ def test_a_corrupt_rle_sample_is_skipped_and_counted(tmp_path):
     image = Image.new("RGB", (8, 8))
     dataset = datasets.Dataset.from_dict(
         {"image": [image, image], "instance_masks": [[corrupt], [good]]},
-        features=datasets.Features({"image": datasets.Image(), "instance_masks": [{"size": [datasets.Value("int32")],
-                                                                                    "counts": datasets.Value("string")}]}),
+        features=datasets.Features(
+            {
+                "image": datasets.Image(),
+                "instance_masks": [{"size": [datasets.Value("int32")], "counts": datasets.Value("string")}],
+            }
+        ),
     )
     spec = {"masks_column": "instance_masks"}
     item = _wrap(dataset, spec, masks=True)[0]
@@ -306,8 +355,9 @@ def test_a_sample_whose_masks_are_not_its_image_size_is_skipped(tmp_path, caplog
     mask[1:4, 1:4] = True
     wrong_size = np.zeros((8, 9), dtype=bool)
     for encode in (encode_rle, lambda m: m.astype(np.uint8)):  # RLE masks and plain arrays
-        dataset = datasets.Dataset.from_dict({"image": [Image.new("RGB", (8, 8))] * 2,
-                                              "instance_masks": [[encode(wrong_size)], [encode(mask)]]})
+        dataset = datasets.Dataset.from_dict(
+            {"image": [Image.new("RGB", (8, 8))] * 2, "instance_masks": [[encode(wrong_size)], [encode(mask)]]}
+        )
         caplog.clear()
         with caplog.at_level(logging.WARNING):
             item = _wrap(dataset, {"masks_column": "instance_masks"}, masks=True)[0]

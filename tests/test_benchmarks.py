@@ -46,9 +46,17 @@ def test_suite_recombines_without_rerunning(suite):
 def test_inference_counts_ratios_and_parity(suite):
     result = suite[1]["results"]["bench_inference"]
     sam, clip = result["sam_size"], result["clip_sizes"]
-    expected = {f"sam_teacher_{sam}", f"samclip_sam_{sam}", f"clip_teacher_image_{clip[0]}", "clip_teacher_text",
-                "samclip_text", "both_tasks_teachers", "both_tasks_samclip_two_pass",
-                f"both_tasks_samclip_one_pass_{sam}", *(f"samclip_clip_{size}" for size in clip)}
+    expected = {
+        f"sam_teacher_{sam}",
+        f"samclip_sam_{sam}",
+        f"clip_teacher_image_{clip[0]}",
+        "clip_teacher_text",
+        "samclip_text",
+        "both_tasks_teachers",
+        "both_tasks_samclip_two_pass",
+        f"both_tasks_samclip_one_pass_{sam}",
+        *(f"samclip_clip_{size}" for size in clip),
+    }
     assert set(result["cases"]) == expected
     for case in result["cases"].values():
         assert case["gflops"] > 0 and case["cpu_median_ms"] > 0 and case["wall_median_ms"] > 0 and case["peak_mib"] > 0
@@ -64,13 +72,21 @@ def test_inference_counts_ratios_and_parity(suite):
     assert flops == sorted(flops)
     assert cases[f"both_tasks_samclip_one_pass_{sam}"]["gflops"] > cases[f"samclip_sam_{sam}"]["gflops"]
     params, ratios = result["params"], result["ratios"]
-    assert ratios["params_total"] == pytest.approx(params["samclip"] / (params["sam_teacher"] + params["clip_teacher"]))
+    assert ratios["params_total"] == pytest.approx(
+        params["samclip"] / (params["sam_teacher"] + params["clip_teacher"])
+    )
     assert ratios["params_image"] == pytest.approx(
         params["samclip_image"] / (params["sam_teacher"] + params["clip_teacher_image"])
     )
     assert params["samclip"] == params["samclip_image"] + params["samclip_text"]
     assert params["samclip_text"] == params["clip_teacher_text"]  # the text tower is the teacher's
-    assert set(result["targets"]) == {"params_total", "params_image", "latency_clip_path", "latency_sam_path", "sam_path_parity"}
+    assert set(result["targets"]) == {
+        "params_total",
+        "params_image",
+        "latency_clip_path",
+        "latency_sam_path",
+        "sam_path_parity",
+    }
     for target, profiled in result["profiles"].items():  # present only for missed latency targets
         assert not result["targets"][target]["met"] and all(ops for ops in profiled.values())
 
@@ -87,8 +103,13 @@ def test_prompts_match_and_report_throughput(suite):
 def test_distillation_reports_both_stages_with_and_without_cache(suite):
     result = suite[1]["results"]["bench_distillation"]
     steps = result["steps"]
-    assert set(steps) == {"stage1_no_cache", "stage1_teacher_cache", "stage1_trunk_cache", "stage2_no_cache",
-                          "stage2_teacher_cache"}
+    assert set(steps) == {
+        "stage1_no_cache",
+        "stage1_teacher_cache",
+        "stage1_trunk_cache",
+        "stage2_no_cache",
+        "stage2_teacher_cache",
+    }
     assert steps["stage1_no_cache"]["images_per_step"] == result["clip_batch"]["stage1"]
     assert steps["stage2_no_cache"]["images_per_step"] == result["clip_batch"]["stage2"] + result["sam_batch"]
     assert all(step["images_per_s"] > 0 for step in steps.values())
@@ -119,24 +140,40 @@ def test_gpu_script_logic_runs_on_cpu(tmp_path):
     argv = ["--tiny", "--device", "cpu", "--compile-backend", "aot_eager", "--output", str(tmp_path / "gpu.json")]
     result = bench_gpu.main(argv)
     assert result["skipped"] == [] and result["device"] == "cpu" and result["peak_bf16_tflops"] is None
-    expected = {f"{case}/b{batch}/{mode}" for case in ("samclip_clip_32", "clip_teacher_image_32", "samclip_sam_64",
-                                                       "sam_teacher_64") for batch in (2, 3) for mode in ("eager", "compiled")}
+    expected = {
+        f"{case}/b{batch}/{mode}"
+        for case in ("samclip_clip_32", "clip_teacher_image_32", "samclip_sam_64", "sam_teacher_64")
+        for batch in (2, 3)
+        for mode in ("eager", "compiled")
+    }
     expected |= {"stage1_teacher_cache/b4/eager", "stage2_no_cache/b5/eager", "samclip_text/b2/eager"}
     assert expected <= set(result["cases"])
     for case in result["cases"].values():
         assert case["gflops_per_call"] > 0 and case["items_per_s"] > 0 and case["mfu"] is None
     # FLOPs are counted per item and scale with the batch; a mode changes the time, never the count.
     cases = result["cases"]
-    assert cases["samclip_sam_64/b3/compiled"]["gflops_per_call"] == pytest.approx(cases["samclip_sam_64/b2/eager"]["gflops_per_call"] * 1.5)
-    assert {"clip_path/b2/eager", "clip_path/b2/compiled", "sam_path/b3/compiled", "teacher_cache_stage1/eager",
-            "samclip_clip_32/b2/compiled_vs_eager"} <= set(result["ratios"])
+    assert cases["samclip_sam_64/b3/compiled"]["gflops_per_call"] == pytest.approx(
+        cases["samclip_sam_64/b2/eager"]["gflops_per_call"] * 1.5
+    )
+    assert {
+        "clip_path/b2/eager",
+        "clip_path/b2/compiled",
+        "sam_path/b3/compiled",
+        "teacher_cache_stage1/eager",
+        "samclip_clip_32/b2/compiled_vs_eager",
+    } <= set(result["ratios"])
     assert all(value > 0 for value in result["ratios"].values())
     assert set(result["profiles"]) == {"clip_path", "sam_path"}
     profiled = result["profiles"]["sam_path"]
     assert set(profiled) == {"samclip_sam_64", "sam_teacher_64"} and all(p["batch"] == 2 for p in profiled.values())
     assert profiled["samclip_sam_64"]["dispatched_ops"] < profiled["sam_teacher_64"]["dispatched_ops"]
     quick = bench_gpu.main([*argv[:-1], str(tmp_path / "quick.json"), "--quick", "--modes", "eager"])
-    assert {case["case"] for case in quick["cases"].values()} == {"samclip_clip_32", "clip_teacher_image_32", "samclip_sam_64", "sam_teacher_64"}
+    assert {case["case"] for case in quick["cases"].values()} == {
+        "samclip_clip_32",
+        "clip_teacher_image_32",
+        "samclip_sam_64",
+        "sam_teacher_64",
+    }
     assert bench_gpu.peak_tflops("NVIDIA H100 80GB HBM3") == 989.4
     assert bench_gpu.peak_tflops("NVIDIA H100 PCIe") == 756.5
     assert bench_gpu.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
@@ -148,8 +185,14 @@ def test_encoder_profile_counts_ops_and_compares_with_a_revision(tmp_path):
     """Against HEAD's own modeling/ (imported from git): the same outputs and ops; fewer ops than SamModel's."""
     result = profile_encoder.main(["--tiny", "--baseline-rev", "HEAD", "--output", str(tmp_path / "profile.json")])
     cases = result["cases"]
-    assert set(cases) == {"clip_vit_l14_32", "samclip_clip_32", "sam_vit_b_64", "samclip_sam_64",
-                          "samclip_clip_32@HEAD", "samclip_sam_64@HEAD"}
+    assert set(cases) == {
+        "clip_vit_l14_32",
+        "samclip_clip_32",
+        "sam_vit_b_64",
+        "samclip_sam_64",
+        "samclip_clip_32@HEAD",
+        "samclip_sam_64@HEAD",
+    }
     for case in cases.values():
         assert 0 < case["kernel_ops"] and 0 < case["dispatched_ops"] and case["cpu_median_ms"] > 0 and case["top"]
     assert result["max_abs_diff_vs_baseline"] == {"samclip_clip_32": 0.0, "samclip_sam_64": 0.0}
@@ -157,5 +200,11 @@ def test_encoder_profile_counts_ops_and_compares_with_a_revision(tmp_path):
         assert cases[name]["dispatched_ops"] == cases[f"{name}@HEAD"]["dispatched_ops"]
     # The relative-position tables come from a cache: SAM's per-layer gather and interpolation ops are gone.
     assert cases["samclip_sam_64"]["dispatched_ops"] < cases["sam_vit_b_64"]["dispatched_ops"]
-    assert set(result["ratios"]) == {"clip_path", "sam_path", "clip_path@HEAD", "sam_path@HEAD",
-                                     "samclip_clip_32 now/HEAD", "samclip_sam_64 now/HEAD"}
+    assert set(result["ratios"]) == {
+        "clip_path",
+        "sam_path",
+        "clip_path@HEAD",
+        "sam_path@HEAD",
+        "samclip_clip_32 now/HEAD",
+        "samclip_sam_64 now/HEAD",
+    }

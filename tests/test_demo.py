@@ -24,8 +24,14 @@ sys.path.insert(0, str(ROOT))  # the load benchmark lives in the repository's be
 ARTIFACTS = ROOT / "test-artifacts"
 MAX_PIXELS = 600 * 600  # a low limit that the example photos (at most 512 x 512) still pass
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 
 
@@ -56,12 +62,23 @@ def start_demo(log: Path, **env) -> tuple[subprocess.Popen, str]:
     """`samclip demo` in a subprocess on a free port with `env` added (a `None` value unsets the variable); returns
     it and its URL once the page answers."""
     port = free_port()
-    env = {**os.environ, "SAMCLIP_DEMO_MAX_PIXELS": str(MAX_PIXELS), "HF_HUB_OFFLINE": "1",
-           "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1", **env}
+    env = {
+        **os.environ,
+        "SAMCLIP_DEMO_MAX_PIXELS": str(MAX_PIXELS),
+        "HF_HUB_OFFLINE": "1",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "OMP_NUM_THREADS": "1",
+        **env,
+    }
     env = {key: value for key, value in env.items() if value is not None}
     with open(log, "w") as handle:
-        process = subprocess.Popen([str(Path(sys.executable).with_name("samclip")), "demo", "--port", str(port)],
-                                   env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)
+        process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("samclip")), "demo", "--port", str(port)],
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 300
     while True:
@@ -89,7 +106,9 @@ def server(model_dir, examples_cache, tmp_path_factory):
 def shipped_server(tmp_path_factory):
     """The Space as visitors see it: the shipped mosaic model (no $SAMCLIP_MODEL); yields its URL."""
     log = tmp_path_factory.mktemp("demo-log") / "demo.log"
-    process, url = start_demo(log, SAMCLIP_MODEL=None, GRADIO_EXAMPLES_CACHE=str(tmp_path_factory.mktemp("shipped-cache")))
+    process, url = start_demo(
+        log, SAMCLIP_MODEL=None, GRADIO_EXAMPLES_CACHE=str(tmp_path_factory.mktemp("shipped-cache"))
+    )
     yield url
     process.terminate()
     process.wait(timeout=30)
@@ -181,8 +200,10 @@ def test_label_everything_finds_the_items_of_a_shipped_example(app_module):
     assert base.size == (512, 512) and np.array_equal(np.asarray(base)[::4, ::4], np.asarray(image.convert("RGB")))
     names = [name.strip() for name in app_module.FASHION_LABELS.split(",")]
     assert len(annotations) == len(rows) >= 2 and all(row[1] in names for row in rows)
-    for (layer, label), (number, name, score, pixels, box) in zip(annotations, rows):
-        assert label.startswith(f"{number}. {name} ") and layer.shape == (512, 512) and (layer > 0).sum() == 16 * pixels
+    for (layer, label), (number, name, _score, pixels, box) in zip(annotations, rows):
+        assert (
+            label.startswith(f"{number}. {name} ") and layer.shape == (512, 512) and (layer > 0).sum() == 16 * pixels
+        )
         assert all(0 <= int(v) < 128 for v in box.split(", "))
 
 
@@ -218,6 +239,7 @@ def test_tasks_run_under_spaces_gpu_only_where_spaces_is_installed(app_module, m
 def test_each_model_gets_its_own_examples_cache(app_module, saved_tiny_model, monkeypatch, tmp_path):
     """gradio reuses a cache folder whatever filled it: the folder is named for the model's weights."""
     import torch
+
     from transformers_samclip import SamClipModel
 
     monkeypatch.setenv("GRADIO_EXAMPLES_CACHE", str(tmp_path))
@@ -231,6 +253,7 @@ def test_each_model_gets_its_own_examples_cache(app_module, saved_tiny_model, mo
 
 def test_examples_are_cached_at_launch(client, examples_cache):
     """Every tab's examples are computed once at launch into the cache folder the app names (offline, no Hub)."""
+
     def rows_per_tab():
         logs = sorted(examples_cache.glob("*/*/log.csv"), key=lambda path: int(path.parent.name))  # by component id
         return [len(list(csv.reader(path.open(newline="")))) - 1 for path in logs]  # a header, one row per example
@@ -341,8 +364,10 @@ def legend(page, count: int | None = None) -> list[str]:
     items.first.wait_for(timeout=120_000)
     if count is not None:
         page.wait_for_function(
-            "n => [...document.querySelectorAll('.legend-item')].filter(e => e.offsetParent).length == n", arg=count,
-            timeout=60_000)
+            "n => [...document.querySelectorAll('.legend-item')].filter(e => e.offsetParent).length == n",
+            arg=count,
+            timeout=60_000,
+        )
     return items.all_inner_texts()
 
 
@@ -386,15 +411,23 @@ def test_every_tab_runs_an_example_in_chromium(shipped_server):
         box, natural = picture.bounding_box(), picture.evaluate("img => [img.naturalWidth, img.naturalHeight]")
         # Gradio shows an input image centred with object-fit: scale-down (never enlarged).
         scale = min(1.0, box["width"] / natural[0], box["height"] / natural[1])
-        picture.click(position={"x": (box["width"] - natural[0] * scale) / 2 + 0.7 * natural[0] * scale,
-                                "y": (box["height"] - natural[1] * scale) / 2 + 0.5 * natural[1] * scale})
-        page.wait_for_function("(el) => el.value.split('\\n').length == 2", arg=prompts.element_handle(), timeout=30_000)
+        picture.click(
+            position={
+                "x": (box["width"] - natural[0] * scale) / 2 + 0.7 * natural[0] * scale,
+                "y": (box["height"] - natural[1] * scale) / 2 + 0.5 * natural[1] * scale,
+            }
+        )
+        page.wait_for_function(
+            "(el) => el.value.split('\\n').length == 2", arg=prompts.element_handle(), timeout=30_000
+        )
         x, y = (int(v) for v in prompts.input_value().splitlines()[1].removeprefix("+ ").split(","))
         assert abs(x - 0.7 * 128) <= 3 and abs(y - 0.5 * 128) <= 3
         visible(page.get_by_role("button", name="Segment")).click()
         page.wait_for_function(
             f"src => [...document.querySelectorAll('{RESULT_IMAGE}')].some(i => i.offsetParent && i.src != src)",
-            arg=cached, timeout=60_000)  # the base image now carries the second point
+            arg=cached,
+            timeout=60_000,
+        )  # the base image now carries the second point
         page.screenshot(path=str(ARTIFACTS / "demo-segmentation.png"), full_page=True)
 
         # Text-to-mask: the SAM-refined mosaic example; one legend entry per class name with its share.
@@ -412,11 +445,18 @@ def test_every_tab_runs_an_example_in_chromium(shipped_server):
         entries = legend(page)
         assert len(entries) >= 2
         for number, entry in enumerate(entries, start=1):
-            prefix, label, score = entry.split(" ", 1)[0], entry.split(" ", 1)[1].rsplit(" ", 1)[0], entry.rsplit(" ", 1)[1]
+            prefix, label, score = (
+                entry.split(" ", 1)[0],
+                entry.split(" ", 1)[1].rsplit(" ", 1)[0],
+                entry.rsplit(" ", 1)[1],
+            )
             assert prefix == f"{number}." and label in names and 0 < float(score) <= 1
         shown_large(page)
-        colours = page.locator(".legend-item").locator("visible=true").evaluate_all(
-            "items => items.map(item => getComputedStyle(item).backgroundColor)")
+        colours = (
+            page.locator(".legend-item")
+            .locator("visible=true")
+            .evaluate_all("items => items.map(item => getComputedStyle(item).backgroundColor)")
+        )
         # Each instance in its own palette colour (gradio's default paints all red and hue-rotates them dark).
         assert [colour.rsplit(",", 1)[0] for colour in colours[:2]] == ["rgba(31, 119, 180", "rgba(255, 127, 14"]
         page.screenshot(path=str(ARTIFACTS / "demo-label-everything.png"), full_page=True)

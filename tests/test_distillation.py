@@ -69,17 +69,39 @@ def _trainer(tmp_path, student, teachers, processor, teacher_processor, image_da
     clip_data = DistillationImageDataset(image_dataset)
     sam_data = DistillationImageDataset(image_dataset, masks_column="masks")
     regions = kwargs.pop("regions", False)  # region distillation: SAM batches carry regions, in every stage
-    collator = SamClipDistillationCollator(processor, teacher_processor, sam_dataset=sam_data, sam_batch_size=2,
-                                           clip_sizes=kwargs.pop("clip_sizes", None),
-                                           region_teacher_image_processor=teacher_processor if regions else None,
-                                           patch_size=8)
+    collator = SamClipDistillationCollator(
+        processor,
+        teacher_processor,
+        sam_dataset=sam_data,
+        sam_batch_size=2,
+        clip_sizes=kwargs.pop("clip_sizes", None),
+        region_teacher_image_processor=teacher_processor if regions else None,
+        patch_size=8,
+    )
     train = PairedDataset(clip_data, len(sam_data)) if stage == "distillation" or regions else clip_data
-    values = dict(use_cpu=True, remove_unused_columns=False, report_to=[], max_steps=steps, learning_rate=1e-3,
-                  per_device_train_batch_size=4, logging_steps=1, save_strategy="no", disable_tqdm=True)
+    values = dict(
+        use_cpu=True,
+        remove_unused_columns=False,
+        report_to=[],
+        max_steps=steps,
+        learning_rate=1e-3,
+        per_device_train_batch_size=4,
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+    )
     values.update(kwargs.pop("args", {}))
     args = TrainingArguments(str(tmp_path), **values)
-    return SamClipDistillationTrainer(student, stage=stage, clip_teacher=clip, sam_teacher=sam, args=args,
-                                      train_dataset=train, data_collator=collator, **kwargs)
+    return SamClipDistillationTrainer(
+        student,
+        stage=stage,
+        clip_teacher=clip,
+        sam_teacher=sam,
+        args=args,
+        train_dataset=train,
+        data_collator=collator,
+        **kwargs,
+    )
 
 
 def _snapshot(module):
@@ -138,8 +160,18 @@ def test_prompt_sampler_is_deterministic_and_prompts_lie_inside_masks():
     for name in ("boxes", "points", "labels"):
         np.testing.assert_array_equal(getattr(first, name), getattr(again, name))
     assert not np.array_equal(first.points, sampler(masks, 40, 50, index=4).points)
-    tight = {tuple(float(v) for v in (np.flatnonzero(m.any(0))[0], np.flatnonzero(m.any(1))[0],
-                                       np.flatnonzero(m.any(0))[-1], np.flatnonzero(m.any(1))[-1])) for m in masks}
+    tight = {
+        tuple(
+            float(v)
+            for v in (
+                np.flatnonzero(m.any(0))[0],
+                np.flatnonzero(m.any(1))[0],
+                np.flatnonzero(m.any(0))[-1],
+                np.flatnonzero(m.any(1))[-1],
+            )
+        )
+        for m in masks
+    }
     assert {tuple(box.tolist()) for box in first.boxes} <= tight  # no jitter: exactly a mask's tight box
     union = np.logical_or.reduce(masks)
     for points, labels in zip(first.points, first.labels):
@@ -163,8 +195,14 @@ def test_prompt_sampler_without_masks_uses_the_grid():
 def test_collator_builds_both_batches_with_prompts_in_the_sam_frame(processor, teacher_processor, image_dataset):
     clip_data = DistillationImageDataset(image_dataset)
     sam_data = DistillationImageDataset(image_dataset, masks_column="masks")
-    collator = SamClipDistillationCollator(processor, teacher_processor, sam_dataset=sam_data, sam_batch_size=2,
-                                           prompt_sampler=PromptSampler(box_jitter=0.0), clip_sizes=[32, 64])
+    collator = SamClipDistillationCollator(
+        processor,
+        teacher_processor,
+        sam_dataset=sam_data,
+        sam_batch_size=2,
+        prompt_sampler=PromptSampler(box_jitter=0.0),
+        clip_sizes=[32, 64],
+    )
     batch = collator([PairedDataset(clip_data, len(sam_data))[i] for i in range(5)])
     assert batch["clip_pixel_values"].shape[0] == 5 and batch["clip_pixel_values"].shape[-1] in (32, 64)
     assert batch["clip_teacher_pixel_values"].shape == (5, 3, 32, 32)
@@ -172,8 +210,12 @@ def test_collator_builds_both_batches_with_prompts_in_the_sam_frame(processor, t
     assert batch["input_boxes"].shape == (2, 2, 4) and batch["input_points"].shape == (2, 2, 3, 2)
     # 48x64 images are resized by 64/64 = 1: boxes stay the tight mask boxes (x1 <= 63, y1 <= 47).
     mask = np.asarray(image_dataset[0]["masks"][0])
-    box = [np.flatnonzero(mask.any(0))[0], np.flatnonzero(mask.any(1))[0], np.flatnonzero(mask.any(0))[-1],
-           np.flatnonzero(mask.any(1))[-1]]
+    box = [
+        np.flatnonzero(mask.any(0))[0],
+        np.flatnonzero(mask.any(1))[0],
+        np.flatnonzero(mask.any(0))[-1],
+        np.flatnonzero(mask.any(1))[-1],
+    ]
     assert batch["input_boxes"][0, 0].tolist() == pytest.approx([float(v) for v in box])
     assert int(batch["num_skipped"]) == 0
 
@@ -190,8 +232,17 @@ def test_corrupt_samples_are_skipped_and_counted(tmp_path, merged, teachers, pro
     data = DistillationImageDataset(dataset)
     item = data[2]
     assert item["index"] == 3 and item["skipped"] == 1
-    trainer = _trainer(tmp_path, merged, teachers, processor, teacher_processor, dataset, "head_probing", steps=2,
-                       args={"per_device_train_batch_size": 3})
+    trainer = _trainer(
+        tmp_path,
+        merged,
+        teachers,
+        processor,
+        teacher_processor,
+        dataset,
+        "head_probing",
+        steps=2,
+        args={"per_device_train_batch_size": 3},
+    )
     trainer.train()
     assert trainer.skipped_samples == 1
     assert trainer.state.log_history[-2]["skipped_samples"] == 1
@@ -230,9 +281,13 @@ def test_region_masks_land_on_the_token_grid_where_the_image_does(merged, proces
     masks = [Image.fromarray(aligned), Image.fromarray(partial)]
     dataset = datasets.Dataset.from_dict({"image": [image], "masks": [masks]}, features=features)
     collator = SamClipDistillationCollator(
-        processor, teacher_processor, sam_dataset=DistillationImageDataset(dataset, masks_column="masks"),
-        prompt_sampler=PromptSampler(num_regions=3, min_mask_area=1), region_teacher_image_processor=teacher_processor,
-        patch_size=patch)
+        processor,
+        teacher_processor,
+        sam_dataset=DistillationImageDataset(dataset, masks_column="masks"),
+        prompt_sampler=PromptSampler(num_regions=3, min_mask_area=1),
+        region_teacher_image_processor=teacher_processor,
+        patch_size=patch,
+    )
     batch = collator([PairedDataset(DistillationImageDataset(dataset), 1)[0]])
     assert batch["region_masks"].shape == (1, 3, 8, 8) and batch["region_valid"].tolist() == [[True, True, False]]
     assert not batch["region_masks"][0, 2].any()  # only two masks: the third row stays empty
@@ -248,8 +303,9 @@ def test_region_masks_land_on_the_token_grid_where_the_image_does(merged, proces
     # The teacher sees each valid region's square crop of the original image, in region_masks[region_valid] order.
     source = {int(rows[0]): partial, int(rows[1]): aligned}
     crops = [square_crop(image, source[row]) for row in range(2)]
-    torch.testing.assert_close(batch["region_teacher_pixel_values"],
-                               teacher_processor(crops, return_tensors="pt")["pixel_values"])
+    torch.testing.assert_close(
+        batch["region_teacher_pixel_values"], teacher_processor(crops, return_tensors="pt")["pixel_values"]
+    )
 
 
 def test_regions_are_deterministic_distinct_and_decode_rle_as_arrays():
@@ -287,14 +343,25 @@ def test_region_loss_is_zero_at_the_teachers_embedding_and_positive_elsewhere(me
     with torch.no_grad():
         dense = merged.get_dense_image_features(pixels)
     # The student's region features, by hand: its dense features averaged with the area fractions as weights.
-    pooled = torch.stack([(dense[b] * region_masks[b, r]).sum((-2, -1)) / region_masks[b, r].sum()
-                          for b, r in region_valid.nonzero().tolist()])
-    inputs = dict(sam_pixel_values=pixels, region_masks=region_masks, region_valid=region_valid,
-                  region_teacher_pixel_values=torch.zeros(3, 3, 32, 32))
+    pooled = torch.stack(
+        [
+            (dense[b] * region_masks[b, r]).sum((-2, -1)) / region_masks[b, r].sum()
+            for b, r in region_valid.nonzero().tolist()
+        ]
+    )
+    inputs = dict(
+        sam_pixel_values=pixels,
+        region_masks=region_masks,
+        region_valid=region_valid,
+        region_teacher_pixel_values=torch.zeros(3, 3, 32, 32),
+    )
 
     def terms(teacher_embeds):
-        module = SamClipDistillationModule(merged, clip_teacher=_FixedTeacher(teacher_embeds),
-                                           losses=LossWeights(sam_loss_weight=0.0, region_weight=1.0))
+        module = SamClipDistillationModule(
+            merged,
+            clip_teacher=_FixedTeacher(teacher_embeds),
+            losses=LossWeights(sam_loss_weight=0.0, region_weight=1.0),
+        )
         return module(**inputs)
 
     at_teacher = terms(2.5 * pooled)  # cosine ignores the scale
@@ -308,17 +375,31 @@ def test_region_loss_is_zero_at_the_teachers_embedding_and_positive_elsewhere(me
     assert terms(pooled)["loss_region"].requires_grad  # the CLIP head learns from it
 
 
-def test_without_region_distillation_batches_and_loss_are_as_before(merged, teachers, processor, teacher_processor,
-                                                                    image_dataset):
+def test_without_region_distillation_batches_and_loss_are_as_before(
+    merged, teachers, processor, teacher_processor, image_dataset
+):
     sam, clip = teachers
     clip_data = DistillationImageDataset(image_dataset)
     sam_data = DistillationImageDataset(image_dataset, masks_column="masks")
     features = [PairedDataset(clip_data, len(sam_data))[i] for i in range(4)]
     plain = SamClipDistillationCollator(processor, teacher_processor, sam_dataset=sam_data, sam_batch_size=2)(features)
-    assert set(plain) == {"clip_pixel_values", "clip_teacher_pixel_values", "sam_pixel_values", "input_boxes",
-                          "input_points", "input_labels", "num_skipped"}
-    regional = SamClipDistillationCollator(processor, teacher_processor, sam_dataset=sam_data, sam_batch_size=2,
-                                           region_teacher_image_processor=teacher_processor, patch_size=8)(features)
+    assert set(plain) == {
+        "clip_pixel_values",
+        "clip_teacher_pixel_values",
+        "sam_pixel_values",
+        "input_boxes",
+        "input_points",
+        "input_labels",
+        "num_skipped",
+    }
+    regional = SamClipDistillationCollator(
+        processor,
+        teacher_processor,
+        sam_dataset=sam_data,
+        sam_batch_size=2,
+        region_teacher_image_processor=teacher_processor,
+        patch_size=8,
+    )(features)
     assert set(regional) == set(plain) | REGION_KEYS
     for key, value in plain.items():  # regions draw from their own rng stream: the prompts stay the same
         assert torch.equal(value, regional[key]), key
@@ -343,11 +424,21 @@ def _count_sam_view_passes(trainer):
     return passes
 
 
-def test_head_probing_with_regions_trains_the_clip_head_alone_without_sam_loss(tmp_path, merged, teachers, processor,
-                                                                               teacher_processor, image_dataset):
+def test_head_probing_with_regions_trains_the_clip_head_alone_without_sam_loss(
+    tmp_path, merged, teachers, processor, teacher_processor, image_dataset
+):
     before = _snapshot(merged)
-    trainer = _trainer(tmp_path, merged, teachers, processor, teacher_processor, image_dataset, "head_probing",
-                       regions=True, losses=LossWeights(region_weight=1.0))
+    trainer = _trainer(
+        tmp_path,
+        merged,
+        teachers,
+        processor,
+        teacher_processor,
+        image_dataset,
+        "head_probing",
+        regions=True,
+        losses=LossWeights(region_weight=1.0),
+    )
     passes = _count_sam_view_passes(trainer)
     trainer.train()
     assert passes == [False]  # the frozen encoder ran once, outside autograd
@@ -359,18 +450,29 @@ def test_head_probing_with_regions_trains_the_clip_head_alone_without_sam_loss(t
 
 
 def test_stage2_with_regions_shares_one_encoder_pass_between_sam_and_region_losses(
-        tmp_path, merged, teachers, processor, teacher_processor, image_dataset):
+    tmp_path, merged, teachers, processor, teacher_processor, image_dataset
+):
     calls = []
     merged.vision_encoder.register_forward_hook(lambda _, args, out: calls.append(out.last_hidden_state is not None))
-    trainer = _trainer(tmp_path, merged, teachers, processor, teacher_processor, image_dataset, "distillation",
-                       regions=True, losses=LossWeights(region_weight=2.0))
+    trainer = _trainer(
+        tmp_path,
+        merged,
+        teachers,
+        processor,
+        teacher_processor,
+        image_dataset,
+        "distillation",
+        regions=True,
+        losses=LossWeights(region_weight=2.0),
+    )
     passes = _count_sam_view_passes(trainer)
     trainer.train()
     assert passes == [True] and calls == [False, True]  # the CLIP view, then the SAM view once (with its neck)
     logged = trainer.state.log_history[0]
     assert logged["loss_region"] > 0 and logged["loss_sam"] > 0
-    assert logged["loss"] == pytest.approx(logged["loss_clip"] + 10 * logged["loss_sam"] + 2 * logged["loss_region"],
-                                           rel=1e-4)
+    assert logged["loss"] == pytest.approx(
+        logged["loss_clip"] + 10 * logged["loss_sam"] + 2 * logged["loss_region"], rel=1e-4
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- cache
@@ -417,12 +519,14 @@ def test_cached_teacher_outputs_reach_the_batch(tmp_path, teachers, processor, t
 
 # -------------------------------------------------------------------------------------------------- trainer
 @pytest.mark.parametrize(("stage", "clip_sizes"), [("head_probing", None), ("resolution_adaptation", [32, 64])])
-def test_stage1_and_stage3_steps_change_only_the_clip_head(tmp_path, merged, teachers, processor, teacher_processor,
-                                                            image_dataset, stage, clip_sizes):
+def test_stage1_and_stage3_steps_change_only_the_clip_head(
+    tmp_path, merged, teachers, processor, teacher_processor, image_dataset, stage, clip_sizes
+):
     sam, clip = teachers
     before, sam_before, clip_before = _snapshot(merged), _snapshot(sam), _snapshot(clip)
-    trainer = _trainer(tmp_path, merged, teachers, processor, teacher_processor, image_dataset, stage, steps=2,
-                       clip_sizes=clip_sizes)
+    trainer = _trainer(
+        tmp_path, merged, teachers, processor, teacher_processor, image_dataset, stage, steps=2, clip_sizes=clip_sizes
+    )
     trainer.train()
     changed = _changed(before, merged)
     assert changed and all(name.startswith("clip_head.") for name in changed)
@@ -430,8 +534,9 @@ def test_stage1_and_stage3_steps_change_only_the_clip_head(tmp_path, merged, tea
     assert "loss_clip" in trainer.state.log_history[0] and "loss_sam" not in trainer.state.log_history[0]
 
 
-def test_stage2_step_trains_encoder_and_heads_only_with_tenth_lr(tmp_path, merged, teachers, processor,
-                                                                  teacher_processor, image_dataset):
+def test_stage2_step_trains_encoder_and_heads_only_with_tenth_lr(
+    tmp_path, merged, teachers, processor, teacher_processor, image_dataset
+):
     sam, clip = teachers
     before, sam_before, clip_before = _snapshot(merged), _snapshot(sam), _snapshot(clip)
     trainer = _trainer(tmp_path, merged, teachers, processor, teacher_processor, image_dataset, "distillation")
@@ -443,9 +548,13 @@ def test_stage2_step_trains_encoder_and_heads_only_with_tenth_lr(tmp_path, merge
     assert not [name for name in changed if name.startswith(frozen)]
     assert not _changed(sam_before, sam) and not _changed(clip_before, clip)
     assert sam.training is False and clip.training is False
-    encoder_ids = {id(p) for p in merged.vision_encoder.parameters()} | {id(p) for p in merged.mask_decoder.parameters()}
-    rates = {("sam_side" if id(group["params"][0]) in encoder_ids else "clip_head"): group["initial_lr"]
-             for group in trainer.optimizer.param_groups}
+    encoder_ids = {id(p) for p in merged.vision_encoder.parameters()} | {
+        id(p) for p in merged.mask_decoder.parameters()
+    }
+    rates = {
+        ("sam_side" if id(group["params"][0]) in encoder_ids else "clip_head"): group["initial_lr"]
+        for group in trainer.optimizer.param_groups
+    }
     assert rates["sam_side"] == pytest.approx(0.1 * rates["clip_head"]) and rates["clip_head"] == pytest.approx(1e-3)
     logged = trainer.state.log_history[0]
     for term in ("loss", "loss_clip", "loss_sam", "loss_focal", "loss_dice", "loss_iou"):
@@ -455,8 +564,16 @@ def test_stage2_step_trains_encoder_and_heads_only_with_tenth_lr(tmp_path, merge
 
 def test_gradient_checkpointing_step(tmp_path, merged, teachers, processor, teacher_processor, image_dataset):
     before = _snapshot(merged)
-    trainer = _trainer(tmp_path, merged, teachers, processor, teacher_processor, image_dataset, "distillation",
-                       args={"activation_checkpointing": True})
+    trainer = _trainer(
+        tmp_path,
+        merged,
+        teachers,
+        processor,
+        teacher_processor,
+        image_dataset,
+        "distillation",
+        args={"activation_checkpointing": True},
+    )
     trainer.train()
     assert merged.is_activation_checkpointing
     assert any(n.startswith("vision_encoder.layers.") for n in _changed(before, merged))
@@ -464,8 +581,16 @@ def test_gradient_checkpointing_step(tmp_path, merged, teachers, processor, teac
 
 def test_naive_stage2_trains_no_sam_side(tmp_path, merged, teachers, processor, teacher_processor, image_dataset):
     before = _snapshot(merged)
-    trainer = _trainer(tmp_path, merged, teachers, processor, teacher_processor, image_dataset, "distillation",
-                       losses=LossWeights(sam_loss_weight=0.0))
+    trainer = _trainer(
+        tmp_path,
+        merged,
+        teachers,
+        processor,
+        teacher_processor,
+        image_dataset,
+        "distillation",
+        losses=LossWeights(sam_loss_weight=0.0),
+    )
     trainer.train()
     changed = _changed(before, merged)
     assert any(n.startswith("vision_encoder.layers.") for n in changed)
@@ -473,14 +598,18 @@ def test_naive_stage2_trains_no_sam_side(tmp_path, merged, teachers, processor, 
     assert "loss_sam" not in trainer.state.log_history[0]
 
 
-def test_lora_stage2_trains_adapters_and_merges(tmp_path, merged, teachers, processor, teacher_processor, image_dataset):
+def test_lora_stage2_trains_adapters_and_merges(
+    tmp_path, merged, teachers, processor, teacher_processor, image_dataset
+):
     from peft import LoraConfig, get_peft_model
 
     from transformers_samclip.distillation.run import LORA_TARGETS
 
     before = _snapshot(merged)
-    peft_model = get_peft_model(merged, LoraConfig(r=2, lora_alpha=4, target_modules=LORA_TARGETS,
-                                                   modules_to_save=["clip_head", "mask_decoder"]))
+    peft_model = get_peft_model(
+        merged,
+        LoraConfig(r=2, lora_alpha=4, target_modules=LORA_TARGETS, modules_to_save=["clip_head", "mask_decoder"]),
+    )
     trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
     trainer = _trainer(tmp_path, peft_model, teachers, processor, teacher_processor, image_dataset, "distillation")
     trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
@@ -490,7 +619,9 @@ def test_lora_stage2_trains_adapters_and_merges(tmp_path, merged, teachers, proc
     student = peft_model.merge_and_unload()
     assert isinstance(student, SamClipModel)
     changed = _changed(before, student)
-    assert any(n.startswith("vision_encoder.layers.") for n in changed) and any(n.startswith("clip_head.") for n in changed)
+    assert any(n.startswith("vision_encoder.layers.") for n in changed) and any(
+        n.startswith("clip_head.") for n in changed
+    )
     assert not [n for n in changed if n.startswith(("prompt_encoder.", "text_model.", "vision_encoder.neck."))]
 
 
@@ -499,11 +630,25 @@ def test_siglip_teacher(tmp_path, processor, teacher_processor, image_dataset, t
 
     sam, _ = teachers
     config = SiglipConfig(
-        text_config=dict(vocab_size=300, hidden_size=24, intermediate_size=48, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=40,
-                         pad_token_id=1, bos_token_id=2, eos_token_id=3),
-        vision_config=dict(hidden_size=24, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=8),
+        text_config=dict(
+            vocab_size=300,
+            hidden_size=24,
+            intermediate_size=48,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=40,
+            pad_token_id=1,
+            bos_token_id=2,
+            eos_token_id=3,
+        ),
+        vision_config=dict(
+            hidden_size=24,
+            intermediate_size=48,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
     )
     torch.manual_seed(0)
     siglip = SiglipModel(config).eval()
@@ -515,8 +660,9 @@ def test_siglip_teacher(tmp_path, processor, teacher_processor, image_dataset, t
     assert any(n.startswith("clip_head.") for n in _changed(before, student))
 
 
-def test_short_distillation_beats_the_untrained_merge_on_clip_cosine(tmp_path, teachers, processor,
-                                                                     teacher_processor, image_dataset):
+def test_short_distillation_beats_the_untrained_merge_on_clip_cosine(
+    tmp_path, teachers, processor, teacher_processor, image_dataset
+):
     sam, clip = teachers
     student = SamClipModel.from_teachers(sam, clip)
     held_out = _images_and_masks(8, seed=5)[0]
@@ -524,12 +670,23 @@ def test_short_distillation_beats_the_untrained_merge_on_clip_cosine(tmp_path, t
     @torch.no_grad()
     def cosine(model):
         student_embeds = model.get_image_features(processor(held_out, view="clip")["pixel_values"]).pooler_output
-        teacher_embeds = clip.get_image_features(teacher_processor(held_out, return_tensors="pt")["pixel_values"]).pooler_output
+        teacher_embeds = clip.get_image_features(
+            teacher_processor(held_out, return_tensors="pt")["pixel_values"]
+        ).pooler_output
         return torch.nn.functional.cosine_similarity(student_embeds, teacher_embeds).mean().item()
 
     start = cosine(student.eval())
-    trainer = _trainer(tmp_path, student, teachers, processor, teacher_processor, image_dataset, "head_probing",
-                       steps=30, args={"per_device_train_batch_size": 8, "logging_steps": 10})
+    trainer = _trainer(
+        tmp_path,
+        student,
+        teachers,
+        processor,
+        teacher_processor,
+        image_dataset,
+        "head_probing",
+        steps=30,
+        args={"per_device_train_batch_size": 8, "logging_steps": 10},
+    )
     trainer.train()
     assert cosine(student.eval()) > start + 0.1
 
@@ -537,15 +694,33 @@ def test_short_distillation_beats_the_untrained_merge_on_clip_cosine(tmp_path, t
 def test_resume_from_checkpoint_restores_the_student(tmp_path, teachers, processor, teacher_processor, image_dataset):
     sam, clip = teachers
     student = SamClipModel.from_teachers(sam, clip)
-    trainer = _trainer(tmp_path, student, teachers, processor, teacher_processor, image_dataset, "distillation",
-                       steps=2, args={"save_strategy": "steps", "save_steps": 2})
+    trainer = _trainer(
+        tmp_path,
+        student,
+        teachers,
+        processor,
+        teacher_processor,
+        image_dataset,
+        "distillation",
+        steps=2,
+        args={"save_strategy": "steps", "save_steps": 2},
+    )
     trainer.train()
     checkpoint = tmp_path / "checkpoint-2"
     assert (checkpoint / "model.safetensors").is_file() and (checkpoint / "config.json").is_file()
     assert SamClipModel.from_pretrained(checkpoint) is not None  # checkpoints are loadable models (no teachers)
     fresh = SamClipModel.from_teachers(sam, clip)
-    resumed = _trainer(tmp_path, fresh, teachers, processor, teacher_processor, image_dataset, "distillation",
-                       steps=3, args={"save_strategy": "no"})
+    resumed = _trainer(
+        tmp_path,
+        fresh,
+        teachers,
+        processor,
+        teacher_processor,
+        image_dataset,
+        "distillation",
+        steps=3,
+        args={"save_strategy": "no"},
+    )
     resumed._load_from_checkpoint(str(checkpoint))
     for name, value in student.state_dict().items():
         torch.testing.assert_close(fresh.state_dict()[name], value)

@@ -19,25 +19,48 @@ from transformers_samclip.distillation.config import RUN_DEFAULTS, SamClipDistil
 
 def test_hf_argument_parser_reads_a_stage_from_flags_and_yaml(tmp_path):
     parser = HfArgumentParser(SamClipDistillationConfig)
-    (flags,) = parser.parse_args_into_dataclasses(args=[
-        "--output_dir", str(tmp_path / "a"), "--use_cpu", "true", "--stage", "head_probing", "--clip_sizes", "224",
-        "448", "--sam_loss_weight", "1", "--distill_single_mask", "false", "--sam_batch_size", "2"])
+    (flags,) = parser.parse_args_into_dataclasses(
+        args=[
+            "--output_dir",
+            str(tmp_path / "a"),
+            "--use_cpu",
+            "true",
+            "--stage",
+            "head_probing",
+            "--clip_sizes",
+            "224",
+            "448",
+            "--sam_loss_weight",
+            "1",
+            "--distill_single_mask",
+            "false",
+            "--sam_batch_size",
+            "2",
+        ]
+    )
     assert flags.stage == "head_probing" and flags.clip_sizes == [224, 448] and flags.sam_batch_size == 2
     assert flags.losses == LossWeights(sam_loss_weight=1.0, distill_single_mask=False)
     assert flags.remove_unused_columns is False  # the collator's named tensors all reach the module
     yaml_file = tmp_path / "stage.yaml"
-    yaml_file.write_text(f"output_dir: {tmp_path / 'b'}\nuse_cpu: true\nstage: distillation\nlearning_rate: 4.0e-4\n"
-                         "encoder_lr_scale: 0.2\nregion_weight: 1\nteacher_cache: false\n")
+    yaml_file.write_text(
+        f"output_dir: {tmp_path / 'b'}\nuse_cpu: true\nstage: distillation\nlearning_rate: 4.0e-4\n"
+        "encoder_lr_scale: 0.2\nregion_weight: 1\nteacher_cache: false\n"
+    )
     (from_yaml,) = parser.parse_yaml_file(str(yaml_file))
     assert (from_yaml.stage, from_yaml.learning_rate, from_yaml.encoder_lr_scale) == ("distillation", 4e-4, 0.2)
     assert from_yaml.region_weight == 1.0 and isinstance(from_yaml.region_weight, float)
     assert from_yaml.teacher_cache is False and from_yaml.losses.sam_loss_weight == LossWeights().sam_loss_weight
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("stage", "probing", "stage: must be one of"), ("sam_loss_weight", -1, "sam_loss_weight: must be >= 0"),
-    ("sam_batch_size", 0, "sam_batch_size: must be >= 1"), ("clip_sizes", [0], "clip_sizes: must be null"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("stage", "probing", "stage: must be one of"),
+        ("sam_loss_weight", -1, "sam_loss_weight: must be >= 0"),
+        ("sam_batch_size", 0, "sam_batch_size: must be >= 1"),
+        ("clip_sizes", [0], "clip_sizes: must be null"),
+    ],
+)
 def test_bad_stage_settings_name_the_field(tmp_path, field, value, message):
     with pytest.raises(ValueError, match=message):
         SamClipDistillationConfig(str(tmp_path), use_cpu=True, **{field: value})
@@ -49,7 +72,10 @@ def test_recipe_stages_map_onto_the_config(tmp_path):
         config = SamClipDistillationConfig.from_recipe(recipe, index, tmp_path, seed=3)
         assert config.output_dir == str(tmp_path / f"stage{index + 1}-{stage.stage}")
         assert (config.stage, config.sam_batch_size, config.encoder_lr_scale) == (
-            stage.stage, stage.sam_batch_size, stage.encoder_lr_scale)
+            stage.stage,
+            stage.sam_batch_size,
+            stage.encoder_lr_scale,
+        )
         assert config.losses == recipe.losses and config.seed == 3 and config.teacher_cache == recipe.teacher_cache
         assert config.teacher_cache_dir == str(tmp_path / "teacher-cache")
         for key, value in stage.training_args.items():
@@ -58,12 +84,16 @@ def test_recipe_stages_map_onto_the_config(tmp_path):
     paper = load_recipe("samclip-vit-b16")
     sizes = [SamClipDistillationConfig.from_recipe(paper, i, tmp_path).clip_sizes for i in range(3)]
     assert sizes == [[224, 448], [224, 448], [224, 448, 1024]]  # data.clip's, unless the stage has its own
-    assert SamClipDistillationConfig.from_recipe(recipe, 1, tmp_path, max_steps=7, cache_dir=tmp_path / "c"
-                                                 ).max_steps == 7
-    trainer = SamClipDistillationTrainer(torch.nn.Linear(1, 1), args=SamClipDistillationConfig.from_recipe(
-        recipe, 0, tmp_path))
-    assert trainer.stage == "head_probing" and trainer.model.losses == dataclasses.replace(recipe.losses,
-                                                                                           sam_loss_weight=0.0)
+    assert (
+        SamClipDistillationConfig.from_recipe(recipe, 1, tmp_path, max_steps=7, cache_dir=tmp_path / "c").max_steps
+        == 7
+    )
+    trainer = SamClipDistillationTrainer(
+        torch.nn.Linear(1, 1), args=SamClipDistillationConfig.from_recipe(recipe, 0, tmp_path)
+    )
+    assert trainer.stage == "head_probing" and trainer.model.losses == dataclasses.replace(
+        recipe.losses, sam_loss_weight=0.0
+    )
 
 
 class _KeywordTrainer(SamClipDistillationTrainer):
@@ -75,17 +105,38 @@ class _KeywordTrainer(SamClipDistillationTrainer):
     def __init__(self, model, *, args, **kwargs):
         stages = enumerate(self.recipe.stages)
         stage = next(s for i, s in stages if args.output_dir.endswith(f"stage{i + 1}-{s.stage}"))
-        values = dict(output_dir=args.output_dir, use_cpu=True, remove_unused_columns=False, report_to=[], seed=0,
-                      save_strategy="steps", save_total_limit=2, logging_first_step=True, dataloader_num_workers=0)
+        values = dict(
+            output_dir=args.output_dir,
+            use_cpu=True,
+            remove_unused_columns=False,
+            report_to=[],
+            seed=0,
+            save_strategy="steps",
+            save_total_limit=2,
+            logging_first_step=True,
+            dataloader_num_workers=0,
+        )
         values.update(stage.training_args)
-        super().__init__(model, stage=stage.stage, losses=self.recipe.losses, encoder_lr_scale=stage.encoder_lr_scale,
-                         args=TrainingArguments(**values), **kwargs)
+        super().__init__(
+            model,
+            stage=stage.stage,
+            losses=self.recipe.losses,
+            encoder_lr_scale=stage.encoder_lr_scale,
+            args=TrainingArguments(**values),
+            **kwargs,
+        )
 
 
 def _tiny_mosaic_recipe():
-    overrides = {"model": {"sam_size": 64, "clip_size": 32, "head": {"num_hidden_layers": 1}},
-                 "data.clip.num_items": 32, "data.clip.size": 32, "data.sam.num_mosaics": 8,
-                 "data.sam.canvas_size": 64, "evaluation": None, "calibration": None}
+    overrides = {
+        "model": {"sam_size": 64, "clip_size": 32, "head": {"num_hidden_layers": 1}},
+        "data.clip.num_items": 32,
+        "data.clip.size": 32,
+        "data.sam.num_mosaics": 8,
+        "data.sam.canvas_size": 64,
+        "evaluation": None,
+        "calibration": None,
+    }
     for index in (0, 1):
         for key, value in dict(max_steps=2, per_device_train_batch_size=8, save_steps=2, logging_steps=1).items():
             overrides[f"stages.{index}.training_args.{key}"] = value
@@ -96,8 +147,11 @@ def _step_logs(output_dir):
     logs = {}
     for stage_dir in sorted(output_dir.glob("stage*")):
         state = json.loads((stage_dir / "checkpoint-2" / "trainer_state.json").read_text())
-        logs[stage_dir.name] = [{k: v for k, v in entry.items() if k.startswith(("loss", "grad_norm", "step"))}
-                                for entry in state["log_history"] if "loss" in entry]
+        logs[stage_dir.name] = [
+            {k: v for k, v in entry.items() if k.startswith(("loss", "grad_norm", "step"))}
+            for entry in state["log_history"]
+            if "loss" in entry
+        ]
     return logs
 
 
@@ -105,8 +159,9 @@ def test_mosaic_recipe_first_steps_lose_what_they_lost_before_the_config(tmp_pat
     """Both stages of the mosaic recipe (tiny random teachers, 2 steps each): every logged loss term and gradient
     norm of the config-driven run equals the run whose trainer gets the recipe's values as before."""
     sam, clip = teachers
-    clip_processor = CLIPProcessor(CLIPImageProcessorPil(size={"shortest_edge": 32},
-                                                         crop_size={"height": 32, "width": 32}), tokenizer)
+    clip_processor = CLIPProcessor(
+        CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}), tokenizer
+    )
     recipe = _tiny_mosaic_recipe()
 
     def run(output_dir):

@@ -26,16 +26,27 @@ from transformers_samclip import SamClipModel
 from transformers_samclip.distillation import SamClipDistillationModule, SamClipDistillationTrainer, load_recipe
 
 CONFIGS = importlib.resources.files("transformers_samclip") / "recipes" / "accelerate"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-       "HF_DATASETS_OFFLINE": "1", "ACCELERATE_USE_CPU": "1"}
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "ACCELERATE_USE_CPU": "1",
+}
 
 
-@pytest.mark.parametrize("name, kind, processes, machines", [
-    ("1gpu", "NO", 1, 1), ("8gpu", "MULTI_GPU", 8, 1), ("4x8gpu", "MULTI_GPU", 32, 4), ("fsdp-8gpu", "FSDP", 8, 1)])
+@pytest.mark.parametrize(
+    "name, kind, processes, machines",
+    [("1gpu", "NO", 1, 1), ("8gpu", "MULTI_GPU", 8, 1), ("4x8gpu", "MULTI_GPU", 32, 4), ("fsdp-8gpu", "FSDP", 8, 1)],
+)
 def test_shipped_accelerate_configs_load(name, kind, processes, machines):
     config = load_config_from_file(str(CONFIGS / f"{name}.yaml"))
     assert (str(config.distributed_type).split(".")[-1], config.num_processes, config.num_machines) == (
-        kind, processes, machines)
+        kind,
+        processes,
+        machines,
+    )
     assert "transformers_samclip.distillation.cli" in (CONFIGS / f"{name}.yaml").read_text()  # says how to run it
 
 
@@ -69,32 +80,61 @@ def test_teachers_are_prepared_for_evaluation_and_a_gathered_state_dict_saves_th
 
 
 @pytest.mark.slow
-def test_two_process_ddp_through_the_shipped_config_on_streamed_shards(tmp_path, shards, tokenizer,  # noqa: F811
-                                                                        teachers):
+def test_two_process_ddp_through_the_shipped_config_on_streamed_shards(
+    tmp_path,
+    shards,  # noqa: F811  (the fixture imported above)
+    tokenizer,
+    teachers,
+):
     """`accelerate launch --config_file recipes/accelerate/8gpu.yaml --num_processes 2` on CPU: the mosaic recipe
     shortened to 2 steps a stage on tiny teachers, D_CLIP and D_SAM streamed from tar shards split between the two
     ranks; the saved model loads with from_pretrained."""
     sam, clip = teachers
     sam.save_pretrained(tmp_path / "sam")
-    SamProcessor(SamImageProcessorPil(size={"longest_edge": 64}, pad_size={"height": 64, "width": 64},
-                                      mask_size={"longest_edge": 16}, mask_pad_size={"height": 16, "width": 16})
-                 ).save_pretrained(tmp_path / "sam")
+    SamProcessor(
+        SamImageProcessorPil(
+            size={"longest_edge": 64},
+            pad_size={"height": 64, "width": 64},
+            mask_size={"longest_edge": 16},
+            mask_pad_size={"height": 16, "width": 16},
+        )
+    ).save_pretrained(tmp_path / "sam")
     clip.save_pretrained(tmp_path / "clip")
-    CLIPProcessor(CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-                  tokenizer).save_pretrained(tmp_path / "clip")
-    overrides = {"teachers": {"sam": str(tmp_path / "sam"), "clip": str(tmp_path / "clip")},
-                 "model": {"sam_size": 64, "clip_size": 32, "head": {"num_hidden_layers": 1}},
-                 "data": {"clip": _clip_spec(shards), "sam": _sam_spec(shards)}, "evaluation": None,
-                 "calibration": None}
+    CLIPProcessor(
+        CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}), tokenizer
+    ).save_pretrained(tmp_path / "clip")
+    overrides = {
+        "teachers": {"sam": str(tmp_path / "sam"), "clip": str(tmp_path / "clip")},
+        "model": {"sam_size": 64, "clip_size": 32, "head": {"num_hidden_layers": 1}},
+        "data": {"clip": _clip_spec(shards), "sam": _sam_spec(shards)},
+        "evaluation": None,
+        "calibration": None,
+    }
     for index in (0, 1):
         for key, value in dict(max_steps=2, per_device_train_batch_size=4, save_steps=2, logging_steps=1).items():
             overrides[f"stages.{index}.training_args.{key}"] = value
     recipe = tmp_path / "tiny-shards.json"
     recipe.write_text(json.dumps(load_recipe("mosaic").override(overrides).to_dict()))
     launcher = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    command = [launcher, "launch", "--config_file", str(CONFIGS / "8gpu.yaml"), "--num_processes", "2",
-               "--main_process_port", "0", "-m", "transformers_samclip.distillation.cli", "--recipe", str(recipe),
-               "--output-dir", str(tmp_path / "run"), "--no-eval", "--threads", "1"]
+    command = [
+        launcher,
+        "launch",
+        "--config_file",
+        str(CONFIGS / "8gpu.yaml"),
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        "0",
+        "-m",
+        "transformers_samclip.distillation.cli",
+        "--recipe",
+        str(recipe),
+        "--output-dir",
+        str(tmp_path / "run"),
+        "--no-eval",
+        "--threads",
+        "1",
+    ]
     result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
@@ -110,8 +150,14 @@ class _Killed(Exception):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("streamed", [False, True])
-def test_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch, shards, tokenizer,  # noqa: F811
-                                                                   teachers, streamed):
+def test_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(
+    tmp_path,
+    monkeypatch,
+    shards,  # noqa: F811  (the fixture imported above)
+    tokenizer,
+    teachers,
+    streamed,
+):
     """Stage 2 of the shortened mosaic recipe (6 steps of 4 images: mid-epoch for the 32 item views, and mid-stream
     for the shards) stopped at step 3 after checkpoint 2, then run again into the same folder: it resumes from
     checkpoint 2 and ends at the weights of a run never stopped."""
@@ -119,9 +165,15 @@ def test_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path, mon
 
     from transformers_samclip.distillation.run import run_recipe
 
-    overrides = {"model": {"sam_size": 64, "clip_size": 32, "head": {"num_hidden_layers": 1}},
-                 "data.clip.num_items": 32, "data.clip.size": 32, "data.sam.num_mosaics": 8,
-                 "data.sam.canvas_size": 64, "evaluation": None, "calibration": None}
+    overrides = {
+        "model": {"sam_size": 64, "clip_size": 32, "head": {"num_hidden_layers": 1}},
+        "data.clip.num_items": 32,
+        "data.clip.size": 32,
+        "data.sam.num_mosaics": 8,
+        "data.sam.canvas_size": 64,
+        "evaluation": None,
+        "calibration": None,
+    }
     if streamed:
         overrides["data"] = {"clip": _clip_spec(shards), "sam": _sam_spec(shards)}
     for index, steps in enumerate((1, 6)):
@@ -129,8 +181,13 @@ def test_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path, mon
             overrides[f"stages.{index}.training_args.{key}"] = value
     recipe = load_recipe("mosaic").override(overrides)
     sam, clip = teachers
-    loaded = {"sam_model": sam, "clip_model": clip, "clip_processor": CLIPProcessor(CLIPImageProcessorPil(
-        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}), tokenizer)}
+    loaded = {
+        "sam_model": sam,
+        "clip_model": clip,
+        "clip_processor": CLIPProcessor(
+            CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}), tokenizer
+        ),
+    }
     run_recipe(recipe, tmp_path / "whole", teachers=loaded, evaluate=False)
 
     step = SamClipDistillationTrainer.training_step
@@ -163,22 +220,42 @@ def test_two_process_ddp_first_step_equals_one_process_at_the_same_global_batch(
     from transformers_samclip.distillation.run import run_recipe
 
     sam, clip = teachers
-    clip_processor = CLIPProcessor(CLIPImageProcessorPil(size={"shortest_edge": 32},
-                                                         crop_size={"height": 32, "width": 32}), tokenizer)
+    clip_processor = CLIPProcessor(
+        CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}), tokenizer
+    )
     sam.save_pretrained(tmp_path / "sam")
-    SamProcessor(SamImageProcessorPil(size={"longest_edge": 64}, pad_size={"height": 64, "width": 64},
-                                      mask_size={"longest_edge": 16}, mask_pad_size={"height": 16, "width": 16})
-                 ).save_pretrained(tmp_path / "sam")
+    SamProcessor(
+        SamImageProcessorPil(
+            size={"longest_edge": 64},
+            pad_size={"height": 64, "width": 64},
+            mask_size={"longest_edge": 16},
+            mask_pad_size={"height": 16, "width": 16},
+        )
+    ).save_pretrained(tmp_path / "sam")
     clip.save_pretrained(tmp_path / "clip")
     clip_processor.save_pretrained(tmp_path / "clip")
     base = load_recipe("mosaic")
-    recipe = base.override({
-        "teachers": {"sam": str(tmp_path / "sam"), "clip": str(tmp_path / "clip")},
-        "model": {"sam_size": 64, "clip_size": 32, "head": {"num_hidden_layers": 1}}, "data.clip.num_items": 32,
-        "data.clip.size": 32, "data.sam.num_mosaics": 4, "data.sam.canvas_size": 64, "evaluation": None,
-        "calibration": None, "losses.region_weight": 0.0, "stages": [base.to_dict()["stages"][0]],
-        "stages.0.training_args": {"learning_rate": 2e-3, "max_steps": 1, "per_device_train_batch_size": 4,
-                                   "logging_steps": 1, "save_steps": 1}})
+    recipe = base.override(
+        {
+            "teachers": {"sam": str(tmp_path / "sam"), "clip": str(tmp_path / "clip")},
+            "model": {"sam_size": 64, "clip_size": 32, "head": {"num_hidden_layers": 1}},
+            "data.clip.num_items": 32,
+            "data.clip.size": 32,
+            "data.sam.num_mosaics": 4,
+            "data.sam.canvas_size": 64,
+            "evaluation": None,
+            "calibration": None,
+            "losses.region_weight": 0.0,
+            "stages": [base.to_dict()["stages"][0]],
+            "stages.0.training_args": {
+                "learning_rate": 2e-3,
+                "max_steps": 1,
+                "per_device_train_batch_size": 4,
+                "logging_steps": 1,
+                "save_steps": 1,
+            },
+        }
+    )
 
     def first_step(run_dir):
         state = json.loads((run_dir / "stage1-head_probing" / "checkpoint-1" / "trainer_state.json").read_text())
@@ -187,14 +264,39 @@ def test_two_process_ddp_first_step_equals_one_process_at_the_same_global_batch(
     path = tmp_path / "recipe.json"
     path.write_text(json.dumps(recipe.to_dict()))
     launcher = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    result = subprocess.run([launcher, "launch", "--config_file", str(CONFIGS / "8gpu.yaml"), "--num_processes", "2",
-                             "--main_process_port", "0", "-m", "transformers_samclip.distillation.cli", "--recipe",
-                             str(path), "--output-dir", str(tmp_path / "ddp"), "--no-eval", "--threads", "1"],
-                            env=ENV, capture_output=True, text=True, timeout=1200)
+    result = subprocess.run(
+        [
+            launcher,
+            "launch",
+            "--config_file",
+            str(CONFIGS / "8gpu.yaml"),
+            "--num_processes",
+            "2",
+            "--main_process_port",
+            "0",
+            "-m",
+            "transformers_samclip.distillation.cli",
+            "--recipe",
+            str(path),
+            "--output-dir",
+            str(tmp_path / "ddp"),
+            "--no-eval",
+            "--threads",
+            "1",
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     single = recipe.override({"stages.0.training_args.per_device_train_batch_size": 8})
-    run_recipe(single, tmp_path / "one", teachers={"sam_model": sam, "clip_model": clip,
-                                                   "clip_processor": clip_processor}, evaluate=False)
+    run_recipe(
+        single,
+        tmp_path / "one",
+        teachers={"sam_model": sam, "clip_model": clip, "clip_processor": clip_processor},
+        evaluate=False,
+    )
     ddp, one = first_step(tmp_path / "ddp"), first_step(tmp_path / "one")
     assert ddp["loss"] == pytest.approx(one["loss"], rel=1e-5)
     assert ddp["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-4)

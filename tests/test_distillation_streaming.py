@@ -54,9 +54,13 @@ def shards(tmp_path_factory):
                 key, mosaic = f"sa_{index}", mosaics[index]
                 height, width = np.asarray(mosaic["image"]).shape[:2]
                 image = {"image_id": index, "height": height, "width": width, "file_name": f"{key}.jpg"}
-                annotation = {"image": image,
-                              "annotations": [{"id": i, "segmentation": encode_rle(mask), "area": int(mask.sum())}
-                                              for i, mask in enumerate(mosaic["instance_masks"])]}
+                annotation = {
+                    "image": image,
+                    "annotations": [
+                        {"id": i, "segmentation": encode_rle(mask), "area": int(mask.sum())}
+                        for i, mask in enumerate(mosaic["instance_masks"])
+                    ],
+                }
                 text = json.dumps(annotation).encode()
                 _add(archive, f"{key}.jpg", _jpeg(mosaic["image"]))
                 _add(archive, f"{key}.json", text if key != CORRUPT_SAM_KEY else text[: len(text) // 2])
@@ -108,24 +112,36 @@ def test_missing_shards_name_the_glob(tmp_path):
         load_image_dataset({"source": "webdataset", "data_files": str(tmp_path / "nothing-*.tar")})
 
 
-def test_short_recipe_trains_on_streamed_shards_with_sam_prompts_from_the_masks(shards, tmp_path, monkeypatch,
-                                                                                tokenizer, teachers):
+def test_short_recipe_trains_on_streamed_shards_with_sam_prompts_from_the_masks(
+    shards, tmp_path, monkeypatch, tokenizer, teachers
+):
     prompted = []
     sample = PromptSampler.__call__
-    monkeypatch.setattr(PromptSampler, "__call__", lambda self, masks, *args: prompted.append(
-        len(masks or [])) or sample(self, masks, *args))
-    overrides = {"model": {"sam_size": 64, "clip_size": 32, "head": {"num_hidden_layers": 1}},
-                 "data": {"clip": _clip_spec(shards), "sam": _sam_spec(shards)}, "evaluation": None,
-                 "calibration": None}
+    monkeypatch.setattr(
+        PromptSampler,
+        "__call__",
+        lambda self, masks, *args: prompted.append(len(masks or [])) or sample(self, masks, *args),
+    )
+    overrides = {
+        "model": {"sam_size": 64, "clip_size": 32, "head": {"num_hidden_layers": 1}},
+        "data": {"clip": _clip_spec(shards), "sam": _sam_spec(shards)},
+        "evaluation": None,
+        "calibration": None,
+    }
     for index in (0, 1):
         for key, value in dict(max_steps=3, per_device_train_batch_size=8, save_steps=3, logging_steps=1).items():
             overrides[f"stages.{index}.training_args.{key}"] = value
     recipe = load_recipe("mosaic").override(overrides)
     sam, clip = teachers
-    clip_processor = CLIPProcessor(CLIPImageProcessorPil(size={"shortest_edge": 32},
-                                                         crop_size={"height": 32, "width": 32}), tokenizer)
-    run_recipe(recipe, tmp_path, teachers={"sam_model": sam, "clip_model": clip, "clip_processor": clip_processor},
-               evaluate=False)
+    clip_processor = CLIPProcessor(
+        CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}), tokenizer
+    )
+    run_recipe(
+        recipe,
+        tmp_path,
+        teachers={"sam_model": sam, "clip_model": clip, "clip_processor": clip_processor},
+        evaluate=False,
+    )
     state = json.loads((tmp_path / "stage2-distillation" / "checkpoint-3" / "trainer_state.json").read_text())
     logs = [entry for entry in state["log_history"] if "loss" in entry]
     assert len(logs) == 3 and all(np.isfinite(entry["loss_sam"]) for entry in logs)
@@ -141,5 +157,15 @@ def test_distill_names_a_shard_glob_that_matches_nothing(tmp_path):
     from transformers_samclip.distillation.cli import main
 
     with pytest.raises(UsageError, match=r"data.clip.data_files: no file matches .*none-\*.tar"):
-        main(["--recipe", "mosaic", "--output-dir", str(tmp_path / "out"), "--set", "data.clip.source=webdataset",
-              "--set", f"data.clip.data_files={tmp_path / 'none-*.tar'}"])
+        main(
+            [
+                "--recipe",
+                "mosaic",
+                "--output-dir",
+                str(tmp_path / "out"),
+                "--set",
+                "data.clip.source=webdataset",
+                "--set",
+                f"data.clip.data_files={tmp_path / 'none-*.tar'}",
+            ]
+        )

@@ -5,8 +5,8 @@ import math
 
 import pytest
 import torch
-from torch.profiler import ProfilerActivity, profile
 from conftest import make_tiny_teachers
+from torch.profiler import ProfilerActivity, profile
 from transformers.models.sam.modeling_sam import SamVisionLayer
 
 from transformers_samclip import SamClipModel
@@ -65,7 +65,8 @@ def test_attention_bias_is_written_once_in_sdpas_layout(sdpa_merged):
         with torch.no_grad(), profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
             forward(tokens)
         return sum(
-            1 for e in prof.events()
+            1
+            for e in prof.events()
             if e.name == "aten::copy_" and e.input_shapes and math.prod(e.input_shapes[0]) >= bias_size
         )
 
@@ -123,7 +124,9 @@ def test_prompted_forward_traces_as_one_graph(sdpa_merged):
     boxes = torch.tensor([[[1.0, 2.0, 30.0, 40.0]], [[10.0, 10.0, 60.0, 50.0]]])
     input_ids = torch.tensor([[0, 5, 6, 1], [0, 7, 1, 1]])
     calls = {
-        "sam_path": lambda: sdpa_merged(pixel_values=pixels, input_points=points, input_labels=labels, input_boxes=boxes),
+        "sam_path": lambda: sdpa_merged(
+            pixel_values=pixels, input_points=points, input_labels=labels, input_boxes=boxes
+        ),
         "clip_path": lambda: sdpa_merged(pixel_values=pixels[..., :32, :32], input_ids=input_ids),
     }
     with torch.no_grad():

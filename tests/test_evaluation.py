@@ -39,8 +39,16 @@ from transformers_samclip.evaluation.geometry import (
 from transformers_samclip.mosaic import FASHION_MNIST_CLASSES, SHIPPED_TEACHERS_DIR, make_mosaic_dataset
 
 TINY = dict(num_items=12, num_mosaics=3, calibration_mosaics=2, seed=0)
-ROW_KEYS = ("zero_shot_top1", "box_miou", "point1_miou", "point3_miou", "semseg_miou", "semseg_refined_miou",
-            "recognition_crop", "recognition_one_pass")
+ROW_KEYS = (
+    "zero_shot_top1",
+    "box_miou",
+    "point1_miou",
+    "point3_miou",
+    "semseg_miou",
+    "semseg_refined_miou",
+    "recognition_crop",
+    "recognition_one_pass",
+)
 
 
 # --------------------------------------------------------------------------------------------------- metrics
@@ -118,8 +126,9 @@ def test_label_map_from_cosines_threshold():
 def test_ground_truth_segmenter_scores_one():
     mosaics = make_mosaic_dataset("test", 3, seed=1)
     targets = iter(np.asarray(m) for m in mosaics["semantic_map"])
-    result = evaluate_label_maps(lambda images: [next(targets) for _ in images], mosaics, FASHION_MNIST_CLASSES,
-                                 batch_size=2)
+    result = evaluate_label_maps(
+        lambda images: [next(targets) for _ in images], mosaics, FASHION_MNIST_CLASSES, batch_size=2
+    )
     assert result["miou"] == 1.0
     assert result["per_class_iou"]["background"] == 1.0
     assert sum(v is None for v in result["per_class_iou"].values()) >= 1  # absent classes are left out
@@ -132,8 +141,10 @@ def test_background_calibration_finds_the_gap():
     dataset = datasets.Dataset.from_dict({"image": [0, 1, 2], "semantic_map": targets})
 
     def cosine_maps(keys):
-        return [0.2 + 0.6 * torch.nn.functional.one_hot(torch.from_numpy(targets[k]), 11).permute(2, 0, 1)[1:].float()
-                for k in keys]
+        return [
+            0.2 + 0.6 * torch.nn.functional.one_hot(torch.from_numpy(targets[k]), 11).permute(2, 0, 1)[1:].float()
+            for k in keys
+        ]
 
     threshold = calibrate_background_threshold(cosine_maps, dataset, FASHION_MNIST_CLASSES)
     assert 0.2 < threshold <= 0.8 + 1e-6
@@ -158,8 +169,11 @@ class BoxOracle(torch.nn.Module):
 
 def test_box_oracle_scores_one(processor):
     # Non-square images (96 x 128, padded by SAM's processor) check the coordinate and un-padding path.
-    sam_processor = SamProcessor(image_processor=type(processor.image_processor)(
-        size={"longest_edge": 128}, pad_size={"height": 128, "width": 128}))
+    sam_processor = SamProcessor(
+        image_processor=type(processor.image_processor)(
+            size={"longest_edge": 128}, pad_size={"height": 128, "width": 128}
+        )
+    )
     rng = np.random.default_rng(0)
     rows = {"image": [], "instance_masks": [], "boxes": []}
     for _ in range(3):
@@ -173,9 +187,16 @@ def test_box_oracle_scores_one(processor):
         rows["image"].append(Image.fromarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)))
         rows["instance_masks"].append(masks)
         rows["boxes"].append(boxes)
-    dataset = datasets.Dataset.from_dict(rows, features=datasets.Features({
-        "image": datasets.Image(), "instance_masks": datasets.List(datasets.Image()),
-        "boxes": datasets.List(datasets.List(datasets.Value("float32"), length=4))}))
+    dataset = datasets.Dataset.from_dict(
+        rows,
+        features=datasets.Features(
+            {
+                "image": datasets.Image(),
+                "instance_masks": datasets.List(datasets.Image()),
+                "boxes": datasets.List(datasets.List(datasets.Value("float32"), length=4)),
+            }
+        ),
+    )
     result = evaluate_prompted_segmentation(BoxOracle(), sam_processor, dataset, modes=("box",))
     assert result["box_miou"] == 1.0 and result["num_instances"] == 6
 
@@ -192,8 +213,13 @@ def test_samclip_on_mosaic_ranges_and_determinism(merged, processor):
 
 def test_teachers_on_mosaic_rows_and_merge_parity(tiny_teachers, merged, processor):
     rows = evaluate_teachers_on_mosaic(tiny_teachers, **TINY)
-    assert list(rows) == ["CLIP teacher", "SAM teacher", "MaskCLIP baseline", "SAM+CLIP cascade",
-                          "SAM+CLIP cascade (masked crops)"]
+    assert list(rows) == [
+        "CLIP teacher",
+        "SAM teacher",
+        "MaskCLIP baseline",
+        "SAM+CLIP cascade",
+        "SAM+CLIP cascade (masked crops)",
+    ]
     for name in ("MaskCLIP baseline", "SAM+CLIP cascade", "SAM+CLIP cascade (masked crops)"):
         assert 0 <= rows[name]["semseg_miou"] <= 1, name
     # Each cascade names SAM's masks with its labeller, whose recognition on ground-truth masks it reports.
@@ -210,16 +236,21 @@ def test_teachers_on_mosaic_rows_and_merge_parity(tiny_teachers, merged, process
     for key in ("box_miou", "point1_miou", "point3_miou"):
         assert merged_prompted[key] == pytest.approx(rows["SAM teacher"][key], abs=1e-6)
     table = format_results_table(rows)
-    assert table.splitlines()[0].startswith("| model | zero-shot top-1 | top-1 held-out look | top-1 raw photos | box mIoU")
+    assert table.splitlines()[0].startswith(
+        "| model | zero-shot top-1 | top-1 held-out look | top-1 raw photos | box mIoU"
+    )
     assert "| CLIP teacher |" in table and "| - |" in table
 
 
 def test_zero_shot_same_api_for_clip_and_samclip(tiny_teachers, merged, processor):
     views = datasets.Dataset.from_dict(
-        {"image": [Image.new("RGB", (40, 30), (i * 20, 0, 0)) for i in range(6)], "label": [0, 1, 2, 0, 1, 2]})
-    for model, model_processor in ((tiny_teachers["clip_model"], tiny_teachers["clip_processor"]), (merged, processor)):
-        result = evaluate_zero_shot_classification(model, model_processor, views, ["cat", "dog", "bird"],
-                                                   batch_size=4)
+        {"image": [Image.new("RGB", (40, 30), (i * 20, 0, 0)) for i in range(6)], "label": [0, 1, 2, 0, 1, 2]}
+    )
+    for model, model_processor in (
+        (tiny_teachers["clip_model"], tiny_teachers["clip_processor"]),
+        (merged, processor),
+    ):
+        result = evaluate_zero_shot_classification(model, model_processor, views, ["cat", "dog", "bird"], batch_size=4)
         assert 0 <= result["top1"] <= 1 and result["num_images"] == 6
 
 
@@ -229,8 +260,18 @@ def test_cli_on_tiny_saved_model(merged, processor, tmp_path):
     merged.save_pretrained(tmp_path / "model")
     processor.save_pretrained(tmp_path / "model")
     output = tmp_path / "out" / "results.json"
-    argv = ["evaluate", str(tmp_path / "model"), "--num-items", "8", "--num-mosaics", "2",
-            "--calibration-mosaics", "2", "--output", str(output)]
+    argv = [
+        "evaluate",
+        str(tmp_path / "model"),
+        "--num-items",
+        "8",
+        "--num-mosaics",
+        "2",
+        "--calibration-mosaics",
+        "2",
+        "--output",
+        str(output),
+    ]
     assert main(argv) == 0
     record = json.loads(output.read_text())
     assert {"command", "model", "suite", "seed", "sizes", "rows", "table", "wall_seconds", "versions"} <= set(record)
@@ -280,12 +321,28 @@ def test_cli_teachers_from_a_folder(tiny_teachers, tmp_path):
         tiny_teachers[f"{name}_model"].save_pretrained(tmp_path / name)
         tiny_teachers[f"{name}_processor"].save_pretrained(tmp_path / name)
     output = tmp_path / "teachers.json"
-    argv = ["teachers", "--teachers-dir", str(tmp_path), "--num-items", "6", "--num-mosaics", "2",
-            "--calibration-mosaics", "2", "--output", str(output)]
+    argv = [
+        "teachers",
+        "--teachers-dir",
+        str(tmp_path),
+        "--num-items",
+        "6",
+        "--num-mosaics",
+        "2",
+        "--calibration-mosaics",
+        "2",
+        "--output",
+        str(output),
+    ]
     assert main(argv) == 0
     rows = json.loads(output.read_text())["rows"]
-    assert list(rows) == ["CLIP teacher", "SAM teacher", "MaskCLIP baseline", "SAM+CLIP cascade",
-                          "SAM+CLIP cascade (masked crops)"]
+    assert list(rows) == [
+        "CLIP teacher",
+        "SAM teacher",
+        "MaskCLIP baseline",
+        "SAM+CLIP cascade",
+        "SAM+CLIP cascade (masked crops)",
+    ]
 
 
 def test_cli_imagefolder_suite(merged, processor, tmp_path):
@@ -297,7 +354,19 @@ def test_cli_imagefolder_suite(merged, processor, tmp_path):
         (tmp_path / "images" / name).mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (24, 20), (60 * index, 90, 0)).save(tmp_path / "images" / name / f"{index}.png")
     output = tmp_path / "folder.json"
-    assert main([str(tmp_path / "model"), "--suite", f"imagefolder:{tmp_path / 'images'}", "--split", "train",
-                 "--output", str(output)]) == 0
+    assert (
+        main(
+            [
+                str(tmp_path / "model"),
+                "--suite",
+                f"imagefolder:{tmp_path / 'images'}",
+                "--split",
+                "train",
+                "--output",
+                str(output),
+            ]
+        )
+        == 0
+    )
     row = json.loads(output.read_text())["rows"][str(tmp_path / "model")]
     assert 0 <= row["zero_shot_top1"] <= 1 and "semseg_miou" not in row

@@ -16,8 +16,8 @@ from transformers_samclip.evaluation import (
     mosaic_gallery,
     write_segmentation_gallery,
 )
-from transformers_samclip.evaluation.semantic import evaluate_instance_semantic_segmentation
 from transformers_samclip.evaluation.gallery import GAP, INK_COLOR, LEGEND_LINE_HEIGHT, TITLE_HEIGHT
+from transformers_samclip.evaluation.semantic import evaluate_instance_semantic_segmentation
 from transformers_samclip.mosaic import FASHION_MNIST_CLASSES, make_mosaic_dataset
 
 CLASSES = list(FASHION_MNIST_CLASSES)
@@ -55,8 +55,11 @@ def test_gallery_geometry_round_trip_and_legend(tmp_path):
 
     legend_lines = len({box[1] for _, _, box in layout.legend})
     assert png.mode == "P" and 1 <= legend_lines <= 3
-    assert png.size == layout.size == (GAP + 3 * (128 + GAP),
-                                       TITLE_HEIGHT + 2 * (128 + GAP) + legend_lines * LEGEND_LINE_HEIGHT + GAP)
+    assert (
+        png.size
+        == layout.size
+        == (GAP + 3 * (128 + GAP), TITLE_HEIGHT + 2 * (128 + GAP) + legend_lines * LEGEND_LINE_HEIGHT + GAP)
+    )
     assert layout.titles == ["image", "truth", "all background"]
     assert layout.cells[1][2] == (GAP + 2 * 130, TITLE_HEIGHT + 130, GAP + 2 * 130 + 128, TITLE_HEIGHT + 258)
 
@@ -79,26 +82,38 @@ def test_gallery_geometry_round_trip_and_legend(tmp_path):
 
 def test_gallery_rejects_bad_columns(tmp_path):
     with pytest.raises(ValueError, match="2 label maps for 1 rows"):
-        write_segmentation_gallery(tmp_path / "g.png", [Image.new("RGB", (8, 8))], {"a": [np.zeros((8, 8))] * 2},
-                                   CLASSES)
+        write_segmentation_gallery(
+            tmp_path / "g.png", [Image.new("RGB", (8, 8))], {"a": [np.zeros((8, 8))] * 2}, CLASSES
+        )
     with pytest.raises(ValueError, match="labels outside"):
         write_segmentation_gallery(tmp_path / "g.png", None, {"a": [np.full((8, 8), 11)]}, CLASSES)
 
 
 def _miou(maps, mosaics) -> float:
-    confusion = sum(confusion_matrix(p, np.asarray(t).astype(np.int64), len(CLASSES) + 1, 255)
-                    for p, t in zip(maps, mosaics["semantic_map"]))
+    confusion = sum(
+        confusion_matrix(p, np.asarray(t).astype(np.int64), len(CLASSES) + 1, 255)
+        for p, t in zip(maps, mosaics["semantic_map"])
+    )
     return mean_iou(confusion)
 
 
 def test_mosaic_gallery_shows_what_the_evaluation_scores(merged, processor, tiny_teachers, tmp_path):
     layout = mosaic_gallery(merged, processor, tiny_teachers, tmp_path / "m.png", num_mosaics=3, calibration_mosaics=2)
-    assert layout.titles == ["image", "ground truth", "SAM-CLIP", "SAM-CLIP refined", "SAM-CLIP one pass",
-                             "SAM+CLIP cascade"]
+    assert layout.titles == [
+        "image",
+        "ground truth",
+        "SAM-CLIP",
+        "SAM-CLIP refined",
+        "SAM-CLIP one pass",
+        "SAM+CLIP cascade",
+    ]
     png = Image.open(tmp_path / "m.png")
     mosaics = make_mosaic_dataset("test", 3, 0)
-    decoded = {title: [_decode(_crop(png, layout.cells[row][column]), layout.palette) for row in range(3)]
-               for column, title in enumerate(layout.titles) if column}
+    decoded = {
+        title: [_decode(_crop(png, layout.cells[row][column]), layout.palette) for row in range(3)]
+        for column, title in enumerate(layout.titles)
+        if column
+    }
 
     for row, mosaic in enumerate(mosaics):  # ground truth: exactly the classes present, plus background
         present = {layout.palette[0]} | {layout.palette[label + 1] for label in mosaic["labels"]}
@@ -107,12 +122,20 @@ def test_mosaic_gallery_shows_what_the_evaluation_scores(merged, processor, tiny
 
     calibration = make_mosaic_dataset("train", 2, 0)
     for refine, title in ((False, "SAM-CLIP"), (True, "SAM-CLIP refined")):
-        expected = evaluate_semantic_segmentation(merged, processor, mosaics, CLASSES, refine=refine,
-                                                  calibration_dataset=calibration)["miou"]
+        expected = evaluate_semantic_segmentation(
+            merged, processor, mosaics, CLASSES, refine=refine, calibration_dataset=calibration
+        )["miou"]
         assert _miou(decoded[title], mosaics) == pytest.approx(expected, abs=1e-12), title
-    cascade = evaluate_cascade_baseline(tiny_teachers["sam_model"], tiny_teachers["sam_processor"],
-                                        tiny_teachers["clip_model"], tiny_teachers["clip_processor"], mosaics, CLASSES,
-                                        pred_iou_threshold=None, calibration_dataset=calibration)
+    cascade = evaluate_cascade_baseline(
+        tiny_teachers["sam_model"],
+        tiny_teachers["sam_processor"],
+        tiny_teachers["clip_model"],
+        tiny_teachers["clip_processor"],
+        mosaics,
+        CLASSES,
+        pred_iou_threshold=None,
+        calibration_dataset=calibration,
+    )
     assert _miou(decoded["SAM+CLIP cascade"], mosaics) == pytest.approx(cascade["miou"], abs=1e-12)
     painted = evaluate_instance_semantic_segmentation(merged, processor, mosaics, CLASSES)["miou"]
     assert _miou(decoded["SAM-CLIP one pass"], mosaics) == pytest.approx(painted, abs=1e-12)
@@ -131,10 +154,13 @@ def test_mosaic_gallery_shows_what_the_evaluation_scores(merged, processor, tiny
         assert _miou(maps, mosaics) == pytest.approx(expected["miou"], abs=1e-12)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["teachers"], "'teachers' has none"),
-    (["some/model", "--suite", "imagefolder:/nowhere"], "needs --suite mosaic"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["teachers"], "'teachers' has none"),
+        (["some/model", "--suite", "imagefolder:/nowhere"], "needs --suite mosaic"),
+    ],
+)
 def test_cli_gallery_errors(argv, message, tmp_path, capsys):
     from transformers_samclip.cli import main
 
@@ -148,8 +174,22 @@ def test_cli_writes_gallery(saved_tiny_model, tmp_path, capsys):
     from transformers_samclip.cli import main
 
     gallery, output = tmp_path / "out" / "g.png", tmp_path / "r.json"
-    argv = ["evaluate", str(saved_tiny_model), "--num-items", "0", "--num-mosaics", "1", "--calibration-mosaics", "2",
-            "--teachers-dir", str(tmp_path / "no-teachers"), "--gallery", str(gallery), "--output", str(output)]
+    argv = [
+        "evaluate",
+        str(saved_tiny_model),
+        "--num-items",
+        "0",
+        "--num-mosaics",
+        "1",
+        "--calibration-mosaics",
+        "2",
+        "--teachers-dir",
+        str(tmp_path / "no-teachers"),
+        "--gallery",
+        str(gallery),
+        "--output",
+        str(output),
+    ]
     assert main(argv) == 0
     assert f"wrote {gallery}" in capsys.readouterr().out
     width, height = Image.open(gallery).size

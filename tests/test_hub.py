@@ -37,7 +37,9 @@ RESULTS = {
 def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
     """Run `code` in a fresh offline interpreter; fail the test with its output when it fails."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
@@ -51,14 +53,27 @@ def tiny_model_dir(saved_tiny_model):
 def exported(tiny_model_dir, tmp_path_factory):
     results = tmp_path_factory.mktemp("results") / "results.json"
     results.write_text(json.dumps(RESULTS))
-    return export_model(tiny_model_dir, tmp_path_factory.mktemp("export"), results_json=results, repo_id=REPO_ID,
-                         model_name="samclip-tiny")
+    return export_model(
+        tiny_model_dir,
+        tmp_path_factory.mktemp("export"),
+        results_json=results,
+        repo_id=REPO_ID,
+        model_name="samclip-tiny",
+    )
 
 
 def test_export_writes_a_hub_folder(exported):
     names = {path.name for path in exported.iterdir()}
-    expected = {"model.safetensors", "config.json", "processor_config.json", "tokenizer.json", "README.md",
-                "configuration_samclip.py", "modeling_samclip.py", "processing_samclip.py"}
+    expected = {
+        "model.safetensors",
+        "config.json",
+        "processor_config.json",
+        "tokenizer.json",
+        "README.md",
+        "configuration_samclip.py",
+        "modeling_samclip.py",
+        "processing_samclip.py",
+    }
     assert expected <= names, expected - names
     auto_map = json.loads((exported / "config.json").read_text())["auto_map"]
     assert auto_map["AutoConfig"] == "configuration_samclip.SamClipConfig"
@@ -81,13 +96,22 @@ def test_card_metadata_and_model_index(exported):
     assert {"samclip", "sam", "clip", "custom_code"} <= set(data["tags"])
     results = card.data.eval_results
     assert {r.metric_name: r.metric_value for r in results} == {
-        "Zero-shot top-1": 0.71, "Box mIoU": 0.62, "1-point mIoU": 0.4, "Semantic seg. mIoU": 0.3,
+        "Zero-shot top-1": 0.71,
+        "Box mIoU": 0.62,
+        "1-point mIoU": 0.4,
+        "Semantic seg. mIoU": 0.3,
     }
     assert all(r.dataset_split == "test" and r.dataset_type == "samclip-mosaic-world" for r in results)
-    assert all(r.dataset_name.startswith("SAM-CLIP mosaic world (synthetic, built from Fashion-MNIST photos)")
-               for r in results)
+    assert all(
+        r.dataset_name.startswith("SAM-CLIP mosaic world (synthetic, built from Fashion-MNIST photos)")
+        for r in results
+    )
     assert {r.metric_name: r.dataset_config for r in results} == {
-        "Zero-shot top-1": "items", "Box mIoU": "mosaics", "1-point mIoU": "mosaics", "Semantic seg. mIoU": "mosaics"}
+        "Zero-shot top-1": "items",
+        "Box mIoU": "mosaics",
+        "1-point mIoU": "mosaics",
+        "Semantic seg. mIoU": "mosaics",
+    }
     assert "| Model | Zero-shot top-1 | Box mIoU | 1-point mIoU | 3-point mIoU | Semantic seg. mIoU |" in card.text
     assert "| CLIP teacher | 0.7500 | – | – | – | – |" in card.text
     assert "| SAM teacher | – | 0.6600 | 0.4500 | 0.5500 | – |" in card.text
@@ -143,8 +167,11 @@ def test_card_install_line_names_what_the_snippets_need(exported):
     requirements = [Requirement(word) for word in words[2:]]
     for requirement in requirements:
         assert requirement.specifier.contains(version(requirement.name), prereleases=True), requirement
-    imported = set(re.findall(r"^(?:from|import) (\w+)", "".join(re.findall(r"```python\n(.*?)```", text, re.DOTALL)),
-                              re.MULTILINE))
+    imported = set(
+        re.findall(
+            r"^(?:from|import) (\w+)", "".join(re.findall(r"```python\n(.*?)```", text, re.DOTALL)), re.MULTILINE
+        )
+    )
     distributions = {"PIL": "pillow", "skimage": "scikit-image"}
     assert {distributions.get(name, name) for name in imported} == {r.name for r in requirements}
 
@@ -175,13 +202,18 @@ def test_export_reloads_as_remote_code_with_identical_outputs(exported, tiny_mod
 
     original = SamClipModel.from_pretrained(tiny_model_dir).eval()
     clip_inputs = processor(images=image, text=["a red box", "noise"], view="clip")
-    sam_inputs = processor(images=image, input_points=[[[[30, 20], [60, 10]]]], input_labels=[[[1, 0]]],
-                           input_boxes=[[[20, 10, 50, 30]]])
+    sam_inputs = processor(
+        images=image, input_points=[[[[30, 20], [60, 10]]]], input_labels=[[[1, 0]]], input_boxes=[[[20, 10, 50, 30]]]
+    )
     torch.save({"clip": dict(clip_inputs), "sam": dict(sam_inputs)}, tmp_path / "inputs.pt")
     with torch.no_grad():
-        expected = {"logits_per_image": original(**clip_inputs).logits_per_image,
-                    "pred_masks": original(**sam_inputs).pred_masks}
-    run_python(BLOCK_PACKAGE + textwrap.dedent(f"""
+        expected = {
+            "logits_per_image": original(**clip_inputs).logits_per_image,
+            "pred_masks": original(**sam_inputs).pred_masks,
+        }
+    run_python(
+        BLOCK_PACKAGE
+        + textwrap.dedent(f"""
         from transformers import AutoModel, AutoProcessor
         folder = {str(exported)!r}
         model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
@@ -196,7 +228,9 @@ def test_export_reloads_as_remote_code_with_identical_outputs(exported, tiny_mod
         image = Image.fromarray((torch.rand(48, 80, 3) * 255).byte().numpy())
         outputs["same_processing"] = processor(images=image, view="clip")["pixel_values"]
         torch.save(outputs, "outputs.pt")
-    """), tmp_path)
+    """),
+        tmp_path,
+    )
     reloaded = torch.load(tmp_path / "outputs.pt")
     for key, value in expected.items():
         torch.testing.assert_close(reloaded[key], value, atol=1e-5, rtol=1e-5)
@@ -206,14 +240,23 @@ def test_export_reloads_as_remote_code_with_identical_outputs(exported, tiny_mod
 def test_push_offline_fails_with_one_line(tiny_model_dir, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     samclip = Path(sys.executable).with_name("samclip")
-    result = subprocess.run([str(samclip), "push", str(tiny_model_dir), "someone/samclip-tiny"], env=env,
-                            capture_output=True, text=True, timeout=300, cwd=tmp_path, check=False)
+    result = subprocess.run(
+        [str(samclip), "push", str(tiny_model_dir), "someone/samclip-tiny"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        check=False,
+    )
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("samclip push")]
-    assert errors == [(
-        "samclip push: cannot push to someone/samclip-tiny: the Hub is offline here (HF_HUB_OFFLINE is set); "
-        "the export itself works: `samclip export MODEL_DIR OUT_DIR`."
-    )]
+    assert errors == [
+        (
+            "samclip push: cannot push to someone/samclip-tiny: the Hub is offline here (HF_HUB_OFFLINE is set); "
+            "the export itself works: `samclip export MODEL_DIR OUT_DIR`."
+        )
+    ]
     assert "Traceback" not in result.stderr
 
 
@@ -237,8 +280,14 @@ def test_push_creates_the_repo_and_uploads_the_export(tiny_model_dir, monkeypatc
     url = push_model(tiny_model_dir, "someone/samclip-tiny", private=True, token="hf_test")
     assert url.endswith("/commit/abc")
     assert calls[0] == ("init", "hf_test")
-    assert calls[1] == ("create_repo", "someone/samclip-tiny", {"repo_type": "model", "private": True, "exist_ok": True})
-    assert calls[2][0] == "upload_folder" and {"README.md", "model.safetensors", "modeling_samclip.py"} <= set(calls[2][2])
+    assert calls[1] == (
+        "create_repo",
+        "someone/samclip-tiny",
+        {"repo_type": "model", "private": True, "exist_ok": True},
+    )
+    assert calls[2][0] == "upload_folder" and {"README.md", "model.safetensors", "modeling_samclip.py"} <= set(
+        calls[2][2]
+    )
 
 
 def test_mosaic_fallback_merges_the_teachers(teachers, tokenizer, monkeypatch):
@@ -249,9 +298,15 @@ def test_mosaic_fallback_merges_the_teachers(teachers, tokenizer, monkeypatch):
 
     sam, clip = teachers
     monkeypatch.setattr(export_module, "MOSAIC_MODEL_DIRS", ())
-    monkeypatch.setattr(mosaic, "load_mosaic_teachers", lambda: {
-        "sam_model": sam, "clip_model": clip, "clip_processor": SimpleNamespace(tokenizer=tokenizer),
-    })
+    monkeypatch.setattr(
+        mosaic,
+        "load_mosaic_teachers",
+        lambda: {
+            "sam_model": sam,
+            "clip_model": clip,
+            "clip_processor": SimpleNamespace(tokenizer=tokenizer),
+        },
+    )
     loaded = export_module.load_samclip("mosaic")
     assert loaded.merged_teachers and "merged with `SamClipModel.from_teachers`" in loaded.description
     assert loaded.processor.target_size == sam.config.vision_config.image_size
@@ -270,7 +325,10 @@ def test_mosaic_card_tells_the_truth_by_default(tmp_path):
     own = json.loads((SHIPPED_MOSAIC_MODEL_DIR / "results.json").read_text())["rows"]["SAM-CLIP (distilled)"]
     assert f"| samclip-mosaic | {own['zero_shot_top1']:.4f} | {own['zero_shot_top1_heldout']:.4f} |" in card.text
     index = {result.metric_name: result.metric_value for result in card.data.eval_results}
-    assert index["Box mIoU"] == own["box_miou"] and index["Semantic seg. mIoU (SAM-refined)"] == own["semseg_refined_miou"]
+    assert (
+        index["Box mIoU"] == own["box_miou"]
+        and index["Semantic seg. mIoU (SAM-refined)"] == own["semseg_refined_miou"]
+    )
     assert f"| Classes it was distilled and evaluated on | {', '.join(FASHION_MNIST_CLASSES)} |" in card.text
     assert f"candidate_labels={json.dumps(list(FASHION_MNIST_CLASSES))}" in card.text
 
@@ -281,7 +339,9 @@ def test_remote_code_refuses_an_older_transformers_with_a_clear_message(exported
     pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
     assert f'"transformers>={MIN_TRANSFORMERS_VERSION},' in pyproject  # one minimum: the package's and the Hub code's
     assert f"transformers>={MIN_TRANSFORMERS_VERSION}" in (exported / "README.md").read_text()
-    output = run_python(BLOCK_PACKAGE + textwrap.dedent(f"""
+    output = run_python(
+        BLOCK_PACKAGE
+        + textwrap.dedent(f"""
         import transformers
         transformers.__version__ = "5.3.0"  # as an older install reports itself
         from transformers import AutoModel
@@ -289,10 +349,13 @@ def test_remote_code_refuses_an_older_transformers_with_a_clear_message(exported
             AutoModel.from_pretrained({str(exported)!r}, trust_remote_code=True)
         except ImportError as error:
             print("refused:", error)
-    """), tmp_path).stdout
+    """),
+        tmp_path,
+    ).stdout
     assert output.strip().splitlines()[-1] == (
         f"refused: This SAM-CLIP model code needs transformers>={MIN_TRANSFORMERS_VERSION}, found 5.3.0: "
-        f"pip install -U 'transformers>={MIN_TRANSFORMERS_VERSION}'.")
+        f"pip install -U 'transformers>={MIN_TRANSFORMERS_VERSION}'."
+    )
 
 
 def test_readme_pipelines_run_without_the_package_and_with_it(exported, tmp_path, monkeypatch):
@@ -302,12 +365,17 @@ def test_readme_pipelines_run_without_the_package_and_with_it(exported, tmp_path
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     without, with_package = [
-        re.search(r"```python\n(.*?)```", readme[readme.index(marker):], re.S).group(1).replace("path/to/samclip", str(exported))
+        re.search(r"```python\n(.*?)```", readme[readme.index(marker) :], re.S)
+        .group(1)
+        .replace("path/to/samclip", str(exported))
         for marker in ("without this package", "Importing this package registers")
     ]
     Image.fromarray((np.random.default_rng(0).random((48, 80, 3)) * 255).astype(np.uint8)).save(tmp_path / "photo.jpg")
     # Random tiny weights: the mask generator's quality filters may keep no mask; that it answers is the claim.
-    summary = "print(sorted(l['label'] for l in labels), sorted(masks), len(features[0]), sum(np.asarray(s['mask']).astype(bool).sum() for s in segments))"
+    summary = (
+        "print(sorted(l['label'] for l in labels), sorted(masks), len(features[0]), "
+        "sum(np.asarray(s['mask']).astype(bool).sum() for s in segments))"
+    )
     output = run_python(BLOCK_PACKAGE + without + "\nimport numpy as np\n" + summary, tmp_path).stdout
     # 24: the image embedding (projection_dim); 3840: the segments cover the 48 x 80 photo once
     assert output.strip().splitlines()[-1] == "['cat', 'dog'] ['masks', 'scores'] 24 3840"
@@ -328,5 +396,8 @@ def test_export_the_mosaic_model(tmp_path):
     folder = export_model("mosaic", tmp_path / "samclip-mosaic")
     card = ModelCard.load(folder / "README.md")
     assert card.data.model_name == "samclip-mosaic"
-    run_python(BLOCK_PACKAGE + f"from transformers import AutoModel\nAutoModel.from_pretrained({str(folder)!r}, "
-               "trust_remote_code=True)", tmp_path)
+    run_python(
+        BLOCK_PACKAGE + f"from transformers import AutoModel\nAutoModel.from_pretrained({str(folder)!r}, "
+        "trust_remote_code=True)",
+        tmp_path,
+    )

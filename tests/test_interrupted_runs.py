@@ -21,8 +21,9 @@ from transformers_samclip.distillation import DistillationImageDataset, TeacherO
 def image_dataset():
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(12)]
-    return DistillationImageDataset(datasets.Dataset.from_dict({"image": images}, features=datasets.Features(
-        {"image": datasets.Image()})))
+    return DistillationImageDataset(
+        datasets.Dataset.from_dict({"image": images}, features=datasets.Features({"image": datasets.Image()}))
+    )
 
 
 def _count_calls(monkeypatch, target, name, interrupt_at=None):
@@ -44,22 +45,34 @@ def test_teacher_cache_interrupted_then_resumed(tmp_path, monkeypatch, teachers,
     _, clip = teachers
     processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     reference = TeacherOutputCache(tmp_path / "reference", batch_size=4, shard_size=4).clip_image_embeddings(
-        clip, processor, image_dataset)
+        clip, processor, image_dataset
+    )
 
     with monkeypatch.context() as patch:  # Ctrl-C while the second of three shards is computed
         _count_calls(patch, clip, "get_image_features", interrupt_at=2)
         with pytest.raises(KeyboardInterrupt):
-            TeacherOutputCache(tmp_path / "cache", batch_size=4, shard_size=4).clip_image_embeddings(clip, processor, image_dataset)
+            TeacherOutputCache(tmp_path / "cache", batch_size=4, shard_size=4).clip_image_embeddings(
+                clip, processor, image_dataset
+            )
     (entry,) = (tmp_path / "cache").glob("clip-*")
     assert sorted(p.name for p in entry.iterdir()) == ["shard-00000.safetensors"]  # no marker, no partial shard
 
     with monkeypatch.context() as patch:  # a kill while the completion marker is written: no marker either
         calls = _count_calls(patch, clip, "get_image_features")
         real_replace = os.replace
-        patch.setattr(os, "replace", lambda src, dst: (_ for _ in ()).throw(KeyboardInterrupt) if str(dst).endswith(
-            "complete.json") else real_replace(src, dst))
+        patch.setattr(
+            os,
+            "replace",
+            lambda src, dst: (
+                (_ for _ in ()).throw(KeyboardInterrupt)
+                if str(dst).endswith("complete.json")
+                else real_replace(src, dst)
+            ),
+        )
         with pytest.raises(KeyboardInterrupt):
-            TeacherOutputCache(tmp_path / "cache", batch_size=4, shard_size=4).clip_image_embeddings(clip, processor, image_dataset)
+            TeacherOutputCache(tmp_path / "cache", batch_size=4, shard_size=4).clip_image_embeddings(
+                clip, processor, image_dataset
+            )
     assert len(calls) == 2  # shards 2 and 3 only: shard 1 was reused
     assert sorted(p.name for p in entry.iterdir()) == [f"shard-0000{i}.safetensors" for i in range(3)]
 
@@ -82,13 +95,23 @@ def image_folder(tmp_path_factory):
 
 def test_results_json_interrupted_then_rewritten(tmp_path, monkeypatch, image_folder, capsys):
     output = tmp_path / "results.json"
-    argv = ["evaluate", "mosaic", "--suite", f"imagefolder:{image_folder}", "--split", "train", "--output", str(output)]
+    argv = [
+        "evaluate",
+        "mosaic",
+        "--suite",
+        f"imagefolder:{image_folder}",
+        "--split",
+        "train",
+        "--output",
+        str(output),
+    ]
     assert cli.main(argv) == 0
     first = output.read_text()
     assert json.loads(first)["skipped_samples"] == 0
 
     real_replace = os.replace
     with monkeypatch.context() as patch:  # SIGTERM arrives while results.json is being replaced
+
         def terminated(src, dst):
             if str(dst) == str(output):
                 os.kill(os.getpid(), signal.SIGTERM)

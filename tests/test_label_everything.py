@@ -46,17 +46,21 @@ def test_instance_metrics_on_hand_checked_cases():
     sliver[0, 9] = True
     target = {"masks": np.stack([a, b, sliver]), "class_ids": [0, 1, 1], "ignore": [False, False, True]}
     perfect = instance_segmentation_metrics(
-        [{"masks": np.stack([a, b, sliver]), "class_ids": [0, 1, 1], "scores": [0.9, 0.8, 0.7]}], [target], 2)
+        [{"masks": np.stack([a, b, sliver]), "class_ids": [0, 1, 1], "scores": [0.9, 0.8, 0.7]}], [target], 2
+    )
     assert perfect["ap"] == pytest.approx(1.0) and perfect["pq"] == pytest.approx(1.0)  # the ignored match is free
     wrong_class = instance_segmentation_metrics(
-        [{"masks": np.stack([a, b]), "class_ids": [0, 0], "scores": [0.9, 0.8]}], [target], 2)
+        [{"masks": np.stack([a, b]), "class_ids": [0, 0], "scores": [0.9, 0.8]}], [target], 2
+    )
     # class 0: one hit then one false positive (AP 1, PQ 1 / 1.5); class 1: its instance missed (AP 0, PQ 0).
     assert wrong_class["ap50"] == pytest.approx(0.5)
     assert wrong_class["per_class_pq"] == pytest.approx([2 / 3, 0.0])
     # A false positive ranked first halves precision at every recall: 101-point AP 0.5.
     ranked = instance_segmentation_metrics(
         [{"masks": np.stack([b, a]), "class_ids": [0, 0], "scores": [0.9, 0.8]}],
-        [{"masks": a[None], "class_ids": [0]}], 1)
+        [{"masks": a[None], "class_ids": [0]}],
+        1,
+    )
     assert ranked["ap50"] == pytest.approx(0.5)
 
 
@@ -121,8 +125,9 @@ def test_instance_pipeline_labels_the_items_of_test_mosaics(shipped, test_mosaic
     segmenter = pipeline("zero-shot-image-segmentation", model=shipped.model, processor=shipped.processor)
     found = total = crops_found = 0
     for row in test_mosaics:
-        crops = segmenter(row["image"], candidate_labels=list(FASHION_MNIST_CLASSES), subtask="instance",
-                          label_source="crops")
+        crops = segmenter(
+            row["image"], candidate_labels=list(FASHION_MNIST_CLASSES), subtask="instance", label_source="crops"
+        )
         crops_found += labelled_recall(crops, row)[0]
         segments = segmenter(row["image"], candidate_labels=list(FASHION_MNIST_CLASSES), subtask="instance")
         # transformers' image-segmentation format: score, label, an "L" mask of 0/255 at the original size; and
@@ -157,7 +162,8 @@ def test_panoptic_segments_do_not_overlap_and_semantic_alias_still_works(shipped
     alias = pipeline("zero-shot-semantic-segmentation", model=shipped.model, processor=shipped.processor)
     semantic = segmenter(row["image"], candidate_labels=list(FASHION_MNIST_CLASSES))
     assert [(s["label"], s["score"]) for s in alias(row["image"], candidate_labels=list(FASHION_MNIST_CLASSES))] == [
-        (s["label"], s["score"]) for s in semantic]
+        (s["label"], s["score"]) for s in semantic
+    ]
     assert semantic[0]["label"] == "background"
 
 
@@ -193,7 +199,8 @@ def test_exported_folder_serves_the_pipeline_without_the_package(shipped, test_m
     row = test_mosaics[1]
     row["image"].save(tmp_path / "mosaic.png")
     expected = pipeline("zero-shot-image-segmentation", model=shipped.model, processor=shipped.processor)(
-        row["image"], candidate_labels=list(FASHION_MNIST_CLASSES), subtask="instance")
+        row["image"], candidate_labels=list(FASHION_MNIST_CLASSES), subtask="instance"
+    )
     script = f"""
 import importlib.abc, json, sys
 class NoPackage(importlib.abc.MetaPathFinder):
@@ -205,7 +212,8 @@ from PIL import Image
 from transformers import pipeline
 segmenter = pipeline("zero-shot-image-segmentation", model={str(folder)!r}, trust_remote_code=True)
 segments = segmenter(Image.open("mosaic.png"), candidate_labels={list(FASHION_MNIST_CLASSES)!r}, subtask="instance")
-print(json.dumps([[s["label"], s["score"], int((__import__("numpy").asarray(s["mask"]) > 0).sum())] for s in segments]))
+import numpy as np
+print(json.dumps([[s["label"], s["score"], int((np.asarray(s["mask"]) > 0).sum())] for s in segments]))
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -6,7 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import make_tiny_teachers
-from transformers import AutoModel, AutoModelForMaskGeneration, AutoModelForZeroShotImageClassification, SamConfig, SamModel
+from transformers import (
+    AutoModel,
+    AutoModelForMaskGeneration,
+    AutoModelForZeroShotImageClassification,
+    SamConfig,
+    SamModel,
+)
 
 from transformers_samclip import SamClipConfig, SamClipModel, samclip_config_from_preset
 
@@ -15,7 +21,9 @@ SIZE = 64  # SAM-path size of the tiny preset
 
 def sam_prompts(batch: int = 2):
     """Points (with a negative and a padded point), boxes and low-res mask prompts for the tiny model."""
-    points = torch.tensor([[[10.0, 20.0], [30.0, 40.0], [0.0, 0.0]], [[5.0, 6.0], [50.0, 60.0], [63.0, 1.0]]])[:batch, None]
+    points = torch.tensor([[[10.0, 20.0], [30.0, 40.0], [0.0, 0.0]], [[5.0, 6.0], [50.0, 60.0], [63.0, 1.0]]])[
+        :batch, None
+    ]
     labels = torch.tensor([[1, 0, -10], [1, 1, 0]])[:batch, None]
     boxes = torch.tensor([[[1.0, 2.0, 30.0, 40.0]], [[10.0, 10.0, 60.0, 50.0]]])[:batch]
     masks = torch.randn(batch, 1, 32, 32, generator=torch.Generator().manual_seed(3)) * 5
@@ -86,18 +94,29 @@ def test_parity_at_full_vit_b_size():
     """SAM ViT-B at 1024 px (random weights): the merged model's masks equal SamModel's."""
     preset = samclip_config_from_preset("samclip-vit-b16")
     torch.manual_seed(0)
-    sam = SamModel(SamConfig(
-        vision_config=preset.vision_config.to_dict(),
-        prompt_encoder_config=preset.prompt_encoder_config.to_dict(),
-        mask_decoder_config=preset.mask_decoder_config.to_dict(),
-    )).eval()
+    sam = SamModel(
+        SamConfig(
+            vision_config=preset.vision_config.to_dict(),
+            prompt_encoder_config=preset.prompt_encoder_config.to_dict(),
+            mask_decoder_config=preset.mask_decoder_config.to_dict(),
+        )
+    ).eval()
     from transformers import CLIPConfig, CLIPModel
 
-    clip = CLIPModel(CLIPConfig(
-        text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2),
-        vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2, image_size=224, patch_size=14),
-        projection_dim=768,
-    )).eval()
+    clip = CLIPModel(
+        CLIPConfig(
+            text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2),
+            vision_config=dict(
+                hidden_size=64,
+                intermediate_size=128,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                image_size=224,
+                patch_size=14,
+            ),
+            projection_dim=768,
+        )
+    ).eval()
     merged = SamClipModel.from_teachers(sam, clip)
     pixels = torch.randn(1, 3, 1024, 1024)
     points = torch.tensor([[[[500.0, 375.0], [100.0, 900.0]]]])
@@ -121,8 +140,13 @@ def test_forward_returns_clip_fields_and_one_encoder_pass_for_both_heads(merged,
     calls = []
     handle = merged.vision_encoder.register_forward_hook(lambda *args: calls.append(1))
     with torch.no_grad():
-        both = merged(pixel_values=pixels, input_ids=input_ids, attention_mask=attention_mask,
-                      input_points=points, input_labels=labels)
+        both = merged(
+            pixel_values=pixels,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            input_points=points,
+            input_labels=labels,
+        )
     handle.remove()
     assert len(calls) == 1
     assert both.logits_per_image.shape == (2, 2) and both.pred_masks.shape[:3] == (2, 1, 3)
@@ -211,9 +235,16 @@ def test_semantic_segmentation_is_patch_argmax_of_cosine(merged, pixels, tokeniz
     never = merged.semantic_segmentation(pixels, class_embeds)
     assert (never.label_map > 0).all() and never.label_map.shape == (2, SIZE, SIZE)
     background_embeds = F.normalize(torch.randn(2, 24, generator=torch.Generator().manual_seed(5)), dim=-1)
-    with_background = merged.semantic_segmentation(pixels, class_embeds, background_embeds=background_embeds, output_size=(8, 8))
-    scores = torch.cat([torch.einsum("bdhw,cd->bchw", dense, background_embeds).amax(1, keepdim=True),
-                        torch.einsum("bdhw,cd->bchw", dense, class_embeds)], dim=1)
+    with_background = merged.semantic_segmentation(
+        pixels, class_embeds, background_embeds=background_embeds, output_size=(8, 8)
+    )
+    scores = torch.cat(
+        [
+            torch.einsum("bdhw,cd->bchw", dense, background_embeds).amax(1, keepdim=True),
+            torch.einsum("bdhw,cd->bchw", dense, class_embeds),
+        ],
+        dim=1,
+    )
     assert torch.equal(with_background.label_map, scores.argmax(1))
     assert (with_background.label_map == 0).any() and (with_background.label_map > 0).any()
 
@@ -262,8 +293,13 @@ def test_save_and_load_round_trip_through_package_and_auto_classes(merged, pixel
     points, labels, _, _ = sam_prompts()
     merged.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").exists() and not list(tmp_path.glob("*.bin"))
-    inputs = dict(pixel_values=pixels, input_ids=input_ids, attention_mask=attention_mask,
-                  input_points=points, input_labels=labels)
+    inputs = dict(
+        pixel_values=pixels,
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        input_points=points,
+        input_labels=labels,
+    )
     with torch.no_grad():
         expected = merged(**inputs)
         for loader in (SamClipModel, AutoModel, AutoModelForZeroShotImageClassification, AutoModelForMaskGeneration):
@@ -312,13 +348,25 @@ def test_training_step_with_gradient_checkpointing_reaches_every_trainable_param
     merged.train()
     merged.activation_checkpointing_enable()
     assert any(getattr(m, "gradient_checkpointing", False) for m in merged.modules())
-    first = merged(pixel_values=pixels, input_ids=input_ids, attention_mask=attention_mask,
-                   input_points=points, input_labels=labels)
+    first = merged(
+        pixel_values=pixels,
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        input_points=points,
+        input_labels=labels,
+    )
     second = merged(pixel_values=pixels, input_boxes=boxes, input_masks=masks, multimask_output=False)
-    loss = (first.logits_per_image.logsumexp(-1).sum() + first.pred_masks.square().mean() + first.iou_scores.sum()
-            + second.pred_masks.square().mean() + second.iou_scores.sum())
+    loss = (
+        first.logits_per_image.logsumexp(-1).sum()
+        + first.pred_masks.square().mean()
+        + first.iou_scores.sum()
+        + second.pred_masks.square().mean()
+        + second.iou_scores.sum()
+    )
     loss.backward()
-    missing = [n for n, p in merged.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
+    missing = [
+        n for n, p in merged.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)
+    ]
     # The tied prompt-encoder copy shares its tensor with shared_image_embedding, which is checked instead.
     assert missing == [], missing
 
@@ -365,8 +413,10 @@ def test_peft_lora_on_the_encoder_trains_and_saves(merged, pixels, tmp_path):
     reloaded = PeftModel.from_pretrained(fresh, tmp_path).eval()
     peft_model.eval()
     with torch.no_grad():
-        assert_close(reloaded.base_model.model.get_image_features(pixels).pooler_output,
-                     peft_model.base_model.model.get_image_features(pixels).pooler_output)
+        assert_close(
+            reloaded.base_model.model.get_image_features(pixels).pooler_output,
+            peft_model.base_model.model.get_image_features(pixels).pooler_output,
+        )
 
 
 # ---------------------------------------------------------------------------------------------- bad input
@@ -421,13 +471,30 @@ def test_merge_with_a_siglip_teacher(teachers):
 
     sam, _ = teachers
     torch.manual_seed(0)
-    siglip = SiglipModel(SiglipConfig(
-        text_config=dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=4, max_position_embeddings=16, projection_size=24,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=0),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                           image_size=32, patch_size=8),
-    )).eval()
+    siglip = SiglipModel(
+        SiglipConfig(
+            text_config=dict(
+                vocab_size=64,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=1,
+                num_attention_heads=4,
+                max_position_embeddings=16,
+                projection_size=24,
+                bos_token_id=1,
+                eos_token_id=2,
+                pad_token_id=0,
+            ),
+            vision_config=dict(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=1,
+                num_attention_heads=4,
+                image_size=32,
+                patch_size=8,
+            ),
+        )
+    ).eval()
     with torch.no_grad():
         siglip.logit_bias.fill_(-3.5)
     model = SamClipModel.from_teachers(sam, siglip)

@@ -61,15 +61,20 @@ def test_vision_encoder_matches_torch(exported, image):
 def _decode(model, sessions, embeddings, positional, feed, masks=None, **torch_prompts):
     """The graph on `feed` (prompt inputs by name) against `model.segment` on `torch_prompts`: max abs differences of
     the mask logits and IoU scores, and the graph's masks."""
-    feed = {"image_embeddings": embeddings, "image_positional_embeddings": positional,
-            **{name: value.astype(np.int64 if name == "input_labels" else np.float32) for name, value in feed.items()}}
+    feed = {
+        "image_embeddings": embeddings,
+        "image_positional_embeddings": positional,
+        **{name: value.astype(np.int64 if name == "input_labels" else np.float32) for name, value in feed.items()},
+    }
     if masks is not None:
         feed.update(input_masks=masks, has_input_masks=np.ones(len(embeddings), np.float32))
     iou, pred = sessions["prompt_encoder_mask_decoder"].run(None, feed)
     torch_prompts = {name: torch.tensor(value) for name, value in torch_prompts.items()}
     with torch.no_grad():
         expected_masks, expected_iou = model.segment(
-            torch.from_numpy(embeddings), input_masks=None if masks is None else torch.from_numpy(masks), **torch_prompts
+            torch.from_numpy(embeddings),
+            input_masks=None if masks is None else torch.from_numpy(masks),
+            **torch_prompts,
         )
     return np.abs(pred - expected_masks.numpy()).max(), np.abs(iou - expected_iou.numpy()).max(), pred
 
@@ -92,29 +97,41 @@ def test_prompt_decoder_takes_sam_model_prompts(exported, image):
         "boxes": (dict(input_points=no_points, input_labels=no_labels, input_boxes=boxes), dict(input_boxes=boxes)),
         "points and boxes": (dict(point_prompt, input_boxes=boxes), dict(point_prompt, input_boxes=boxes)),
         "boxes as corners": (dict(input_points=corners, input_labels=corner_labels), dict(input_boxes=boxes)),
-        "points and corners": (dict(input_points=np.concatenate([points, corners], 2),
-                                    input_labels=np.concatenate([labels, corner_labels], 2)),
-                               dict(point_prompt, input_boxes=boxes)),
+        "points and corners": (
+            dict(
+                input_points=np.concatenate([points, corners], 2),
+                input_labels=np.concatenate([labels, corner_labels], 2),
+            ),
+            dict(point_prompt, input_boxes=boxes),
+        ),
     }
     for name, (feed, torch_prompts) in cases.items():
         mask_error, iou_error, pred = _decode(model, sessions, embeddings, positional, feed, **torch_prompts)
         assert mask_error <= TOL and iou_error <= TOL, name
         assert np.abs(pred).max() > 0.1, name  # a real signal, not zeros on both sides
 
-    mask_prompt = np.random.default_rng(0).normal(0, 4, (1, 1, config["mask_size"], config["mask_size"])).astype(np.float32)
+    mask_prompt = (
+        np.random.default_rng(0).normal(0, 4, (1, 1, config["mask_size"], config["mask_size"])).astype(np.float32)
+    )
     one_prompt = dict(input_points=points[:, :1], input_labels=labels[:, :1])
-    mask_error, iou_error, _ = _decode(model, sessions, embeddings, positional, one_prompt, masks=mask_prompt, **one_prompt)
+    mask_error, iou_error, _ = _decode(
+        model, sessions, embeddings, positional, one_prompt, masks=mask_prompt, **one_prompt
+    )
     assert mask_error <= TOL and iou_error <= TOL
 
 
 def test_onnx_io_is_what_transformers_js_feeds(exported):
     """transformers.js feeds a session exactly onnxruntime's required inputs and reads outputs by name."""
     _, _, sessions, config = exported
-    names = {name: ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
-             for name, session in sessions.items()}
+    names = {
+        name: ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
+        for name, session in sessions.items()
+    }
     assert names["vision_encoder"] == (["pixel_values"], ["image_embeddings", "image_positional_embeddings"])
     assert names["prompt_encoder_mask_decoder"] == (
-        ["image_embeddings", "image_positional_embeddings", "input_points", "input_labels"], ["iou_scores", "pred_masks"])
+        ["image_embeddings", "image_positional_embeddings", "input_points", "input_labels"],
+        ["iou_scores", "pred_masks"],
+    )
     assert names["text_model"] == (["input_ids", "attention_mask"], ["text_embeds"])
     assert names["vision_model"] == (["pixel_values"], ["image_embeds"])
     assert config["clip_image_processor"]["image_processor_type"] == "CLIPImageProcessor"
@@ -125,20 +142,29 @@ def test_text_and_clip_path_match_torch(exported, image):
     model, processor, sessions, config = exported
     texts = ["a photo of a bag.", "sneaker", "This is a photo of trouser."]
     tokens = processor.tokenizer(texts, padding=True, return_tensors="np")
-    feed = {"input_ids": tokens["input_ids"].astype(np.int64), "attention_mask": tokens["attention_mask"].astype(np.int64)}
+    feed = {
+        "input_ids": tokens["input_ids"].astype(np.int64),
+        "attention_mask": tokens["attention_mask"].astype(np.int64),
+    }
     (text,) = sessions["text_model"].run(None, feed)
     clip_pixels = processor(images=[image, image.rotate(90)])["pixel_values"]
     (image_embeds,) = sessions["vision_model"].run(None, {"pixel_values": clip_pixels.numpy()})
     dense_pixels = processor(images=image, view="dense")["pixel_values"]
     (dense_view,) = sessions["dense_encoder"].run(None, {"pixel_values": dense_pixels.numpy()})
     with torch.no_grad():
-        expected = model(pixel_values=clip_pixels, input_ids=torch.from_numpy(feed["input_ids"]),
-                         attention_mask=torch.from_numpy(feed["attention_mask"]))
+        expected = model(
+            pixel_values=clip_pixels,
+            input_ids=torch.from_numpy(feed["input_ids"]),
+            attention_mask=torch.from_numpy(feed["attention_mask"]),
+        )
         expected_dense_view = F.normalize(model.get_dense_image_features(dense_pixels), dim=1).numpy()
     assert (text * expected.text_embeds.numpy()).sum(-1).min() >= 0.9999
     assert (image_embeds * expected.image_embeds.numpy()).sum(-1).min() >= 0.9999
     assert np.abs(dense_view - expected_dense_view).max() <= TOL
-    assert config["clip_size"] == processor.clip_size and dense_view.shape[-1] * model.config.patch_size == config["dense_size"]
+    assert (
+        config["clip_size"] == processor.clip_size
+        and dense_view.shape[-1] * model.config.patch_size == config["dense_size"]
+    )
 
 
 def test_transformers_js_files_leave_the_transformers_load_unchanged(exported_folder):
@@ -148,7 +174,10 @@ def test_transformers_js_files_leave_the_transformers_load_unchanged(exported_fo
 
     folder, expected = exported_folder
     preprocessor = json.loads((folder / "preprocessor_config.json").read_text())
-    assert preprocessor["image_processor_type"] == "SamImageProcessor" and preprocessor["processor_class"] == "SamProcessor"
+    assert (
+        preprocessor["image_processor_type"] == "SamImageProcessor"
+        and preprocessor["processor_class"] == "SamProcessor"
+    )
     assert preprocessor["size"] == {"longest_edge": expected.image_processor.size["longest_edge"]}
     assert json.loads((folder / "config.json").read_text())["transformers.js_config"] == {"dtype": "fp32"}
     reloaded = load_samclip(folder)
@@ -162,7 +191,9 @@ def test_export_onnx_without_onnx_installed_is_one_line(monkeypatch, tmp_path, c
     import importlib.util
 
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else find_spec(name, *a)
+    )
     assert samclip_main(["export", "mosaic", str(tmp_path / "out"), "--onnx"]) == 1
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "--onnx" in err and "transformers-samclip[onnx]" in err

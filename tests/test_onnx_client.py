@@ -44,8 +44,11 @@ def test_tokenizer_and_views_equal_the_processor(client, mosaic):
     folder, model, processor = mosaic
     onnx_model = client.SamClipOnnx(folder)
     long_text = "a very " * 40 + "long caption"  # past the text tower's length: truncated as the processor does
-    texts = [template.format(label) for label in LABELS + ["Ankle boot's 2 soles_x!", long_text]
-             for template in onnx_model.config["templates"]]
+    texts = [
+        template.format(label)
+        for label in LABELS + ["Ankle boot's 2 soles_x!", long_text]
+        for template in onnx_model.config["templates"]
+    ]
     expected = processor(text=texts, return_tensors="np")  # padded to the longest, truncated to the tower's length
     ours = client.tokenize(onnx_model.tokenizer, texts)
     assert np.array_equal(ours["input_ids"], expected["input_ids"])
@@ -64,15 +67,31 @@ def test_client_runs_without_torch_and_matches_the_torch_model(mosaic, tmp_path)
         (blocker / name / "__init__.py").write_text(f"raise ImportError('{name} is blocked in this test')\n")
     point = (40.0, 70.0)
     result = subprocess.run(
-        [sys.executable, str(CLIENT), str(folder), str(IMAGE), "--labels", ",".join(LABELS),
-         "--point", ",".join(map(str, point)), "--text", "Bag", "--output", str(tmp_path / "out.json")],
+        [
+            sys.executable,
+            str(CLIENT),
+            str(folder),
+            str(IMAGE),
+            "--labels",
+            ",".join(LABELS),
+            "--point",
+            ",".join(map(str, point)),
+            "--text",
+            "Bag",
+            "--output",
+            str(tmp_path / "out.json"),
+        ],
         env={"PYTHONPATH": str(blocker), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     out = json.loads((tmp_path / "out.json").read_text())
     # The blocker works: the same interpreter cannot import torch with that path.
-    check = subprocess.run([sys.executable, "-c", "import torch"], env={"PYTHONPATH": str(blocker)}, capture_output=True, text=True)
+    check = subprocess.run(
+        [sys.executable, "-c", "import torch"], env={"PYTHONPATH": str(blocker)}, capture_output=True, text=True
+    )
     assert "torch is blocked" in check.stderr
 
     from PIL import Image
@@ -84,16 +103,22 @@ def test_client_runs_without_torch_and_matches_the_torch_model(mosaic, tmp_path)
         probs = (model.logit_scale.exp() * image_embeds @ class_embeds.T).softmax(-1)[0].numpy()
         inputs = processor(images=image, input_points=[[list(point)]])
         outputs = model(**inputs)
-        masks = processor.post_process_masks(outputs.pred_masks, inputs["original_sizes"], inputs["reshaped_input_sizes"])[0]
+        masks = processor.post_process_masks(
+            outputs.pred_masks, inputs["original_sizes"], inputs["reshaped_input_sizes"]
+        )[0]
         best = int(outputs.iou_scores[0, 0].argmax())
         dense = processor(images=image, view="dense")
         label_map = processor.post_process_semantic_segmentation(
-            model.semantic_segmentation(dense["pixel_values"], class_embeds).logits, dense["original_sizes"],
-            dense["reshaped_input_sizes"])[0].numpy()
+            model.semantic_segmentation(dense["pixel_values"], class_embeds).logits,
+            dense["original_sizes"],
+            dense["reshaped_input_sizes"],
+        )[0].numpy()
     assert np.abs(np.array([out["classification"][label] for label in LABELS]) - probs).max() <= 1e-4
     assert abs(out["click"]["predicted_iou"] - float(outputs.iou_scores[0, 0, best])) <= 1e-4
     assert out["click"]["mask_pixels"] == int(masks[0, best].sum())
-    assert out["text"]["pixels_per_label"] == {label: int((label_map == i + 1).sum()) for i, label in enumerate(LABELS)}
+    assert out["text"]["pixels_per_label"] == {
+        label: int((label_map == i + 1).sum()) for i, label in enumerate(LABELS)
+    }
 
 
 def test_int8_graphs_stay_close_to_fp32(mosaic):
@@ -106,15 +131,21 @@ def test_int8_graphs_stay_close_to_fp32(mosaic):
     pixels = processor(images=images)["pixel_values"].numpy()
     dense_pixels = processor(images=images, view="dense")["pixel_values"].numpy()
     (fp32, int8), (fp32_dense, int8_dense) = (
-        [ort.InferenceSession(str(folder / "onnx" / f"{graph}{suffix}.onnx"), providers=["CPUExecutionProvider"])
-         .run(None, {"pixel_values": graph_pixels})[0] for suffix in ("", "_quantized")]
+        [
+            ort.InferenceSession(
+                str(folder / "onnx" / f"{graph}{suffix}.onnx"), providers=["CPUExecutionProvider"]
+            ).run(None, {"pixel_values": graph_pixels})[0]
+            for suffix in ("", "_quantized")
+        ]
         for graph, graph_pixels in (("vision_model", pixels), ("dense_encoder", dense_pixels))
     )
     assert (fp32 * int8).sum(-1).min() >= 0.999  # measured 0.99998
     # Per-patch features of the shipped model: mean cosine 0.9998, 1st percentile 0.998, worst patch 0.9895.
     patches = (fp32_dense * int8_dense).sum(1)
     assert patches.mean() >= 0.999 and np.percentile(patches, 1) >= 0.995 and patches.min() >= 0.98
-    assert (folder / "onnx" / "vision_model_quantized.onnx").stat().st_size < (folder / "onnx" / "vision_model.onnx").stat().st_size
+    assert (folder / "onnx" / "vision_model_quantized.onnx").stat().st_size < (
+        folder / "onnx" / "vision_model.onnx"
+    ).stat().st_size
 
 
 def test_int8_decoder_keeps_its_prompt_inputs(mosaic):
@@ -126,15 +157,25 @@ def test_int8_decoder_keeps_its_prompt_inputs(mosaic):
     folder, _, processor = mosaic
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    fp32, int8 = (ort.InferenceSession(str(folder / "onnx" / f"prompt_encoder_mask_decoder{suffix}.onnx"), options,
-                                       providers=["CPUExecutionProvider"]) for suffix in ("", "_quantized"))
+    fp32, int8 = (
+        ort.InferenceSession(
+            str(folder / "onnx" / f"prompt_encoder_mask_decoder{suffix}.onnx"),
+            options,
+            providers=["CPUExecutionProvider"],
+        )
+        for suffix in ("", "_quantized")
+    )
     assert [i.name for i in int8.get_inputs()] == [i.name for i in fp32.get_inputs()]
     encoder = ort.InferenceSession(str(folder / "onnx" / "vision_encoder.onnx"), providers=["CPUExecutionProvider"])
     pixels = processor(images=Image.open(IMAGE).convert("RGB"), input_points=[[[1, 1]]])["pixel_values"].numpy()
     embeddings, positional = encoder.run(None, {"pixel_values": pixels})
-    feed = {"image_embeddings": embeddings, "image_positional_embeddings": positional,
-            "input_points": np.zeros((1, 1, 0, 2), np.float32), "input_labels": np.zeros((1, 1, 0), np.int64),
-            "input_boxes": np.array([[[20, 45, 75, 100]]], np.float32)}
+    feed = {
+        "image_embeddings": embeddings,
+        "image_positional_embeddings": positional,
+        "input_points": np.zeros((1, 1, 0, 2), np.float32),
+        "input_labels": np.zeros((1, 1, 0), np.int64),
+        "input_boxes": np.array([[[20, 45, 75, 100]]], np.float32),
+    }
     (_, box_fp32), (_, box_int8) = fp32.run(None, feed), int8.run(None, feed)
     # Refine with the best box mask as the mask prompt, as SAM's interactive loop does.
     feed.update(input_masks=box_fp32[:, 0, :1], has_input_masks=np.ones(1, np.float32))

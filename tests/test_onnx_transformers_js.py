@@ -30,8 +30,10 @@ LABELS, TEMPLATE = ["Bag", "Sneaker", "Trouser", "Ankle boot"], "a photo of a {}
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not (shutil.which("node") and shutil.which("npm")),
-                       reason="transformers.js needs Node.js and npm (node / npm not on PATH)"),
+    pytest.mark.skipif(
+        not (shutil.which("node") and shutil.which("npm")),
+        reason="transformers.js needs Node.js and npm (node / npm not on PATH)",
+    ),
 ]
 
 
@@ -45,9 +47,14 @@ def _install_transformers_js() -> Path:
     staging = Path(tempfile.mkdtemp(dir=cache.parent))
     (staging / "package.json").write_text('{"private": true}\n')
     # CUDA=skip: onnxruntime-node's install script would otherwise fetch GPU libraries this test does not use.
-    result = subprocess.run(["npm", "install", "--no-audit", "--no-fund", TRANSFORMERS_JS], cwd=staging,
-                            env={**os.environ, "ONNXRUNTIME_NODE_INSTALL_CUDA": "skip"}, capture_output=True, text=True,
-                            timeout=900)
+    result = subprocess.run(
+        ["npm", "install", "--no-audit", "--no-fund", TRANSFORMERS_JS],
+        cwd=staging,
+        env={**os.environ, "ONNXRUNTIME_NODE_INSTALL_CUDA": "skip"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, f"npm install {TRANSFORMERS_JS} failed:\n{result.stderr[-3000:]}"
     try:
         staging.rename(cache)
@@ -66,12 +73,25 @@ def exported(tmp_path_factory):
 
 
 def _run_client(install_dir: Path, folder: Path, clip_image: Path, dtype: str, tmp_path: Path) -> dict:
-    request = {"install_dir": str(install_dir), "folder": str(folder), "image": str(IMAGE), "point": POINT, "box": BOX,
-               "clip_image": str(clip_image), "labels": LABELS, "template": TEMPLATE, "dtype": dtype}
+    request = {
+        "install_dir": str(install_dir),
+        "folder": str(folder),
+        "image": str(IMAGE),
+        "point": POINT,
+        "box": BOX,
+        "clip_image": str(clip_image),
+        "labels": LABELS,
+        "template": TEMPLATE,
+        "dtype": dtype,
+    }
     (tmp_path / f"request-{dtype}.json").write_text(json.dumps(request))
     # Offline: the client sets env.allowRemoteModels = false, so a file missing from the folder fails the run.
-    result = subprocess.run(["node", str(CLIENT), str(tmp_path / f"request-{dtype}.json"), str(tmp_path / f"{dtype}.json")],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        ["node", str(CLIENT), str(tmp_path / f"request-{dtype}.json"), str(tmp_path / f"{dtype}.json")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((tmp_path / f"{dtype}.json").read_text())
 

@@ -74,8 +74,12 @@ def test_processor_round_trip(processor, tmp_path):
 
 
 def test_zero_shot_classification_pipeline_agrees_with_model(merged, processor, image):
-    classifier = pipeline("zero-shot-image-classification", model=merged, tokenizer=processor.tokenizer,
-                          image_processor=processor.clip_image_processor)
+    classifier = pipeline(
+        "zero-shot-image-classification",
+        model=merged,
+        tokenizer=processor.tokenizer,
+        image_processor=processor.clip_image_processor,
+    )
     result = classifier(image, candidate_labels=LABELS)
     inputs = processor(images=image, text=[f"This is a photo of {label}." for label in LABELS])
     with torch.no_grad():
@@ -95,8 +99,14 @@ def test_image_feature_extraction_pipeline_returns_image_embeds(merged, processo
 
 def test_mask_generation_pipeline_agrees_with_prompted_model(merged, processor, image):
     generator = pipeline("mask-generation", model=merged, image_processor=processor.image_processor)
-    result = generator(image, points_per_batch=64, points_per_crop=4, pred_iou_thresh=-10,
-                       stability_score_thresh=0.0, output_rle_mask=False)
+    result = generator(
+        image,
+        points_per_batch=64,
+        points_per_crop=4,
+        pred_iou_thresh=-10,
+        stability_score_thresh=0.0,
+        output_rle_mask=False,
+    )
     assert len(result["masks"]) >= 1 and result["masks"][0].shape == (48, 80)
     assert all(-10 < s < 10 for s in result["scores"].tolist())
     # The top mask comes from one of the grid prompts: rerun all 16 through the model and find it.
@@ -151,7 +161,7 @@ from transformers import AutoModel, AutoProcessor
 model = AutoModel.from_pretrained({str(tmp_path)!r}, trust_remote_code=True, attn_implementation="eager").eval()
 processor = AutoProcessor.from_pretrained({str(tmp_path)!r}, trust_remote_code=True)
 assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
-image = Image.open({str(tmp_path / 'image.png')!r})
+image = Image.open({str(tmp_path / "image.png")!r})
 with torch.no_grad():
     masks = model(**processor(images=image, input_points=[[[40, 24]]])).pred_masks
     logits = model(**processor(images=image, text={LABELS!r})).logits_per_image
@@ -183,11 +193,15 @@ def test_default_pipeline_call_of_the_shipped_model_predicts_background_where_no
         for segment in segmenter(row["image"], candidate_labels=list(FASHION_MNIST_CLASSES), method="plain"):
             predicted[np.asarray(segment["mask"]) > 0] = labels.index(segment["label"])
         never = np.zeros_like(target)
-        for segment in segmenter(row["image"], candidate_labels=list(FASHION_MNIST_CLASSES), method="plain",
-                                 background_threshold=-1.0):
+        for segment in segmenter(
+            row["image"], candidate_labels=list(FASHION_MNIST_CLASSES), method="plain", background_threshold=-1.0
+        ):
             never[np.asarray(segment["mask"]) > 0] = labels.index(segment["label"])
-        for name, prediction in (("default", predicted), ("all background", np.zeros_like(target)),
-                                 ("never background", never)):
+        for name, prediction in (
+            ("default", predicted),
+            ("all background", np.zeros_like(target)),
+            ("never background", never),
+        ):
             confusion[name] = confusion[name] + confusion_matrix(prediction, target, len(labels), None)
     miou = {name: mean_iou(matrix) for name, matrix in confusion.items()}
     assert confusion["default"][:, 0].sum() > 0  # background is predicted

@@ -16,7 +16,9 @@ def test_readme_merge_example_runs(teachers, tokenizer, tmp_path, monkeypatch):
     sam.save_pretrained(tmp_path / "sam")
     clip.save_pretrained(tmp_path / "clip")
     tokenizer.save_pretrained(tmp_path / "clip")
-    Image.fromarray((np.random.default_rng(0).random((96, 160, 3)) * 255).astype(np.uint8)).save(tmp_path / "photo.jpg")
+    Image.fromarray((np.random.default_rng(0).random((96, 160, 3)) * 255).astype(np.uint8)).save(
+        tmp_path / "photo.jpg"
+    )
     block = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)[0]
     assert len(block.strip().splitlines()) <= 15
     code = block.replace("facebook/sam-vit-base", str(tmp_path / "sam")).replace(
@@ -49,7 +51,8 @@ def test_readme_label_everything_example_runs_without_the_package(tmp_path):
         "    def find_spec(self, name, path, target=None):\n"
         "        if name.split('.')[0] == 'transformers_samclip':\n"
         "            raise ImportError(name)\n"
-        "sys.meta_path.insert(0, NoPackage())\n" + block
+        "sys.meta_path.insert(0, NoPackage())\n"
+        + block
         + "\nimport json\nprint(json.dumps([[i['label'], i['mask'].size] for i in instances]))\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300)
@@ -65,7 +68,9 @@ def test_result_tables_are_written_from_their_results_json(tmp_path):
 
     text = README.read_text()
     assert text.count("<!-- results-table:") >= 2
-    assert render_results_tables(text, README.parent) == text, "run: python -m transformers_samclip.evaluation.tables README.md"
+    assert render_results_tables(text, README.parent) == text, (
+        "run: python -m transformers_samclip.evaluation.tables README.md"
+    )
     # A stale table is rewritten; an unknown column group is named.
     results = tmp_path / "results.json"
     results.write_text('{"rows": {"m": {"zero_shot_top1": 0.5, "box_miou": 0.25}}}')

@@ -55,10 +55,24 @@ def test_prompt_defaults_are_the_samplers():
 
 
 def test_set_overrides_reach_the_effective_recipe_with_json_types():
-    recipe = _cli("--set", "losses.sam_loss_weight=1", "--set", "model.head.pooling=mean",
-                  "--set", "model.head.project_before_pool=true", "--set", "stages.1.sam_batch_size=2",
-                  "--set", "stages.0.clip_sizes=[32, 64]", "--set", "stages.1.training_args.learning_rate=1e-4",
-                  "--set", "data.clip.num_items=100", "--set", "lora.lora_dropout=0.1")
+    recipe = _cli(
+        "--set",
+        "losses.sam_loss_weight=1",
+        "--set",
+        "model.head.pooling=mean",
+        "--set",
+        "model.head.project_before_pool=true",
+        "--set",
+        "stages.1.sam_batch_size=2",
+        "--set",
+        "stages.0.clip_sizes=[32, 64]",
+        "--set",
+        "stages.1.training_args.learning_rate=1e-4",
+        "--set",
+        "data.clip.num_items=100",
+        "--set",
+        "lora.lora_dropout=0.1",
+    )
     assert recipe.losses.sam_loss_weight == 1.0 and isinstance(recipe.losses.sam_loss_weight, float)
     assert recipe.model.head.pooling == "mean" and recipe.model.head.project_before_pool is True
     assert recipe.stages[1].sam_batch_size == 2 and recipe.stages[0].clip_sizes == [32, 64]
@@ -67,41 +81,46 @@ def test_set_overrides_reach_the_effective_recipe_with_json_types():
     untouched = load_recipe("mosaic")
     assert recipe.losses.focal_weight == untouched.losses.focal_weight
     assert recipe.stages[1].training_args["per_device_train_batch_size"] == 32
-    assert parse_override("a.b=null") == ("a.b", None) and parse_override("x={\"r\": 4}") == ("x", {"r": 4})
+    assert parse_override("a.b=null") == ("a.b", None) and parse_override('x={"r": 4}') == ("x", {"r": 4})
     assert parse_override("model.head.pooling=max") == ("model.head.pooling", "max")
 
 
 def test_ablation_flags_are_overrides_of_the_same_object():
     mosaic = load_recipe("mosaic")
-    assert _cli("--naive") == _cli("--set", "losses.sam_loss_weight=0") == mosaic.override(
-        {"losses.sam_loss_weight": 0})
+    assert (
+        _cli("--naive") == _cli("--set", "losses.sam_loss_weight=0") == mosaic.override({"losses.sam_loss_weight": 0})
+    )
     assert _cli("--naive").naive and not mosaic.naive and not _cli("--naive").rehearses_sam
     assert _cli("--lambda", "1") == _cli("--set", "losses.sam_loss_weight=1")
     assert _cli("--pooling", "mean", "--project-before-pool") == _cli(
-        "--set", "model.head.pooling=mean", "--set", "model.head.project_before_pool=true")
+        "--set", "model.head.pooling=mean", "--set", "model.head.project_before_pool=true"
+    )
     assert _cli("--lora") == _cli("--set", "lora.enabled=true") and _cli("--lora").lora.enabled
     assert _cli("--lambda", "5", "--naive").losses.sam_loss_weight == 0.0  # --naive wins, as it always did
     assert _cli("--naive", "--set", "losses.sam_loss_weight=3").losses.sam_loss_weight == 3.0  # --set comes last
     assert _cli() == mosaic
 
 
-@pytest.mark.parametrize(("overrides", "names"), [
-    ({"model.head.pooling": "median"}, ["model.head.pooling", "'max', 'mean'", "median"]),
-    ({"stages.0.training_args.learning_rate": -0.1}, ["stages.0.training_args.learning_rate", "> 0"]),
-    ({"stages.1.stage": "warmup"}, ["stages.1.stage", "head_probing", "distillation", "resolution_adaptation"]),
-    ({"losses.sam_weight": 1}, ["losses.sam_weight", "sam_loss_weight", "focal_weight"]),
-    ({"model.heads.pooling": "max"}, ["model.heads.pooling", "sam_size", "head"]),
-    ({"stages.7.sam_batch_size": 2}, ["stages.7.sam_batch_size", "0..1"]),
-    ({"losses.sam_loss_weight": -1}, ["losses.sam_loss_weight", ">= 0"]),
-    ({"losses.distill_single_mask": "yes"}, ["losses.distill_single_mask", "true or false"]),
-    ({"stages.0.training_args.learning_rat": 1e-3}, ["stages.0.training_args.learning_rat", "TrainingArguments"]),
-    ({"data.sam": {"num_mosaics": 3}}, ["data.sam", "source"]),
-    ({"model.head.pooling.kind": "max"}, ["model.head.pooling"]),
-    ({"teachers": {"sam": "facebook/sam-vit-base"}}, ["teachers.sam", "clip"]),
-    ({"losses.region_weight": -0.5}, ["losses.region_weight", ">= 0"]),
-    ({"prompts.num_regions": 2.5}, ["prompts.num_regions", "integer"]),
-    ({"prompts.num_regions": -1}, ["prompts.num_regions", ">= 0"]),
-])
+@pytest.mark.parametrize(
+    ("overrides", "names"),
+    [
+        ({"model.head.pooling": "median"}, ["model.head.pooling", "'max', 'mean'", "median"]),
+        ({"stages.0.training_args.learning_rate": -0.1}, ["stages.0.training_args.learning_rate", "> 0"]),
+        ({"stages.1.stage": "warmup"}, ["stages.1.stage", "head_probing", "distillation", "resolution_adaptation"]),
+        ({"losses.sam_weight": 1}, ["losses.sam_weight", "sam_loss_weight", "focal_weight"]),
+        ({"model.heads.pooling": "max"}, ["model.heads.pooling", "sam_size", "head"]),
+        ({"stages.7.sam_batch_size": 2}, ["stages.7.sam_batch_size", "0..1"]),
+        ({"losses.sam_loss_weight": -1}, ["losses.sam_loss_weight", ">= 0"]),
+        ({"losses.distill_single_mask": "yes"}, ["losses.distill_single_mask", "true or false"]),
+        ({"stages.0.training_args.learning_rat": 1e-3}, ["stages.0.training_args.learning_rat", "TrainingArguments"]),
+        ({"data.sam": {"num_mosaics": 3}}, ["data.sam", "source"]),
+        ({"model.head.pooling.kind": "max"}, ["model.head.pooling"]),
+        ({"teachers": {"sam": "facebook/sam-vit-base"}}, ["teachers.sam", "clip"]),
+        ({"losses.region_weight": -0.5}, ["losses.region_weight", ">= 0"]),
+        ({"prompts.num_regions": 2.5}, ["prompts.num_regions", "integer"]),
+        ({"prompts.num_regions": -1}, ["prompts.num_regions", ">= 0"]),
+    ],
+)
 def test_bad_keys_and_values_raise_naming_the_field(overrides, names):
     with pytest.raises(ValueError) as error:
         load_recipe("mosaic").override(overrides)
@@ -136,7 +155,9 @@ def test_which_stages_need_sam_batches():
     assert not mosaic.override({"losses.sam_loss_weight": 0}).needs_sam_batches(distillation)  # naive: no L_SAM
     # L_region reads D_SAM in every stage; the head-only stage still adds no L_SAM.
     assert [regions.needs_sam_batches(s) for s in regions.stages] == [True, True]
-    assert not probing.rehearses_sam and regions.override({"losses.sam_loss_weight": 0}).needs_sam_batches(distillation)
+    assert not probing.rehearses_sam and regions.override({"losses.sam_loss_weight": 0}).needs_sam_batches(
+        distillation
+    )
 
 
 def test_data_clip_may_be_a_list_of_specs():
@@ -149,17 +170,39 @@ def test_data_clip_may_be_a_list_of_specs():
 
 
 # The mosaic recipe shrunk onto the tiny teachers (overrides, as `--set` gives them).
-TINY = ["--set", "model.sam_size=64", "--set", "model.clip_size=32", "--set", "model.head.num_hidden_layers=1",
-        "--set", "data.clip.num_items=16", "--set", "data.clip.size=32", "--set", "data.sam.num_mosaics=4",
-        "--set", "data.sam.canvas_size=64", "--set", "calibration=null", "--set", "evaluation=null",
-        "--set", "stages.0.training_args.per_device_train_batch_size=4",
-        "--set", "stages.1.training_args.per_device_train_batch_size=4", "--set", "stages.1.sam_batch_size=1"]
+TINY = [
+    "--set",
+    "model.sam_size=64",
+    "--set",
+    "model.clip_size=32",
+    "--set",
+    "model.head.num_hidden_layers=1",
+    "--set",
+    "data.clip.num_items=16",
+    "--set",
+    "data.clip.size=32",
+    "--set",
+    "data.sam.num_mosaics=4",
+    "--set",
+    "data.sam.canvas_size=64",
+    "--set",
+    "calibration=null",
+    "--set",
+    "evaluation=null",
+    "--set",
+    "stages.0.training_args.per_device_train_batch_size=4",
+    "--set",
+    "stages.1.training_args.per_device_train_batch_size=4",
+    "--set",
+    "stages.1.sam_batch_size=1",
+]
 
 
 def _tiny_teachers(tokenizer, teachers) -> dict:
     sam, clip = teachers
-    clip_processor = CLIPProcessor(CLIPImageProcessorPil(size={"shortest_edge": 32},
-                                                         crop_size={"height": 32, "width": 32}), tokenizer)
+    clip_processor = CLIPProcessor(
+        CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}), tokenizer
+    )
     return {"sam_model": sam, "clip_model": clip, "clip_processor": clip_processor}
 
 
@@ -168,8 +211,9 @@ def test_run_records_the_effective_recipe(tmp_path, tokenizer, teachers):
     from transformers_samclip.distillation.run import run_recipe
 
     recipe = _cli("--lambda", "2", "--pooling", "mean", *TINY)
-    results = run_recipe(recipe.to_dict(), tmp_path / "run", max_steps=1, evaluate=False,
-                         teachers=_tiny_teachers(tokenizer, teachers))
+    results = run_recipe(
+        recipe.to_dict(), tmp_path / "run", max_steps=1, evaluate=False, teachers=_tiny_teachers(tokenizer, teachers)
+    )
     assert (tmp_path / "run" / "stage2-distillation" / "final" / "model.safetensors").is_file()
     written = json.loads((tmp_path / "run" / "results.json").read_text())
     assert written["effective_recipe"] == recipe.to_dict() == results["effective_recipe"]
@@ -180,8 +224,9 @@ def test_run_records_the_effective_recipe(tmp_path, tokenizer, teachers):
     assert SamClipModel.from_pretrained(tmp_path / "run").config.head_config.pooling == "mean"
 
 
-def test_run_with_region_distillation_logs_it_in_both_stages_and_trains_the_head_otherwise(tmp_path, tokenizer,
-                                                                                         teachers):
+def test_run_with_region_distillation_logs_it_in_both_stages_and_trains_the_head_otherwise(
+    tmp_path, tokenizer, teachers
+):
     """`losses.region_weight=1` on the tiny mosaic recipe: both stages add `L_region` (stage 1 without `L_SAM`,
     its encoder untouched), and the CLIP head ends elsewhere than in the same run without it."""
     from safetensors.torch import load_file
@@ -192,8 +237,13 @@ def test_run_with_region_distillation_logs_it_in_both_stages_and_trains_the_head
     runs = {}
     for weight in (0, 1):
         recipe = _cli(*TINY, *no_warmup, "--set", f"losses.region_weight={weight}")
-        run_recipe(recipe, tmp_path / f"run{weight}", max_steps=1, evaluate=False,
-                   teachers=_tiny_teachers(tokenizer, teachers))
+        run_recipe(
+            recipe,
+            tmp_path / f"run{weight}",
+            max_steps=1,
+            evaluate=False,
+            teachers=_tiny_teachers(tokenizer, teachers),
+        )
         runs[weight] = tmp_path / f"run{weight}"
 
     def logged(run, stage):

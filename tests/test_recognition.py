@@ -27,8 +27,10 @@ class ColourImageProcessor:
     """Pixels in [0, 1] at 32 px (nearest), no normalisation."""
 
     def __call__(self, images, return_tensors="pt"):
-        arrays = [np.asarray(image.convert("RGB").resize((32, 32), Image.NEAREST), dtype=np.float32) / 255
-                  for image in images]
+        arrays = [
+            np.asarray(image.convert("RGB").resize((32, 32), Image.NEAREST), dtype=np.float32) / 255
+            for image in images
+        ]
         return {"pixel_values": torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)}
 
 
@@ -61,23 +63,36 @@ def _scene():
     dot[2:4, 2:4] = True
     image[dot] = COLOURS[2]
     field = ~outline & ~dot
-    return {"image": Image.fromarray(image), "instance_masks": [Image.fromarray(m) for m in (outline, field, dot)],
-            "labels": [0, 1, 2], "visible_fraction": [1.0, 0.9, 0.1]}
+    return {
+        "image": Image.fromarray(image),
+        "instance_masks": [Image.fromarray(m) for m in (outline, field, dot)],
+        "labels": [0, 1, 2],
+        "visible_fraction": [1.0, 0.9, 0.1],
+    }
 
 
 @pytest.fixture()
 def scenes():
     rows = [_scene(), _scene()]
-    return datasets.Dataset.from_dict({key: [row[key] for row in rows] for key in rows[0]}, features=datasets.Features({
-        "image": datasets.Image(), "instance_masks": datasets.List(datasets.Image()),
-        "labels": datasets.List(datasets.ClassLabel(names=NAMES)), "visible_fraction": datasets.List(datasets.Value("float32")),
-    }))
+    return datasets.Dataset.from_dict(
+        {key: [row[key] for row in rows] for key in rows[0]},
+        features=datasets.Features(
+            {
+                "image": datasets.Image(),
+                "instance_masks": datasets.List(datasets.Image()),
+                "labels": datasets.List(datasets.ClassLabel(names=NAMES)),
+                "visible_fraction": datasets.List(datasets.Value("float32")),
+            }
+        ),
+    )
 
 
 def test_crops_and_masked_crops_have_the_known_accuracy_and_confusion(scenes):
     processor = SimpleNamespace(tokenizer=ColourTokenizer(), image_processor=ColourImageProcessor())
-    labellers = {"crop": crop_labeller(ColourCLIP(), processor, NAMES, templates=["{}"]),
-                 "masked_crop": crop_labeller(ColourCLIP(), processor, NAMES, templates=["{}"], masked=True)}
+    labellers = {
+        "crop": crop_labeller(ColourCLIP(), processor, NAMES, templates=["{}"]),
+        "masked_crop": crop_labeller(ColourCLIP(), processor, NAMES, templates=["{}"], masked=True),
+    }
     result = evaluate_recognition(labellers, scenes, num_classes=3)
     # The blue dot is less than 0.3 visible: not counted. The plain crop calls the red outline green.
     assert result["crop"]["num_items"] == result["masked_crop"]["num_items"] == 4
@@ -94,8 +109,12 @@ def test_crops_and_masked_crops_have_the_known_accuracy_and_confusion(scenes):
 def test_no_visible_item_is_a_clear_error(scenes):
     processor = SimpleNamespace(tokenizer=ColourTokenizer(), image_processor=ColourImageProcessor())
     with pytest.raises(ValueError, match="nothing to recognise"):
-        evaluate_recognition({"crop": crop_labeller(ColourCLIP(), processor, NAMES, templates=["{}"])}, scenes,
-                             num_classes=3, min_visible_fraction=1.01)
+        evaluate_recognition(
+            {"crop": crop_labeller(ColourCLIP(), processor, NAMES, templates=["{}"])},
+            scenes,
+            num_classes=3,
+            min_visible_fraction=1.01,
+        )
 
 
 def test_samclip_evaluate_measures_recognition_on_any_instance_dataset(tmp_path):
@@ -112,14 +131,21 @@ def test_samclip_evaluate_measures_recognition_on_any_instance_dataset(tmp_path)
     data.mkdir()
     mosaics = make_mosaic_dataset("test", 6, seed=3).remove_columns(["semantic_map"])
     mosaics.to_parquet(str(data / "test.parquet"))
-    assert main(["evaluate", "teachers", "--suite", str(data), "--split", "test", "--output",
-                 str(tmp_path / "r.json")]) == 0
+    assert (
+        main(["evaluate", "teachers", "--suite", str(data), "--split", "test", "--output", str(tmp_path / "r.json")])
+        == 0
+    )
     row = json.loads((tmp_path / "r.json").read_text())["rows"]["CLIP teacher"]
     teachers = load_mosaic_teachers()
     clip, clip_processor = teachers["clip_model"], teachers["clip_processor"]
-    expected = evaluate_recognition({"crop": crop_labeller(clip, clip_processor, FASHION_MNIST_CLASSES),
-                                     "masked_crop": crop_labeller(clip, clip_processor, FASHION_MNIST_CLASSES,
-                                                                  masked=True)}, mosaics, 10)
+    expected = evaluate_recognition(
+        {
+            "crop": crop_labeller(clip, clip_processor, FASHION_MNIST_CLASSES),
+            "masked_crop": crop_labeller(clip, clip_processor, FASHION_MNIST_CLASSES, masked=True),
+        },
+        mosaics,
+        10,
+    )
     assert row["recognition_items"] == expected["crop"]["num_items"] > 0
     for name in ("crop", "masked_crop"):
         assert row[f"recognition_{name}"] == expected[name]["accuracy"]

@@ -33,8 +33,13 @@ class NoPackage(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, NoPackage())
 import torch; torch.set_num_threads(1)
 """
-MASK_OPTIONS = {"points_per_batch": 64, "points_per_crop": 4, "pred_iou_thresh": -10, "stability_score_thresh": 0.0,
-                "output_rle_mask": False}
+MASK_OPTIONS = {
+    "points_per_batch": 64,
+    "points_per_crop": 4,
+    "pred_iou_thresh": -10,
+    "stability_score_thresh": 0.0,
+    "output_rle_mask": False,
+}
 # Random tiny weights: SAM's quality filters would keep no instance.
 INSTANCE_OPTIONS = {"pred_iou_threshold": -10.0, "stability_threshold": 0.0}
 
@@ -55,10 +60,15 @@ def detections(model, processor, image, threshold):
     inputs = processor(images=image, view="sam")
     with torch.no_grad():
         class_embeds = model.encode_class_names(LABELS, processor.tokenizer)
-        output = model.instance_segmentation(inputs["pixel_values"], class_embeds,
-                                             input_sizes=inputs["reshaped_input_sizes"].tolist(), **INSTANCE_OPTIONS)
-    (result,) = processor.post_process_instance_segmentation(output, threshold=threshold,
-                                                             target_sizes=inputs["original_sizes"])
+        output = model.instance_segmentation(
+            inputs["pixel_values"],
+            class_embeds,
+            input_sizes=inputs["reshaped_input_sizes"].tolist(),
+            **INSTANCE_OPTIONS,
+        )
+    (result,) = processor.post_process_instance_segmentation(
+        output, threshold=threshold, target_sizes=inputs["original_sizes"]
+    )
     return result
 
 
@@ -96,8 +106,9 @@ def test_exported_folder_serves_every_task_with_its_view_without_the_package(exp
         }}))
     """)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     # No torchvision fallback warning, no "model not supported for this task" error on any load.
     assert "torchvision" not in result.stderr and "is not supported" not in result.stderr, result.stderr[-2000:]
@@ -129,8 +140,10 @@ def test_exported_folder_serves_every_task_with_its_view_without_the_package(exp
 def test_processor_loads_the_clip_view_as_the_pil_class(exported):
     """transformers saves the CLIP view as "CLIPImageProcessor"; loading that name without torchvision warns and
     falls back. The processor names the class it uses instead."""
-    assert json.loads((exported / "processor_config.json").read_text())["clip_image_processor"][
-        "image_processor_type"] == "CLIPImageProcessor"
+    assert (
+        json.loads((exported / "processor_config.json").read_text())["clip_image_processor"]["image_processor_type"]
+        == "CLIPImageProcessor"
+    )
     assert type(SamClipProcessor.from_pretrained(exported).clip_image_processor) is CLIPImageProcessorPil
 
 
@@ -163,8 +176,9 @@ def instance_output(size=16):
     logits = torch.full((2, size // 4, size // 4), -5.0)
     logits[0, 0:2, 0:2] = 5.0  # left half of the image
     logits[1, 0:2, 2:4] = 0.5  # right half of the image, weak: sigmoid 0.62
-    return SamClipInstanceSegmentationOutput(mask_logits=[logits], class_ids=[torch.tensor([2, 0])],
-                                             scores=[torch.tensor([0.9, 0.2])])
+    return SamClipInstanceSegmentationOutput(
+        mask_logits=[logits], class_ids=[torch.tensor([2, 0])], scores=[torch.tensor([0.9, 0.2])]
+    )
 
 
 def test_post_process_instance_segmentation_takes_sam3_keywords(tokenizer):
@@ -179,8 +193,9 @@ def test_post_process_instance_segmentation_takes_sam3_keywords(tokenizer):
     assert result["boxes"][1, 0] >= 38 and result["boxes"][1, 2] == 80  # the weak mask: inside the right half
     (kept,) = processor.post_process_instance_segmentation(instance_output(), threshold=0.5, target_sizes=[(40, 80)])
     assert kept["labels"].tolist() == [2]
-    (strict,) = processor.post_process_instance_segmentation(instance_output(), mask_threshold=0.7,
-                                                             target_sizes=[(40, 80)])
+    (strict,) = processor.post_process_instance_segmentation(
+        instance_output(), mask_threshold=0.7, target_sizes=[(40, 80)]
+    )
     assert strict["labels"].tolist() == [2]  # the weak mask is empty at probability 0.7: left out
     (unsized,) = processor.post_process_instance_segmentation(instance_output())
     assert unsized["masks"].shape == (2, 16, 16)
@@ -194,18 +209,25 @@ def test_post_process_instance_segmentation_takes_sam3_keywords(tokenizer):
 
 def test_zero_shot_object_detection_format_threshold_and_top_k(reference, image):
     model, processor = reference
-    detector = pipeline("zero-shot-object-detection", model=model, processor=processor,
-                        pipeline_class=SamClipZeroShotObjectDetectionPipeline)
+    detector = pipeline(
+        "zero-shot-object-detection",
+        model=model,
+        processor=processor,
+        pipeline_class=SamClipZeroShotObjectDetectionPipeline,
+    )
     everything = detector(image, candidate_labels=LABELS, threshold=0.0, **INSTANCE_OPTIONS)
     assert everything and all(set(d) == {"score", "label", "box"} for d in everything)
     assert all(set(d["box"]) == {"xmin", "ymin", "xmax", "ymax"} and d["label"] in LABELS for d in everything)
-    assert all(0 <= d["box"]["xmin"] < d["box"]["xmax"] <= 80 and 0 <= d["box"]["ymin"] < d["box"]["ymax"] <= 48
-               for d in everything)
+    assert all(
+        0 <= d["box"]["xmin"] < d["box"]["xmax"] <= 80 and 0 <= d["box"]["ymin"] < d["box"]["ymax"] <= 48
+        for d in everything
+    )
     scores = [d["score"] for d in everything]
     assert scores == sorted(scores, reverse=True)
     middle = (scores[0] + scores[-1]) / 2
     assert detector(image, candidate_labels=LABELS, threshold=middle, **INSTANCE_OPTIONS) == [
-        d for d in everything if d["score"] >= middle]
+        d for d in everything if d["score"] >= middle
+    ]
     first = detector(image, candidate_labels=",".join(LABELS), threshold=0.0, top_k=1, **INSTANCE_OPTIONS)
     assert first == everything[:1]
     with pytest.raises(ValueError, match="top_k must be a positive integer"):
@@ -219,8 +241,10 @@ def test_zero_shot_object_detection_format_threshold_and_top_k(reference, image)
 def test_saved_folder_with_the_package_gets_each_task_view(saved_tiny_model):
     """A folder `save_pretrained` wrote (no `custom_pipelines`), with the package imported: the registered classes
     load the folder's processor and take the task's view from it."""
-    views = {task: pipeline(task, model=str(saved_tiny_model)).image_processor
-             for task in ("zero-shot-image-classification", "image-feature-extraction", "mask-generation")}
+    views = {
+        task: pipeline(task, model=str(saved_tiny_model)).image_processor
+        for task in ("zero-shot-image-classification", "image-feature-extraction", "mask-generation")
+    }
     assert type(views["zero-shot-image-classification"]) is CLIPImageProcessorPil
     assert views["image-feature-extraction"].crop_size["height"] == 32
     assert views["mask-generation"].size["longest_edge"] == 64
@@ -242,6 +266,7 @@ def test_box_ap_scores_boxes_not_masks():
     prediction = {"masks": diagonal, "class_ids": [0], "scores": [0.9]}
     target = {"masks": ring, "class_ids": [0], "ignore": [False]}
     assert instance_segmentation_metrics([prediction], [target], 1)["ap50"] == 0.0
-    boxed = instance_segmentation_metrics([{**prediction, "masks": box_masks(diagonal)}],
-                                          [{**target, "masks": box_masks(ring)}], 1)
+    boxed = instance_segmentation_metrics(
+        [{**prediction, "masks": box_masks(diagonal)}], [{**target, "masks": box_masks(ring)}], 1
+    )
     assert boxed["ap50"] == pytest.approx(1.0)

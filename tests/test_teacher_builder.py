@@ -18,7 +18,7 @@ def test_training_views_cover_every_look_with_the_right_labels():
     sizes = {image.size for image in images}
     assert (28, 28) in sizes and (64, 64) in sizes  # raw photos and item views
     assert any(w == h and w not in (28, 64) for w, h in sizes)  # square crops of mosaic items
-    # The raw look is a photo on a flat background (black, or its inverse, maybe tinted): most of the edge is one colour.
+    # The raw look is a photo on a flat background (black, its inverse, maybe tinted): most of the edge is one colour.
     raw = [np.asarray(image) for image in images if image.size == (28, 28)]
     for a in raw:
         edge = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
@@ -52,8 +52,14 @@ def test_warm_start_interpolates_the_grid_and_keeps_every_other_weight():
 
 
 def test_data_workers_draw_the_same_batches(tmp_path):
-    options = dict(max_steps=2, minutes=None, batch_size=6, measure_every_minutes=None,
-                   init_from=teachers.SHIPPED_TEACHERS_DIR / "clip", log_every=1)
+    options = dict(
+        max_steps=2,
+        minutes=None,
+        batch_size=6,
+        measure_every_minutes=None,
+        init_from=teachers.SHIPPED_TEACHERS_DIR / "clip",
+        log_every=1,
+    )
     here, _, _ = teachers.train_clip(work_dir=tmp_path / "here", **options)
     workers, _, info = teachers.train_clip(work_dir=tmp_path / "workers", workers=2, **options)
     assert info["steps"] == 2

@@ -75,7 +75,9 @@ def test_trunk_affinity_read_out_averages_normalised_features_with_the_trunk_aff
     affinity = (centred @ centred.T / 0.1).softmax(-1)
     expected = affinity @ F.normalize(plain[0].flatten(1).T, dim=-1)
     torch.testing.assert_close(smoothed[0], expected.T.reshape(-1, 3, 3))
-    with pytest.raises((ValueError, StrictDataclassClassValidationError), match="dense_affinity_temperature must be > 0"):
+    with pytest.raises(
+        (ValueError, StrictDataclassClassValidationError), match="dense_affinity_temperature must be > 0"
+    ):
         SamClipHeadConfig(dense_affinity_temperature=0.0).validate_architecture()
 
 
@@ -88,9 +90,13 @@ def stand_in_instances(size):
     logits[0, :, : low // 2] = 5.0
     logits[1, : low // 2, :] = 5.0
     logits[2, low // 2 :, low // 2 :] = 5.0
-    return SamClipInstanceSegmentationOutput(mask_logits=[logits], class_ids=[torch.tensor([1, 0, 2])],
-                                             scores=[torch.tensor([0.9, 0.5, 0.2])], class_cosines=[None],
-                                             iou_scores=[None])
+    return SamClipInstanceSegmentationOutput(
+        mask_logits=[logits],
+        class_ids=[torch.tensor([1, 0, 2])],
+        scores=[torch.tensor([0.9, 0.5, 0.2])],
+        class_cosines=[None],
+        iou_scores=[None],
+    )
 
 
 def test_semantic_map_from_instances_paints_the_most_confident_instance(merged, monkeypatch):
@@ -104,14 +110,17 @@ def test_semantic_map_from_instances_paints_the_most_confident_instance(merged, 
     expected[half:, half:] = 3
     assert torch.equal(output.label_map[0], expected)
     assert output.logits.shape == (1, 4, size, size)
-    assert output.logits[0, 2, 0, 0].item() == pytest.approx(0.9) and output.logits[0, 1, 0, 0].item() == pytest.approx(0.5)
+    assert output.logits[0, 2, 0, 0].item() == pytest.approx(0.9) and output.logits[
+        0, 1, 0, 0
+    ].item() == pytest.approx(0.5)
     assert output.logits[0, 3, 0, 0].item() == -1.0 and output.logits[0, 0].abs().sum() == 0
 
 
 def test_pipeline_semantic_default_is_the_painted_instances(merged, processor, image, tokenizer, monkeypatch):
     # Random weights find no stable masks: the instances are the stand-in ones, the painting and the pipeline real.
-    monkeypatch.setattr(merged, "instance_segmentation",
-                        lambda *args, **kwargs: stand_in_instances(merged.config.image_size))
+    monkeypatch.setattr(
+        merged, "instance_segmentation", lambda *args, **kwargs: stand_in_instances(merged.config.image_size)
+    )
     segmenter = pipeline("zero-shot-image-segmentation", model=merged, processor=processor)
     class_embeds = merged.encode_class_names(LABELS, tokenizer)
     for method, view in (("instances", "sam"), ("plain", "dense")):
@@ -119,11 +128,13 @@ def test_pipeline_semantic_default_is_the_painted_instances(merged, processor, i
         with torch.no_grad():
             if method == "instances":
                 logits = merged.semantic_segmentation_from_instances(
-                    inputs["pixel_values"], class_embeds, input_sizes=inputs["reshaped_input_sizes"].tolist()).logits
+                    inputs["pixel_values"], class_embeds, input_sizes=inputs["reshaped_input_sizes"].tolist()
+                ).logits
             else:
                 logits = merged.semantic_segmentation(inputs["pixel_values"], class_embeds).logits
         (expected,) = processor.post_process_semantic_segmentation(
-            logits, inputs["original_sizes"], inputs["reshaped_input_sizes"])
+            logits, inputs["original_sizes"], inputs["reshaped_input_sizes"]
+        )
         kwargs = {} if method == "instances" else {"method": "plain"}
         segments = segmenter(image, candidate_labels=LABELS, **kwargs)
         painted = np.full((48, 80), -1)
@@ -146,8 +157,9 @@ def test_none_of_these_drops_low_scores_and_masks_the_background_prompt_wins(mer
         middle = float(scores.median())
         kept = merged.instance_segmentation(inputs["pixel_values"], class_embeds, score_threshold=middle, **common)
         # A "background" prompt equal to the classes matches every mask as well as its best class: all dropped.
-        rejected = merged.instance_segmentation(inputs["pixel_values"], class_embeds, background_embeds=class_embeds,
-                                                **common)
+        rejected = merged.instance_segmentation(
+            inputs["pixel_values"], class_embeds, background_embeds=class_embeds, **common
+        )
     torch.testing.assert_close(kept.scores[0], scores[scores >= middle])
     assert len(rejected.scores[0]) == 0
     merged.config.instance_score_threshold = 1.0  # the config's calibrated default applies when none is given
@@ -167,8 +179,9 @@ def test_peak_prompts_send_at_most_peaks_plus_a_sparse_grid_to_the_decoder(merge
 
     merged.segment = counting_segment
     with torch.no_grad():
-        merged.instance_segmentation(inputs["pixel_values"], class_embeds, prompts="peaks", num_peaks=3,
-                                     points_per_side=4)
+        merged.instance_segmentation(
+            inputs["pixel_values"], class_embeds, prompts="peaks", num_peaks=3, points_per_side=4
+        )
         peaks_total = sum(prompted)
         prompted.clear()
         merged.instance_segmentation(inputs["pixel_values"], class_embeds, prompts="grid", points_per_side=4)
@@ -189,8 +202,11 @@ def test_precision_recall_f1_count_every_kept_prediction():
     sliver[9, 0] = True
     target = {"masks": np.stack([a, b, sliver]), "class_ids": [0, 1, 0], "ignore": [False, False, True]}
     # a right, b named wrong, c a background piece, the sliver matches an ignored target (not counted).
-    prediction = {"masks": np.stack([a, b, c, sliver]), "class_ids": np.array([0, 0, 1, 0]),
-                  "scores": np.array([0.9, 0.8, 0.3, 0.7])}
+    prediction = {
+        "masks": np.stack([a, b, c, sliver]),
+        "class_ids": np.array([0, 0, 1, 0]),
+        "scores": np.array([0.9, 0.8, 0.3, 0.7]),
+    }
     metrics = instance_segmentation_metrics([prediction], [target], 2)
     assert metrics["precision"] == pytest.approx(1 / 3) and metrics["recall"] == pytest.approx(1 / 2)
     assert metrics["f1"] == pytest.approx(2 * (1 / 3) * (1 / 2) / (1 / 3 + 1 / 2))
@@ -216,13 +232,26 @@ def test_per_component_refinement_keeps_the_coarse_map_where_sam_is_not_trusted(
     grid = merged.config.image_size // merged.config.patch_size
     low = 4 * merged.config.prompt_encoder_config.image_embedding_size
     with torch.no_grad():
-        coarse = merged.semantic_segmentation(inputs["pixel_values"], class_embeds, background_threshold=0.0,
-                                              output_size=(grid, grid)).label_map
+        coarse = merged.semantic_segmentation(
+            inputs["pixel_values"], class_embeds, background_threshold=0.0, output_size=(grid, grid)
+        ).label_map
         # An IoU gate SAM can never reach: every component stays as the coarse map drew it.
-        kept = merged.semantic_segmentation_refined(inputs["pixel_values"], class_embeds, background_threshold=0.0,
-                                                    per_component=True, iou_gate=2.0, output_size=(low, low))
-        trusted = merged.semantic_segmentation_refined(inputs["pixel_values"], class_embeds, background_threshold=0.0,
-                                                       per_component=True, iou_gate=-1.0, output_size=(low, low))
+        kept = merged.semantic_segmentation_refined(
+            inputs["pixel_values"],
+            class_embeds,
+            background_threshold=0.0,
+            per_component=True,
+            iou_gate=2.0,
+            output_size=(low, low),
+        )
+        trusted = merged.semantic_segmentation_refined(
+            inputs["pixel_values"],
+            class_embeds,
+            background_threshold=0.0,
+            per_component=True,
+            iou_gate=-1.0,
+            output_size=(low, low),
+        )
     expected = F.interpolate(coarse[:, None].float(), size=(low, low))[:, 0].long()
     assert len(coarse.unique()) >= 2  # not a vacuous one-label map
     assert torch.equal(kept.label_map, expected)
@@ -244,8 +273,9 @@ def test_none_of_these_calibration_and_rejected_rows(merged, processor):
     # The lowest candidate keeps every mask, so the chosen threshold is never worse than keeping all.
     assert calibrated["f1"] >= calibrated["f1_all_masks"]
     segment = samclip_instance_segmenter(merged, processor, FASHION_MNIST_CLASSES, score_threshold=0.0, **loose)
-    result = evaluate_instance_segmentation(segment, mosaics, FASHION_MNIST_CLASSES,
-                                            score_thresholds={"rejected": calibrated["threshold"]})
+    result = evaluate_instance_segmentation(
+        segment, mosaics, FASHION_MNIST_CLASSES, score_thresholds={"rejected": calibrated["threshold"]}
+    )
     collected = collect_instances(segment, mosaics)
     kept = above_score(collected["predictions"], calibrated["threshold"])
     assert sum(len(p["scores"]) for p in kept) <= sum(len(p["scores"]) for p in collected["predictions"])

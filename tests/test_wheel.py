@@ -16,14 +16,18 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_MOSAIC_MODEL_DIR = ROOT / "src" / "transformers_samclip" / "mosaic" / "distilled"
 # What a clean clone has besides the sources is not copied: environments, outputs, caches.
-IGNORE = shutil.ignore_patterns(".git", ".venv", "outputs", "runs", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache")
+IGNORE = shutil.ignore_patterns(
+    ".git", ".venv", "outputs", "runs", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache"
+)
 EVALUATE = ["evaluate", "mosaic", "--num-items", "100", "--num-mosaics", "10", "--output", "eval.json"]
 
 
 def _run(command, cwd, timeout=900):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     env.pop("PYTHONPATH", None)
-    result = subprocess.run([str(c) for c in command], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        [str(c) for c in command], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result.stdout
 
@@ -52,7 +56,10 @@ def test_wheel_works_in_a_fresh_venv_outside_the_checkout(tmp_path):
     own = json.loads((SHIPPED_MOSAIC_MODEL_DIR / "results.json").read_text())["rows"]["SAM-CLIP (distilled)"]
     assert "| Classes it was distilled and evaluated on | T-shirt/top, Trouser," in card
     assert f"| samclip-mosaic | {own['zero_shot_top1']:.4f} |" in card  # the shipped model's own results
-    assert {p.name for p in (work / "out" / "onnx").glob("*.onnx")} >= {"vision_encoder.onnx", "prompt_encoder_mask_decoder.onnx"}
+    assert {p.name for p in (work / "out" / "onnx").glob("*.onnx")} >= {
+        "vision_encoder.onnx",
+        "prompt_encoder_mask_decoder.onnx",
+    }
 
     _run([samclip, *EVALUATE], work)
     # The installed wheel measures what this checkout's install measures.
@@ -66,7 +73,14 @@ def test_wheel_works_in_a_fresh_venv_outside_the_checkout(tmp_path):
     installed, here = measured(work), measured(tmp_path / "here")
     assert installed == here and installed["zero_shot_top1"] > 0.5
 
-    demo = _run([python, "-c", "from transformers_samclip.hub.cli import load_demo_app; app = load_demo_app(); "
-                 "print(app.__file__); print(sorted(p.name for p in app.EXAMPLES_DIR.iterdir()))"], work)
+    demo = _run(
+        [
+            python,
+            "-c",
+            "from transformers_samclip.hub.cli import load_demo_app; app = load_demo_app(); "
+            "print(app.__file__); print(sorted(p.name for p in app.EXAMPLES_DIR.iterdir()))",
+        ],
+        work,
+    )
     app_file, examples = demo.strip().splitlines()[-2:]
     assert app_file.startswith(str(venv)) and "mosaic-0.png" in examples

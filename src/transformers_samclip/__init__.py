@@ -6,10 +6,10 @@ classes for remote code so that every `save_pretrained` folder also loads with `
 
 from transformers import (
     AutoConfig,
+    AutoImageProcessor,
     AutoModel,
     AutoModelForMaskGeneration,
     AutoModelForZeroShotImageClassification,
-    AutoImageProcessor,
     AutoProcessor,
 )
 

@@ -15,7 +15,11 @@ from pathlib import Path
 
 # subcommand -> (module, function, one-line help)
 COMMANDS = {
-    "distill": ("transformers_samclip.distillation.cli", "main", "run the two-stage distillation (default: mosaic world)"),
+    "distill": (
+        "transformers_samclip.distillation.cli",
+        "main",
+        "run the two-stage distillation (default: mosaic world)",
+    ),
     "evaluate": ("transformers_samclip.evaluation.cli", "main", "evaluate a model folder or Hub id on a suite"),
     "build-teachers": ("transformers_samclip.mosaic.teachers", "main", "retrain the shipped mosaic-world teachers"),
     "export": ("transformers_samclip.hub.cli", "export_main", "write a Hub-ready folder with model card"),
@@ -100,8 +104,10 @@ def run_command(command: str, function, argv) -> int:
     except KeyboardInterrupt:
         if debug:
             raise
-        print(f"samclip {command}: interrupted; finished files are kept, re-run the same command to resume.",
-              file=sys.stderr)
+        print(
+            f"samclip {command}: interrupted; finished files are kept, re-run the same command to resume.",
+            file=sys.stderr,
+        )
         return 130
     except Exception as error:
         if debug:
@@ -122,8 +128,11 @@ def main(argv=None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         width = max(map(len, COMMANDS))
         lines = [f"  {name:<{width}}  {help_text}" for name, (_, _, help_text) in COMMANDS.items()]
-        usage = ("usage: samclip <command> [options] [--debug]\n\ncommands:\n" + "\n".join(lines)
-                 + f"\n\n--debug (or {DEBUG_ENV}=1) shows the traceback of a failed run.")
+        usage = (
+            "usage: samclip <command> [options] [--debug]\n\ncommands:\n"
+            + "\n".join(lines)
+            + f"\n\n--debug (or {DEBUG_ENV}=1) shows the traceback of a failed run."
+        )
         print(usage, file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]

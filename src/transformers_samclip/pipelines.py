@@ -30,7 +30,7 @@ PIPELINE_TASKS = ("zero-shot-image-segmentation", "zero-shot-semantic-segmentati
 ZeroShotSemanticSegmentationPipeline = ZeroShotImageSegmentationPipeline
 # What an exported folder declares in `custom_pipelines`: each task name and the class that serves it there.
 EXPORTED_PIPELINES = {
-    **{task: ZeroShotImageSegmentationPipeline for task in PIPELINE_TASKS},
+    **dict.fromkeys(PIPELINE_TASKS, ZeroShotImageSegmentationPipeline),
     "zero-shot-image-classification": pipeline_samclip.SamClipZeroShotImageClassificationPipeline,
     "image-feature-extraction": pipeline_samclip.SamClipImageFeatureExtractionPipeline,
     "mask-generation": pipeline_samclip.SamClipMaskGenerationPipeline,
@@ -49,18 +49,23 @@ def _serving_every_model(samclip_class, transformers_class):
     own class loads, and the processor (a SAM-CLIP folder saved without `custom_pipelines` then still gets its
     task's view; a CLIP checkpoint keeps its image processor and tokenizer). Tried, not required, so that a model
     object given with `processor=` alone is served too."""
-    flags = {flag: None if getattr(transformers_class, flag) or flag == "_load_processor" else False
-             for flag in LOAD_FLAGS}
-    return type(samclip_class.__name__, (samclip_class,), {**flags, "__doc__": samclip_class.__doc__,
-                                                            "__module__": __name__})
+    flags = {
+        flag: None if getattr(transformers_class, flag) or flag == "_load_processor" else False for flag in LOAD_FLAGS
+    }
+    return type(
+        samclip_class.__name__, (samclip_class,), {**flags, "__doc__": samclip_class.__doc__, "__module__": __name__}
+    )
 
 
 SamClipZeroShotImageClassificationPipeline = _serving_every_model(
-    pipeline_samclip.SamClipZeroShotImageClassificationPipeline, ZeroShotImageClassificationPipeline)
-SamClipMaskGenerationPipeline = _serving_every_model(pipeline_samclip.SamClipMaskGenerationPipeline,
-                                                     MaskGenerationPipeline)
-SamClipImageFeatureExtractionPipeline = _serving_every_model(pipeline_samclip.SamClipImageFeatureExtractionPipeline,
-                                                             ImageFeatureExtractionPipeline)
+    pipeline_samclip.SamClipZeroShotImageClassificationPipeline, ZeroShotImageClassificationPipeline
+)
+SamClipMaskGenerationPipeline = _serving_every_model(
+    pipeline_samclip.SamClipMaskGenerationPipeline, MaskGenerationPipeline
+)
+SamClipImageFeatureExtractionPipeline = _serving_every_model(
+    pipeline_samclip.SamClipImageFeatureExtractionPipeline, ImageFeatureExtractionPipeline
+)
 
 # The task entries keep transformers' model classes and defaults; only the class that serves them changes.
 for _task, _pipeline_class in (

@@ -147,19 +147,24 @@ def _rle(segmentation, image_id, height: int, width: int) -> dict:
 
 def _features(masks_column: str) -> datasets.Features:
     rle = {"size": datasets.List(datasets.Value("int32")), "counts": datasets.Value("string")}
-    return datasets.Features({"image": datasets.Image(), "image_id": datasets.Value("int64"),
-                              masks_column: datasets.List(rle)})
+    return datasets.Features(
+        {"image": datasets.Image(), "image_id": datasets.Value("int64"), masks_column: datasets.List(rle)}
+    )
 
 
-def _build(generator, gen_kwargs: dict, *, found: int, missing: list, masks_column: str, key: list, cache_dir,
-           where: str):
+def _build(
+    generator, gen_kwargs: dict, *, found: int, missing: list, masks_column: str, key: list, cache_dir, where: str
+):
     if not found:  # an empty D_SAM would only fail later, in the middle of a run
         raise FileNotFoundError(f"{where}: no image found on disk (listed but missing: {len(missing)})")
     # An explicit fingerprint (file sizes and times, options, missing images) rather than datasets' hash of
     # the arguments: that hash would pickle a whole parsed COCO file, and miss a file edited in place.
     try:
         dataset = datasets.Dataset.from_generator(
-            generator, features=_features(masks_column), gen_kwargs=gen_kwargs, cache_dir=cache_dir,
+            generator,
+            features=_features(masks_column),
+            gen_kwargs=gen_kwargs,
+            cache_dir=cache_dir,
             fingerprint=fingerprint(ROWS_VERSION, masks_column, key, missing),
         )
     except datasets.exceptions.DatasetGenerationError as error:
@@ -231,10 +236,23 @@ def load_coco_instances(
             missing.append(image["file_name"])
     key = ["coco", _signature(annotation_file), str(image_dir), min_area, include_crowd, max_images]
     # Tuples, not lists: datasets splits list arguments of a generator into shards.
-    gen_kwargs = {"images": tuple(images), "annotations": annotations, "masks_column": masks_column,
-                  "min_area": min_area, "include_crowd": include_crowd}
-    return _build(_coco_rows, gen_kwargs, found=len(images), missing=missing, masks_column=masks_column, key=key,
-                  cache_dir=cache_dir, where=str(annotation_file))
+    gen_kwargs = {
+        "images": tuple(images),
+        "annotations": annotations,
+        "masks_column": masks_column,
+        "min_area": min_area,
+        "include_crowd": include_crowd,
+    }
+    return _build(
+        _coco_rows,
+        gen_kwargs,
+        found=len(images),
+        missing=missing,
+        masks_column=masks_column,
+        key=key,
+        cache_dir=cache_dir,
+        where=str(annotation_file),
+    )
 
 
 def _sa1b_rows(pairs, masks_column):
@@ -266,8 +284,16 @@ def load_sa1b(
             missing.append(image_path.name)
     key = ["sa1b", str(directory), signatures, max_images]
     gen_kwargs = {"pairs": tuple(pairs), "masks_column": masks_column}
-    return _build(_sa1b_rows, gen_kwargs, found=len(pairs), missing=missing, masks_column=masks_column, key=key,
-                  cache_dir=cache_dir, where=str(directory))
+    return _build(
+        _sa1b_rows,
+        gen_kwargs,
+        found=len(pairs),
+        missing=missing,
+        masks_column=masks_column,
+        key=key,
+        cache_dir=cache_dir,
+        where=str(directory),
+    )
 
 
 def sa1b_masks(annotation, where: str = "SA-1B sample") -> list[dict]:
@@ -280,8 +306,9 @@ def sa1b_masks(annotation, where: str = "SA-1B sample") -> list[dict]:
     masks = []
     for entry in data["annotations"]:
         _require(entry, ("segmentation",), f"{where} annotation", "SA-1B")
-        masks.append(_rle(entry["segmentation"], image.get("image_id", where), int(image["height"]),
-                          int(image["width"])))
+        masks.append(
+            _rle(entry["segmentation"], image.get("image_id", where), int(image["height"]), int(image["width"]))
+        )
     return masks
 
 
@@ -320,7 +347,13 @@ def load_sa1b_tars(data_files: list[str], *, masks_column: str = "instance_masks
     `__key__`, `image` (undecoded bytes) and `masks_column` (the sample's annotation JSON text, parsed by the
     dataset with `sa1b_masks`; the prompt sampler decodes only the masks it prompts). Each tar is one shard, so
     `datasets.distributed.split_dataset_by_node` hands whole tars to the ranks."""
-    features = datasets.Features({"__key__": datasets.Value("string"), "image": datasets.Image(decode=False),
-                                  masks_column: datasets.Value("string")})
+    features = datasets.Features(
+        {
+            "__key__": datasets.Value("string"),
+            "image": datasets.Image(decode=False),
+            masks_column: datasets.Value("string"),
+        }
+    )
     return datasets.IterableDataset.from_generator(
-        _sa1b_tar_rows, features=features, gen_kwargs={"tar_paths": list(data_files), "masks_column": masks_column})
+        _sa1b_tar_rows, features=features, gen_kwargs={"tar_paths": list(data_files), "masks_column": masks_column}
+    )

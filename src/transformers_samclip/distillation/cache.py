@@ -71,8 +71,14 @@ class TeacherOutputCache:
 
     def entry_dir(self, kind: str, teacher, image_processor, dataset) -> Path:
         """Where the outputs of `teacher` on `dataset` with this preprocessing live."""
-        key = fingerprint(fingerprint_model(teacher), _preprocessing(image_processor), dataset.fingerprint,
-                          dataset.image_column, len(dataset), repr(self.dtype))
+        key = fingerprint(
+            fingerprint_model(teacher),
+            _preprocessing(image_processor),
+            dataset.fingerprint,
+            dataset.image_column,
+            len(dataset),
+            repr(self.dtype),
+        )
         return self.cache_dir / f"{kind}-{key}"
 
     @torch.no_grad()

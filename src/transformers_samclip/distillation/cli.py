@@ -27,34 +27,73 @@ import time
 
 def build_parser() -> argparse.ArgumentParser:
     """The options of `samclip distill`."""
-    parser = argparse.ArgumentParser(prog="samclip distill", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="samclip distill", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--recipe", default="mosaic", help="recipe name (mosaic, samclip-vit-b16) or JSON path")
-    parser.add_argument("--output-dir", default="outputs/samclip-mosaic", help="checkpoints, model, results; "
-                        "re-running with the same folder resumes")
+    parser.add_argument(
+        "--output-dir",
+        default="outputs/samclip-mosaic",
+        help="checkpoints, model, results; re-running with the same folder resumes",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads per process (default: the cores divided among the processes)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per process (default: the cores divided among the processes)",
+    )
     parser.add_argument("--max-steps", type=int, default=None, help="override the optimizer steps of every stage")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
-                        help="override a recipe entry (repeatable), e.g. losses.sam_loss_weight=1")
-    parser.add_argument("--naive", action="store_true", help="naive baseline: CLIP loss only, no SAM rehearsal "
-                        "(= --set losses.sam_loss_weight=0)")
-    parser.add_argument("--lambda", dest="sam_loss_weight", type=float, default=None,
-                        help="weight of L_SAM (= --set losses.sam_loss_weight=X; default: the recipe's)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override a recipe entry (repeatable), e.g. losses.sam_loss_weight=1",
+    )
+    parser.add_argument(
+        "--naive",
+        action="store_true",
+        help="naive baseline: CLIP loss only, no SAM rehearsal (= --set losses.sam_loss_weight=0)",
+    )
+    parser.add_argument(
+        "--lambda",
+        dest="sam_loss_weight",
+        type=float,
+        default=None,
+        help="weight of L_SAM (= --set losses.sam_loss_weight=X; default: the recipe's)",
+    )
     parser.add_argument("--pooling", choices=("max", "mean"), default=None, help="= --set model.head.pooling=P")
-    parser.add_argument("--project-before-pool", action=argparse.BooleanOptionalAction, default=None,
-                        help="= --set model.head.project_before_pool=true|false")
-    parser.add_argument("--lora", action="store_true", help="stage 2 trains LoRA adapters on the encoder (PEFT; "
-                        "= --set lora.enabled=true)")
+    parser.add_argument(
+        "--project-before-pool",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="= --set model.head.project_before_pool=true|false",
+    )
+    parser.add_argument(
+        "--lora",
+        action="store_true",
+        help="stage 2 trains LoRA adapters on the encoder (PEFT; = --set lora.enabled=true)",
+    )
     parser.add_argument("--cache-dir", default=None, help="teacher-output cache (default: OUTPUT_DIR/teacher-cache)")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation table")
     plan = parser.add_argument_group("plan (print what the run will cost; nothing trains, no teacher weight loads)")
-    plan.add_argument("--plan", action="store_true", help="print samples and steps per stage, per-step FLOPs, "
-                      "memory per device and (with --images-per-second) GPU-hours, then exit")
-    plan.add_argument("--num-processes", type=int, default=None,
-                      help="devices the run will use (default: WORLD_SIZE, else 1)")
-    plan.add_argument("--images-per-second", type=float, default=None,
-                      help="one device's training throughput in D_CLIP images/s, for GPU-hours")
+    plan.add_argument(
+        "--plan",
+        action="store_true",
+        help="print samples and steps per stage, per-step FLOPs, "
+        "memory per device and (with --images-per-second) GPU-hours, then exit",
+    )
+    plan.add_argument(
+        "--num-processes", type=int, default=None, help="devices the run will use (default: WORLD_SIZE, else 1)"
+    )
+    plan.add_argument(
+        "--images-per-second",
+        type=float,
+        default=None,
+        help="one device's training throughput in D_CLIP images/s, for GPU-hours",
+    )
     return parser
 
 
@@ -127,8 +166,9 @@ def print_plan(recipe, args: argparse.Namespace) -> int:
 
     num_processes = args.num_processes or int(os.environ.get("WORLD_SIZE", "1"))
     try:
-        plan = plan_recipe(recipe, num_processes=num_processes, images_per_second=args.images_per_second,
-                           max_steps=args.max_steps)
+        plan = plan_recipe(
+            recipe, num_processes=num_processes, images_per_second=args.images_per_second, max_steps=args.max_steps
+        )
     except ValueError as error:
         raise UsageError(f"--recipe {args.recipe} --plan: {error}") from None
     print(format_plan(plan))
@@ -162,16 +202,24 @@ def main(argv=None) -> int:
     from .run import run_recipe
 
     began = time.perf_counter()
-    results = run_recipe(recipe, args.output_dir, seed=args.seed, max_steps=args.max_steps, cache_dir=args.cache_dir,
-                         evaluate=not args.no_eval)
+    results = run_recipe(
+        recipe,
+        args.output_dir,
+        seed=args.seed,
+        max_steps=args.max_steps,
+        cache_dir=args.cache_dir,
+        evaluate=not args.no_eval,
+    )
     if "rows" in results:
         from ..evaluation import format_results_table
 
         print(format_results_table(results["rows"]))
     if "wall_seconds" in results:
         print(json.dumps({k: v for k, v in results.items() if k not in ("rows", "effective_recipe")}))
-        print(f"saved the merged model, processor and results.json to {args.output_dir} "
-              f"({time.perf_counter() - began:.0f} s)")
+        print(
+            f"saved the merged model, processor and results.json to {args.output_dir} "
+            f"({time.perf_counter() - began:.0f} s)"
+        )
     return 0
 
 

@@ -40,12 +40,14 @@ class SamClipDistillationConfig(TrainingArguments):
     focal_weight: float = field(default=LossWeights.focal_weight, metadata={"help": "focal weight in L_SAM"})
     dice_weight: float = field(default=LossWeights.dice_weight, metadata={"help": "dice weight in L_SAM"})
     iou_weight: float = field(default=LossWeights.iou_weight, metadata={"help": "IoU-head MSE weight in L_SAM"})
-    distill_single_mask: bool = field(default=LossWeights.distill_single_mask,
-                                      metadata={"help": "also distill the single-mask output"})
+    distill_single_mask: bool = field(
+        default=LossWeights.distill_single_mask, metadata={"help": "also distill the single-mask output"}
+    )
     region_weight: float = field(default=LossWeights.region_weight, metadata={"help": "weight of L_region"})
     sam_batch_size: int = field(default=Stage.sam_batch_size, metadata={"help": "D_SAM images per step"})
-    encoder_lr_scale: float = field(default=Stage.encoder_lr_scale,
-                                    metadata={"help": "LR multiplier of the shared encoder and SAM head"})
+    encoder_lr_scale: float = field(
+        default=Stage.encoder_lr_scale, metadata={"help": "LR multiplier of the shared encoder and SAM head"}
+    )
     clip_sizes: list[int] | None = field(default=None, metadata={"help": "CLIP input sizes drawn per batch"})
     teacher_cache: bool = field(default=True, metadata={"help": "cache teacher outputs on disk"})
     teacher_cache_dir: str | None = field(default=None, metadata={"help": "teacher-output cache folder"})
@@ -64,13 +66,27 @@ class SamClipDistillationConfig(TrainingArguments):
     @property
     def losses(self) -> LossWeights:
         """The loss weights as one `LossWeights` (what `SamClipDistillationModule` takes)."""
-        return LossWeights(sam_loss_weight=self.sam_loss_weight, focal_weight=self.focal_weight,
-                           dice_weight=self.dice_weight, iou_weight=self.iou_weight,
-                           distill_single_mask=self.distill_single_mask, region_weight=self.region_weight)
+        return LossWeights(
+            sam_loss_weight=self.sam_loss_weight,
+            focal_weight=self.focal_weight,
+            dice_weight=self.dice_weight,
+            iou_weight=self.iou_weight,
+            distill_single_mask=self.distill_single_mask,
+            region_weight=self.region_weight,
+        )
 
     @classmethod
-    def from_recipe(cls, recipe: Recipe | dict | str, index: int, output_dir, *, seed: int = 0,
-                    max_steps: int | None = None, cache_dir=None, **overrides) -> "SamClipDistillationConfig":
+    def from_recipe(
+        cls,
+        recipe: Recipe | dict | str,
+        index: int,
+        output_dir,
+        *,
+        seed: int = 0,
+        max_steps: int | None = None,
+        cache_dir=None,
+        **overrides,
+    ) -> "SamClipDistillationConfig":
         """Stage `index` of `recipe` in the run folder `output_dir` (the stage writes to
         `output_dir/stage{index + 1}-{stage}`): its `training_args` over `RUN_DEFAULTS`, the recipe's losses and
         teacher cache, its sizes (else `data.clip`'s `clip_sizes`); `max_steps` overrides the stage's, `overrides`
@@ -91,10 +107,14 @@ class SamClipDistillationConfig(TrainingArguments):
         if max_steps is not None:
             values["max_steps"] = max_steps
         values.update(
-            output_dir=str(output_dir / f"stage{index + 1}-{stage.stage}"), stage=stage.stage,
-            sam_batch_size=stage.sam_batch_size, encoder_lr_scale=stage.encoder_lr_scale,
-            clip_sizes=list(clip_sizes) if clip_sizes else None, teacher_cache=recipe.teacher_cache,
-            teacher_cache_dir=str(cache_dir or output_dir / "teacher-cache"), **dataclasses.asdict(recipe.losses),
+            output_dir=str(output_dir / f"stage{index + 1}-{stage.stage}"),
+            stage=stage.stage,
+            sam_batch_size=stage.sam_batch_size,
+            encoder_lr_scale=stage.encoder_lr_scale,
+            clip_sizes=list(clip_sizes) if clip_sizes else None,
+            teacher_cache=recipe.teacher_cache,
+            teacher_cache_dir=str(cache_dir or output_dir / "teacher-cache"),
+            **dataclasses.asdict(recipe.losses),
         )
         values.update(overrides)
         return cls(**values)

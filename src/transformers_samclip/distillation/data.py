@@ -56,8 +56,9 @@ def _cell_overlaps(length: int, resized: int, cells: int, patch: int) -> np.ndar
     return np.clip(high - low, 0, None) / patch
 
 
-def region_grid_fractions(mask: np.ndarray, resized_size: tuple[int, int], grid_size: tuple[int, int],
-                          patch_size: int) -> np.ndarray:
+def region_grid_fractions(
+    mask: np.ndarray, resized_size: tuple[int, int], grid_size: tuple[int, int], patch_size: int
+) -> np.ndarray:
     """The fraction of each token cell `(grid_h, grid_w)` of the SAM view that `mask` (bool `(height, width)`, in
     original pixels) covers, for a view that resizes the image to `resized_size` (height, width) and pads it
     bottom/right (as SAM's processor does): the mask area-averaged down to the token grid, exactly (pixels are
@@ -102,8 +103,9 @@ def _load_row(row: dict, index: int, image_column: str, masks_column: str | None
             size = tuple(int(v) for v in mask["size"]) if is_rle(mask) else masks[-1].shape
             if size != item["image"].size[::-1]:
                 # Prompts from such a mask would point at the wrong pixels: skip the sample, do not train on it.
-                raise ValueError(f"mask of size {size[0]}x{size[1]} on an image of {item['image'].height}x"
-                                 f"{item['image'].width}")
+                raise ValueError(
+                    f"mask of size {size[0]}x{size[1]} on an image of {item['image'].height}x{item['image'].width}"
+                )
         item["masks"] = masks
     return item
 
@@ -142,7 +144,9 @@ class DistillationImageDataset(torch.utils.data.Dataset):
             item["skipped"] = attempt
             item.update({name: values[current] for name, values in self.cached.items()})
             return item
-        raise RuntimeError(f"{self.max_retries} consecutive unreadable samples from index {index}; is the data broken?")
+        raise RuntimeError(
+            f"{self.max_retries} consecutive unreadable samples from index {index}; is the data broken?"
+        )
 
 
 class IterableDistillationImageDataset(torch.utils.data.IterableDataset):
@@ -152,8 +156,9 @@ class IterableDistillationImageDataset(torch.utils.data.IterableDataset):
     already split among the ranks (`datasets.distributed.split_dataset_by_node`), which the trainer must not split
     again."""
 
-    def __init__(self, dataset, image_column: str = "image", masks_column: str | None = None,
-                 sharded_by_node: bool = False):
+    def __init__(
+        self, dataset, image_column: str = "image", masks_column: str | None = None, sharded_by_node: bool = False
+    ):
         self.dataset = _without_decoding(dataset, [image_column] + ([masks_column] if masks_column else []))
         self.image_column, self.masks_column, self.sharded_by_node = image_column, masks_column, sharded_by_node
 
@@ -205,8 +210,13 @@ class PairedStreamsDataset(torch.utils.data.IterableDataset):
     items carries the next D_SAM sample (`sam`), the stream restarting when it ends, so one batch holds one CLIP
     batch and one SAM batch and no SAM image is decoded for nothing."""
 
-    def __init__(self, clip_dataset: IterableDistillationImageDataset, sam_dataset: IterableDistillationImageDataset,
-                 batch_size: int, sam_batch_size: int):
+    def __init__(
+        self,
+        clip_dataset: IterableDistillationImageDataset,
+        sam_dataset: IterableDistillationImageDataset,
+        batch_size: int,
+        sam_batch_size: int,
+    ):
         self.clip_dataset, self.sam_dataset = clip_dataset, sam_dataset
         self.batch_size, self.sam_batch_size = batch_size, sam_batch_size
         self.sharded_by_node = clip_dataset.sharded_by_node
@@ -282,11 +292,17 @@ class SamClipDistillationCollator:
         if self.clip_sizes:
             size = int(np.random.default_rng([self.seed, items[0]["index"]]).choice(self.clip_sizes))
             kwargs = {"size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size}}
-        batch = {"clip_pixel_values": self.processor.clip_image_processor(images, return_tensors="pt", **kwargs)["pixel_values"]}
+        batch = {
+            "clip_pixel_values": self.processor.clip_image_processor(images, return_tensors="pt", **kwargs)[
+                "pixel_values"
+            ]
+        }
         if all("clip_teacher_embeds" in item for item in items):
             batch["clip_teacher_embeds"] = torch.stack([item["clip_teacher_embeds"] for item in items])
         elif self.clip_teacher_image_processor is not None:
-            batch["clip_teacher_pixel_values"] = self.clip_teacher_image_processor(images, return_tensors="pt")["pixel_values"]
+            batch["clip_teacher_pixel_values"] = self.clip_teacher_image_processor(images, return_tensors="pt")[
+                "pixel_values"
+            ]
         return batch
 
     def _sam_batch(self, items: list[dict]) -> dict:
@@ -306,8 +322,9 @@ class SamClipDistillationCollator:
         if all("sam_teacher_embeddings" in item for item in items):
             batch["sam_teacher_embeddings"] = torch.stack([item["sam_teacher_embeddings"] for item in items])
         if self.distills_regions:
-            batch.update(self._regions(items, encoding["reshaped_input_sizes"].tolist(),
-                                       encoding["pixel_values"].shape[-2:]))
+            batch.update(
+                self._regions(items, encoding["reshaped_input_sizes"].tolist(), encoding["pixel_values"].shape[-2:])
+            )
         return batch
 
     def _regions(self, items: list[dict], resized_sizes, view_size) -> dict:

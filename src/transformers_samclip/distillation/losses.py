@@ -12,7 +12,9 @@ def clip_distillation_loss(student_embeds: torch.Tensor, teacher_embeds: torch.T
     return (1 - F.cosine_similarity(student_embeds, teacher_embeds.to(student_embeds.dtype), dim=-1)).mean()
 
 
-def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
+def sigmoid_focal_loss(
+    logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0
+) -> torch.Tensor:
     """SAM's (RetinaNet's) focal loss with soft `targets` in [0, 1], averaged over pixels then masks.
 
     `logits` and `targets` are `(..., height, width)`; every leading index is one mask."""

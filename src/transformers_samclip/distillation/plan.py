@@ -29,9 +29,11 @@ def _paper_sam_config():
     from .. import samclip_config_from_preset
 
     preset = samclip_config_from_preset("samclip-vit-b16")
-    return SamConfig(vision_config=preset.vision_config.to_dict(),
-                     prompt_encoder_config=preset.prompt_encoder_config.to_dict(),
-                     mask_decoder_config=preset.mask_decoder_config.to_dict())
+    return SamConfig(
+        vision_config=preset.vision_config.to_dict(),
+        prompt_encoder_config=preset.prompt_encoder_config.to_dict(),
+        mask_decoder_config=preset.mask_decoder_config.to_dict(),
+    )
 
 
 def _paper_clip_config():
@@ -40,10 +42,18 @@ def _paper_clip_config():
     from .. import samclip_config_from_preset
 
     # OpenCLIP ViT-L/14 (DataComp-1B): the preset's text tower, a ViT-L/14 image tower at 224 px, 768-d space.
-    return CLIPConfig(text_config=samclip_config_from_preset("samclip-vit-b16").text_config.to_dict(),
-                      vision_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                                         num_attention_heads=16, image_size=224, patch_size=14),
-                      projection_dim=768)
+    return CLIPConfig(
+        text_config=samclip_config_from_preset("samclip-vit-b16").text_config.to_dict(),
+        vision_config=dict(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            image_size=224,
+            patch_size=14,
+        ),
+        projection_dim=768,
+    )
 
 
 # Architectures of the paper's teachers, for planning offline (the plan needs shapes, never weights).
@@ -69,9 +79,10 @@ def teacher_configs(recipe: Recipe) -> dict:
             configs[role] = AutoConfig.from_pretrained(source)
         except (OSError, ValueError) as error:
             if source not in KNOWN_TEACHER_CONFIGS:
-                raise ValueError(f"teachers.{role}: cannot read the config of {source!r} ({error}); give a local "
-                                 "folder with its config.json, or run once online so the Hub cache holds it."
-                                 ) from None
+                raise ValueError(
+                    f"teachers.{role}: cannot read the config of {source!r} ({error}); give a local "
+                    "folder with its config.json, or run once online so the Hub cache holds it."
+                ) from None
             configs[role] = KNOWN_TEACHER_CONFIGS[source]()
     return configs
 
@@ -91,8 +102,9 @@ def meta_models(recipe: Recipe, configs: dict | None = None) -> dict:
         if isinstance(getattr(clip, name, None), torch.nn.Parameter):
             setattr(clip, name, torch.nn.Parameter(torch.zeros(getattr(clip, name).shape)))
     with torch.device("meta"):
-        student = SamClipModel.from_teachers(sam, clip, image_size=recipe.model.clip_size,
-                                             **dataclasses.asdict(recipe.model.head))
+        student = SamClipModel.from_teachers(
+            sam, clip, image_size=recipe.model.clip_size, **dataclasses.asdict(recipe.model.head)
+        )
     return {"sam": sam, "clip": clip, "student": student}
 
 
@@ -116,8 +128,9 @@ def count_samples(spec, where: str) -> int:
     return len(dataset)
 
 
-def stage_steps(config: SamClipDistillationConfig, num_samples: int, num_processes: int,
-                with_sam: bool = False) -> dict:
+def stage_steps(
+    config: SamClipDistillationConfig, num_samples: int, num_processes: int, with_sam: bool = False
+) -> dict:
     """Optimizer steps of a stage as `Trainer.set_initial_training_values` counts them for a map-style dataset of
     `num_samples` on `num_processes` devices, and the D_CLIP and D_SAM images the steps read (a SAM batch holds
     the SAM samples of a micro-batch's first `sam_batch_size` items). One process: exact, a short last batch
@@ -143,18 +156,26 @@ def stage_steps(config: SamClipDistillationConfig, num_samples: int, num_process
     epochs, remainder = divmod(steps, steps_per_epoch)
     epoch_clip, epoch_sam = read(per_device)
     tail_clip, tail_sam = read(min(remainder * accumulation, per_device))
-    return {"steps_per_epoch": steps_per_epoch, "steps": steps, "epochs": steps / steps_per_epoch,
-            "global_batch": batch * accumulation * num_processes, "clip_images": epochs * epoch_clip + tail_clip,
-            "sam_images": epochs * epoch_sam + tail_sam}
+    return {
+        "steps_per_epoch": steps_per_epoch,
+        "steps": steps,
+        "epochs": steps / steps_per_epoch,
+        "global_batch": batch * accumulation * num_processes,
+        "clip_images": epochs * epoch_clip + tail_clip,
+        "sam_images": epochs * epoch_sam + tail_sam,
+    }
 
 
-def _batch(recipe: Recipe, config: SamClipDistillationConfig, clip_size: int, teacher_size: int, patch: int,
-           with_sam: bool) -> dict:
+def _batch(
+    recipe: Recipe, config: SamClipDistillationConfig, clip_size: int, teacher_size: int, patch: int, with_sam: bool
+) -> dict:
     """One per-device micro-batch of meta tensors shaped as the collator builds it (teacher outputs uncached)."""
     meta = {"device": "meta"}
     size = config.per_device_train_batch_size
-    batch = {"clip_pixel_values": torch.empty(size, 3, clip_size, clip_size, **meta),
-             "clip_teacher_pixel_values": torch.empty(size, 3, teacher_size, teacher_size, **meta)}
+    batch = {
+        "clip_pixel_values": torch.empty(size, 3, clip_size, clip_size, **meta),
+        "clip_teacher_pixel_values": torch.empty(size, 3, teacher_size, teacher_size, **meta),
+    }
     if not with_sam:
         return batch
     prompts, sam, images = recipe.prompts, recipe.model.sam_size, config.sam_batch_size
@@ -163,15 +184,17 @@ def _batch(recipe: Recipe, config: SamClipDistillationConfig, clip_size: int, te
         batch["input_boxes"] = torch.empty(images, prompts.num_boxes, 4, **meta)
     if prompts.num_point_prompts:
         batch["input_points"] = torch.empty(images, prompts.num_point_prompts, prompts.max_points, 2, **meta)
-        batch["input_labels"] = torch.ones(images, prompts.num_point_prompts, prompts.max_points, dtype=torch.long,
-                                           **meta)
+        batch["input_labels"] = torch.ones(
+            images, prompts.num_point_prompts, prompts.max_points, dtype=torch.long, **meta
+        )
     if config.region_weight > 0 and prompts.num_regions:
         grid = sam // patch
         batch["region_masks"] = torch.empty(images, prompts.num_regions, grid, grid, **meta)
         # Real (not meta): the loss selects the valid rows by value; every region is valid here, the costliest case.
         batch["region_valid"] = torch.ones(images, prompts.num_regions, dtype=torch.bool)
-        batch["region_teacher_pixel_values"] = torch.empty(images * prompts.num_regions, 3, teacher_size,
-                                                           teacher_size, **meta)
+        batch["region_teacher_pixel_values"] = torch.empty(
+            images * prompts.num_regions, 3, teacher_size, teacher_size, **meta
+        )
     return batch
 
 
@@ -218,8 +241,12 @@ def measure_step(recipe: Recipe, config: SamClipDistillationConfig, models: dict
     accumulation = config.gradient_accumulation_steps
     student_step = accumulation * sum(student_flops) / len(sizes)
     total_step = accumulation * sum(total_flops) / len(sizes)
-    return {"student_flops": student_step, "teacher_flops": total_step - student_step,
-            "activation_bytes": max(activations), "clip_sizes": sizes}
+    return {
+        "student_flops": student_step,
+        "teacher_flops": total_step - student_step,
+        "activation_bytes": max(activations),
+        "clip_sizes": sizes,
+    }
 
 
 def _memory(student, config: SamClipDistillationConfig, teachers: tuple) -> dict:
@@ -233,8 +260,14 @@ def _memory(student, config: SamClipDistillationConfig, teachers: tuple) -> dict
     }
 
 
-def plan_recipe(recipe, *, num_processes: int = 1, images_per_second: float | None = None,
-                models: dict | None = None, max_steps: int | None = None) -> dict:
+def plan_recipe(
+    recipe,
+    *,
+    num_processes: int = 1,
+    images_per_second: float | None = None,
+    models: dict | None = None,
+    max_steps: int | None = None,
+) -> dict:
     """The plan of `recipe` on `num_processes` devices (see the module docstring); `images_per_second` is one
     device's training throughput in D_CLIP images/s (then GPU-hours and wall hours per stage); `models` replaces
     the meta-device teachers and student (`meta_models`); `max_steps` overrides every stage's, as in a run."""
@@ -244,24 +277,37 @@ def plan_recipe(recipe, *, num_processes: int = 1, images_per_second: float | No
     if images_per_second is not None and not images_per_second > 0:
         raise ValueError(f"images_per_second must be > 0, got {images_per_second}.")
     clip_samples = count_samples(recipe.data.clip, "data.clip")
-    sam_samples = count_samples(recipe.data.sam, "data.sam") if any(
-        recipe.needs_sam_batches(stage) for stage in recipe.stages) else None
+    sam_samples = (
+        count_samples(recipe.data.sam, "data.sam")
+        if any(recipe.needs_sam_batches(stage) for stage in recipe.stages)
+        else None
+    )
     models = models or meta_models(recipe)
     stages = []
     for index, stage in enumerate(recipe.stages):
         config = SamClipDistillationConfig.from_recipe(recipe, index, "plan", max_steps=max_steps, use_cpu=True)
         with_sam = recipe.needs_sam_batches(stage)
-        entry = {"stage": stage.stage, **stage_steps(config, clip_samples, num_processes, with_sam),
-                 "clip_samples_per_epoch": clip_samples, "sam_samples": sam_samples if with_sam else None,
-                 "activation_checkpointing": bool(config.activation_checkpointing), "bf16": bool(config.bf16)}
+        entry = {
+            "stage": stage.stage,
+            **stage_steps(config, clip_samples, num_processes, with_sam),
+            "clip_samples_per_epoch": clip_samples,
+            "sam_samples": sam_samples if with_sam else None,
+            "activation_checkpointing": bool(config.activation_checkpointing),
+            "bf16": bool(config.bf16),
+        }
         entry.update(measure_step(recipe, config, models))
         entry.update(_memory(models["student"], config, (models["sam"], models["clip"])))
         if images_per_second is not None:
             entry["gpu_hours"] = entry["clip_images"] / images_per_second / 3600
             entry["wall_hours"] = entry["gpu_hours"] / num_processes
         stages.append(entry)
-    return {"recipe": recipe.name, "num_processes": num_processes, "images_per_second": images_per_second,
-            "teacher_cache": recipe.teacher_cache, "stages": stages}
+    return {
+        "recipe": recipe.name,
+        "num_processes": num_processes,
+        "images_per_second": images_per_second,
+        "teacher_cache": recipe.teacher_cache,
+        "stages": stages,
+    }
 
 
 def _flops(count: float) -> str:
@@ -274,12 +320,17 @@ def _bytes(count: int) -> str:
 
 def format_plan(plan: dict) -> str:
     """The plan as text, one block per stage."""
-    lines = [f"plan of recipe {plan['recipe']!r} on {plan['num_processes']} device(s) (nothing trains; FLOPs counted "
-             f"on one step of meta tensors, teacher outputs uncached, fp32, no activation checkpointing)"]
+    lines = [
+        f"plan of recipe {plan['recipe']!r} on {plan['num_processes']} device(s) (nothing trains; FLOPs counted "
+        f"on one step of meta tensors, teacher outputs uncached, fp32, no activation checkpointing)"
+    ]
     total_hours = 0.0
     for index, stage in enumerate(plan["stages"]):
-        sam = (f"; D_SAM: {stage['sam_images']:,} images drawn from {stage['sam_samples']:,}"
-               if stage["sam_samples"] is not None else "; no D_SAM batches")
+        sam = (
+            f"; D_SAM: {stage['sam_images']:,} images drawn from {stage['sam_samples']:,}"
+            if stage["sam_samples"] is not None
+            else "; no D_SAM batches"
+        )
         lines += [
             f"stage {index + 1} {stage['stage']}: {stage['steps']:,} steps ({stage['epochs']:.3g} epochs of "
             f"{stage['steps_per_epoch']:,} steps, global batch {stage['global_batch']:,})",
@@ -296,9 +347,13 @@ def format_plan(plan: dict) -> str:
         ]
         if "gpu_hours" in stage:
             total_hours += stage["gpu_hours"]
-            lines.append(f"  at {plan['images_per_second']:g} images/s per device: {stage['gpu_hours']:,.1f} GPU-hours"
-                         f", {stage['wall_hours']:,.1f} h wall-clock")
+            lines.append(
+                f"  at {plan['images_per_second']:g} images/s per device: {stage['gpu_hours']:,.1f} GPU-hours"
+                f", {stage['wall_hours']:,.1f} h wall-clock"
+            )
     if plan["images_per_second"] is not None:
-        lines.append(f"total: {total_hours:,.1f} GPU-hours, {total_hours / plan['num_processes']:,.1f} h wall-clock "
-                     f"on {plan['num_processes']} device(s)")
+        lines.append(
+            f"total: {total_hours:,.1f} GPU-hours, {total_hours / plan['num_processes']:,.1f} h wall-clock "
+            f"on {plan['num_processes']} device(s)"
+        )
     return "\n".join(lines)

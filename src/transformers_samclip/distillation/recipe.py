@@ -55,8 +55,11 @@ def is_streaming(spec) -> bool:
     `data_files`) or `streaming: true`."""
     if isinstance(spec, list):
         return any(is_streaming(part) for part in spec)
-    return bool(spec.get("streaming")) or spec.get("source") == "webdataset" or (
-        spec.get("source") == "sa1b" and "data_files" in spec)
+    return (
+        bool(spec.get("streaming"))
+        or spec.get("source") == "webdataset"
+        or (spec.get("source") == "sa1b" and "data_files" in spec)
+    )
 
 
 # ------------------------------------------------------------------------------------------------ validation
@@ -65,8 +68,15 @@ def _fail(name: str, problem: str):
     raise ValueError(f"{name}: {problem}")
 
 
-def _number(name: str, value, *, minimum: float | None = None, positive: bool = False, integer: bool = False,
-            below: float | None = None):
+def _number(
+    name: str,
+    value,
+    *,
+    minimum: float | None = None,
+    positive: bool = False,
+    integer: bool = False,
+    below: float | None = None,
+):
     """`value` checked (a number, or an integer, within the bounds) and, unless `integer`, as a float."""
     if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
         _fail(name, f"must be {'an integer' if integer else 'a number'}, got {value!r}")
@@ -92,8 +102,11 @@ def _choice(name: str, value, allowed):
 
 
 def _sizes(name: str, value):
-    if value is not None and not (isinstance(value, list | tuple) and value and all(
-            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+    if value is not None and not (
+        isinstance(value, list | tuple)
+        and value
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    ):
         _fail(name, f"must be null or a non-empty list of positive integers, got {value!r}")
     return value
 
@@ -102,8 +115,10 @@ def _data_spec(value, name: str, *, optional: bool = False) -> None:
     if value is None and optional:
         return
     if not isinstance(value, Mapping) or not isinstance(value.get("source"), str):
-        _fail(name, f"must be a data spec: a JSON object with a string 'source' (see run.load_image_dataset), "
-                    f"got {value!r}")
+        _fail(
+            name,
+            f"must be a data spec: a JSON object with a string 'source' (see run.load_image_dataset), got {value!r}",
+        )
 
 
 def _keys(cls) -> list[str]:
@@ -124,10 +139,15 @@ def _section(cls, value, where: str):
         raise ValueError(f"{where or 'recipe'}: must be a JSON object with keys {_keys(cls)}, got {value!r}")
     unknown = [key for key in value if key not in _keys(cls)]
     if unknown:
-        raise ValueError(f"{prefix}{unknown[0]}: unknown key{_did_you_mean(unknown[0], _keys(cls))}; "
-                         f"the keys of {where or 'a recipe'} are {_keys(cls)}")
-    required = [f.name for f in dataclasses.fields(cls)
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        raise ValueError(
+            f"{prefix}{unknown[0]}: unknown key{_did_you_mean(unknown[0], _keys(cls))}; "
+            f"the keys of {where or 'a recipe'} are {_keys(cls)}"
+        )
+    required = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     missing = [name for name in required if name not in value]
     if missing:
         raise ValueError(f"{prefix}{missing[0]}: required (the required keys of {where or 'a recipe'} are {required})")
@@ -221,8 +241,10 @@ class Teachers:
         if self.source is not None:
             _choice("source", self.source, ("mosaic",))
         elif not (isinstance(self.sam, str) and isinstance(self.clip, str)):
-            _fail("sam", f"give source 'mosaic', or both sam and clip checkpoints; got sam={self.sam!r}, "
-                         f"clip={self.clip!r}")
+            _fail(
+                "sam",
+                f"give source 'mosaic', or both sam and clip checkpoints; got sam={self.sam!r}, clip={self.clip!r}",
+            )
 
 
 @dataclass
@@ -316,8 +338,10 @@ class Stage:
             _fail("training_args", f"must be a JSON object of TrainingArguments options, got {self.training_args!r}")
         unknown = sorted(set(self.training_args) - TRAINING_ARGUMENTS)
         if unknown:
-            _fail(f"training_args.{unknown[0]}",
-                  f"not a transformers.TrainingArguments option{_did_you_mean(unknown[0], TRAINING_ARGUMENTS)}")
+            _fail(
+                f"training_args.{unknown[0]}",
+                f"not a transformers.TrainingArguments option{_did_you_mean(unknown[0], TRAINING_ARGUMENTS)}",
+            )
         if "learning_rate" in self.training_args:
             _number("training_args.learning_rate", self.training_args["learning_rate"], positive=True)
         _number("sam_batch_size", self.sam_batch_size, minimum=1, integer=True)
@@ -432,13 +456,16 @@ def _assign(recipe: Recipe, data: dict, path: str, value) -> None:
         where = ".".join(parts[:depth]) or "the recipe"
         if dataclasses.is_dataclass(typed):
             if key not in _keys(type(typed)):
-                raise ValueError(f"unknown recipe key {path!r}{_did_you_mean(key, _keys(type(typed)))}: "
-                                 f"the keys of {where} are {_keys(type(typed))}")
+                raise ValueError(
+                    f"unknown recipe key {path!r}{_did_you_mean(key, _keys(type(typed)))}: "
+                    f"the keys of {where} are {_keys(type(typed))}"
+                )
             child = getattr(typed, key)
         elif isinstance(typed, list):
             if not key.isdigit() or int(key) >= len(typed):
-                raise ValueError(f"recipe key {path!r}: {where} is a list of {len(typed)}; "
-                                 f"give an index 0..{len(typed) - 1}")
+                raise ValueError(
+                    f"recipe key {path!r}: {where} is a list of {len(typed)}; give an index 0..{len(typed) - 1}"
+                )
             key = int(key)
             child = typed[key]
         elif isinstance(typed, Mapping):
@@ -446,8 +473,9 @@ def _assign(recipe: Recipe, data: dict, path: str, value) -> None:
             if depth < len(parts) - 1:
                 node.setdefault(key, {})
         else:
-            raise ValueError(f"recipe key {path!r}: {where} is {json.dumps(typed)}, not an entry with keys; "
-                             f"set {where} as a whole")
+            raise ValueError(
+                f"recipe key {path!r}: {where} is {json.dumps(typed)}, not an entry with keys; set {where} as a whole"
+            )
         if depth == len(parts) - 1:
             node[key] = value
         else:
@@ -476,7 +504,9 @@ def load_recipe(name_or_path) -> Recipe:
         raise FileNotFoundError(f"No recipe {str(name_or_path)!r}; give a JSON path or one of {available}.")
     text = path.read_text()
     if not text.strip():
-        raise ValueError(f"recipe {path} is empty; a recipe is a JSON object, e.g. a copy of {RECIPES_DIR / 'mosaic.json'}.")
+        raise ValueError(
+            f"recipe {path} is empty; a recipe is a JSON object, e.g. a copy of {RECIPES_DIR / 'mosaic.json'}."
+        )
     try:
         data = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:

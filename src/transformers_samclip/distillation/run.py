@@ -11,9 +11,10 @@ from pathlib import Path
 import torch
 from transformers import set_seed
 
-from ..hub.card import DISTILLED_ROW
 from .._atomic import atomic_files, atomic_folder, write_text_atomic
+from ..hub.card import DISTILLED_ROW
 from .cache import TeacherOutputCache, fingerprint, fingerprint_model
+from .config import SamClipDistillationConfig
 from .data import (
     DistillationImageDataset,
     IterableDistillationImageDataset,
@@ -23,7 +24,6 @@ from .data import (
     SamClipDistillationCollator,
 )
 from .prompts import PromptSampler
-from .config import SamClipDistillationConfig
 from .recipe import Recipe, Teachers, as_recipe, needs_sam_batches, stage_trains
 from .trainer import SamClipDistillationTrainer
 
@@ -82,7 +82,11 @@ def load_image_dataset(spec: dict):
         dataset = make_mosaic_dataset(**spec)
         # Heavily occluded slivers are ambiguous prompts (the teacher was neither trained nor measured on them).
         return dataset.map(
-            lambda row: {"instance_masks": [m for m, f in zip(row["instance_masks"], row["visible_fraction"]) if f >= min_visible]},
+            lambda row: {
+                "instance_masks": [
+                    m for m, f in zip(row["instance_masks"], row["visible_fraction"]) if f >= min_visible
+                ]
+            },
             desc="dropping occluded slivers",
         )
     import datasets
@@ -95,7 +99,7 @@ def data_file_paths(data_files) -> list[str]:
     import glob
 
     if not data_files:
-        raise ValueError("data_files: give a glob or a list of tar paths, e.g. \"data/shards/*.tar\"")
+        raise ValueError('data_files: give a glob or a list of tar paths, e.g. "data/shards/*.tar"')
     paths = []
     for pattern in [data_files] if isinstance(data_files, str) else data_files:
         matched = sorted(glob.glob(os.path.expanduser(str(pattern))))
@@ -110,12 +114,15 @@ def load_webdataset(data_files: list[str], **options):
     first of jpg, jpeg, png, webp) renamed `image`; `options` go to `datasets.load_dataset`."""
     import datasets
 
-    dataset = datasets.load_dataset("webdataset", data_files={"train": data_files}, split="train", streaming=True,
-                                    **options)
+    dataset = datasets.load_dataset(
+        "webdataset", data_files={"train": data_files}, split="train", streaming=True, **options
+    )
     columns = [name for name in ("jpg", "jpeg", "png", "webp") if name in (dataset.features or {})]
     if not columns:
-        raise ValueError(f"webdataset shards {data_files[0]!r}...: no jpg/jpeg/png/webp member in the first samples "
-                         f"(columns {list(dataset.features or {})})")
+        raise ValueError(
+            f"webdataset shards {data_files[0]!r}...: no jpg/jpeg/png/webp member in the first samples "
+            f"(columns {list(dataset.features or {})})"
+        )
     # Undecoded before the rename (a map): the dataset decodes inside its error handling, so a corrupt image is
     # skipped and counted instead of ending the stream.
     dataset = dataset.cast_column(columns[0], datasets.Image(decode=False))
@@ -133,8 +140,10 @@ def load_clip_images(spec: dict | list[dict]):
     for index, part in enumerate(spec):
         dataset = load_image_dataset(part)
         if isinstance(dataset, datasets.IterableDataset):
-            raise ValueError(f"data.clip.{index}: a streaming source cannot be concatenated with others; "
-                             "stream one source, or drop `streaming`.")
+            raise ValueError(
+                f"data.clip.{index}: a streaming source cannot be concatenated with others; "
+                "stream one source, or drop `streaming`."
+            )
         column = part.get("image_column", "image")
         dataset = dataset.select_columns([column]).cast_column(column, datasets.Image())
         parts.append(dataset.rename_column(column, "image") if column != "image" else dataset)
@@ -162,8 +171,11 @@ def _wrap(dataset, spec: dict, masks: bool = False, state=None):
 def last_complete_checkpoint(stage_dir: Path) -> str | None:
     """The newest checkpoint of a stage that the Trainer finished writing (its `trainer_state.json` comes last), so
     a checkpoint cut off by a kill is skipped rather than resumed from; None when there is none."""
-    finished = [path for path in Path(stage_dir).glob("checkpoint-*")
-                if path.name.split("-")[-1].isdigit() and (path / "trainer_state.json").is_file()]
+    finished = [
+        path
+        for path in Path(stage_dir).glob("checkpoint-*")
+        if path.name.split("-")[-1].isdigit() and (path / "trainer_state.json").is_file()
+    ]
     return str(max(finished, key=lambda path: int(path.name.split("-")[-1]))) if finished else None
 
 
@@ -178,15 +190,26 @@ def _load_data(recipe: Recipe, config: SamClipDistillationConfig, teachers: dict
         if config.teacher_cache and isinstance(clip_data, DistillationImageDataset):
             cache = TeacherOutputCache(config.teacher_cache_dir)
             clip_data.cached["clip_teacher_embeds"] = cache.clip_image_embeddings(
-                teachers["clip_model"], teachers["clip_processor"].image_processor, clip_data)
+                teachers["clip_model"], teachers["clip_processor"].image_processor, clip_data
+            )
             if recipe.rehearses_sam:
                 sam_data.cached["sam_teacher_embeddings"] = cache.sam_image_embeddings(
-                    teachers["sam_model"], sam_processor.image_processor, sam_data)
+                    teachers["sam_model"], sam_processor.image_processor, sam_data
+                )
     return clip_data, sam_data, cache
 
 
-def _train_stage(recipe: Recipe, config: SamClipDistillationConfig, student, processor, teachers: dict,
-                 clip_data, sam_data, cached: bool, checkpoint: str | None = None):
+def _train_stage(
+    recipe: Recipe,
+    config: SamClipDistillationConfig,
+    student,
+    processor,
+    teachers: dict,
+    clip_data,
+    sam_data,
+    cached: bool,
+    checkpoint: str | None = None,
+):
     """Train one stage from `checkpoint` (or from the start); returns `(student, trainer)` with the LoRA adapters,
     if any, merged into the student."""
     # LoRA adapters sit on the shared encoder, which only a stage that trains it has.
@@ -195,31 +218,49 @@ def _train_stage(recipe: Recipe, config: SamClipDistillationConfig, student, pro
     if use_lora:
         from peft import LoraConfig, get_peft_model
 
-        trained = get_peft_model(student, LoraConfig(target_modules=LORA_TARGETS, modules_to_save=[
-            "clip_head", "mask_decoder"], **recipe.lora.peft_options()))
+        trained = get_peft_model(
+            student,
+            LoraConfig(
+                target_modules=LORA_TARGETS,
+                modules_to_save=["clip_head", "mask_decoder"],
+                **recipe.lora.peft_options(),
+            ),
+        )
     # L_SAM (stage 2, lambda > 0) and L_region (any stage) read D_SAM; head-only stages then get L_region alone.
     with_sam = needs_sam_batches(config.stage, config.losses)
     teacher_processor = teachers["clip_processor"].image_processor
     collator = SamClipDistillationCollator(
-        processor, None if cached else teacher_processor, sam_dataset=sam_data if with_sam else None,
-        sam_batch_size=config.sam_batch_size, prompt_sampler=PromptSampler(
-            seed=config.seed, **dataclasses.asdict(recipe.prompts)), clip_sizes=config.clip_sizes, seed=config.seed,
+        processor,
+        None if cached else teacher_processor,
+        sam_dataset=sam_data if with_sam else None,
+        sam_batch_size=config.sam_batch_size,
+        prompt_sampler=PromptSampler(seed=config.seed, **dataclasses.asdict(recipe.prompts)),
+        clip_sizes=config.clip_sizes,
+        seed=config.seed,
         region_teacher_image_processor=teacher_processor if config.region_weight > 0 else None,
         patch_size=student.config.patch_size,
     )
     train_dataset = clip_data
     if with_sam and isinstance(sam_data, IterableDistillationImageDataset):
         if not isinstance(clip_data, IterableDistillationImageDataset):
-            raise ValueError("data.sam streams but data.clip does not: stream both (a webdataset source, or "
-                             "streaming: true), or give D_SAM as files (sa1b data_dir, coco, imagefolder).")
-        train_dataset = PairedStreamsDataset(clip_data, sam_data, config.per_device_train_batch_size,
-                                             config.sam_batch_size)
+            raise ValueError(
+                "data.sam streams but data.clip does not: stream both (a webdataset source, or "
+                "streaming: true), or give D_SAM as files (sa1b data_dir, coco, imagefolder)."
+            )
+        train_dataset = PairedStreamsDataset(
+            clip_data, sam_data, config.per_device_train_batch_size, config.sam_batch_size
+        )
     elif with_sam:
         paired = PairedIterableDataset if isinstance(clip_data, torch.utils.data.IterableDataset) else PairedDataset
         train_dataset = paired(clip_data, len(sam_data))
-    trainer = SamClipDistillationTrainer(trained, clip_teacher=teachers["clip_model"],
-                                         sam_teacher=teachers["sam_model"], args=config,
-                                         train_dataset=train_dataset, data_collator=collator)
+    trainer = SamClipDistillationTrainer(
+        trained,
+        clip_teacher=teachers["clip_model"],
+        sam_teacher=teachers["sam_model"],
+        args=config,
+        train_dataset=train_dataset,
+        data_collator=collator,
+    )
     trainer.train(resume_from_checkpoint=checkpoint)
     return (trained.merge_and_unload() if use_lora else student), trainer
 
@@ -244,15 +285,21 @@ def run_recipe(
     recipe = as_recipe(recipe)
     output_dir = Path(output_dir)
     set_seed(seed)
-    configs = [SamClipDistillationConfig.from_recipe(recipe, index, output_dir, seed=seed, max_steps=max_steps,
-                                                     cache_dir=cache_dir) for index in range(len(recipe.stages))]
+    configs = [
+        SamClipDistillationConfig.from_recipe(
+            recipe, index, output_dir, seed=seed, max_steps=max_steps, cache_dir=cache_dir
+        )
+        for index in range(len(recipe.stages))
+    ]
     state = configs[0].distributed_state  # set up by TrainingArguments (accelerate launch or a single process)
     teachers = teachers or load_teachers(recipe.teachers)
     head = dataclasses.asdict(recipe.model.head)
-    student = SamClipModel.from_teachers(teachers["sam_model"], teachers["clip_model"],
-                                         image_size=recipe.model.clip_size, **head)
-    processor = SamClipProcessor.from_sizes(teachers["clip_processor"].tokenizer, sam_size=recipe.model.sam_size,
-                                            clip_size=recipe.model.clip_size)
+    student = SamClipModel.from_teachers(
+        teachers["sam_model"], teachers["clip_model"], image_size=recipe.model.clip_size, **head
+    )
+    processor = SamClipProcessor.from_sizes(
+        teachers["clip_processor"].tokenizer, sam_size=recipe.model.sam_size, clip_size=recipe.model.clip_size
+    )
     untrained_state = {k: v.clone() for k, v in student.state_dict().items()} if evaluate else None
     clip_data, sam_data, cache = _load_data(recipe, configs[0], teachers, processor)
 
@@ -264,10 +311,21 @@ def run_recipe(
             student = SamClipModel.from_pretrained(final_dir).eval()
             continue
         checkpoint = last_complete_checkpoint(config.output_dir)
-        state.print(f"stage {index + 1}/{len(configs)}: {config.stage} -> {config.output_dir}"
-                    + (f" (resuming from {Path(checkpoint).name})" if checkpoint else ""))
-        student, trainer = _train_stage(recipe, config, student, processor, teachers, clip_data, sam_data,
-                                        cached=cache is not None, checkpoint=checkpoint)
+        state.print(
+            f"stage {index + 1}/{len(configs)}: {config.stage} -> {config.output_dir}"
+            + (f" (resuming from {Path(checkpoint).name})" if checkpoint else "")
+        )
+        student, trainer = _train_stage(
+            recipe,
+            config,
+            student,
+            processor,
+            teachers,
+            clip_data,
+            sam_data,
+            cached=cache is not None,
+            checkpoint=checkpoint,
+        )
         gathered = trainer.student_state_dict()  # FSDP: every rank takes part; else None (the student is whole)
         if state.is_main_process:
             with atomic_folder(final_dir) as folder:  # a half-saved final/ would pass for a finished stage
@@ -277,21 +335,47 @@ def run_recipe(
         if gathered is not None:  # a sharded student goes on (next stage, saving, evaluation) whole
             student = SamClipModel.from_pretrained(final_dir)
 
-    results = {"recipe": recipe.name, "seed": seed, "naive": recipe.naive, "lora": recipe.lora.enabled, "head": head,
-               "losses": dataclasses.asdict(recipe.losses), "max_steps": max_steps,
-               "num_processes": state.num_processes, "threads": torch.get_num_threads(),
-               "effective_recipe": recipe.to_dict()}
+    results = {
+        "recipe": recipe.name,
+        "seed": seed,
+        "naive": recipe.naive,
+        "lora": recipe.lora.enabled,
+        "head": head,
+        "losses": dataclasses.asdict(recipe.losses),
+        "max_steps": max_steps,
+        "num_processes": state.num_processes,
+        "threads": torch.get_num_threads(),
+        "effective_recipe": recipe.to_dict(),
+    }
     if state.is_main_process:
-        _finish(recipe, results, student, processor, teachers, untrained_state if evaluate else None,
-                output_dir, cache_dir, began)
+        _finish(
+            recipe,
+            results,
+            student,
+            processor,
+            teachers,
+            untrained_state if evaluate else None,
+            output_dir,
+            cache_dir,
+            began,
+        )
     state.wait_for_everyone()
     if trainer is not None:
         trainer.accelerator.end_training()
     return results
 
 
-def _finish(recipe: Recipe, results: dict, student, processor, teachers: dict, untrained_state, output_dir: Path,
-            cache_dir, began: float) -> None:
+def _finish(
+    recipe: Recipe,
+    results: dict,
+    student,
+    processor,
+    teachers: dict,
+    untrained_state,
+    output_dir: Path,
+    cache_dir,
+    began: float,
+) -> None:
     """Main process, after the stages: calibrate the background threshold, save the model and processor, evaluate
     (when `untrained_state` is given and the recipe has an evaluation) and write `results.json`."""
     from .. import SamClipModel
@@ -299,19 +383,25 @@ def _finish(recipe: Recipe, results: dict, student, processor, teachers: dict, u
     if recipe.calibration is not None:
         student.config.background_threshold = calibrate_background(student, processor, recipe.calibration)
         results["background_threshold"] = student.config.background_threshold
-        print(f"background threshold {student.config.background_threshold:.4f} (calibrated on "
-              f"{recipe.calibration.get('num_mosaics', '?')} training images, stored in config.json)")
+        print(
+            f"background threshold {student.config.background_threshold:.4f} (calibrated on "
+            f"{recipe.calibration.get('num_mosaics', '?')} training images, stored in config.json)"
+        )
     with atomic_files(output_dir) as folder:  # config.json lands last: a loader never sees half the files
         student.save_pretrained(folder)
         processor.save_pretrained(folder)
     results["train_wall_seconds"] = round(time.perf_counter() - began, 1)
     if untrained_state is not None and recipe.evaluation is not None:
-        untrained = SamClipModel.from_teachers(teachers["sam_model"], teachers["clip_model"],
-                                               image_size=recipe.model.clip_size,
-                                               **dataclasses.asdict(recipe.model.head))
+        untrained = SamClipModel.from_teachers(
+            teachers["sam_model"],
+            teachers["clip_model"],
+            image_size=recipe.model.clip_size,
+            **dataclasses.asdict(recipe.model.head),
+        )
         untrained.load_state_dict(untrained_state)
-        results["rows"] = evaluate_rows(student, untrained, processor, teachers, recipe.evaluation,
-                                        cache_dir or output_dir / "teacher-cache")
+        results["rows"] = evaluate_rows(
+            student, untrained, processor, teachers, recipe.evaluation, cache_dir or output_dir / "teacher-cache"
+        )
     results["wall_seconds"] = round(time.perf_counter() - began, 1)
     write_text_atomic(output_dir / "results.json", json.dumps(results, indent=2))
 
@@ -333,8 +423,9 @@ def calibrate_background(model, processor, spec: dict) -> float:
     dataset = load_image_dataset(spec)
     class_embeds = class_text_embeddings(model, processor.tokenizer, class_names)
     model.eval()
-    return calibrate_background_threshold(samclip_cosine_maps(model, processor, class_embeds, processor.dense_size),
-                                          dataset, class_names, **columns)
+    return calibrate_background_threshold(
+        samclip_cosine_maps(model, processor, class_embeds, processor.dense_size), dataset, class_names, **columns
+    )
 
 
 def evaluate_rows(model, untrained, processor, teachers: dict, spec: dict, cache_dir) -> dict:
@@ -342,8 +433,13 @@ def evaluate_rows(model, untrained, processor, teachers: dict, spec: dict, cache
     evaluation sizes), the untrained merge and the distilled model."""
     from ..evaluation import evaluate_samclip_on_mosaic, evaluate_teachers_on_mosaic
 
-    key = fingerprint(fingerprint_model(teachers["sam_model"]), fingerprint_model(teachers["clip_model"]), spec,
-                      fingerprint_model(untrained), processor.to_dict() if hasattr(processor, "to_dict") else None)
+    key = fingerprint(
+        fingerprint_model(teachers["sam_model"]),
+        fingerprint_model(teachers["clip_model"]),
+        spec,
+        fingerprint_model(untrained),
+        processor.to_dict() if hasattr(processor, "to_dict") else None,
+    )
     cached = Path(cache_dir) / f"eval-{key}.json"
     if cached.is_file():
         rows = json.loads(cached.read_text())

@@ -48,7 +48,7 @@ def configure_trainable(student: nn.Module, stage: str, train_sam_head: bool = T
 
 def _student_part(state_dict: dict) -> dict:
     # The student's entries of a `SamClipDistillationModule` state dict, named as in the student.
-    return {name[len("student."):]: value for name, value in state_dict.items() if name.startswith("student.")}
+    return {name[len("student.") :]: value for name, value in state_dict.items() if name.startswith("student.")}
 
 
 class SamClipDistillationModule(nn.Module):
@@ -90,10 +90,20 @@ class SamClipDistillationModule(nn.Module):
         """Enable activation checkpointing in the student (Trainer's `activation_checkpointing=True`)."""
         self.student.activation_checkpointing_enable(**kwargs)
 
-    def forward(self, clip_pixel_values=None, clip_teacher_pixel_values=None, clip_teacher_embeds=None,
-                sam_pixel_values=None, sam_teacher_embeddings=None, input_boxes=None, input_points=None,
-                input_labels=None, region_masks=None, region_valid=None,
-                region_teacher_pixel_values=None) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        clip_pixel_values=None,
+        clip_teacher_pixel_values=None,
+        clip_teacher_embeds=None,
+        sam_pixel_values=None,
+        sam_teacher_embeddings=None,
+        input_boxes=None,
+        input_points=None,
+        input_labels=None,
+        region_masks=None,
+        region_valid=None,
+        region_teacher_pixel_values=None,
+    ) -> dict[str, torch.Tensor]:
         """Loss terms of one step: `loss` and, when computed, `loss_clip`, `loss_sam`, `loss_focal`, `loss_dice`,
         `loss_iou`, `loss_region`. `L_SAM` and `L_region` share one encoder pass over `sam_pixel_values`."""
         terms = {}
@@ -101,7 +111,9 @@ class SamClipDistillationModule(nn.Module):
         if clip_pixel_values is not None:
             if clip_teacher_embeds is None:
                 with torch.no_grad():
-                    clip_teacher_embeds = _embedding(self.teachers["clip"].get_image_features(pixel_values=clip_teacher_pixel_values))
+                    clip_teacher_embeds = _embedding(
+                        self.teachers["clip"].get_image_features(pixel_values=clip_teacher_pixel_values)
+                    )
             student_embeds = self.student(pixel_values=clip_pixel_values).image_embeds
             terms["loss_clip"] = clip_distillation_loss(student_embeds, clip_teacher_embeds)
             loss = loss + terms["loss_clip"]
@@ -110,14 +122,21 @@ class SamClipDistillationModule(nn.Module):
         if with_sam or with_regions:
             encoded = self._encode_sam_view(sam_pixel_values, compute_neck=with_sam)
         if with_sam:
-            sam = self.sam_loss(sam_pixel_values, sam_teacher_embeddings, input_boxes, input_points, input_labels,
-                                embeddings=encoded.last_hidden_state)
+            sam = self.sam_loss(
+                sam_pixel_values,
+                sam_teacher_embeddings,
+                input_boxes,
+                input_points,
+                input_labels,
+                embeddings=encoded.last_hidden_state,
+            )
             terms.update({f"loss_{name}": value for name, value in sam.items() if name != "loss"})
             terms["loss_sam"] = sam["loss"]
             loss = loss + self.losses.sam_loss_weight * sam["loss"]
         if with_regions:
-            terms["loss_region"] = self.region_loss(encoded.trunk_hidden_state, region_masks, region_valid,
-                                                    region_teacher_pixel_values)
+            terms["loss_region"] = self.region_loss(
+                encoded.trunk_hidden_state, region_masks, region_valid, region_teacher_pixel_values
+            )
             loss = loss + self.losses.region_weight * terms["loss_region"]
         terms["loss"] = loss
         return terms
@@ -142,15 +161,18 @@ class SamClipDistillationModule(nn.Module):
             teacher_embeds = _embedding(self.teachers["clip"].get_image_features(pixel_values=teacher_pixel_values))
         dense = self.student.clip_head.dense_features(trunk_tokens)
         if dense.shape[-2:] != region_masks.shape[-2:]:
-            raise ValueError(f"region masks on a {tuple(region_masks.shape[-2:])} grid, dense features on "
-                             f"{tuple(dense.shape[-2:])}: give the collator the student's patch_size.")
+            raise ValueError(
+                f"region masks on a {tuple(region_masks.shape[-2:])} grid, dense features on "
+                f"{tuple(dense.shape[-2:])}: give the collator the student's patch_size."
+            )
         weights = region_masks.to(dense.dtype)
         features = torch.einsum("brhw,bdhw->brd", weights, dense)[valid]
         features = features / weights[valid].sum((-2, -1)).clamp_min(1e-6)[:, None]
         return clip_distillation_loss(features, teacher_embeds)
 
-    def sam_loss(self, pixel_values, teacher_embeddings, input_boxes, input_points, input_labels,
-                 embeddings=None) -> dict:
+    def sam_loss(
+        self, pixel_values, teacher_embeddings, input_boxes, input_points, input_labels, embeddings=None
+    ) -> dict:
         """`L_SAM` averaged over prompt kinds (boxes, points) and mask outputs (3 multimask, 1 single);
         `embeddings` are the student's SAM image embeddings when already computed."""
         teacher = self.teachers["sam"]
@@ -197,8 +219,17 @@ class SamClipDistillationTrainer(Trainer):
     `loss_region`), and `skipped_samples` counts unreadable samples replaced so far.
     """
 
-    def __init__(self, model=None, *, stage: str | None = None, clip_teacher=None, sam_teacher=None,
-                 losses: LossWeights | None = None, encoder_lr_scale: float | None = None, **kwargs):
+    def __init__(
+        self,
+        model=None,
+        *,
+        stage: str | None = None,
+        clip_teacher=None,
+        sam_teacher=None,
+        losses: LossWeights | None = None,
+        encoder_lr_scale: float | None = None,
+        **kwargs,
+    ):
         from .config import SamClipDistillationConfig
 
         config = kwargs.get("args")
@@ -262,10 +293,14 @@ class SamClipDistillationTrainer(Trainer):
                 continue
             scaled = any(part in name for part in SCALED_LR_PARTS) and "lora_" not in name
             key = (name in decay, scaled)
-            groups.setdefault(key, {
-                "params": [], "weight_decay": self.args.weight_decay if key[0] else 0.0,
-                "lr": self.args.learning_rate * (self.encoder_lr_scale if scaled else 1.0),
-            })["params"].append(parameter)
+            groups.setdefault(
+                key,
+                {
+                    "params": [],
+                    "weight_decay": self.args.weight_decay if key[0] else 0.0,
+                    "lr": self.args.learning_rate * (self.encoder_lr_scale if scaled else 1.0),
+                },
+            )["params"].append(parameter)
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
         self.optimizer = optimizer_cls(list(groups.values()), **optimizer_kwargs)
         return self.optimizer
@@ -278,8 +313,10 @@ class SamClipDistillationTrainer(Trainer):
             from accelerate.data_loader import IterableDatasetShard
 
             if self.accelerator.dispatch_batches:
-                raise ValueError("a stream split among the ranks cannot have its batches dispatched from the main "
-                                 "process: set accelerator_config.dispatch_batches to false.")
+                raise ValueError(
+                    "a stream split among the ranks cannot have its batches dispatched from the main "
+                    "process: set accelerator_config.dispatch_batches to false."
+                )
             if isinstance(dataloader.dataset, IterableDatasetShard):
                 dataloader.dataset.num_processes, dataloader.dataset.process_index = 1, 0
         return dataloader

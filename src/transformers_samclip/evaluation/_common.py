@@ -33,8 +33,11 @@ class SkippedSamples:
         """Warn once (when any was skipped) with the count and the first file names."""
         if self.count:
             more = ", ..." if self.count > len(self.names) else ""
-            warnings.warn(f"{desc}: skipped {self.count} unreadable sample(s) of {total} ({', '.join(self.names)}{more}); "
-                          "the results cover the others.", stacklevel=3)
+            warnings.warn(
+                f"{desc}: skipped {self.count} unreadable sample(s) of {total} ({', '.join(self.names)}{more}); "
+                "the results cover the others.",
+                stacklevel=3,
+            )
 
 
 def _readable_rows(rows: dict, image_column: str, start: int, skipped: SkippedSamples) -> dict:
@@ -53,8 +56,9 @@ def _readable_rows(rows: dict, image_column: str, start: int, skipped: SkippedSa
     return rows
 
 
-def iter_batches(dataset, batch_size: int, desc: str, image_column: str | None = None,
-                 skipped: SkippedSamples | None = None):
+def iter_batches(
+    dataset, batch_size: int, desc: str, image_column: str | None = None, skipped: SkippedSamples | None = None
+):
     """Yield `(first_row_index, rows)` with `rows` a dict of column lists, under a tqdm bar (hidden off-TTY). With
     `image_column` (a `datasets.Image` column), images are decoded one by one and unreadable rows are left out of
     the batch and counted in `skipped` (a batch that loses every row is not yielded)."""

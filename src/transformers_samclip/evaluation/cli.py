@@ -47,23 +47,34 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="samclip evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("model", help="a saved SamClipModel folder or Hub id, 'mosaic' (the mosaic model: yours or the "
-                        "shipped one), or 'teachers'")
+    parser.add_argument(
+        "model",
+        help="a saved SamClipModel folder or Hub id, 'mosaic' (the mosaic model: yours or the "
+        "shipped one), or 'teachers'",
+    )
     parser.add_argument("--suite", default="mosaic", help="mosaic | imagefolder:PATH | HUB_DATASET_ID")
     parser.add_argument("--split", default="test", help="split of an imagefolder/Hub suite")
     parser.add_argument("--num-items", type=int, default=10000, help="mosaic: test item views for zero-shot top-1")
     parser.add_argument("--num-mosaics", type=int, default=500, help="mosaic: test mosaics for segmentation")
-    parser.add_argument("--calibration-mosaics", type=int, default=20,
-                        help="mosaic: train mosaics for the background threshold (also: train images of a dataset)")
+    parser.add_argument(
+        "--calibration-mosaics",
+        type=int,
+        default=20,
+        help="mosaic: train mosaics for the background threshold (also: train images of a dataset)",
+    )
     parser.add_argument("--limit", type=int, help="imagefolder/Hub: evaluate the first N images only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core box)")
     parser.add_argument("--output", type=Path, default=Path("results.json"), help="JSON file to write")
     parser.add_argument("--teachers", action="store_true", help="mosaic: add the teacher and baseline rows")
     parser.add_argument("--teachers-dir", type=Path, help="teachers saved elsewhere (default: the shipped ones)")
-    parser.add_argument("--gallery", type=Path, metavar="PATH",
-                        help="mosaic: also write a PNG of 8 test mosaics (image, ground truth, the model plain and "
-                        "SAM-refined, the SAM+CLIP cascade when the teachers are there); see evaluation/gallery.py")
+    parser.add_argument(
+        "--gallery",
+        type=Path,
+        metavar="PATH",
+        help="mosaic: also write a PNG of 8 test mosaics (image, ground truth, the model plain and "
+        "SAM-refined, the SAM+CLIP cascade when the teachers are there); see evaluation/gallery.py",
+    )
     return parser
 
 
@@ -98,11 +109,15 @@ def _find_columns(dataset) -> dict:
     semantic = [name for name in SEMANTIC_COLUMNS if name in features]
     image_column = next((name for name in images if name not in semantic), None)
     # Instances: a list of mask images beside a list of class labels (the mosaic world's layout).
-    instance_labels = [name for name, feature in features.items() if isinstance(feature, datasets.List)
-                       and isinstance(feature.feature, datasets.ClassLabel)]
+    instance_labels = [
+        name
+        for name, feature in features.items()
+        if isinstance(feature, datasets.List) and isinstance(feature.feature, datasets.ClassLabel)
+    ]
     instances = [name for name in INSTANCE_COLUMNS if name in features] if instance_labels else []
-    class_names = (features[labels[0]].names if labels
-                   else features[instance_labels[0]].feature.names if instances else None)
+    class_names = (
+        features[labels[0]].names if labels else features[instance_labels[0]].feature.names if instances else None
+    )
     return {
         "image": image_column,
         "label": labels[0] if labels else None,
@@ -121,11 +136,15 @@ def _recognition_rows(args, dataset, columns, model, processor) -> tuple[dict[st
     names = columns["class_names"]
     if args.model == "teachers":
         clip, clip_processor = model["clip_model"], model["clip_processor"]
-        labellers = {"crop": crop_labeller(clip, clip_processor, names),
-                     "masked_crop": crop_labeller(clip, clip_processor, names, masked=True)}
+        labellers = {
+            "crop": crop_labeller(clip, clip_processor, names),
+            "masked_crop": crop_labeller(clip, clip_processor, names, masked=True),
+        }
     else:
-        labellers = {"crop": crop_labeller(model, processor, names),
-                     "one_pass": one_pass_labeller(model, processor, names)}
+        labellers = {
+            "crop": crop_labeller(model, processor, names),
+            "one_pass": one_pass_labeller(model, processor, names),
+        }
     row, skipped = recognition_row(labellers, dataset, len(names), limit=args.limit, image_column=columns["image"])
     return {"CLIP teacher" if args.model == "teachers" else args.model: row}, skipped
 
@@ -138,8 +157,9 @@ def _calibration_images(args):
             return subset(_load_suite(args.suite, "train"), args.calibration_mosaics)
         except (ValueError, KeyError, FileNotFoundError):
             pass
-    print(f"{args.suite}: no separate train split to calibrate the background threshold; "
-          "background is never predicted.")
+    print(
+        f"{args.suite}: no separate train split to calibrate the background threshold; background is never predicted."
+    )
     return None
 
 
@@ -149,16 +169,24 @@ def _evaluate_dataset(args, model, processor) -> tuple[dict[str, dict], int]:
     dataset = _load_suite(args.suite, args.split)
     columns = _find_columns(dataset)
     if columns["image"] is None or columns["class_names"] is None:
-        raise ValueError(f"{args.suite}: need an Image column and a ClassLabel column, or instance masks "
-                         f"({' or '.join(INSTANCE_COLUMNS)}) with a list of ClassLabel (found {columns}).")
+        raise ValueError(
+            f"{args.suite}: need an Image column and a ClassLabel column, or instance masks "
+            f"({' or '.join(INSTANCE_COLUMNS)}) with a list of ClassLabel (found {columns})."
+        )
     if columns["label"] is None:  # instances only: how well each ground-truth mask gets its name
         return _recognition_rows(args, dataset, columns, model, processor)
     is_teachers = args.model == "teachers"
     clip, clip_processor = (model["clip_model"], model["clip_processor"]) if is_teachers else (model, processor)
     name = "CLIP teacher" if is_teachers else args.model
     zero_shot = evaluate_zero_shot_classification(
-        clip, clip_processor, dataset, columns["class_names"], image_column=columns["image"],
-        label_column=columns["label"], limit=args.limit)
+        clip,
+        clip_processor,
+        dataset,
+        columns["class_names"],
+        image_column=columns["image"],
+        label_column=columns["label"],
+        limit=args.limit,
+    )
     rows = {name: {"zero_shot_top1": zero_shot["top1"]}}
     # Every pass reads the same images, so the first pass's count is the suite's.
     skipped = zero_shot["skipped_samples"]
@@ -166,18 +194,32 @@ def _evaluate_dataset(args, model, processor) -> tuple[dict[str, dict], int]:
         print(f"{args.suite}: no semantic-map column ({', '.join(SEMANTIC_COLUMNS)}); semantic segmentation skipped.")
         return rows, skipped
     calibration = _calibration_images(args)
-    common = dict(calibration_dataset=calibration, image_column=columns["image"],
-                  semantic_column=columns["semantic"], limit=args.limit)
+    common = dict(
+        calibration_dataset=calibration,
+        image_column=columns["image"],
+        semantic_column=columns["semantic"],
+        limit=args.limit,
+    )
     if is_teachers:
-        rows["MaskCLIP baseline"] = {"semseg_miou": evaluate_maskclip_baseline(
-            clip, clip_processor, dataset, columns["class_names"], **common)["miou"]}
+        rows["MaskCLIP baseline"] = {
+            "semseg_miou": evaluate_maskclip_baseline(clip, clip_processor, dataset, columns["class_names"], **common)[
+                "miou"
+            ]
+        }
     else:
         for refine, key in ((False, "semseg_miou"), (True, "semseg_refined_miou")):
             rows[name][key] = evaluate_semantic_segmentation(
-                model, processor, dataset, columns["class_names"], refine=refine, **common)["miou"]
+                model, processor, dataset, columns["class_names"], refine=refine, **common
+            )["miou"]
         rows[name]["semseg_instances_miou"] = evaluate_instance_semantic_segmentation(
-            model, processor, dataset, columns["class_names"], image_column=columns["image"],
-            semantic_column=columns["semantic"], limit=args.limit)["miou"]
+            model,
+            processor,
+            dataset,
+            columns["class_names"],
+            image_column=columns["image"],
+            semantic_column=columns["semantic"],
+            limit=args.limit,
+        )["miou"]
     return rows, skipped
 
 
@@ -186,8 +228,10 @@ def _check_arguments(args) -> None:
     if args.gallery and args.suite != "mosaic":
         raise UsageError(f"--gallery draws mosaics: it needs --suite mosaic, not {args.suite!r}")
     if args.gallery and args.model == "teachers":
-        raise UsageError("--gallery shows a SAM-CLIP model's segmentation; 'teachers' has none: pass a model "
-                         "(e.g. 'mosaic'), the cascade column comes from the teachers anyway")
+        raise UsageError(
+            "--gallery shows a SAM-CLIP model's segmentation; 'teachers' has none: pass a model "
+            "(e.g. 'mosaic'), the cascade column comes from the teachers anyway"
+        )
     if args.model != "teachers":
         check_model_source(args.model)
     if args.suite.startswith("imagefolder:"):
@@ -197,7 +241,13 @@ def _check_arguments(args) -> None:
     check_path(args.output, "--output", "output-file")
     if args.gallery:
         check_path(args.gallery, "--gallery", "output-file")
-    for option, minimum in (("threads", 1), ("limit", 1), ("num_items", 0), ("num_mosaics", 0), ("calibration_mosaics", 0)):
+    for option, minimum in (
+        ("threads", 1),
+        ("limit", 1),
+        ("num_items", 0),
+        ("num_mosaics", 0),
+        ("calibration_mosaics", 0),
+    ):
         check_at_least(f"--{option.replace('_', '-')}", getattr(args, option), minimum)
 
 
@@ -221,8 +271,12 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             print(f"samclip evaluate: {error}; the gallery leaves out the cascade column.")
     model, processor = (teachers, None) if args.model == "teachers" else _load_model(args.model)
-    mosaic_sizes = dict(num_items=args.num_items, num_mosaics=args.num_mosaics, seed=args.seed,
-                        calibration_mosaics=args.calibration_mosaics)
+    mosaic_sizes = dict(
+        num_items=args.num_items,
+        num_mosaics=args.num_mosaics,
+        seed=args.seed,
+        calibration_mosaics=args.calibration_mosaics,
+    )
     skipped = 0
     if args.suite != "mosaic":
         rows, skipped = _evaluate_dataset(args, model, processor)
@@ -235,8 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.gallery:
         from .gallery import mosaic_gallery
 
-        mosaic_gallery(model, processor, teachers, args.gallery, seed=args.seed,
-                       calibration_mosaics=args.calibration_mosaics)
+        mosaic_gallery(
+            model, processor, teachers, args.gallery, seed=args.seed, calibration_mosaics=args.calibration_mosaics
+        )
         print(f"wrote {args.gallery}")
     record = {
         "command": "samclip evaluate " + " ".join(argv),

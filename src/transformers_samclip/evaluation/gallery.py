@@ -1,6 +1,6 @@
 """Segmentation gallery: a PNG grid, one row per image, one column per label map (ground truth, SAM-CLIP plain,
-SAM-CLIP SAM-refined, SAM-CLIP one pass (its labelled masks painted), the SAM+CLIP cascade baseline), with column titles and a colour legend. Numbers say how much
-a segmenter gets right; the gallery shows what it gets wrong.
+SAM-CLIP SAM-refined, SAM-CLIP one pass (its labelled masks painted), the SAM+CLIP cascade baseline), with column
+titles and a colour legend. Numbers say how much a segmenter gets right; the gallery shows what it gets wrong.
 
 Make one (the mosaic model, 8 test mosaics; `--teachers` adds the teacher rows to the table and is not needed for
 the cascade column, which uses the shipped teachers when they are there)::
@@ -30,8 +30,16 @@ BACKGROUND_COLOR = (28, 28, 28)  # label 0: dark grey, not black, so that it sta
 # Labels 1..10: tab10 with its mid grey made yellow (a dark background swallows mid grey) and its olive made light
 # grey (olive next to yellow reads as one class).
 CLASS_COLORS = (
-    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-    (140, 86, 75), (227, 119, 194), (255, 215, 0), (200, 200, 200), (23, 190, 207),
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (255, 215, 0),
+    (200, 200, 200),
+    (23, 190, 207),
 )
 PAPER_COLOR = (255, 255, 255)
 INK_COLOR = (0, 0, 0)
@@ -149,12 +157,14 @@ def write_segmentation_gallery(
             if images is not None and column == 0:
                 indices = photos[row]
             else:
-                label_map = np.asarray(columns[title][row].cpu() if torch.is_tensor(columns[title][row])
-                                       else columns[title][row]).astype(np.int64)
+                label_map = np.asarray(
+                    columns[title][row].cpu() if torch.is_tensor(columns[title][row]) else columns[title][row]
+                ).astype(np.int64)
                 if label_map.min() < 0 or label_map.max() > len(class_names):
                     raise ValueError(f"column {title!r} row {row}: labels outside 0..{len(class_names)}")
                 fitted = Image.fromarray(label_map.astype(np.uint8), mode="L").resize(
-                    _fit(label_map.shape[::-1], cell_size), Image.Resampling.NEAREST)
+                    _fit(label_map.shape[::-1], cell_size), Image.Resampling.NEAREST
+                )
                 indices = np.asarray(fitted)
             # Centre a letterboxed cell; a square one fills its box exactly.
             dy, dx = (cell_size - indices.shape[0]) // 2, (cell_size - indices.shape[1]) // 2
@@ -222,13 +232,15 @@ def mosaic_gallery(
     calibration = make_mosaic_dataset("train", calibration_mosaics, seed)  # never the test mosaics shown
     threshold = getattr(model.config, "background_threshold", None)
     if threshold is None:  # as evaluate_samclip_on_mosaic
-        threshold = calibrate_background_threshold(samclip_cosine_maps(model, processor, class_embeds, size),
-                                                   calibration, class_names)
+        threshold = calibrate_background_threshold(
+            samclip_cosine_maps(model, processor, class_embeds, size), calibration, class_names
+        )
     columns = {"ground truth": [np.asarray(m) for m in mosaics["semantic_map"]]}
     for refine, title in ((False, "SAM-CLIP"), (True, "SAM-CLIP refined")):
         logits, encoding = _samclip_segmentation(model, processor, images, class_embeds, refine, size, threshold)
         columns[title] = processor.post_process_semantic_segmentation(
-            logits, encoding["original_sizes"], encoding["reshaped_input_sizes"])
+            logits, encoding["original_sizes"], encoding["reshaped_input_sizes"]
+        )
     columns["SAM-CLIP one pass"] = instance_semantic_segmenter(model, processor, class_names)(images)
     if teachers is not None:
         sam = (teachers["sam_model"], teachers["sam_processor"], teachers["clip_model"], teachers["clip_processor"])
@@ -252,8 +264,9 @@ def instances_label_map(instances: dict, shape) -> np.ndarray:
     return classes[segmentation.numpy()]
 
 
-def label_everything_gallery(model, processor, teachers: dict | None, path, num_mosaics: int = 8, seed: int = 0,
-                             cell_size: int = 128) -> GalleryLayout:
+def label_everything_gallery(
+    model, processor, teachers: dict | None, path, num_mosaics: int = 8, seed: int = 0, cell_size: int = 128
+) -> GalleryLayout:
     """Gallery of label-everything on the first `num_mosaics` test mosaics: image, ground truth, SAM-CLIP from one
     pass (`instance_segmentation` defaults), SAM-CLIP labelling crops (`label_source="crops"`) and, with `teachers`,
     the SAM+CLIP cascade; instances coloured by their class. Writes the PNG to `path`."""
@@ -263,18 +276,32 @@ def label_everything_gallery(model, processor, teachers: dict | None, path, num_
     class_names = list(FASHION_MNIST_CLASSES)
     mosaics = make_mosaic_dataset("test", num_mosaics, seed)
     images = [rgb(image) for image in mosaics["image"]]
-    segmenters = {"SAM-CLIP one pass": samclip_instance_segmenter(model, processor, class_names),
-                  "SAM-CLIP crops": samclip_instance_segmenter(model, processor, class_names, label_source="crops")}
+    segmenters = {
+        "SAM-CLIP one pass": samclip_instance_segmenter(model, processor, class_names),
+        "SAM-CLIP crops": samclip_instance_segmenter(model, processor, class_names, label_source="crops"),
+    }
     if teachers is not None:
         segmenters["SAM+CLIP cascade"] = cascade_instance_segmenter(
-            teachers["sam_model"], teachers["sam_processor"], teachers["clip_model"], teachers["clip_processor"],
-            class_names)
+            teachers["sam_model"],
+            teachers["sam_processor"],
+            teachers["clip_model"],
+            teachers["clip_processor"],
+            class_names,
+        )
     columns = {"ground truth": [np.asarray(m) for m in mosaics["semantic_map"]]}
     for title, segment in segmenters.items():
-        columns[title] = [instances_label_map({k: np.asarray(v) for k, v in result.items()}, (image.height, image.width))
-                          for image, result in zip(images, segment(images))]
+        columns[title] = [
+            instances_label_map({k: np.asarray(v) for k, v in result.items()}, (image.height, image.width))
+            for image, result in zip(images, segment(images))
+        ]
     return write_segmentation_gallery(path, images, columns, class_names, cell_size=cell_size)
 
 
-__all__ = ["GalleryLayout", "instances_label_map", "label_everything_gallery", "label_palette", "mosaic_gallery",
-           "write_segmentation_gallery"]
+__all__ = [
+    "GalleryLayout",
+    "instances_label_map",
+    "label_everything_gallery",
+    "label_palette",
+    "mosaic_gallery",
+    "write_segmentation_gallery",
+]

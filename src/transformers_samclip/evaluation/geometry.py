@@ -29,9 +29,7 @@ def mask_depth(mask: np.ndarray) -> np.ndarray:
         level += 1
         depth[current] = level
         padded = np.pad(current, 1, constant_values=False)
-        current = (
-            current & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
-        )
+        current = current & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
     return depth
 
 
@@ -51,9 +49,7 @@ def random_points(rng: np.random.Generator, mask: np.ndarray, count: int) -> lis
     return [(float(cols[i]), float(rows[i])) for i in picks]
 
 
-def evaluation_points(
-    mask: np.ndarray, num_points: int, seed: int | np.random.Generator
-) -> list[tuple[float, float]]:
+def evaluation_points(mask: np.ndarray, num_points: int, seed: int | np.random.Generator) -> list[tuple[float, float]]:
     """The positive points of a ``num_points``-point evaluation prompt: the centre point, then random
     points of the mask drawn from ``seed`` (an int, or a ``Generator`` that the draws advance)."""
     points = [center_point(mask)]

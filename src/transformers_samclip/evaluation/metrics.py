@@ -51,8 +51,10 @@ def _average_precision(scores: list, matched: list, num_targets: int) -> float:
     return float(np.append(precision, 0.0)[first_reaching].mean())
 
 
-def instance_segmentation_metrics(predictions, targets, num_classes: int,
-                                  iou_thresholds=tuple(np.round(np.arange(0.5, 0.96, 0.05), 2))) -> dict:
+COCO_IOU_THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.5, 0.96, 0.05), 2))
+
+
+def instance_segmentation_metrics(predictions, targets, num_classes: int, iou_thresholds=COCO_IOU_THRESHOLDS) -> dict:
     """Class-aware mask AP (COCO style) and panoptic quality over a dataset.
 
     `predictions`: per image `{"masks": (M, H, W) bool, "class_ids": (M,), "scores": (M,)}`;
@@ -78,8 +80,11 @@ def instance_segmentation_metrics(predictions, targets, num_classes: int,
         target_classes = np.asarray(target["class_ids"], dtype=np.int64).reshape(-1)
         ignore = np.asarray(target.get("ignore", np.zeros(len(target_classes), bool)), dtype=bool).reshape(-1)
         np.add.at(num_targets, target_classes[~ignore], 1)
-        ious = (_pairwise_ious(pred_masks, target_masks) if len(pred_masks) and len(target_masks)
-                else np.zeros((len(pred_masks), len(target_masks))))
+        ious = (
+            _pairwise_ious(pred_masks, target_masks)
+            if len(pred_masks) and len(target_masks)
+            else np.zeros((len(pred_masks), len(target_masks)))
+        )
         same_class = pred_classes[:, None] == target_classes[None, :]
         order = np.argsort(-pred_scores, kind="stable")
         for threshold in iou_thresholds:
@@ -118,8 +123,9 @@ def instance_segmentation_metrics(predictions, targets, num_classes: int,
         for t in range(len(target_classes)):
             if t not in matched_targets and not ignore[t]:
                 pq_sums[target_classes[t], 3] += 1
-    per_class_ap = np.array([[_average_precision(*detections[(c, t)], num_targets[c]) for t in iou_thresholds]
-                             for c in range(num_classes)])
+    per_class_ap = np.array(
+        [[_average_precision(*detections[(c, t)], num_targets[c]) for t in iou_thresholds] for c in range(num_classes)]
+    )
     iou_sum, tp, fp, fn = pq_sums.T
     occurs = tp + fp + fn > 0
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -156,5 +162,14 @@ def instance_segmentation_metrics(predictions, targets, num_classes: int,
     }
 
 
-__all__ = ["METRIC_MODULE_DIR", "confusion_matrix", "instance_miou", "instance_segmentation_metrics", "load_metric",
-           "mask_ious", "mean_iou", "per_class_iou", "top1_accuracy"]
+__all__ = [
+    "METRIC_MODULE_DIR",
+    "confusion_matrix",
+    "instance_miou",
+    "instance_segmentation_metrics",
+    "load_metric",
+    "mask_ious",
+    "mean_iou",
+    "per_class_iou",
+    "top1_accuracy",
+]

@@ -6,8 +6,8 @@ Run::
     samclip evaluate path/to/model --teachers --threads 1  # merged model, with the teacher rows for comparison
 
 Data: zero-shot top-1 on `make_item_views("test", num_items, seed)` in the training look, a held-out look
-(`style="heldout"`: other backgrounds, tints and scales) and the raw 28 px photos; prompted and semantic segmentation on
-`make_mosaic_dataset("test", num_mosaics, seed)`; background thresholds calibrated on
+(`style="heldout"`: other backgrounds, tints and scales) and the raw 28 px photos; prompted and semantic segmentation
+on `make_mosaic_dataset("test", num_mosaics, seed)`; background thresholds calibrated on
 `make_mosaic_dataset("train", calibration_mosaics, seed)` (train items only). Defaults (10,000 items, 500 mosaics),
 1 torch thread, the shared 2-core machine under load: ~5 min for the teacher rows (the cascade is half of it), ~3 min
 for a merged model's row. Targets: issue 3's teacher floors (top-1 >= 0.80, box >= 0.85, 1-point >= 0.70); a merged
@@ -63,8 +63,10 @@ RESULT_COLUMNS = (
 def _mosaic_data(num_items: int | None, num_mosaics: int | None, calibration_mosaics: int, seed: int) -> dict:
     from ..mosaic import make_item_views, make_mosaic_dataset
 
-    views = {key: make_item_views("test", num_items=num_items, seed=seed, style=style) if num_items != 0 else None
-             for key, style in (("items", "training"), ("heldout_items", "heldout"), ("raw_items", "raw"))}
+    views = {
+        key: make_item_views("test", num_items=num_items, seed=seed, style=style) if num_items != 0 else None
+        for key, style in (("items", "training"), ("heldout_items", "heldout"), ("raw_items", "raw"))
+    }
     return {
         **views,
         "mosaics": make_mosaic_dataset("test", num_mosaics, seed) if num_mosaics else None,
@@ -98,9 +100,12 @@ def _zero_shot_row(model, processor, data: dict) -> dict:
     raw 28 px photos (the same test items)."""
     from ..mosaic import FASHION_MNIST_CLASSES
 
-    return {f"zero_shot_top1{suffix}": evaluate_zero_shot_classification(
-        model, processor, data[key], FASHION_MNIST_CLASSES)["top1"]
-        for key, suffix in (("items", ""), ("heldout_items", "_heldout"), ("raw_items", "_raw"))}
+    return {
+        f"zero_shot_top1{suffix}": evaluate_zero_shot_classification(
+            model, processor, data[key], FASHION_MNIST_CLASSES
+        )["top1"]
+        for key, suffix in (("items", ""), ("heldout_items", "_heldout"), ("raw_items", "_raw"))
+    }
 
 
 def _recognition_row(labellers: dict, mosaics) -> dict:
@@ -122,22 +127,36 @@ def _instance_row(segment, mosaics, desc: str, score_threshold: float | None = N
     from ..mosaic import FASHION_MNIST_CLASSES
 
     thresholds = {"rejected": score_threshold} if score_threshold is not None else None
-    result = evaluate_instance_segmentation(segment, mosaics, FASHION_MNIST_CLASSES, desc=desc,
-                                            score_thresholds=thresholds)
-    row = {"instance_ap50": result["ap50"], "instance_ap": result["ap"], "panoptic_pq": result["pq"],
-           "instance_precision": result["precision"], "instance_recall": result["recall"],
-           "instance_f1": result["f1"], "detection_box_ap50": result["box_ap50"],
-           "instance_seconds_per_image": result["seconds_per_image"],
-           "instances_per_image": result["instances_per_image"]}
+    result = evaluate_instance_segmentation(
+        segment, mosaics, FASHION_MNIST_CLASSES, desc=desc, score_thresholds=thresholds
+    )
+    row = {
+        "instance_ap50": result["ap50"],
+        "instance_ap": result["ap"],
+        "panoptic_pq": result["pq"],
+        "instance_precision": result["precision"],
+        "instance_recall": result["recall"],
+        "instance_f1": result["f1"],
+        "detection_box_ap50": result["box_ap50"],
+        "instance_seconds_per_image": result["seconds_per_image"],
+        "instances_per_image": result["instances_per_image"],
+    }
     if thresholds:
         rejected = result["rejected"]["rejected"]
-        row.update({f"instance_{key}_rejected": rejected[key] for key in ("precision", "recall", "f1", "ap50")},
-                   instance_score_threshold=score_threshold)
+        row.update(
+            {f"instance_{key}_rejected": rejected[key] for key in ("precision", "recall", "f1", "ap50")},
+            instance_score_threshold=score_threshold,
+        )
     return row
 
 
 def evaluate_samclip_on_mosaic(
-    model, processor, *, num_items: int | None = 10000, num_mosaics: int = 500, seed: int = 0,
+    model,
+    processor,
+    *,
+    num_items: int | None = 10000,
+    num_mosaics: int = 500,
+    seed: int = 0,
     calibration_mosaics: int = 20,
 ) -> dict:
     """Every mosaic-world metric of a merged `SamClipModel`: `zero_shot_top1`, `box_miou`, `point1_miou`,
@@ -158,30 +177,59 @@ def evaluate_samclip_on_mosaic(
         # A model that carries its calibrated threshold is measured with it: the default users get.
         stored = getattr(model.config, "background_threshold", None) is not None
         for refine, prefix in ((False, "semseg"), (True, "semseg_refined")):
-            row.update(_semseg_row(evaluate_semantic_segmentation(
-                model, processor, data["mosaics"], FASHION_MNIST_CLASSES, refine=refine,
-                calibration_dataset=None if stored else data["calibration"],
-            ), prefix))
-        row.update(_semseg_row(evaluate_instance_semantic_segmentation(
-            model, processor, data["mosaics"], FASHION_MNIST_CLASSES), "semseg_instances"))
+            row.update(
+                _semseg_row(
+                    evaluate_semantic_segmentation(
+                        model,
+                        processor,
+                        data["mosaics"],
+                        FASHION_MNIST_CLASSES,
+                        refine=refine,
+                        calibration_dataset=None if stored else data["calibration"],
+                    ),
+                    prefix,
+                )
+            )
+        row.update(
+            _semseg_row(
+                evaluate_instance_semantic_segmentation(model, processor, data["mosaics"], FASHION_MNIST_CLASSES),
+                "semseg_instances",
+            )
+        )
         # Every mask kept (what AP and PQ rank), and "none of these" at the model's stored confidence threshold or
         # one calibrated on the train mosaics for F1.
         threshold = getattr(model.config, "instance_score_threshold", None)
         if threshold is None:
-            threshold = calibrate_instance_score_threshold(model, processor, data["calibration"],
-                                                           FASHION_MNIST_CLASSES)["threshold"]
-        row.update(_instance_row(samclip_instance_segmenter(model, processor, FASHION_MNIST_CLASSES,
-                                                            score_threshold=0.0),
-                                 data["mosaics"], "label everything", score_threshold=threshold))
-        row.update(_recognition_row({"crop": crop_labeller(model, processor, FASHION_MNIST_CLASSES),
-                                     "one_pass": one_pass_labeller(model, processor, FASHION_MNIST_CLASSES)},
-                                    data["mosaics"]))
+            threshold = calibrate_instance_score_threshold(
+                model, processor, data["calibration"], FASHION_MNIST_CLASSES
+            )["threshold"]
+        row.update(
+            _instance_row(
+                samclip_instance_segmenter(model, processor, FASHION_MNIST_CLASSES, score_threshold=0.0),
+                data["mosaics"],
+                "label everything",
+                score_threshold=threshold,
+            )
+        )
+        row.update(
+            _recognition_row(
+                {
+                    "crop": crop_labeller(model, processor, FASHION_MNIST_CLASSES),
+                    "one_pass": one_pass_labeller(model, processor, FASHION_MNIST_CLASSES),
+                },
+                data["mosaics"],
+            )
+        )
     row["wall_seconds"] = round(time.perf_counter() - began, 1)
     return row
 
 
 def evaluate_teachers_on_mosaic(
-    teachers: dict | None = None, *, num_items: int | None = 10000, num_mosaics: int = 500, seed: int = 0,
+    teachers: dict | None = None,
+    *,
+    num_items: int | None = 10000,
+    num_mosaics: int = 500,
+    seed: int = 0,
     calibration_mosaics: int = 20,
 ) -> dict[str, dict]:
     """The teacher and baseline rows: "CLIP teacher" (zero_shot_top1; recognition on ground-truth masks from crops
@@ -201,35 +249,70 @@ def evaluate_teachers_on_mosaic(
         began = time.perf_counter()
         rows[name] = {**evaluate(), **sizes, "wall_seconds": round(time.perf_counter() - began, 1)}
 
-    labellers = {name: crop_labeller(clip, clip_processor, FASHION_MNIST_CLASSES, masked=masked)
-                 for name, masked in (("crop", False), ("masked_crop", True))}
+    labellers = {
+        name: crop_labeller(clip, clip_processor, FASHION_MNIST_CLASSES, masked=masked)
+        for name, masked in (("crop", False), ("masked_crop", True))
+    }
     if data["items"] is not None or data["mosaics"] is not None:
-        timed("CLIP teacher", lambda: {
-            **(_zero_shot_row(clip, clip_processor, data) if data["items"] is not None else {}),
-            **(_recognition_row(labellers, data["mosaics"]) if data["mosaics"] is not None else {})})
+        timed(
+            "CLIP teacher",
+            lambda: {
+                **(_zero_shot_row(clip, clip_processor, data) if data["items"] is not None else {}),
+                **(_recognition_row(labellers, data["mosaics"]) if data["mosaics"] is not None else {}),
+            },
+        )
     if data["mosaics"] is not None:
         timed("SAM teacher", lambda: _prompted_row(sam, sam_processor, data["mosaics"], seed))
-        timed("MaskCLIP baseline", lambda: _semseg_row(evaluate_maskclip_baseline(
-            clip, clip_processor, data["mosaics"], FASHION_MNIST_CLASSES, calibration_dataset=data["calibration"])))
+        timed(
+            "MaskCLIP baseline",
+            lambda: _semseg_row(
+                evaluate_maskclip_baseline(
+                    clip,
+                    clip_processor,
+                    data["mosaics"],
+                    FASHION_MNIST_CLASSES,
+                    calibration_dataset=data["calibration"],
+                )
+            ),
+        )
         for name, masked in (("SAM+CLIP cascade", False), ("SAM+CLIP cascade (masked crops)", True)):
             labeller = "masked_crop" if masked else "crop"
-            timed(name, lambda masked=masked, labeller=labeller: {
-                **_cascade_row(evaluate_cascade_baseline(
-                    sam, sam_processor, clip, clip_processor, data["mosaics"], FASHION_MNIST_CLASSES,
-                    pred_iou_threshold=None, calibration_dataset=data["calibration"], masked=masked)),
-                **_instance_row(cascade_instance_segmenter(sam, sam_processor, clip, clip_processor,
-                                                           FASHION_MNIST_CLASSES, masked=masked),
-                                data["mosaics"], f"cascade instances ({labeller})"),
-                # The cascade names a mask as its labeller does: the labeller's recognition, taken once above.
-                f"recognition_{labeller}": rows["CLIP teacher"][f"recognition_{labeller}"]})
+            timed(
+                name,
+                lambda masked=masked, labeller=labeller: {
+                    **_cascade_row(
+                        evaluate_cascade_baseline(
+                            sam,
+                            sam_processor,
+                            clip,
+                            clip_processor,
+                            data["mosaics"],
+                            FASHION_MNIST_CLASSES,
+                            pred_iou_threshold=None,
+                            calibration_dataset=data["calibration"],
+                            masked=masked,
+                        )
+                    ),
+                    **_instance_row(
+                        cascade_instance_segmenter(
+                            sam, sam_processor, clip, clip_processor, FASHION_MNIST_CLASSES, masked=masked
+                        ),
+                        data["mosaics"],
+                        f"cascade instances ({labeller})",
+                    ),
+                    # The cascade names a mask as its labeller does: the labeller's recognition, taken once above.
+                    f"recognition_{labeller}": rows["CLIP teacher"][f"recognition_{labeller}"],
+                },
+            )
     return rows
 
 
 # The README shows the columns in two tables: naming things, and finding them.
 COLUMN_GROUPS = {
     "recognition": tuple(column for column in RESULT_COLUMNS if column[0].startswith(("zero_shot", "recognition"))),
-    "segmentation": tuple(column for column in RESULT_COLUMNS
-                          if not column[0].startswith(("zero_shot", "recognition"))),
+    "segmentation": tuple(
+        column for column in RESULT_COLUMNS if not column[0].startswith(("zero_shot", "recognition"))
+    ),
 }
 
 

@@ -50,8 +50,10 @@ def _predict_masks(model, processor, embeddings, encoding, scale, boxes=None, po
     highest predicted IoU among SAM's three."""
     device = embeddings.device
     if boxes is not None:
-        kwargs = {"input_boxes": torch.from_numpy(boxes * np.tile(scale, 2))[None].to(device),
-                  "multimask_output": False}
+        kwargs = {
+            "input_boxes": torch.from_numpy(boxes * np.tile(scale, 2))[None].to(device),
+            "multimask_output": False,
+        }
     else:
         coords = torch.from_numpy(points * scale)[None].to(device)
         kwargs = {
@@ -120,7 +122,9 @@ def evaluate_prompted_segmentation(
             boxes = np.array([mask_to_box(m) for m in targets], dtype=np.float32)
         encoding = sam_view(processor, rows[image_column])
         # SAM resizes the longest side: prompts scale by (new / old) per axis, as SamProcessor does.
-        (old_h, old_w), (new_h, new_w) = (encoding[key][0].tolist() for key in ("original_sizes", "reshaped_input_sizes"))
+        (old_h, old_w), (new_h, new_w) = (
+            encoding[key][0].tolist() for key in ("original_sizes", "reshaped_input_sizes")
+        )
         scale = np.array([new_w / old_w, new_h / old_h], dtype=np.float32)
         embeddings = model.get_image_embeddings(encoding["pixel_values"].to(model_device(model)))
         for mode, count in point_counts.items():
@@ -129,13 +133,28 @@ def evaluate_prompted_segmentation(
             else:
                 rng = np.random.default_rng([seed, index, count])
                 points = _point_prompts(targets, count, rng)
-                predicted = _predict_masks(model, processor, embeddings, encoding, scale, points=points,
-                                           multimask=count <= multimask_max_points)
+                predicted = _predict_masks(
+                    model,
+                    processor,
+                    embeddings,
+                    encoding,
+                    scale,
+                    points=points,
+                    multimask=count <= multimask_max_points,
+                )
             metrics[mode].add_batch(predictions=predicted.numpy(), references=targets)
         num_instances += len(keep)
-    result = {f"{mode}_miou": metric.compute()["mean_iou"] if num_instances else float("nan") for mode, metric in metrics.items()}
-    result.update(num_images=len(dataset) - skipped.count, num_instances=num_instances,
-                  min_visible_fraction=min_visible_fraction, seed=seed, skipped_samples=skipped.count)
+    result = {
+        f"{mode}_miou": metric.compute()["mean_iou"] if num_instances else float("nan")
+        for mode, metric in metrics.items()
+    }
+    result.update(
+        num_images=len(dataset) - skipped.count,
+        num_instances=num_instances,
+        min_visible_fraction=min_visible_fraction,
+        seed=seed,
+        skipped_samples=skipped.count,
+    )
     return result
 
 
@@ -178,5 +197,9 @@ def evaluate_mask_generation_recall(
             if predicted:
                 best = mask_ious(np.stack(predicted), np.repeat(masks[k][None], len(predicted), axis=0)).max()
                 found += float(best) >= iou_threshold
-    return {"recall": found / total if total else float("nan"), "masks_per_image": generated / max(len(dataset), 1),
-            "num_instances": total, "num_images": len(dataset)}
+    return {
+        "recall": found / total if total else float("nan"),
+        "masks_per_image": generated / max(len(dataset), 1),
+        "num_instances": total,
+        "num_images": len(dataset),
+    }

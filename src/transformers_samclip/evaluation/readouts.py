@@ -8,8 +8,8 @@ Run::
 
 Per read-out: plain and SAM-refined semantic mIoU (per class), with the background threshold calibrated for that
 read-out on other train mosaics; per read-out x mask pooling: instance AP50 / AP / PQ (every mask kept, the
-default); last, the masks labelled by their crops through the CLIP path instead (`label_source="crops"`). Prints a markdown table and
-writes JSON (`--output`). ~8 min on 1 thread with 100 mosaics.
+default); last, the masks labelled by their crops through the CLIP path instead (`label_source="crops"`). Prints a
+markdown table and writes JSON (`--output`). ~8 min on 1 thread with 100 mosaics.
 
     python -m transformers_samclip.evaluation.readouts --text-to-mask --threads 1  # text-to-mask options, train
 
@@ -17,8 +17,9 @@ With `--text-to-mask` (issue 19): the plain map with the trunk-affinity read-out
 prompt set of label-everything (grid, peaks + sparse grid) the painted semantic map, AP50 / PQ / F1@0.5 (every mask
 kept, and with the "none of these" threshold calibrated for F1 on the calibration mosaics) and time, beside the
 teachers' cascade. ~15 min on 1 thread with 100 mosaics. `--timing` times label-everything with the grid, with
-the default peaks and the cascade, each on each mosaic in turn (medians; ~1 min with 40 mosaics). The defaults of `SamClipHeadConfig.dense_readout`
-and `instance_segmentation(mask_pooling=...)` are the best on train mosaics (docs/ablations.md).
+the default peaks and the cascade, each on each mosaic in turn (medians; ~1 min with 40 mosaics). The defaults of
+`SamClipHeadConfig.dense_readout` and `instance_segmentation(mask_pooling=...)` are the best on train mosaics
+(docs/ablations.md).
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ import json
 import torch
 
 from ..modeling import DENSE_READOUTS
-from .instance import evaluate_instance_segmentation, samclip_instance_segmenter
 from .classification import class_text_embeddings
+from .instance import evaluate_instance_segmentation, samclip_instance_segmenter
 from .semantic import calibrate_background_threshold, evaluate_semantic_segmentation, samclip_cosine_maps
 
 MASK_POOLINGS = ("mean", "max", "mean_tokens")
@@ -44,8 +45,9 @@ def set_dense_readout(model, readout: str) -> None:
     model.clip_head.dense_readout = readout
 
 
-def ablate_readouts(model, processor, mosaics, calibration, class_names, readouts=DENSE_READOUTS,
-                    poolings=MASK_POOLINGS) -> dict:
+def ablate_readouts(
+    model, processor, mosaics, calibration, class_names, readouts=DENSE_READOUTS, poolings=MASK_POOLINGS
+) -> dict:
     """`{readout: {"semseg_miou", "semseg_refined_miou", "semseg_per_class_iou", "semseg_refined_per_class_iou",
     "background_threshold", "instance": {pooling: metrics}}}` on `mosaics`, thresholds calibrated on
     `calibration`; under `"crops"`, the instance metrics of `label_source="crops"` (value read-out)."""
@@ -58,20 +60,27 @@ def ablate_readouts(model, processor, mosaics, calibration, class_names, readout
         )
         row = {"background_threshold": threshold}
         for refine, key in ((False, "semseg"), (True, "semseg_refined")):
-            result = evaluate_semantic_segmentation(model, processor, mosaics, class_names, refine=refine,
-                                                    background_threshold=threshold)
+            result = evaluate_semantic_segmentation(
+                model, processor, mosaics, class_names, refine=refine, background_threshold=threshold
+            )
             row[f"{key}_miou"], row[f"{key}_per_class_iou"] = result["miou"], result["per_class_iou"]
         row["instance"] = {
             pooling: evaluate_instance_segmentation(
                 samclip_instance_segmenter(model, processor, class_names, mask_pooling=pooling),
-                mosaics, class_names, desc=f"{readout}/{pooling}")
+                mosaics,
+                class_names,
+                desc=f"{readout}/{pooling}",
+            )
             for pooling in poolings
         }
         results[readout] = row
     set_dense_readout(model, DENSE_READOUTS[0])
     results["crops"] = evaluate_instance_segmentation(
-        samclip_instance_segmenter(model, processor, class_names, label_source="crops"), mosaics, class_names,
-        desc="crops")
+        samclip_instance_segmenter(model, processor, class_names, label_source="crops"),
+        mosaics,
+        class_names,
+        desc="crops",
+    )
     return results
 
 
@@ -80,11 +89,15 @@ def format_ablation(results: dict) -> str:
     lines = ["| read-out | semseg | refined | pooling | AP50 | AP | PQ |", "|---|---:|---:|---|---:|---:|---:|"]
     for readout, row in results.items():
         if readout == "crops":
-            lines.append(f"| (crops through the CLIP path) | | | | {row['ap50']:.3f} | {row['ap']:.3f} | {row['pq']:.3f} |")
+            lines.append(
+                f"| (crops through the CLIP path) | | | | {row['ap50']:.3f} | {row['ap']:.3f} | {row['pq']:.3f} |"
+            )
             continue
         for pooling, metrics in row["instance"].items():
-            lines.append(f"| {readout} | {row['semseg_miou']:.3f} | {row['semseg_refined_miou']:.3f} | {pooling} | "
-                         f"{metrics['ap50']:.3f} | {metrics['ap']:.3f} | {metrics['pq']:.3f} |")
+            lines.append(
+                f"| {readout} | {row['semseg_miou']:.3f} | {row['semseg_refined_miou']:.3f} | {pooling} | "
+                f"{metrics['ap50']:.3f} | {metrics['ap']:.3f} | {metrics['pq']:.3f} |"
+            )
     return "\n".join(lines)
 
 
@@ -119,30 +132,64 @@ def ablate_text_to_mask(model, processor, mosaics, calibration, class_names, tea
     for temperature in AFFINITY_TEMPERATURES:
         set_dense_affinity(model, temperature)
         threshold = calibrate_background_threshold(
-            samclip_cosine_maps(model, processor, class_embeds, processor.dense_size), calibration, class_names)
+            samclip_cosine_maps(model, processor, class_embeds, processor.dense_size), calibration, class_names
+        )
         results["plain"][str(temperature)] = {
-            key: evaluate_semantic_segmentation(model, processor, mosaics, class_names, refine=refine,
-                                                background_threshold=threshold)["miou"]
+            key: evaluate_semantic_segmentation(
+                model, processor, mosaics, class_names, refine=refine, background_threshold=threshold
+            )["miou"]
             for refine, key in ((False, "semseg_miou"), (True, "semseg_refined_miou"))
         } | {"background_threshold": threshold}
     set_dense_affinity(model, original)
     for name, options in PROMPT_VARIANTS.items():
         calibrated = calibrate_instance_score_threshold(model, processor, calibration, class_names, **options)
         instance = evaluate_instance_segmentation(
-            samclip_instance_segmenter(model, processor, class_names, score_threshold=0.0, **options), mosaics,
-            class_names, desc=name, score_thresholds={"rejected": calibrated["threshold"]})
-        painted = {f"painted_miou{suffix}": evaluate_instance_semantic_segmentation(
-            model, processor, mosaics, class_names, score_threshold=threshold, **options)["miou"]
-            for suffix, threshold in (("", 0.0), ("_rejected", calibrated["threshold"]))}
-        results["prompts"][name] = {**painted, **{key: instance[key] for key in (
-            "ap50", "ap", "pq", "precision", "recall", "f1", "seconds_per_image", "instances_per_image")},
-            "rejected": instance["rejected"]["rejected"]}
+            samclip_instance_segmenter(model, processor, class_names, score_threshold=0.0, **options),
+            mosaics,
+            class_names,
+            desc=name,
+            score_thresholds={"rejected": calibrated["threshold"]},
+        )
+        painted = {
+            f"painted_miou{suffix}": evaluate_instance_semantic_segmentation(
+                model, processor, mosaics, class_names, score_threshold=threshold, **options
+            )["miou"]
+            for suffix, threshold in (("", 0.0), ("_rejected", calibrated["threshold"]))
+        }
+        results["prompts"][name] = {
+            **painted,
+            **{
+                key: instance[key]
+                for key in (
+                    "ap50",
+                    "ap",
+                    "pq",
+                    "precision",
+                    "recall",
+                    "f1",
+                    "seconds_per_image",
+                    "instances_per_image",
+                )
+            },
+            "rejected": instance["rejected"]["rejected"],
+        }
     if teachers is not None:
-        cascade = evaluate_instance_segmentation(cascade_instance_segmenter(
-            teachers["sam_model"], teachers["sam_processor"], teachers["clip_model"], teachers["clip_processor"],
-            class_names), mosaics, class_names, desc="cascade")
-        results["cascade"] = {key: cascade[key] for key in ("ap50", "ap", "pq", "precision", "recall", "f1",
-                                                            "seconds_per_image", "instances_per_image")}
+        cascade = evaluate_instance_segmentation(
+            cascade_instance_segmenter(
+                teachers["sam_model"],
+                teachers["sam_processor"],
+                teachers["clip_model"],
+                teachers["clip_processor"],
+                class_names,
+            ),
+            mosaics,
+            class_names,
+            desc="cascade",
+        )
+        results["cascade"] = {
+            key: cascade[key]
+            for key in ("ap50", "ap", "pq", "precision", "recall", "f1", "seconds_per_image", "instances_per_image")
+        }
     return results
 
 
@@ -156,11 +203,17 @@ def time_label_everything(model, processor, teachers, mosaics, class_names) -> d
     from ._common import rgb
     from .instance import cascade_instance_segmenter
 
-    segmenters = {name: samclip_instance_segmenter(model, processor, class_names, **PROMPT_VARIANTS[name])
-                  for name in ("grid 8x8", "peaks 8 + grid 4x4")}
+    segmenters = {
+        name: samclip_instance_segmenter(model, processor, class_names, **PROMPT_VARIANTS[name])
+        for name in ("grid 8x8", "peaks 8 + grid 4x4")
+    }
     segmenters["SAM+CLIP cascade (teachers)"] = cascade_instance_segmenter(
-        teachers["sam_model"], teachers["sam_processor"], teachers["clip_model"], teachers["clip_processor"],
-        class_names)
+        teachers["sam_model"],
+        teachers["sam_processor"],
+        teachers["clip_model"],
+        teachers["clip_processor"],
+        class_names,
+    )
     images = [rgb(image) for image in mosaics["image"]]
     seconds = {name: [] for name in segmenters}
     for segment in segmenters.values():
@@ -171,8 +224,14 @@ def time_label_everything(model, processor, teachers, mosaics, class_names) -> d
             segment([image])
             seconds[name].append(time.perf_counter() - began)
     cascade = statistics.median(seconds["SAM+CLIP cascade (teachers)"])
-    return {name: {"median_seconds": statistics.median(values), "mean_seconds": statistics.fmean(values),
-                   "vs_cascade": statistics.median(values) / cascade} for name, values in seconds.items()}
+    return {
+        name: {
+            "median_seconds": statistics.median(values),
+            "mean_seconds": statistics.fmean(values),
+            "vs_cascade": statistics.median(values) / cascade,
+        }
+        for name, values in seconds.items()
+    }
 
 
 def format_text_to_mask(results: dict) -> str:
@@ -180,18 +239,25 @@ def format_text_to_mask(results: dict) -> str:
     lines = ["| affinity temperature | plain semseg | refined semseg |", "|---|---:|---:|"]
     for temperature, row in results["plain"].items():
         lines.append(f"| {temperature} | {row['semseg_miou']:.3f} | {row['semseg_refined_miou']:.3f} |")
-    lines += ["", "| prompts | painted semseg | painted, none-of-these | AP50 | PQ | P | R | F1 | F1 none-of-these "
-              "(threshold) | instances | ms / mosaic |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "| prompts | painted semseg | painted, none-of-these | AP50 | PQ | P | R | F1 | F1 none-of-these "
+        "(threshold) | instances | ms / mosaic |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     rows = dict(results["prompts"])
     if "cascade" in results:
         rows["SAM+CLIP cascade (teachers)"] = results["cascade"]
     for name, row in rows.items():
         rejected = row.get("rejected")
         lines.append(
-            f"| {name} | {row.get('painted_miou', float('nan')):.3f} | {row.get('painted_miou_rejected', float('nan')):.3f} "
-            f"| {row['ap50']:.3f} | {row['pq']:.3f} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} | "
+            f"| {name} | {row.get('painted_miou', float('nan')):.3f} "
+            f"| {row.get('painted_miou_rejected', float('nan')):.3f} "
+            f"| {row['ap50']:.3f} | {row['pq']:.3f} | {row['precision']:.3f} | {row['recall']:.3f} "
+            f"| {row['f1']:.3f} | "
             + (f"{rejected['f1']:.3f} ({rejected['threshold']:.2f})" if rejected else "-")
-            + f" | {row['instances_per_image']:.1f} | {1000 * row['seconds_per_image']:.0f} |")
+            + f" | {row['instances_per_image']:.1f} | {1000 * row['seconds_per_image']:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -207,11 +273,17 @@ def main(argv=None) -> int:
     parser.add_argument("--num-mosaics", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", default=None, help="JSON file for the results")
-    parser.add_argument("--text-to-mask", action="store_true",
-                        help="instead: affinity read-out, prompt sets, painted semantic map and none-of-these "
-                        "(with the teachers' cascade for time)")
-    parser.add_argument("--timing", action="store_true",
-                        help="instead: label-everything time per mosaic, grid vs peaks vs the cascade, interleaved")
+    parser.add_argument(
+        "--text-to-mask",
+        action="store_true",
+        help="instead: affinity read-out, prompt sets, painted semantic map and none-of-these "
+        "(with the teachers' cascade for time)",
+    )
+    parser.add_argument(
+        "--timing",
+        action="store_true",
+        help="instead: label-everything time per mosaic, grid vs peaks vs the cascade, interleaved",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     path = args.model or SHIPPED_MOSAIC_MODEL_DIR
@@ -228,8 +300,9 @@ def main(argv=None) -> int:
     elif args.text_to_mask:
         from ..mosaic import load_mosaic_teachers
 
-        results = ablate_text_to_mask(model, processor, mosaics, calibration, FASHION_MNIST_CLASSES,
-                                      load_mosaic_teachers())
+        results = ablate_text_to_mask(
+            model, processor, mosaics, calibration, FASHION_MNIST_CLASSES, load_mosaic_teachers()
+        )
         print(format_text_to_mask(results))
     else:
         results = ablate_readouts(model, processor, mosaics, calibration, FASHION_MNIST_CLASSES)

@@ -19,7 +19,7 @@ datasets without that column count every item. Targets (issue 18): the CLIP teac
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -69,7 +69,9 @@ def one_pass_labeller(model, processor, class_names, templates=None) -> Labeller
         for index, mask in enumerate(masks):
             resized = Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255).resize((width, height), Image.NEAREST)
             frame[index, :height, :width] = torch.from_numpy(np.asarray(resized) > 127)
-        tokens = model.clip_head.dense_tokens(model.vision_encoder(pixel_values, compute_neck=False).trunk_hidden_state)
+        tokens = model.clip_head.dense_tokens(
+            model.vision_encoder(pixel_values, compute_neck=False).trunk_hidden_state
+        )
         embeddings = F.normalize(model.clip_head.projector(mask_pooled_tokens(tokens[0], frame)), dim=-1)
         return (embeddings @ class_embeds.to(embeddings.dtype).T).argmax(dim=1).cpu().numpy()
 
@@ -80,12 +82,17 @@ def ground_truth_items(row: dict, min_visible_fraction: float) -> tuple[list, li
     """The bool masks and class ids of a row's items visible enough to be named."""
     fractions = row.get("visible_fraction") or [1.0] * len(row["labels"])
     kept = [k for k, fraction in enumerate(fractions) if fraction >= min_visible_fraction]
-    return ([np.asarray(row["instance_masks"][k]).astype(bool) for k in kept],
-            [int(row["labels"][k]) for k in kept])
+    return ([np.asarray(row["instance_masks"][k]).astype(bool) for k in kept], [int(row["labels"][k]) for k in kept])
 
 
-def evaluate_recognition(labellers: dict[str, Labeller], dataset, num_classes: int, min_visible_fraction: float = 0.3,
-                         limit: int | None = None, image_column: str = "image") -> dict:
+def evaluate_recognition(
+    labellers: dict[str, Labeller],
+    dataset,
+    num_classes: int,
+    min_visible_fraction: float = 0.3,
+    limit: int | None = None,
+    image_column: str = "image",
+) -> dict:
     """Accuracy and confusion matrix (rows: truth, columns: prediction) of each labeller over the visible
     ground-truth items of `dataset` (columns `image`, `instance_masks`, `labels`, optional `visible_fraction`).
     Unreadable images are skipped and counted. Returns `{name: {"accuracy", "num_items", "confusion"}, ...}`
@@ -107,12 +114,17 @@ def evaluate_recognition(labellers: dict[str, Labeller], dataset, num_classes: i
     for name, matrix in confusion.items():
         total = int(matrix.sum())
         if total == 0:
-            raise ValueError(f"no ground-truth item is at least {min_visible_fraction} visible in the "
-                             f"{num_images} images; nothing to recognise (lower min_visible_fraction).")
-        results[name] = {"accuracy": float(np.trace(matrix) / total), "num_items": total,
-                         "confusion": matrix.tolist()}
-    return {**results, "num_images": num_images, "skipped_samples": skipped.count,
-            "min_visible_fraction": min_visible_fraction}
+            raise ValueError(
+                f"no ground-truth item is at least {min_visible_fraction} visible in the "
+                f"{num_images} images; nothing to recognise (lower min_visible_fraction)."
+            )
+        results[name] = {"accuracy": float(np.trace(matrix) / total), "num_items": total, "confusion": matrix.tolist()}
+    return {
+        **results,
+        "num_images": num_images,
+        "skipped_samples": skipped.count,
+        "min_visible_fraction": min_visible_fraction,
+    }
 
 
 def recognition_row(labellers: dict[str, Labeller], dataset, num_classes: int, **options) -> tuple[dict, int]:

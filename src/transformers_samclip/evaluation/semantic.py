@@ -21,17 +21,17 @@ VOC 60.6 vs MaskCLIP-style and cascade 27.2).
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..modeling import grid_points, mask_padding, select_generated_masks
 from ._common import SkippedSamples, iter_batches, model_device, rgb, sam_view, subset
 from .classification import class_text_embeddings, image_embeddings
 from .geometry import masked_crop, square_crop
 from .metrics import confusion_matrix, load_metric, mean_iou
-from ..modeling import grid_points, mask_padding, select_generated_masks
 
 CosineMaps = Callable[[list], list]  # images -> one (num_classes, H, W) cosine tensor per image, original size
 Segmenter = Callable[[list], list]  # images -> one (H, W) label map per image (0 background, c + 1 class c)
@@ -70,10 +70,15 @@ def evaluate_label_maps(
     for _, rows in iter_batches(dataset, batch_size, desc, image_column, skipped):
         predictions = [np.asarray(predicted) for predicted in segment(rows[image_column])]
         metric.add_batch(predictions=predictions, references=[_gt_map(target) for target in rows[semantic_column]])
-    result = metric.compute(num_labels=len(class_names) + 1, ignore_index=ignore_index,
-                            label_names=["background", *class_names])
-    return {"miou": result["mean_iou"], "per_class_iou": result["per_category_iou"],
-            "num_images": len(dataset) - skipped.count, "skipped_samples": skipped.count}
+    result = metric.compute(
+        num_labels=len(class_names) + 1, ignore_index=ignore_index, label_names=["background", *class_names]
+    )
+    return {
+        "miou": result["mean_iou"],
+        "per_class_iou": result["per_category_iou"],
+        "num_images": len(dataset) - skipped.count,
+        "skipped_samples": skipped.count,
+    }
 
 
 @torch.no_grad()
@@ -166,14 +171,20 @@ def evaluate_semantic_segmentation(
     `calibration_dataset`, else the model's `config.background_threshold`. Returns `{"miou", "per_class_iou",
     "num_images", "background_threshold", "dense_size"}`."""
     model.eval()
-    columns = dict(image_column=image_column, semantic_column=semantic_column, ignore_index=ignore_index,
-                   batch_size=batch_size)
+    columns = dict(
+        image_column=image_column, semantic_column=semantic_column, ignore_index=ignore_index, batch_size=batch_size
+    )
     class_embeds = class_text_embeddings(model, processor.tokenizer, class_names, templates)
     size = dense_size or processor.dense_size
     if background_threshold is None and calibration_dataset is None:
         background_threshold = getattr(model.config, "background_threshold", None)
-    threshold = _resolve_threshold(samclip_cosine_maps(model, processor, class_embeds, size), background_threshold,
-                                   calibration_dataset, class_names, columns)
+    threshold = _resolve_threshold(
+        samclip_cosine_maps(model, processor, class_embeds, size),
+        background_threshold,
+        calibration_dataset,
+        class_names,
+        columns,
+    )
 
     def segment(images):
         logits, encoding = _samclip_segmentation(model, processor, images, class_embeds, refine, size, threshold)
@@ -183,7 +194,9 @@ def evaluate_semantic_segmentation(
 
     desc = "refined semantic segmentation" if refine else "semantic segmentation"
     result = evaluate_label_maps(segment, dataset, class_names, limit=limit, desc=desc, **columns)
-    result.update(background_threshold=threshold, dense_size=processor.image_processor.size["longest_edge"] if refine else size)
+    result.update(
+        background_threshold=threshold, dense_size=processor.image_processor.size["longest_edge"] if refine else size
+    )
     return result
 
 
@@ -197,10 +210,16 @@ def instance_semantic_segmenter(model, processor, class_names, templates=None, *
 
     def segment(images):
         encoding = sam_view(processor, [rgb(image) for image in images])
-        logits = model.semantic_segmentation_from_instances(
-            encoding["pixel_values"].to(model_device(model), model.dtype), class_embeds,
-            input_sizes=encoding["reshaped_input_sizes"].tolist(), **instance_options,
-        ).logits.float().cpu()
+        logits = (
+            model.semantic_segmentation_from_instances(
+                encoding["pixel_values"].to(model_device(model), model.dtype),
+                class_embeds,
+                input_sizes=encoding["reshaped_input_sizes"].tolist(),
+                **instance_options,
+            )
+            .logits.float()
+            .cpu()
+        )
         return processor.post_process_semantic_segmentation(
             logits, encoding["original_sizes"], encoding["reshaped_input_sizes"]
         )
@@ -210,17 +229,33 @@ def instance_semantic_segmenter(model, processor, class_names, templates=None, *
 
 @torch.no_grad()
 def evaluate_instance_semantic_segmentation(
-    model, processor, dataset, class_names, templates=None, image_column: str = "image",
-    semantic_column: str = "semantic_map", ignore_index: int | None = 255, batch_size: int = 16,
-    limit: int | None = None, **instance_options,
+    model,
+    processor,
+    dataset,
+    class_names,
+    templates=None,
+    image_column: str = "image",
+    semantic_column: str = "semantic_map",
+    ignore_index: int | None = 255,
+    batch_size: int = 16,
+    limit: int | None = None,
+    **instance_options,
 ) -> dict:
     """Semantic mIoU of the one-pass labelled masks painted into a map (:func:`instance_semantic_segmenter`). No
     background threshold: pixels no kept mask covers are background, as in the cascade. Returns
     `{"miou", "per_class_iou", "num_images", "skipped_samples"}`."""
     segment = instance_semantic_segmenter(model, processor, class_names, templates, **instance_options)
-    return evaluate_label_maps(segment, dataset, class_names, image_column=image_column,
-                               semantic_column=semantic_column, ignore_index=ignore_index, batch_size=batch_size,
-                               limit=limit, desc="one-pass painted semantic segmentation")
+    return evaluate_label_maps(
+        segment,
+        dataset,
+        class_names,
+        image_column=image_column,
+        semantic_column=semantic_column,
+        ignore_index=ignore_index,
+        batch_size=batch_size,
+        limit=limit,
+        desc="one-pass painted semantic segmentation",
+    )
 
 
 # ------------------------------------------------------------------------------------------------ baselines
@@ -277,8 +312,9 @@ def evaluate_maskclip_baseline(
     `dense_size` (default twice the teacher's input size, as for SAM-CLIP); background as in
     :func:`evaluate_semantic_segmentation`."""
     clip_model.eval()
-    columns = dict(image_column=image_column, semantic_column=semantic_column, ignore_index=ignore_index,
-                   batch_size=batch_size)
+    columns = dict(
+        image_column=image_column, semantic_column=semantic_column, ignore_index=ignore_index, batch_size=batch_size
+    )
     class_embeds = class_text_embeddings(clip_model, clip_processor.tokenizer, class_names, templates)
     size = dense_size or 2 * clip_model.config.vision_config.image_size
     cosine_maps = maskclip_cosine_maps(clip_model, clip_processor, class_embeds, size)
@@ -294,8 +330,13 @@ def evaluate_maskclip_baseline(
 
 @torch.no_grad()
 def segment_everything(
-    sam_model, sam_processor, image, points_per_side: int = 8, pred_iou_threshold: float = 0.5,
-    stability_threshold: float = 0.8, nms_threshold: float = 0.7,
+    sam_model,
+    sam_processor,
+    image,
+    points_per_side: int = 8,
+    pred_iou_threshold: float = 0.5,
+    stability_threshold: float = 0.8,
+    nms_threshold: float = 0.7,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SAM's automatic masks with a `SamModel`: a `points_per_side`^2 grid of one-point prompts over the image (one
     encoder pass), SAM's three masks per point, filtered and de-duplicated by the model package's
@@ -325,8 +366,9 @@ def segment_everything(
     return masks[0][nonempty], scores[kept].cpu()[nonempty]
 
 
-def cascade_instances(sam_model, sam_processor, clip_model, clip_processor, class_embeds, image, masked: bool = False,
-                      **options) -> dict:
+def cascade_instances(
+    sam_model, sam_processor, clip_model, clip_processor, class_embeds, image, masked: bool = False, **options
+) -> dict:
     """The SAM-then-CLIP cascade on one image: :func:`segment_everything`, then each mask's square crop (with the
     pixels outside the mask greyed when `masked`) classified zero-shot by the CLIP model (one CLIP image per mask).
     Returns `{"masks", "class_ids", "scores"}` (score: the CLIP class probability times SAM's predicted IoU, the same
@@ -358,16 +400,21 @@ def cascade_segmenter(
     sam_model.eval()
     clip_model.eval()
     class_embeds = class_text_embeddings(clip_model, clip_processor.tokenizer, class_names, templates)
-    options = dict(points_per_side=points_per_side, pred_iou_threshold=pred_iou_threshold, nms_threshold=nms_threshold,
-                   masked=masked)
+    options = dict(
+        points_per_side=points_per_side,
+        pred_iou_threshold=pred_iou_threshold,
+        nms_threshold=nms_threshold,
+        masked=masked,
+    )
 
     @torch.no_grad()
     def segment(images):
         maps = []
         for image in images:
             image = rgb(image)
-            instances = cascade_instances(sam_model, sam_processor, clip_model, clip_processor, class_embeds, image,
-                                          **options)
+            instances = cascade_instances(
+                sam_model, sam_processor, clip_model, clip_processor, class_embeds, image, **options
+            )
             masks = instances["masks"]
             label_map = torch.zeros((image.height, image.width), dtype=torch.long)
             for index in masks.flatten(1).sum(dim=1).argsort(descending=True).tolist():
@@ -392,9 +439,14 @@ def calibrate_cascade_iou_threshold(
     columns = {k: options.pop(k) for k in ("image_column", "semantic_column", "ignore_index") if k in options}
     scores = [
         evaluate_label_maps(
-            cascade_segmenter(sam_model, sam_processor, clip_model, clip_processor, class_names, pred_iou_threshold=t,
-                              **options),
-            calibration_dataset, class_names, batch_size=1, desc=f"cascade calibration {t}", **columns,
+            cascade_segmenter(
+                sam_model, sam_processor, clip_model, clip_processor, class_names, pred_iou_threshold=t, **options
+            ),
+            calibration_dataset,
+            class_names,
+            batch_size=1,
+            desc=f"cascade calibration {t}",
+            **columns,
         )["miou"]
         for t in CASCADE_IOU_THRESHOLDS
     ]
@@ -432,8 +484,14 @@ def evaluate_cascade_baseline(
             raise ValueError("pred_iou_threshold=None calibrates it: give calibration_dataset (training images).")
         pred_iou_threshold = calibrate_cascade_iou_threshold(*teachers, calibration_dataset, **options, **columns)
     segment = cascade_segmenter(*teachers, pred_iou_threshold=pred_iou_threshold, **options)
-    result = evaluate_label_maps(segment, dataset, class_names, batch_size=1, limit=limit,
-                                 desc="SAM+CLIP cascade" + (" (masked crops)" if masked else ""),
-                                 **columns)
+    result = evaluate_label_maps(
+        segment,
+        dataset,
+        class_names,
+        batch_size=1,
+        limit=limit,
+        desc="SAM+CLIP cascade" + (" (masked crops)" if masked else ""),
+        **columns,
+    )
     result.update(points_per_side=points_per_side, pred_iou_threshold=pred_iou_threshold)
     return result

@@ -30,8 +30,9 @@ def render_results_tables(text: str, base: Path) -> str:
     def table(match: re.Match) -> str:
         path, group = base / match.group(2), match.group(3)
         if group not in COLUMN_GROUPS:
-            raise ValueError(f"unknown column group {group!r} in {match.group(1).strip()}; use one of "
-                             f"{sorted(COLUMN_GROUPS)}.")
+            raise ValueError(
+                f"unknown column group {group!r} in {match.group(1).strip()}; use one of {sorted(COLUMN_GROUPS)}."
+            )
         rows = json.loads(path.read_text())["rows"]
         return match.group(1) + format_results_table(rows, COLUMN_GROUPS[group]) + "\n" + match.group(5)
 

@@ -35,8 +35,15 @@ UNKNOWN_TEACHERS = (
     "not recorded with this model (`samclip export --base-model SAM_ID --base-model CLIP_ID` names them)"
 )
 DEFAULT_TAGS = (
-    "samclip", "sam", "clip", "knowledge-distillation", "zero-shot-image-classification", "mask-generation",
-    "image-segmentation", "zero-shot-image-segmentation", "custom_code",
+    "samclip",
+    "sam",
+    "clip",
+    "knowledge-distillation",
+    "zero-shot-image-classification",
+    "mask-generation",
+    "image-segmentation",
+    "zero-shot-image-segmentation",
+    "custom_code",
 )
 
 
@@ -54,30 +61,84 @@ class Metric:
 
 
 # The mosaic world's parts, as dataset configs: the Hub groups `model-index` results by task, dataset and config.
-ITEMS, HELDOUT, RAW, MOSAICS = (("items", "item views"), ("items-heldout", "item views, held-out look"),
-                                ("raw-photos", "raw 28 px Fashion-MNIST test photos"), ("mosaics", "mosaics"))
+ITEMS, HELDOUT, RAW, MOSAICS = (
+    ("items", "item views"),
+    ("items-heldout", "item views, held-out look"),
+    ("raw-photos", "raw 28 px Fashion-MNIST test photos"),
+    ("mosaics", "mosaics"),
+)
 METRICS = (
-    Metric("zero_shot_top1", "Zero-shot top-1", "zero-shot-image-classification", "Zero-shot classification",
-           "accuracy", *ITEMS),
-    Metric("zero_shot_top1_heldout", "Zero-shot top-1 (held-out look)", "zero-shot-image-classification",
-           "Zero-shot classification, unseen backgrounds/tints/scales", "accuracy", *HELDOUT),
-    Metric("zero_shot_top1_raw", "Zero-shot top-1 (raw photos)", "zero-shot-image-classification",
-           "Zero-shot classification, raw 28 px photos", "accuracy", *RAW),
+    Metric(
+        "zero_shot_top1",
+        "Zero-shot top-1",
+        "zero-shot-image-classification",
+        "Zero-shot classification",
+        "accuracy",
+        *ITEMS,
+    ),
+    Metric(
+        "zero_shot_top1_heldout",
+        "Zero-shot top-1 (held-out look)",
+        "zero-shot-image-classification",
+        "Zero-shot classification, unseen backgrounds/tints/scales",
+        "accuracy",
+        *HELDOUT,
+    ),
+    Metric(
+        "zero_shot_top1_raw",
+        "Zero-shot top-1 (raw photos)",
+        "zero-shot-image-classification",
+        "Zero-shot classification, raw 28 px photos",
+        "accuracy",
+        *RAW,
+    ),
     Metric("box_miou", "Box mIoU", "mask-generation", "Promptable segmentation (box)", "mean_iou", *MOSAICS),
-    Metric("point1_miou", "1-point mIoU", "mask-generation", "Promptable segmentation (1 point)", "mean_iou",
-           *MOSAICS),
-    Metric("point3_miou", "3-point mIoU", "mask-generation", "Promptable segmentation (3 points)", "mean_iou",
-           *MOSAICS),
-    Metric("semseg_miou", "Semantic seg. mIoU", "image-segmentation", "Zero-shot semantic segmentation (CLIP head)",
-           "mean_iou", *MOSAICS),
-    Metric("semseg_refined_miou", "Semantic seg. mIoU (SAM-refined)", "image-segmentation",
-           "Zero-shot semantic segmentation (SAM-refined)", "mean_iou", *MOSAICS),
-    Metric("semseg_instances_miou", "Semantic seg. mIoU (one pass, labelled masks)", "image-segmentation",
-           "Zero-shot semantic segmentation (one-pass labelled masks, the pipeline's default)", "mean_iou", *MOSAICS),
-    Metric("recognition_one_pass", "Recognition on ground-truth masks (one pass)", "zero-shot-image-classification",
-           "Naming ground-truth instance masks from one encoder pass", "accuracy", *MOSAICS),
-    Metric("recognition_crop", "Recognition on ground-truth masks (crops)", "zero-shot-image-classification",
-           "Naming ground-truth instance masks from their square crops", "accuracy", *MOSAICS),
+    Metric(
+        "point1_miou", "1-point mIoU", "mask-generation", "Promptable segmentation (1 point)", "mean_iou", *MOSAICS
+    ),
+    Metric(
+        "point3_miou", "3-point mIoU", "mask-generation", "Promptable segmentation (3 points)", "mean_iou", *MOSAICS
+    ),
+    Metric(
+        "semseg_miou",
+        "Semantic seg. mIoU",
+        "image-segmentation",
+        "Zero-shot semantic segmentation (CLIP head)",
+        "mean_iou",
+        *MOSAICS,
+    ),
+    Metric(
+        "semseg_refined_miou",
+        "Semantic seg. mIoU (SAM-refined)",
+        "image-segmentation",
+        "Zero-shot semantic segmentation (SAM-refined)",
+        "mean_iou",
+        *MOSAICS,
+    ),
+    Metric(
+        "semseg_instances_miou",
+        "Semantic seg. mIoU (one pass, labelled masks)",
+        "image-segmentation",
+        "Zero-shot semantic segmentation (one-pass labelled masks, the pipeline's default)",
+        "mean_iou",
+        *MOSAICS,
+    ),
+    Metric(
+        "recognition_one_pass",
+        "Recognition on ground-truth masks (one pass)",
+        "zero-shot-image-classification",
+        "Naming ground-truth instance masks from one encoder pass",
+        "accuracy",
+        *MOSAICS,
+    ),
+    Metric(
+        "recognition_crop",
+        "Recognition on ground-truth masks (crops)",
+        "zero-shot-image-classification",
+        "Naming ground-truth instance masks from their square crops",
+        "accuracy",
+        *MOSAICS,
+    ),
 )
 
 
@@ -106,7 +167,11 @@ def load_results(path: str | Path) -> dict[str, dict[str, float]]:
             data = data[key]
             break
     if isinstance(data, list):
-        data = {str(row.get("model", row.get("name", f"model {i}"))): row for i, row in enumerate(data) if isinstance(row, dict)}
+        data = {
+            str(row.get("model", row.get("name", f"model {i}"))): row
+            for i, row in enumerate(data)
+            if isinstance(row, dict)
+        }
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected rows keyed by model name, got {type(data).__name__}.")
     return {
@@ -143,11 +208,15 @@ def eval_results_for(metrics: dict[str, float]) -> list[EvalResult]:
     """`model-index` entries for the known metric keys present in one model's row (missing keys are skipped)."""
     return [
         EvalResult(
-            task_type=metric.task_type, task_name=metric.task_name, dataset_type=RESULTS_DATASET,
-            dataset_name=f"{RESULTS_DATASET_NAME}: {metric.dataset_name}", dataset_config=metric.dataset_config,
+            task_type=metric.task_type,
+            task_name=metric.task_name,
+            dataset_type=RESULTS_DATASET,
+            dataset_name=f"{RESULTS_DATASET_NAME}: {metric.dataset_name}",
+            dataset_config=metric.dataset_config,
             dataset_split="test",
             metric_type=metric.metric_type,
-            metric_name=metric.title, metric_value=metrics[metric.key],
+            metric_name=metric.title,
+            metric_value=metrics[metric.key],
         )
         for metric in METRICS
         if metric.key in metrics

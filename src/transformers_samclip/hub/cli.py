@@ -16,9 +16,14 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model_dir", help="model folder, Hub id, or 'mosaic' (the shipped mosaic model)")
     parser.add_argument("--results", type=Path, help="evaluation JSON of `samclip evaluate` (fills model-index)")
     parser.add_argument("--model-name", help="row of the results JSON that is this model (default: folder name)")
-    parser.add_argument("--base-model", action="append", dest="base_models", metavar="ID",
-                        help="a teacher's Hub id (give twice: SAM, CLIP); default: the Hub ids the model's recipe "
-                             "names, none for the mosaic teachers (not on the Hub)")
+    parser.add_argument(
+        "--base-model",
+        action="append",
+        dest="base_models",
+        metavar="ID",
+        help="a teacher's Hub id (give twice: SAM, CLIP); default: the Hub ids the model's recipe "
+        "names, none for the mosaic teachers (not on the Hub)",
+    )
 
 
 def _export_options(args) -> dict:
@@ -40,21 +45,28 @@ def export_main(argv=None) -> int:
     _export_arguments(parser)
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--repo-id", help="Hub id written into the card's usage snippets")
-    parser.add_argument("--onnx", action="store_true", help="also write ONNX graphs for onnxruntime under OUT_DIR/onnx/")
-    parser.add_argument("--int8", action="store_true", help="also write int8 (dynamic) quantized graphs; implies --onnx")
+    parser.add_argument(
+        "--onnx", action="store_true", help="also write ONNX graphs for onnxruntime under OUT_DIR/onnx/"
+    )
+    parser.add_argument(
+        "--int8", action="store_true", help="also write int8 (dynamic) quantized graphs; implies --onnx"
+    )
     args = parser.parse_args(argv)
     from ..cli import check_path
     from .export import export_model
 
     if (args.onnx or args.int8) and not all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime")):
         # A missing extra, not a bad argument: exit 1, one line that says what to install.
-        print("samclip export: --onnx needs onnx and onnxruntime: pip install 'transformers-samclip[onnx]'.",
-              file=sys.stderr)
+        print(
+            "samclip export: --onnx needs onnx and onnxruntime: pip install 'transformers-samclip[onnx]'.",
+            file=sys.stderr,
+        )
         return 1
 
     check_path(args.out_dir, "out_dir", "output-folder")
-    out = export_model(args.model_dir, args.out_dir, repo_id=args.repo_id, onnx=args.onnx, int8=args.int8,
-                       **_export_options(args))
+    out = export_model(
+        args.model_dir, args.out_dir, repo_id=args.repo_id, onnx=args.onnx, int8=args.int8, **_export_options(args)
+    )
     print(f"exported to {out}")
     return 0
 

@@ -11,8 +11,14 @@ from typing import NamedTuple
 from ..modeling import SamClipModel, SamClipProcessor, pipeline_samclip
 from ..pipelines import EXPORTED_PIPELINES
 from .card import (
-    DEFAULT_BASE_MODELS, DISTILLED_ROW, MODEL_CARD_TEMPLATE, MOSAIC_TEACHERS, class_names_of, load_results,
-    render_model_card, teachers_of,
+    DEFAULT_BASE_MODELS,
+    DISTILLED_ROW,
+    MODEL_CARD_TEMPLATE,
+    MOSAIC_TEACHERS,
+    class_names_of,
+    load_results,
+    render_model_card,
+    teachers_of,
 )
 
 # Where the mosaic model is looked for: your own `samclip distill` output (relative to the working directory,
@@ -29,8 +35,10 @@ TASK_AUTO_CLASSES = ("AutoModelForZeroShotImageClassification", "AutoModelForMas
 PIPELINE_MODULE = Path(pipeline_samclip.__file__)
 # Every task an exported folder serves, transformers' own task names included: for a folder or Hub id, pipeline()
 # prefers these entries to its own classes, so each task gets the processor view it needs.
-CUSTOM_PIPELINES = {task: {"impl": f"{PIPELINE_MODULE.stem}.{cls.__name__}", "pt": ["AutoModel"], "tf": [],
-                           "type": "multimodal"} for task, cls in EXPORTED_PIPELINES.items()}
+CUSTOM_PIPELINES = {
+    task: {"impl": f"{PIPELINE_MODULE.stem}.{cls.__name__}", "pt": ["AutoModel"], "tf": [], "type": "multimodal"}
+    for task, cls in EXPORTED_PIPELINES.items()
+}
 
 
 class HubError(RuntimeError):
@@ -53,7 +61,9 @@ def load_mosaic_model() -> LoadedModel:
         if (folder / "config.json").exists():
             loaded = load_samclip(folder)
             if folder == SHIPPED_MOSAIC_MODEL_DIR:
-                description = "the distilled mosaic model shipped with transformers-samclip (`samclip distill`, seed 0)"
+                description = (
+                    "the distilled mosaic model shipped with transformers-samclip (`samclip distill`, seed 0)"
+                )
                 loaded = loaded._replace(description=description)
             return loaded
     from ..mosaic import load_mosaic_teachers
@@ -61,10 +71,13 @@ def load_mosaic_model() -> LoadedModel:
     teachers = load_mosaic_teachers()
     model = SamClipModel.from_teachers(teachers["sam_model"], teachers["clip_model"])
     processor = SamClipProcessor.from_sizes(
-        teachers["clip_processor"].tokenizer, sam_size=model.config.image_size, clip_size=model.config.head_config.image_size
+        teachers["clip_processor"].tokenizer,
+        sam_size=model.config.image_size,
+        clip_size=model.config.head_config.image_size,
     )
     return LoadedModel(
-        model, processor,
+        model,
+        processor,
         "No distilled mosaic model found (`samclip distill` writes outputs/samclip-mosaic): this is the "
         "shipped mosaic teachers merged with `SamClipModel.from_teachers`, whose CLIP head is not yet trained.",
         merged_teachers=True,
@@ -124,9 +137,15 @@ def export_model(
     loaded.processor.save_pretrained(out_dir)
     shutil.copy(PIPELINE_MODULE, out_dir / PIPELINE_MODULE.name)
     card = render_model_card(
-        model, repo_id=repo_id, model_name=model_name, results=results, base_models=base_models,
+        model,
+        repo_id=repo_id,
+        model_name=model_name,
+        results=results,
+        base_models=base_models,
         model_description=loaded.description if loaded.merged_teachers else "",
-        template_path=template_path, row_names=(str(model_dir), DISTILLED_ROW), teachers_description=teachers,
+        template_path=template_path,
+        row_names=(str(model_dir), DISTILLED_ROW),
+        teachers_description=teachers,
         class_names=class_names_of(results_json, model_name, str(model_dir), DISTILLED_ROW) if results_json else (),
     )
     card.save(out_dir / "README.md")
@@ -160,12 +179,16 @@ def push_model(
             api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
             commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message)
         except OfflineModeIsEnabled:
-            raise HubError(f"cannot push to {repo_id}: the Hub is offline here (HF_HUB_OFFLINE is set); the export "
-                           "itself works: `samclip export MODEL_DIR OUT_DIR`.") from None
+            raise HubError(
+                f"cannot push to {repo_id}: the Hub is offline here (HF_HUB_OFFLINE is set); the export "
+                "itself works: `samclip export MODEL_DIR OUT_DIR`."
+            ) from None
         except HfHubHTTPError as error:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise HubError(f"cannot push to {repo_id}: the Hub refused ({first_line}); check the repo id and "
-                           "your token (`hf auth login`).") from None
+            raise HubError(
+                f"cannot push to {repo_id}: the Hub refused ({first_line}); check the repo id and "
+                "your token (`hf auth login`)."
+            ) from None
         except (OSError, ValueError) as error:  # connection failures and missing tokens
             raise HubError(f"cannot push to {repo_id}: {type(error).__name__}: {error}".splitlines()[0]) from None
     return str(getattr(commit, "commit_url", commit))

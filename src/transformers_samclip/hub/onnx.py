@@ -76,7 +76,7 @@ class PromptDecoderGraph(nn.Module):
         self.mask_decoder = model.mask_decoder
 
     def _box_tokens(self, input_boxes):
-        # (B, P, 4) -> corner tokens (B, max(P, 1), 2, C) and whether P > 0: zero boxes get one dummy box, dropped later.
+        # (B, P, 4) -> corner tokens (B, max(P, 1), 2, C), and whether P > 0: zero boxes get a dummy, dropped later.
         encoder = self.prompt_encoder
         padded = torch.cat([input_boxes, torch.zeros_like(input_boxes.sum(1, keepdim=True))], dim=1)
         num_boxes = torch.ones_like(input_boxes[0, :, 0]).sum()
@@ -87,8 +87,16 @@ class PromptDecoderGraph(nn.Module):
         corner_embed = torch.cat([encoder.point_embed[2].weight, encoder.point_embed[3].weight])
         return encoder.shared_embedding(corners, (size, size)) + corner_embed, num_boxes > 0
 
-    def forward(self, image_embeddings, image_positional_embeddings, input_points, input_labels, input_boxes,
-                input_masks, has_input_masks):
+    def forward(
+        self,
+        image_embeddings,
+        image_positional_embeddings,
+        input_points,
+        input_labels,
+        input_boxes,
+        input_masks,
+        has_input_masks,
+    ):
         encoder = self.prompt_encoder
         point_tokens = encoder._embed_points(input_points, input_labels, pad=False)  # (Bp, P, N, C)
         for label in (BOX_TOP_LEFT_LABEL, BOX_BOTTOM_RIGHT_LABEL):
@@ -101,9 +109,13 @@ class PromptDecoderGraph(nn.Module):
         box_side = torch.zeros_like(box_tokens[:, :, :1, :1])
         padding_token = encoder.not_a_point_embed.weight.reshape(1, 1, 1, -1) + point_side + box_side
         tokens = torch.cat([point_tokens + box_side, padding_token, box_tokens + point_side], dim=2)
-        keep = torch.cat([
-            torch.ones_like(input_labels[0, 0], dtype=torch.bool), ~has_box.reshape(1), has_box_input.reshape(1).expand(2)
-        ])
+        keep = torch.cat(
+            [
+                torch.ones_like(input_labels[0, 0], dtype=torch.bool),
+                ~has_box.reshape(1),
+                has_box_input.reshape(1).expand(2),
+            ]
+        )
         sparse = tokens.index_select(2, torch.nonzero(keep).squeeze(1))
         no_mask = encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
         dense = torch.where(has_input_masks.reshape(-1, 1, 1, 1) > 0, encoder.mask_embed(input_masks), no_mask)
@@ -126,7 +138,9 @@ class TextModelGraph(nn.Module):
         self.model = model
 
     def forward(self, input_ids, attention_mask):
-        return F.normalize(self.model.get_text_features(input_ids, attention_mask=attention_mask).pooler_output, dim=-1)
+        return F.normalize(
+            self.model.get_text_features(input_ids, attention_mask=attention_mask).pooler_output, dim=-1
+        )
 
 
 class ClipPathGraph(nn.Module):
@@ -170,8 +184,14 @@ def onnx_config(model: SamClipModel, processor: SamClipProcessor) -> dict:
         "templates": list(DEFAULT_TEMPLATES),
         "max_text_length": getattr(config.text_config, "max_position_embeddings", None),
         "pad_token_id": processor.tokenizer.pad_token_id,
-        "labels": {"positive": 1, "negative": 0, "not_a_point": -1, "ignored": -10,
-                   "box_top_left": BOX_TOP_LEFT_LABEL, "box_bottom_right": BOX_BOTTOM_RIGHT_LABEL},
+        "labels": {
+            "positive": 1,
+            "negative": 0,
+            "not_a_point": -1,
+            "ignored": -10,
+            "box_top_left": BOX_TOP_LEFT_LABEL,
+            "box_bottom_right": BOX_BOTTOM_RIGHT_LABEL,
+        },
         "clip_image_processor": _image_processor_dict(processor.clip_image_processor, "CLIPImageProcessor"),
     }
 
@@ -193,7 +213,9 @@ def example_inputs(model: SamClipModel, processor: SamClipProcessor, batch: int 
         "prompt_encoder_mask_decoder": (
             torch.randn(batch, channels, grid, grid, generator=generator),
             model.get_image_wide_positional_embeddings().detach().expand(batch, -1, -1, -1).contiguous(),
-            points, labels, corners.reshape(batch, 2, 4),
+            points,
+            labels,
+            corners.reshape(batch, 2, 4),
             torch.randn(batch, 1, 4 * grid, 4 * grid, generator=generator),
             torch.ones(batch),
         ),
@@ -206,8 +228,15 @@ def example_inputs(model: SamClipModel, processor: SamClipProcessor, batch: int 
 GRAPH_IO = {
     "vision_encoder": (("pixel_values",), ("image_embeddings", "image_positional_embeddings")),
     "prompt_encoder_mask_decoder": (
-        ("image_embeddings", "image_positional_embeddings", "input_points", "input_labels", "input_boxes",
-         "input_masks", "has_input_masks"),
+        (
+            "image_embeddings",
+            "image_positional_embeddings",
+            "input_points",
+            "input_labels",
+            "input_boxes",
+            "input_masks",
+            "has_input_masks",
+        ),
         ("iou_scores", "pred_masks"),
     ),
     "text_model": (("input_ids", "attention_mask"), ("text_embeds",)),
@@ -216,14 +245,21 @@ GRAPH_IO = {
 }
 # Axes that stay symbolic: batch everywhere, prompts per image and points per prompt, text length.
 DYNAMIC_AXES = {
-    "pixel_values": {0: "batch"}, "image_embeddings": {0: "batch"}, "image_positional_embeddings": {0: "batch"},
+    "pixel_values": {0: "batch"},
+    "image_embeddings": {0: "batch"},
+    "image_positional_embeddings": {0: "batch"},
     "input_points": {0: "batch", 1: "point_batch", 2: "num_points"},
     "input_labels": {0: "batch", 1: "point_batch", 2: "num_points"},
     "input_boxes": {0: "batch", 1: "num_boxes"},
-    "input_masks": {0: "batch"}, "has_input_masks": {0: "batch"},
-    "iou_scores": {0: "batch", 1: "point_batch"}, "pred_masks": {0: "batch", 1: "point_batch"},
-    "input_ids": {0: "text_batch", 1: "sequence"}, "attention_mask": {0: "text_batch", 1: "sequence"},
-    "text_embeds": {0: "text_batch"}, "image_embeds": {0: "batch"}, "dense_features": {0: "batch"},
+    "input_masks": {0: "batch"},
+    "has_input_masks": {0: "batch"},
+    "iou_scores": {0: "batch", 1: "point_batch"},
+    "pred_masks": {0: "batch", 1: "point_batch"},
+    "input_ids": {0: "text_batch", 1: "sequence"},
+    "attention_mask": {0: "text_batch", 1: "sequence"},
+    "text_embeds": {0: "text_batch"},
+    "image_embeds": {0: "batch"},
+    "dense_features": {0: "batch"},
 }
 
 
@@ -244,9 +280,15 @@ def _export_graph(module: nn.Module, args: tuple, path: Path, input_names, outpu
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            module, args, str(path), input_names=list(input_names), output_names=list(output_names),
+            module,
+            args,
+            str(path),
+            input_names=list(input_names),
+            output_names=list(output_names),
             dynamic_axes={name: DYNAMIC_AXES[name] for name in (*input_names, *output_names)},
-            opset_version=OPSET, dynamo=False, do_constant_folding=True,
+            opset_version=OPSET,
+            dynamo=False,
+            do_constant_folding=True,
         )
 
 
@@ -260,11 +302,13 @@ def _add_prompt_defaults(path: Path, mask_size: int) -> None:
     from onnx import numpy_helper
 
     graph_model = onnx.load(str(path))
-    graph_model.graph.initializer.extend([
-        numpy_helper.from_array(np.zeros((1, 0, 4), np.float32), "input_boxes"),
-        numpy_helper.from_array(np.zeros((1, 1, mask_size, mask_size), np.float32), "input_masks"),
-        numpy_helper.from_array(np.zeros((1,), np.float32), "has_input_masks"),
-    ])
+    graph_model.graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.zeros((1, 0, 4), np.float32), "input_boxes"),
+            numpy_helper.from_array(np.zeros((1, 1, mask_size, mask_size), np.float32), "input_masks"),
+            numpy_helper.from_array(np.zeros((1,), np.float32), "has_input_masks"),
+        ]
+    )
     onnx.save(graph_model, str(path))
 
 
@@ -279,7 +323,9 @@ def _pop_input_defaults(graph_model) -> list:
     return defaults
 
 
-def export_onnx(model: SamClipModel, processor: SamClipProcessor, out_dir: str | Path, graphs=GRAPH_NAMES) -> dict[str, Path]:
+def export_onnx(
+    model: SamClipModel, processor: SamClipProcessor, out_dir: str | Path, graphs=GRAPH_NAMES
+) -> dict[str, Path]:
     """Write the graphs (default: all five) and `samclip_onnx.json` under `out_dir/onnx/`, and the files
     transformers.js reads beside them (see [`write_transformers_js_files`]); returns `{graph name: path}`."""
     import onnx

@@ -265,11 +265,15 @@ def make_item_views(
     if style == "raw":
         images = [Image.fromarray(source.images[index]).convert("RGB") for index in range(count)]
     elif style == "heldout":  # its own seed stream, so no held-out view repeats a training draw
-        images = [generate_heldout_view(np.random.default_rng([seed, index, 9]), source.images[index], size)
-                  for index in range(count)]
+        images = [
+            generate_heldout_view(np.random.default_rng([seed, index, 9]), source.images[index], size)
+            for index in range(count)
+        ]
     else:
-        images = [generate_item_view(np.random.default_rng([seed, index]), source.images[index], size)[0]
-                  for index in range(count)]
+        images = [
+            generate_item_view(np.random.default_rng([seed, index]), source.images[index], size)[0]
+            for index in range(count)
+        ]
     features = datasets.Features(
         {
             "image": datasets.Image(),

@@ -38,7 +38,7 @@ from ..evaluation.classification import evaluate_zero_shot_classification
 from ..evaluation.geometry import mask_depth
 from ..evaluation.prompted import evaluate_prompted_segmentation
 from .fashion_mnist import FASHION_MNIST_CLASSES
-from .mosaics import generate_item_view, generate_mosaic, item_source, make_item_views, make_mosaic_dataset
+from .mosaics import generate_mosaic, item_source, make_item_views, make_mosaic_dataset
 
 SHIPPED_TEACHERS_DIR = Path(__file__).resolve().parent / "teachers"
 DEFAULT_WORK_DIR = Path("runs") / "mosaic-teachers"
@@ -144,8 +144,9 @@ def _load_weights(model, folder: Path) -> None:
     # Tied weights (SAM's shared positional embedding) are saved once; anything else missing is another model.
     missing = [k for k in missing if "positional_embedding" not in k]
     if unexpected or missing:
-        raise ValueError(f"{folder} does not hold this teacher's architecture: missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]}")
+        raise ValueError(
+            f"{folder} does not hold this teacher's architecture: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     _log(f"warm start from {folder}")
 
 
@@ -171,8 +172,13 @@ def _batches(make_batch, start: int, workers: int):
     where drawing mosaics on one core would starve the GPU)."""
     if workers == 0:
         return iter(_StepBatches(make_batch, start))
-    loader = torch.utils.data.DataLoader(_StepBatches(make_batch, start), batch_size=None, num_workers=workers,
-                                         prefetch_factor=4, persistent_workers=False)
+    loader = torch.utils.data.DataLoader(
+        _StepBatches(make_batch, start),
+        batch_size=None,
+        num_workers=workers,
+        prefetch_factor=4,
+        persistent_workers=False,
+    )
     return iter(loader)
 
 
@@ -180,8 +186,24 @@ def _on(batch: dict, device) -> dict:
     return {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
 
 
-def _train_loop(name, model, make_batch, batch_loss, seed, lr, warmup_steps, max_steps, minutes, work_dir, log_every,
-                checkpoint_every, weight_decay=0.05, measure=None, measure_every_minutes=None, workers=0) -> dict:
+def _train_loop(
+    name,
+    model,
+    make_batch,
+    batch_loss,
+    seed,
+    lr,
+    warmup_steps,
+    max_steps,
+    minutes,
+    work_dir,
+    log_every,
+    checkpoint_every,
+    weight_decay=0.05,
+    measure=None,
+    measure_every_minutes=None,
+    workers=0,
+) -> dict:
     """AdamW on ``batch_loss(make_batch(step)) -> (loss, {part: value})`` under :class:`_Schedule`, on the model's
     device, checkpointed for resuming; returns the steps taken and the training time. Batches are drawn from
     generators keyed by the step (``workers`` processes make them ahead). With ``measure`` (a function returning
@@ -222,8 +244,10 @@ def _train_loop(name, model, make_batch, batch_loss, seed, lr, warmup_steps, max
         elapsed = time.perf_counter() - started
         if step % log_every == 0:
             smoothed = " ".join(f"{k} {v:.4f}" for k, v in running.items())
-            _log(f"{name} step {step} loss {loss.item():.4f} (ema {smoothed}) lr {current_lr:.2e} "
-                 f"elapsed {elapsed:.0f}s progress {schedule.progress(step, elapsed):.1%}")
+            _log(
+                f"{name} step {step} loss {loss.item():.4f} (ema {smoothed}) lr {current_lr:.2e} "
+                f"elapsed {elapsed:.0f}s progress {schedule.progress(step, elapsed):.1%}"
+            )
         if measure is not None and elapsed / 60 >= curve[-1]["minutes"] + measure_every_minutes:
             take_curve_point()
         if step % checkpoint_every == 0:
@@ -234,8 +258,13 @@ def _train_loop(name, model, make_batch, batch_loss, seed, lr, warmup_steps, max
     checkpointer.save(model, optimizer, step, time.perf_counter() - started, curve)
     model.eval()
     _log(f"{name} done: {step} steps in {time.perf_counter() - started:.0f}s")
-    info = {"steps": step, "train_seconds": round(time.perf_counter() - started, 1), "lr": lr,
-            "max_steps": max_steps, "minutes": minutes}
+    info = {
+        "steps": step,
+        "train_seconds": round(time.perf_counter() - started, 1),
+        "lr": lr,
+        "max_steps": max_steps,
+        "minutes": minutes,
+    }
     if measure is not None:
         info["curve"] = curve
     return info
@@ -347,8 +376,10 @@ def _warm_start_clip(model, folder: Path) -> None:
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing or unexpected:
-        raise ValueError(f"{folder} does not hold this CLIP teacher's architecture: missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]}")
+        raise ValueError(
+            f"{folder} does not hold this CLIP teacher's architecture: missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}"
+        )
     _log(f"warm start from {folder}")
 
 
@@ -358,16 +389,21 @@ def clip_train_measure(model, processor, num_items: int = 300, num_mosaics: int 
     from their square crops and masked crops."""
     from ..evaluation.recognition import crop_labeller, evaluate_recognition
 
-    views = {style: make_item_views("train", num_items, seed=seed, style=style)
-             for style in ("training", "heldout", "raw")}
+    views = {
+        style: make_item_views("train", num_items, seed=seed, style=style) for style in ("training", "heldout", "raw")
+    }
     mosaics = make_mosaic_dataset("train", num_mosaics, seed)
     names = list(FASHION_MNIST_CLASSES)
 
     def measure() -> dict:
-        metrics = {f"top1_{style}": round(evaluate_zero_shot_classification(model, processor, data, names)["top1"], 4)
-                   for style, data in views.items()}
-        labellers = {"crop": crop_labeller(model, processor, names),
-                     "masked_crop": crop_labeller(model, processor, names, masked=True)}
+        metrics = {
+            f"top1_{style}": round(evaluate_zero_shot_classification(model, processor, data, names)["top1"], 4)
+            for style, data in views.items()
+        }
+        labellers = {
+            "crop": crop_labeller(model, processor, names),
+            "masked_crop": crop_labeller(model, processor, names, masked=True),
+        }
         recognition = evaluate_recognition(labellers, mosaics, len(names))
         metrics.update({f"recognition_{name}": round(recognition[name]["accuracy"], 4) for name in labellers})
         return metrics
@@ -411,8 +447,10 @@ def train_clip(
     def make_batch(step):
         rng = np.random.default_rng([seed, 1, step])
         images, labels = clip_training_views(rng, source, batch_size)
-        return {"pixel_values": processor.image_processor(images, return_tensors="pt")["pixel_values"],
-                "labels": torch.from_numpy(labels)}
+        return {
+            "pixel_values": processor.image_processor(images, return_tensors="pt")["pixel_values"],
+            "labels": torch.from_numpy(labels),
+        }
 
     def batch_loss(batch):
         with torch.no_grad():  # CLIP's clamp: keep the temperature from running away
@@ -421,9 +459,23 @@ def train_clip(
         return loss, {"clip": loss.item()}
 
     measure = clip_train_measure(model, processor) if measure_every_minutes else None
-    info = _train_loop("clip", model, make_batch, batch_loss, seed, lr, 50, max_steps, minutes, work_dir, log_every,
-                       checkpoint_every, measure=measure, measure_every_minutes=measure_every_minutes,
-                       workers=workers)
+    info = _train_loop(
+        "clip",
+        model,
+        make_batch,
+        batch_loss,
+        seed,
+        lr,
+        50,
+        max_steps,
+        minutes,
+        work_dir,
+        log_every,
+        checkpoint_every,
+        measure=measure,
+        measure_every_minutes=measure_every_minutes,
+        workers=workers,
+    )
     info.update(batch_size=batch_size, init_from=None if init_from is None else str(init_from))
     return model, processor, info
 
@@ -573,8 +625,11 @@ def _sam_loss(model, embeddings, batch):
     total, parts = 0.0, {}
     calls = {
         "box": dict(input_boxes=batch["boxes"], multimask_output=False),
-        "point": dict(input_points=batch["one_point"], input_labels=torch.ones_like(batch["one_point"][..., 0]).long(),
-                      multimask_output=True),
+        "point": dict(
+            input_points=batch["one_point"],
+            input_labels=torch.ones_like(batch["one_point"][..., 0]).long(),
+            multimask_output=True,
+        ),
         "points": dict(input_points=batch["multi_points"], input_labels=batch["multi_labels"], multimask_output=False),
     }
     for name, kwargs in calls.items():
@@ -626,16 +681,30 @@ def train_sam(
     source = item_source("train")
 
     def make_batch(step):
-        return _sam_training_batch(np.random.default_rng([seed, 2, step]), source, processor, batch_size,
-                                   prompts_per_image)
+        return _sam_training_batch(
+            np.random.default_rng([seed, 2, step]), source, processor, batch_size, prompts_per_image
+        )
 
     def batch_loss(batch):
         # One encoder pass with gradients, shared by all prompt kinds (get_image_embeddings is no_grad).
         embeddings = model.vision_encoder(batch["pixel_values"]).last_hidden_state
         return _sam_loss(model, embeddings, batch)
 
-    info = _train_loop("sam", model, make_batch, batch_loss, seed, lr, 100, max_steps, minutes, work_dir, log_every,
-                       checkpoint_every, workers=workers)
+    info = _train_loop(
+        "sam",
+        model,
+        make_batch,
+        batch_loss,
+        seed,
+        lr,
+        100,
+        max_steps,
+        minutes,
+        work_dir,
+        log_every,
+        checkpoint_every,
+        workers=workers,
+    )
     info.update(batch_size=batch_size, prompts_per_image=prompts_per_image)
     return model, processor, info
 
@@ -691,8 +760,9 @@ def pipeline_top1(folder: Path | str, images, labels) -> float:
     return float(np.mean([name == FASHION_MNIST_CLASSES[label] for name, label in zip(names, labels)]))
 
 
-def _clip_metrics(model, processor, folder: Path | None = None, num_pipeline_items: int = 2000,
-                  num_mosaics: int = 200) -> dict:
+def _clip_metrics(
+    model, processor, folder: Path | None = None, num_pipeline_items: int = 2000, num_mosaics: int = 200
+) -> dict:
     """The CLIP teacher's test metrics and :data:`CLIP_FLOORS` (pass or not): zero-shot top-1 on the 10,000 test
     items in three looks, the raw photos through the pipeline from `folder` (the first `num_pipeline_items`), and
     recognition on the ground-truth masks of `num_mosaics` test mosaics."""
@@ -700,8 +770,11 @@ def _clip_metrics(model, processor, folder: Path | None = None, num_pipeline_ite
 
     names = list(FASHION_MNIST_CLASSES)
     metrics = {}
-    for style, key in (("training", "zero_shot_top1"), ("heldout", "zero_shot_top1_heldout"),
-                       ("raw", "zero_shot_top1_raw")):
+    for style, key in (
+        ("training", "zero_shot_top1"),
+        ("heldout", "zero_shot_top1_heldout"),
+        ("raw", "zero_shot_top1_raw"),
+    ):
         views = make_item_views("test", seed=0, style=style)
         result = evaluate_zero_shot_classification(model, processor, views, names)
         metrics[key] = round(result["top1"], 4)
@@ -710,15 +783,22 @@ def _clip_metrics(model, processor, folder: Path | None = None, num_pipeline_ite
         raw = make_item_views("test", num_pipeline_items, seed=0, style="raw")
         metrics["zero_shot_top1_raw_pipeline"] = round(pipeline_top1(folder, raw["image"], raw["label"]), 4)
         metrics["num_pipeline_views"] = len(raw)
-    labellers = {name: crop_labeller(model, processor, names, masked=name == "masked_crop")
-                 for name in ("crop", "masked_crop")}
+    labellers = {
+        name: crop_labeller(model, processor, names, masked=name == "masked_crop") for name in ("crop", "masked_crop")
+    }
     recognition = evaluate_recognition(labellers, make_mosaic_dataset("test", num_mosaics, 0), len(names))
     for name in labellers:
         metrics[f"recognition_{name}"] = round(recognition[name]["accuracy"], 4)
-    metrics.update(recognition_items=recognition["crop"]["num_items"], views="make_item_views('test', seed=0, style)",
-                   mosaics=f"make_mosaic_dataset('test', {num_mosaics}, 0)")
-    metrics["floors"] = {key: {"floor": floor, "measured": metrics.get(key), "met": metrics.get(key, 0) >= floor}
-                         for key, floor in CLIP_FLOORS.items() if key in metrics}
+    metrics.update(
+        recognition_items=recognition["crop"]["num_items"],
+        views="make_item_views('test', seed=0, style)",
+        mosaics=f"make_mosaic_dataset('test', {num_mosaics}, 0)",
+    )
+    metrics["floors"] = {
+        key: {"floor": floor, "measured": metrics.get(key), "met": metrics.get(key, 0) >= floor}
+        for key, floor in CLIP_FLOORS.items()
+        if key in metrics
+    }
     _log(f"clip test metrics: {metrics}")
     return metrics
 
@@ -727,8 +807,12 @@ def _sam_metrics(model, processor, folder: Path | None = None) -> dict:
     result = evaluate_prompted_segmentation(model, processor, make_mosaic_dataset("test", 500, 0), seed=0)
     _log(f"sam test metrics: {result}")
     metrics = {key: round(result[key], 4) for key in ("box_miou", "point1_miou", "point3_miou")}
-    metrics.update(num_mosaics=result["num_images"], num_instances=result["num_instances"],
-                   min_visible_fraction=result["min_visible_fraction"], mosaics="make_mosaic_dataset('test', 500, 0)")
+    metrics.update(
+        num_mosaics=result["num_images"],
+        num_instances=result["num_instances"],
+        min_visible_fraction=result["min_visible_fraction"],
+        mosaics="make_mosaic_dataset('test', 500, 0)",
+    )
     return metrics
 
 
@@ -755,15 +839,31 @@ def build_teachers(
     output_dir.mkdir(parents=True, exist_ok=True)
     command = command or REBUILD_COMMAND
     trainers = {
-        "clip": (lambda: train_clip(seed=seed, max_steps=clip_steps, minutes=clip_minutes, lr=clip_lr,
-                                    work_dir=work_dir,
-                                    init_from=None if init_from is None else Path(init_from) / "clip",
-                                    device=device, workers=workers),
-                 _clip_metrics),
-        "sam": (lambda: train_sam(seed=seed, max_steps=sam_steps, minutes=sam_minutes, work_dir=work_dir,
-                                  init_from=None if init_from is None else Path(init_from) / "sam",
-                                  device=device, workers=workers),
-                _sam_metrics),
+        "clip": (
+            lambda: train_clip(
+                seed=seed,
+                max_steps=clip_steps,
+                minutes=clip_minutes,
+                lr=clip_lr,
+                work_dir=work_dir,
+                init_from=None if init_from is None else Path(init_from) / "clip",
+                device=device,
+                workers=workers,
+            ),
+            _clip_metrics,
+        ),
+        "sam": (
+            lambda: train_sam(
+                seed=seed,
+                max_steps=sam_steps,
+                minutes=sam_minutes,
+                work_dir=work_dir,
+                init_from=None if init_from is None else Path(init_from) / "sam",
+                device=device,
+                workers=workers,
+            ),
+            _sam_metrics,
+        ),
     }
     for name, (train, measure) in trainers.items():
         if only not in (None, name):
@@ -774,13 +874,22 @@ def build_teachers(
         model.save_pretrained(output_dir / name)
         processor.save_pretrained(output_dir / name)
         metrics = measure(model, processor, output_dir / name)
-        info.update(command=command, seed=seed, threads=threads, parameters=_param_count(model), device=_device(),
-                    wall_seconds=round(time.perf_counter() - began, 1), metrics=metrics)
+        info.update(
+            command=command,
+            seed=seed,
+            threads=threads,
+            parameters=_param_count(model),
+            device=_device(),
+            wall_seconds=round(time.perf_counter() - began, 1),
+            metrics=metrics,
+        )
         _update_build_record(output_dir, name, info)
     return json.loads((output_dir / "BUILD.json").read_text())
 
 
-def measure_teachers(teachers_dir: Path | str = SHIPPED_TEACHERS_DIR, only: str | None = None, threads: int = 1) -> dict:
+def measure_teachers(
+    teachers_dir: Path | str = SHIPPED_TEACHERS_DIR, only: str | None = None, threads: int = 1
+) -> dict:
     """Measure saved teachers again and rewrite the metrics in their ``BUILD.json``."""
     torch.set_num_threads(threads)
     teachers_dir = Path(teachers_dir)
@@ -818,8 +927,9 @@ def load_mosaic_teachers(device: str | torch.device = "cpu", teachers_dir: Path 
 
 def main(argv: list[str] | None = None) -> dict:
     """Command line of :func:`build_teachers`."""
-    parser = argparse.ArgumentParser(prog="samclip build-teachers", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="samclip build-teachers", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output-dir", type=Path, default=SHIPPED_TEACHERS_DIR)
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR, help="checkpoints for resuming")
     parser.add_argument("--seed", type=int, default=0)
@@ -831,10 +941,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sam-steps", type=int, help="stop SAM after this many steps (the schedule follows)")
     parser.add_argument("--clip-lr", type=float, default=7e-4, help="peak learning rate of the CLIP training")
     parser.add_argument("--device", default="cpu", help="where to train: cpu, cuda, cuda:1, ... (a GPU build)")
-    parser.add_argument("--workers", type=int, default=0,
-                        help="processes drawing the training batches (a GPU build: one per spare CPU core)")
-    parser.add_argument("--init-from", type=Path,
-                        help="warm-start from the teachers saved in this folder (its clip/ and sam/)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="processes drawing the training batches (a GPU build: one per spare CPU core)",
+    )
+    parser.add_argument(
+        "--init-from", type=Path, help="warm-start from the teachers saved in this folder (its clip/ and sam/)"
+    )
     parser.add_argument("--measure-only", action="store_true", help="re-measure the saved teachers, no training")
     args = parser.parse_args(argv)
     from ..cli import UsageError, check_at_least, check_path
@@ -846,17 +961,29 @@ def main(argv: list[str] | None = None) -> dict:
     check_at_least("--threads", args.threads, 1)
     check_at_least("--workers", args.workers, 0)
     if args.device != "cpu" and not (args.device.startswith("cuda") and torch.cuda.is_available()):
-        raise UsageError(f"--device {args.device}: no such device here (torch sees "
-                         f"{torch.cuda.device_count()} GPU(s)); use --device cpu or a cuda device that exists")
+        raise UsageError(
+            f"--device {args.device}: no such device here (torch sees "
+            f"{torch.cuda.device_count()} GPU(s)); use --device cpu or a cuda device that exists"
+        )
     if args.measure_only:
         return measure_teachers(args.output_dir, only=args.only, threads=args.threads)
     command = "python -m transformers_samclip.mosaic.teachers " + " ".join(sys.argv[1:] if argv is None else argv)
-    return build_teachers(args.output_dir, seed=args.seed, only=args.only, threads=args.threads,
-                          clip_minutes=args.clip_minutes, sam_minutes=args.sam_minutes, clip_steps=args.clip_steps,
-                          sam_steps=args.sam_steps, clip_lr=args.clip_lr, work_dir=args.work_dir,
-                          init_from=args.init_from,
-                          device=args.device, workers=args.workers,
-                          command=command.strip())
+    return build_teachers(
+        args.output_dir,
+        seed=args.seed,
+        only=args.only,
+        threads=args.threads,
+        clip_minutes=args.clip_minutes,
+        sam_minutes=args.sam_minutes,
+        clip_steps=args.clip_steps,
+        sam_steps=args.sam_steps,
+        clip_lr=args.clip_lr,
+        work_dir=args.work_dir,
+        init_from=args.init_from,
+        device=args.device,
+        workers=args.workers,
+        command=command.strip(),
+    )
 
 
 if __name__ == "__main__":
