@@ -24,8 +24,7 @@ from transformers import AutoModel, pipeline
 
 from transformers_samclip import SamClipModel, SamClipProcessor, cli
 from transformers_samclip.distillation import load_recipe
-from transformers_samclip.hub.export import SHIPPED_MOSAIC_MODEL_DIR
-from transformers_samclip.mosaic import SHIPPED_TEACHERS_DIR
+from transformers_samclip.mosaic import SHIPPED_MOSAIC_MODEL_DIR, SHIPPED_TEACHERS_DIR
 
 COUNTS = {"inputs tried": 0, "correct results": 0, "clear errors": 0, "crashes": 0}
 

@@ -10,7 +10,7 @@ nor missed), as in the prompted evaluation. Both methods share SAM's automatic-m
 `select_generated_masks`; the cascade prompts an 8x8 point grid, SAM-CLIP by default the peaks of its own class-score
 map plus a 4x4 grid). Precision, recall and F1@0.5 count every kept mask; "none of these" is measured with the
 confidence threshold of :func:`calibrate_instance_score_threshold`, calibrated on train mosaics. Time per 128 px
-mosaic, 1 thread, quiet machine (`python -m transformers_samclip.evaluation.readouts --timing`): ~60 ms SAM-CLIP with
+mosaic, 1 thread, quiet machine (`python -m transformers_samclip.mosaic.readouts --timing`): ~60 ms SAM-CLIP with
 peak prompts, ~135 ms with the 8x8 grid, ~130 ms cascade.
 Target (issue 19): SAM-CLIP >= the cascade on AP50 and PQ at <= 0.6x its time.
 """

@@ -952,7 +952,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--measure-only", action="store_true", help="re-measure the saved teachers, no training")
     args = parser.parse_args(argv)
-    from ..cli import UsageError, check_at_least, check_path
+    from .._cli import UsageError, check_at_least, check_path
 
     check_path(args.output_dir, "--output-dir", "folder" if args.measure_only else "output-folder")
     check_path(args.work_dir, "--work-dir", "output-folder")

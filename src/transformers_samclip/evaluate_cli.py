@@ -10,7 +10,7 @@ number, the seed, the sizes, the wall time and the software versions.
 
 The mosaic suite with its defaults (10,000 items, 500 mosaics), 1 torch thread on the shared 2-core machine under
 load: ~5 min for `teachers`, ~3 min for a merged model (add ~5 min for `--teachers`). What the rows should reach:
-see `evaluation/mosaic.py`.
+see `mosaic/evaluation.py`.
 
 Arguments are checked before anything loads (a bad one: `samclip evaluate: ...` on stderr, exit 2). Unreadable images
 of an imagefolder or Hub suite are skipped: a warning gives their count and first file names, and the JSON records
@@ -27,17 +27,18 @@ from pathlib import Path
 
 import torch
 
-from .._atomic import write_text_atomic
-from ..cli import UsageError, check_at_least, check_model_source, check_path
-from ._common import subset, versions
-from .classification import evaluate_zero_shot_classification
-from .mosaic import evaluate_samclip_on_mosaic, evaluate_teachers_on_mosaic, format_results_table
-from .recognition import crop_labeller, one_pass_labeller, recognition_row
-from .semantic import (
+from ._atomic import write_text_atomic
+from ._cli import UsageError, check_at_least, check_model_source, check_path
+from .evaluation._common import subset, versions
+from .evaluation.classification import evaluate_zero_shot_classification
+from .evaluation.recognition import crop_labeller, one_pass_labeller, recognition_row
+from .evaluation.semantic import (
     evaluate_instance_semantic_segmentation,
     evaluate_maskclip_baseline,
     evaluate_semantic_segmentation,
 )
+from .evaluation.tables import format_results_table
+from .mosaic.evaluation import evaluate_samclip_on_mosaic, evaluate_teachers_on_mosaic
 
 SEMANTIC_COLUMNS = ("semantic_map", "annotation", "segmentation", "label_map", "semantic_segmentation")
 INSTANCE_COLUMNS = ("instance_masks", "masks")
@@ -73,14 +74,14 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="PATH",
         help="mosaic: also write a PNG of 8 test mosaics (image, ground truth, the model plain and "
-        "SAM-refined, the SAM+CLIP cascade when the teachers are there); see evaluation/gallery.py",
+        "SAM-refined, the SAM+CLIP cascade when the teachers are there); see mosaic/gallery.py",
     )
     return parser
 
 
 def _load_model(name: str):
     if name == "mosaic":  # your own `samclip distill` output, else the distilled model the package ships
-        from ..hub.export import load_mosaic_model
+        from .mosaic.model import load_mosaic_model
 
         loaded = load_mosaic_model()
         return loaded.model.eval(), loaded.processor
@@ -261,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     teachers = None
     teacher_rows = args.model == "teachers" or (args.teachers and args.suite == "mosaic")
     if teacher_rows or args.gallery:  # the gallery wants them for its cascade column only
-        from ..mosaic import SHIPPED_TEACHERS_DIR, load_mosaic_teachers
+        from .mosaic.teachers import SHIPPED_TEACHERS_DIR, load_mosaic_teachers
 
         try:
             teachers = load_mosaic_teachers(teachers_dir=args.teachers_dir or SHIPPED_TEACHERS_DIR)
@@ -287,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     table = format_results_table(rows)
     print(table)
     if args.gallery:
-        from .gallery import mosaic_gallery
+        from .mosaic.gallery import mosaic_gallery
 
         mosaic_gallery(
             model, processor, teachers, args.gallery, seed=args.seed, calibration_mosaics=args.calibration_mosaics
@@ -314,6 +315,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from ..cli import run_command
+    from ._cli import run_command
 
     sys.exit(run_command("evaluate", main, sys.argv[1:]))
