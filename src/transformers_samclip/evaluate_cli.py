@@ -8,9 +8,9 @@ number, the seed, the sizes, the wall time and the software versions.
     samclip evaluate MODEL --suite user/dataset --split test    # a Hub dataset (semantic seg. if it has a map column)
     samclip evaluate mosaic --num-items 0 --num-mosaics 8 --gallery gallery.png  # + a PNG of 8 segmented mosaics
 
-The mosaic suite with its defaults (10,000 items, 500 mosaics), 1 torch thread on the shared 2-core machine under
-load: ~5 min for `teachers`, ~3 min for a merged model (add ~5 min for `--teachers`). What the rows should reach:
-see `mosaic/evaluation.py`.
+The mosaic suite with its defaults (`evaluation.protocol.PROTOCOL`: 10,000 items, 500 mosaics), 1 torch thread
+on the shared 2-core machine under load: ~5 min for `teachers`, ~3 min for a merged model (add ~5 min for
+`--teachers`). What the rows should reach: see `mosaic/evaluation.py`.
 
 Arguments are checked before anything loads (a bad one: `samclip evaluate: ...` on stderr, exit 2). Unreadable images
 of an imagefolder or Hub suite are skipped: a warning gives their count and first file names, and the JSON records
@@ -31,6 +31,7 @@ from ._atomic import write_text_atomic
 from ._cli import UsageError, check_at_least, check_model_source, check_path
 from .evaluation._common import subset, versions
 from .evaluation.classification import evaluate_zero_shot_classification
+from .evaluation.protocol import PROTOCOL
 from .evaluation.recognition import crop_labeller, one_pass_labeller, recognition_row
 from .evaluation.semantic import (
     evaluate_instance_semantic_segmentation,
@@ -54,17 +55,21 @@ def _parser() -> argparse.ArgumentParser:
         "shipped one), or 'teachers'",
     )
     parser.add_argument("--suite", default="mosaic", help="mosaic | imagefolder:PATH | HUB_DATASET_ID")
-    parser.add_argument("--split", default="test", help="split of an imagefolder/Hub suite")
-    parser.add_argument("--num-items", type=int, default=10000, help="mosaic: test item views for zero-shot top-1")
-    parser.add_argument("--num-mosaics", type=int, default=500, help="mosaic: test mosaics for segmentation")
+    parser.add_argument("--split", default=PROTOCOL.split, help="split of an imagefolder/Hub suite")
+    parser.add_argument(
+        "--num-items", type=int, default=PROTOCOL.num_items, help="mosaic: test item views for zero-shot top-1"
+    )
+    parser.add_argument(
+        "--num-mosaics", type=int, default=PROTOCOL.num_mosaics, help="mosaic: test mosaics for segmentation"
+    )
     parser.add_argument(
         "--calibration-mosaics",
         type=int,
-        default=20,
+        default=PROTOCOL.calibration_mosaics,
         help="mosaic: train mosaics for the background threshold (also: train images of a dataset)",
     )
     parser.add_argument("--limit", type=int, help="imagefolder/Hub: evaluate the first N images only")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=PROTOCOL.seed)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core box)")
     parser.add_argument("--output", type=Path, default=Path("results.json"), help="JSON file to write")
     parser.add_argument("--teachers", action="store_true", help="mosaic: add the teacher and baseline rows")

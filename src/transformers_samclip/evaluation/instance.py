@@ -28,6 +28,7 @@ from .classification import class_text_embeddings
 from .geometry import mask_to_box
 from .metrics import instance_segmentation_metrics
 from .prompted import _instances
+from .protocol import PROTOCOL
 from .semantic import cascade_instances
 
 InstanceSegmenter = Callable[[list], list]  # images -> per image {"masks" (M, H, W) bool, "class_ids", "scores"}
@@ -79,7 +80,7 @@ def cascade_instance_segmenter(
 def instance_targets(
     rows,
     index: int = 0,
-    min_visible_fraction: float = 0.3,
+    min_visible_fraction: float = PROTOCOL.min_visible_fraction,
     masks_column: str = "instance_masks",
     labels_column: str = "labels",
     visible_fraction_column: str = "visible_fraction",

@@ -7,11 +7,11 @@ Run::
 
 Data: zero-shot top-1 on `make_item_views("test", num_items, seed)` in the training look, a held-out look
 (`style="heldout"`: other backgrounds, tints and scales) and the raw 28 px photos; prompted and semantic segmentation
-on `make_mosaic_dataset("test", num_mosaics, seed)`; background thresholds calibrated on
-`make_mosaic_dataset("train", calibration_mosaics, seed)` (train items only). Defaults (10,000 items, 500 mosaics),
-1 torch thread, the shared 2-core machine under load: ~5 min for the teacher rows (the cascade is half of it), ~3 min
-for a merged model's row. Targets: issue 3's teacher floors (top-1 >= 0.80, box >= 0.85, 1-point >= 0.70); a merged
-model close to the teachers and above both baselines in semseg mIoU.
+on `make_mosaic_dataset("test", num_mosaics, seed)`; background thresholds calibrated on `make_mosaic_dataset("train",
+calibration_mosaics, seed)` (train items only). Defaults (`evaluation.protocol.PROTOCOL`: 10,000 items, 500 mosaics), 1
+torch thread, the shared 2-core machine under load: ~5 min for the teacher rows (the cascade is half of it), ~3 min for
+a merged model's row. Targets: issue 3's teacher floors (top-1 >= 0.80, box >= 0.85, 1-point >= 0.70); a merged model
+close to the teachers and above both baselines in semseg mIoU.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from ..evaluation.instance import (
     samclip_instance_segmenter,
 )
 from ..evaluation.prompted import evaluate_prompted_segmentation
+from ..evaluation.protocol import PROTOCOL
 from ..evaluation.recognition import crop_labeller, one_pass_labeller, recognition_row
 from ..evaluation.semantic import (
     evaluate_cascade_baseline,
@@ -123,10 +124,10 @@ def evaluate_samclip_on_mosaic(
     model,
     processor,
     *,
-    num_items: int | None = 10000,
-    num_mosaics: int = 500,
-    seed: int = 0,
-    calibration_mosaics: int = 20,
+    num_items: int | None = PROTOCOL.num_items,
+    num_mosaics: int = PROTOCOL.num_mosaics,
+    seed: int = PROTOCOL.seed,
+    calibration_mosaics: int = PROTOCOL.calibration_mosaics,
 ) -> dict:
     """Every mosaic-world metric of a merged `SamClipModel`: `zero_shot_top1`, `box_miou`, `point1_miou`,
     `point3_miou`, `semseg_miou`, `semseg_refined_miou`, `semseg_instances_miou` (the one-pass labelled masks
@@ -194,10 +195,10 @@ def evaluate_samclip_on_mosaic(
 def evaluate_teachers_on_mosaic(
     teachers: dict | None = None,
     *,
-    num_items: int | None = 10000,
-    num_mosaics: int = 500,
-    seed: int = 0,
-    calibration_mosaics: int = 20,
+    num_items: int | None = PROTOCOL.num_items,
+    num_mosaics: int = PROTOCOL.num_mosaics,
+    seed: int = PROTOCOL.seed,
+    calibration_mosaics: int = PROTOCOL.calibration_mosaics,
 ) -> dict[str, dict]:
     """The teacher and baseline rows: "CLIP teacher" (zero_shot_top1; recognition on ground-truth masks from crops
     and masked crops), "SAM teacher" (box/point mIoUs), "MaskCLIP baseline" and the two SAM+CLIP cascades, labelling

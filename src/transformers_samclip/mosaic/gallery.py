@@ -17,6 +17,7 @@ import numpy as np
 
 from ..evaluation._common import rgb
 from ..evaluation.gallery import GalleryLayout, instances_label_map, write_segmentation_gallery
+from ..evaluation.protocol import PROTOCOL
 from .fashion_mnist import FASHION_MNIST_CLASSES
 from .mosaics import make_mosaic_dataset
 
@@ -26,9 +27,9 @@ def mosaic_gallery(
     processor,
     teachers: dict | None,
     path,
-    num_mosaics: int = 8,
-    seed: int = 0,
-    calibration_mosaics: int = 20,
+    num_mosaics: int = PROTOCOL.gallery_mosaics,
+    seed: int = PROTOCOL.seed,
+    calibration_mosaics: int = PROTOCOL.calibration_mosaics,
     cell_size: int = 128,
     cascade_iou_threshold: float | None = None,
 ) -> GalleryLayout:
@@ -78,7 +79,13 @@ def mosaic_gallery(
 
 
 def label_everything_gallery(
-    model, processor, teachers: dict | None, path, num_mosaics: int = 8, seed: int = 0, cell_size: int = 128
+    model,
+    processor,
+    teachers: dict | None,
+    path,
+    num_mosaics: int = PROTOCOL.gallery_mosaics,
+    seed: int = PROTOCOL.seed,
+    cell_size: int = 128,
 ) -> GalleryLayout:
     """Gallery of label-everything on the first `num_mosaics` test mosaics: image, ground truth, SAM-CLIP from one
     pass (`instance_segmentation` defaults), SAM-CLIP labelling crops (`label_source="crops"`) and, with `teachers`,
