@@ -246,10 +246,12 @@ def test_zero_shot_object_detection_format_threshold_and_top_k(reference, image)
 
 
 def test_saved_folder_with_the_package_gets_each_task_view(saved_tiny_model):
-    """A folder `save_pretrained` wrote (no `custom_pipelines`), with the package imported: the registered classes
-    load the folder's processor and take the task's view from it."""
+    """A folder `save_pretrained` wrote (no `custom_pipelines`), with `SAMCLIP_PIPELINES[task]`: the class loads the
+    folder's processor and takes the task's view from it."""
+    from transformers_samclip import SAMCLIP_PIPELINES
+
     views = {
-        task: pipeline(task, model=str(saved_tiny_model)).image_processor
+        task: pipeline(task, model=str(saved_tiny_model), pipeline_class=SAMCLIP_PIPELINES[task]).image_processor
         for task in ("zero-shot-image-classification", "image-feature-extraction", "mask-generation")
     }
     assert type(views["zero-shot-image-classification"]) is CLIPImageProcessorPil

@@ -97,12 +97,29 @@ def _load_model(name: str):
     return model, AutoProcessor.from_pretrained(name, trust_remote_code=True)
 
 
+def _suite_source(suite: str) -> tuple[str, dict]:
+    """`datasets` path and options of an imagefolder/Hub suite."""
+    if suite.startswith("imagefolder:"):
+        return "imagefolder", {"data_dir": suite.split(":", 1)[1]}
+    return suite, {}
+
+
 def _load_suite(suite: str, split: str):
     import datasets
 
-    if suite.startswith("imagefolder:"):
-        return datasets.load_dataset("imagefolder", data_dir=suite.split(":", 1)[1], split=split)
-    return datasets.load_dataset(suite, split=split)
+    path, options = _suite_source(suite)
+    return datasets.load_dataset(path, split=split, **options)
+
+
+def _split_names(suite: str) -> set[str]:
+    """The splits a suite declares (its folder layout or its card), read without loading any of them."""
+    import datasets
+
+    path, options = _suite_source(suite)
+    builder = datasets.load_dataset_builder(path, **options)
+    return {str(name) for name in (builder.info.splits or {})} | {
+        str(name) for name in (builder.config.data_files or {})
+    }
 
 
 def _find_columns(dataset) -> dict:
@@ -156,17 +173,23 @@ def _recognition_rows(args, dataset, columns, model, processor) -> tuple[dict[st
 
 
 def _calibration_images(args):
-    """The first train images of the suite for the background threshold (None when the evaluated split is train
-    itself or there is no train split: calibrating on evaluated images would be cheating)."""
-    if args.split != "train":
-        try:
-            return subset(_load_suite(args.suite, "train"), args.calibration_mosaics)
-        except (ValueError, KeyError, FileNotFoundError):
-            pass
-    print(
-        f"{args.suite}: no separate train split to calibrate the background threshold; background is never predicted."
-    )
-    return None
+    """The first `--calibration-mosaics` train images of the suite for the background threshold; None (background is
+    never predicted) when the evaluated split is train itself (calibrating on evaluated images would be cheating),
+    when the suite declares no train split, or with `--calibration-mosaics 0`. A train split that is declared but does
+    not load is a usage error: calibration is never turned off silently."""
+    if args.split == "train" or args.calibration_mosaics == 0 or "train" not in _split_names(args.suite):
+        reason = "--calibration-mosaics 0" if args.calibration_mosaics == 0 else "no separate train split"
+        print(f"{args.suite}: {reason} to calibrate the background threshold; background is never predicted.")
+        return None
+    try:
+        train = _load_suite(args.suite, "train")
+    except Exception as error:  # datasets raises many types here; each means the same to the user
+        detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise UsageError(
+            f"--suite {args.suite}: its train split (the background threshold's calibration images) does not load "
+            f"({type(error).__name__}: {detail}); fix it, or pass --calibration-mosaics 0 to calibrate nothing."
+        ) from error
+    return subset(train, args.calibration_mosaics)
 
 
 def _evaluate_dataset(args, model, processor) -> tuple[dict[str, dict], int]:
