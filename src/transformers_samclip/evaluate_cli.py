@@ -33,12 +33,12 @@ from .evaluation._common import subset, versions
 from .evaluation.classification import evaluate_zero_shot_classification
 from .evaluation.protocol import PROTOCOL
 from .evaluation.recognition import crop_labeller, one_pass_labeller, recognition_row
+from .evaluation.results import format_results_table
 from .evaluation.semantic import (
     evaluate_instance_semantic_segmentation,
     evaluate_maskclip_baseline,
     evaluate_semantic_segmentation,
 )
-from .evaluation.tables import format_results_table
 from .mosaic.evaluation import evaluate_samclip_on_mosaic, evaluate_teachers_on_mosaic
 
 SEMANTIC_COLUMNS = ("semantic_map", "annotation", "segmentation", "label_map", "semantic_segmentation")

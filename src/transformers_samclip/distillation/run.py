@@ -12,7 +12,7 @@ import torch
 from transformers import set_seed
 
 from .._atomic import atomic_files, atomic_folder, write_text_atomic
-from ..evaluation.tables import DISTILLED_ROW
+from ..evaluation.results import DISTILLED_ROW
 from .cache import TeacherOutputCache, fingerprint, fingerprint_model
 from .config import SamClipDistillationConfig
 from .data import (

@@ -7,6 +7,7 @@ from .classification import class_text_embeddings, evaluate_zero_shot_classifica
 from .gallery import GalleryLayout, label_palette, write_segmentation_gallery
 from .metrics import confusion_matrix, instance_miou, mask_ious, mean_iou, per_class_iou, top1_accuracy
 from .prompted import evaluate_prompted_segmentation
+from .results import DISTILLED_ROW, RESULT_COLUMNS, format_results_table
 from .semantic import (
     calibrate_background_threshold,
     evaluate_cascade_baseline,
@@ -18,7 +19,6 @@ from .semantic import (
     maskclip_dense_features,
     segment_everything,
 )
-from .tables import DISTILLED_ROW, RESULT_COLUMNS, format_results_table
 
 __all__ = [
     "DISTILLED_ROW",

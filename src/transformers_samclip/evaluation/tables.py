@@ -1,17 +1,16 @@
-"""Result rows and tables: the columns every results.json row may carry (`RESULT_COLUMNS`, grouped as the README
-shows them), the markdown table of rows, and the tables in markdown files, written from the results.json they show,
-never by hand.
+"""Result tables in markdown files, written from the results.json they show, never by hand.
 
 A table's place is marked in the file by a comment naming its JSON (relative to the file) and its column group
-(`recognition` or `segmentation`, see `COLUMN_GROUPS`)::
+(`recognition`, `segmentation` or `instances`, see `COLUMN_GROUPS`)::
 
     <!-- results-table: src/transformers_samclip/mosaic/distilled/results.json recognition -->
     | model | ... |
     <!-- /results-table -->
 
-Regenerate every marked table of a file after a new results.json (tests/test_readme.py checks they agree)::
+Regenerate every marked table of a file after a new results.json (tests/test_readme.py checks README.md and
+docs/*.md)::
 
-    python -m transformers_samclip.evaluation.tables README.md
+    python -m transformers_samclip.evaluation.tables README.md docs/ablations.md
 """
 
 from __future__ import annotations
@@ -21,50 +20,7 @@ import re
 import sys
 from pathlib import Path
 
-# The row `samclip distill` writes for the model it saved, in the results.json beside it.
-DISTILLED_ROW = "SAM-CLIP (distilled)"
-# (result key, table header), in the order of the paper's tables.
-RESULT_COLUMNS = (
-    ("zero_shot_top1", "zero-shot top-1"),
-    ("zero_shot_top1_heldout", "top-1 held-out look"),
-    ("zero_shot_top1_raw", "top-1 raw photos"),
-    ("box_miou", "box mIoU"),
-    ("point1_miou", "1-point mIoU"),
-    ("point3_miou", "3-point mIoU"),
-    ("recognition_crop", "recognition crops"),
-    ("recognition_masked_crop", "recognition masked crops"),
-    ("recognition_one_pass", "recognition one pass"),
-    ("semseg_miou", "semseg mIoU"),
-    ("semseg_refined_miou", "refined semseg mIoU"),
-    ("semseg_instances_miou", "one-pass painted semseg mIoU"),
-    ("instance_ap50", "label-everything AP50"),
-    ("detection_box_ap50", "detection box AP50"),
-    ("panoptic_pq", "PQ"),
-    ("instance_f1", "F1@0.5"),
-    ("instance_f1_rejected", "F1@0.5 with none-of-these"),
-)
-
-
-# The README shows the columns in two tables: naming things, and finding them.
-COLUMN_GROUPS = {
-    "recognition": tuple(column for column in RESULT_COLUMNS if column[0].startswith(("zero_shot", "recognition"))),
-    "segmentation": tuple(
-        column for column in RESULT_COLUMNS if not column[0].startswith(("zero_shot", "recognition"))
-    ),
-}
-
-
-def format_results_table(rows: dict[str, dict], columns=RESULT_COLUMNS) -> str:
-    """A markdown table, one row per model, the `columns` (`(key, title)` pairs; default `RESULT_COLUMNS`) in that
-    order, '-' where a row lacks a metric."""
-    header = "| model | " + " | ".join(title for _, title in columns) + " |"
-    rule = "|---|" + "---:|" * len(columns)
-    lines = [header, rule]
-    for name, row in rows.items():
-        cells = [f"{row[key]:.3f}" if row.get(key) is not None else "-" for key, _ in columns]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
+from .results import COLUMN_GROUPS, format_results_table
 
 _BLOCK = re.compile(r"(<!-- results-table: (\S+) (\w+) -->\n)(.*?)(<!-- /results-table -->)", re.S)
 

@@ -7,7 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..evaluation.tables import DISTILLED_ROW
+from ..evaluation.results import DISTILLED_ROW
 from ..modeling import pipeline_samclip
 from ..mosaic.model import MOSAIC_MODEL_NAME, LoadedModel, load_mosaic_model, load_pretrained
 from ..pipelines import EXPORTED_PIPELINES
