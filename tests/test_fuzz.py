@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw
 from transformers import AutoModel, pipeline
 
 from transformers_samclip import SamClipModel, SamClipProcessor, cli
+from transformers_samclip._cli import UsageError
 from transformers_samclip.distillation import load_recipe
 from transformers_samclip.mosaic import SHIPPED_MOSAIC_MODEL_DIR, SHIPPED_TEACHERS_DIR
 
@@ -1016,7 +1017,7 @@ def cli_rows():
         ),
         "evaluate --debug": (
             lambda c: cli.main(["evaluate", str(c.root / "nowhere"), "--debug"]),
-            Err(cli.UsageError, "nowhere: no such folder"),
+            Err(UsageError, "nowhere: no such folder"),
         ),
         "evaluate imagefolder with a corrupt file": (
             r(
