@@ -8,6 +8,7 @@ from .configuration_samclip import (
     SamClipHeadConfig,
     samclip_config_from_preset,
 )
+from .dense_readout_samclip import trunk_affinity
 from .mask_generation_samclip import (
     SamClipInstanceSegmentationOutput,
     SamClipMaskGenerator,
@@ -20,15 +21,9 @@ from .mask_generation_samclip import (
     peak_points,
     select_generated_masks,
 )
-from .modeling_samclip import (
-    DEFAULT_TEMPLATES,
-    SamClipModel,
-    SamClipOutput,
-    SamClipPreTrainedModel,
-    encode_class_names,
-    trunk_affinity,
-)
+from .modeling_samclip import SamClipModel, SamClipOutput, SamClipPreTrainedModel
 from .processing_samclip import SamClipImageProcessor, SamClipProcessor
+from .text_samclip import DEFAULT_TEMPLATES, encode_class_names
 
 __all__ = [
     "DEFAULT_TEMPLATES",

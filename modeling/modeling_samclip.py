@@ -1,8 +1,10 @@
 """SAM-CLIP (arXiv 2310.15308): SAM's ViT-Det encoder shared by SAM's mask decoder and a CLIP head.
 
-Built from transformers' SAM modules (encoder layers, neck, prompt encoder, mask decoder) and any text tower
-known to `AutoModel` (CLIP, SigLIP). Only the CLIP head, the size-flexible encoder forward, the merge and the
-segmentation helpers are new.
+A `SamModel` subclass (as transformers' `SamHQModel`): SAM's prompt encoder and mask decoder as they are, SAM's
+encoder layers and neck under a size-flexible encoder forward, plus a CLIP head and any text tower known to
+`AutoModel` (CLIP, SigLIP). Only the CLIP head, the encoder forward and the merge are new here; the head's dense
+read-outs live in `dense_readout_samclip`, the text side in `text_samclip`, and the task recipes (automatic masks,
+instance and semantic segmentation) in `mask_generation_samclip`.
 """
 
 # First, so that an older transformers fails with configuration_samclip's clear message.
@@ -15,8 +17,6 @@ import torch
 import torch.nn.functional as F
 from huggingface_hub.errors import StrictDataclassError
 from torch import nn
-import transformers
-from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -32,24 +32,15 @@ from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from ._validation import (
-    check_class_names,
     check_contrastive_pairs,
     check_input_ids,
     check_pixel_values,
     check_pretrained_folder,
     check_prompt_tensors,
-    check_templates,
 )
 from .configuration_samclip import SamClipConfig, SamClipHeadConfig
-
-# The 80 prompt templates of CLIP's ImageNet evaluation are long; these are the compact set used by default for
-# class embeddings (callers may pass CLIP's full list). The first is the zero-shot pipeline's default.
-DEFAULT_TEMPLATES = (
-    "This is a photo of {}.",
-    "a photo of a {}.",
-    "a picture of a {}.",
-    "a {} on a plain background.",
-)
+from .dense_readout_samclip import training_free_block, trunk_affinity, value_only_block
+from .text_samclip import DEFAULT_TEMPLATES, build_text_tower, encode_class_names
 
 
 @dataclass
@@ -93,40 +84,6 @@ class SamClipOutput(ModelOutput):
     image_embeddings: torch.Tensor | None = None
     vision_hidden_states: tuple[torch.Tensor, ...] | None = None
     vision_attentions: tuple[torch.Tensor, ...] | None = None
-
-
-def _build_text_tower(text_config) -> PreTrainedModel:
-    """The teacher's text tower class from its config: AutoModel where registered (CLIP), else the transformers
-    class named after the config (SiglipTextConfig -> SiglipTextModel, which AutoModel does not map)."""
-    try:
-        return AutoModel.from_config(text_config)
-    except ValueError:
-        name = type(text_config).__name__.removesuffix("Config") + "Model"
-        model_class = getattr(transformers, name, None)
-        if model_class is None:
-            raise ValueError(
-                f"No text model class for {type(text_config).__name__}; expected transformers.{name}."
-            ) from None
-        return model_class._from_config(text_config)
-
-
-@torch.no_grad()
-def encode_class_names(model, class_names, tokenizer, templates=DEFAULT_TEMPLATES) -> torch.Tensor:
-    """Zero-shot class embeddings `(num_classes, dim)` from any dual encoder with `get_text_features` (SAM-CLIP,
-    CLIP, SigLIP): each class is the mean of its L2-normalised template embeddings, renormalised, as in CLIP's
-    zero-shot evaluation. `class_names` is a list (or one comma-separated string); `templates` one template string
-    or a list, each with one `{}`."""
-    class_names = check_class_names(class_names)
-    templates = check_templates(templates)
-    prompts = [template.format(name) for name in class_names for template in templates]
-    max_length = getattr(model.config.text_config, "max_position_embeddings", None)
-    tokens = tokenizer(
-        prompts, padding=True, truncation=max_length is not None, max_length=max_length, return_tensors="pt"
-    )
-    tokens = {k: v.to(model.device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
-    embeds = F.normalize(model.get_text_features(**tokens).pooler_output, dim=-1)
-    embeds = embeds.reshape(len(class_names), len(templates), -1).mean(dim=1)
-    return F.normalize(embeds, dim=-1)
 
 
 def _cached(cache: dict, key, params: tuple[torch.Tensor, ...], compute):
@@ -358,9 +315,9 @@ class SamClipHead(nn.Module):
             if index < first_special:
                 tokens = layer(tokens)
             elif self.dense_readout == "value":
-                tokens = _value_only_block(layer, tokens)
+                tokens = value_only_block(layer, tokens)
             else:
-                tokens = _training_free_block(layer, tokens, self.dense_readout, self.neighbourhood_sigma)
+                tokens = training_free_block(layer, tokens, self.dense_readout, self.neighbourhood_sigma)
         return tokens
 
     def dense_features(self, trunk_tokens: torch.Tensor) -> torch.Tensor:
@@ -374,57 +331,6 @@ class SamClipHead(nn.Module):
             ).flatten(1, 2)
             features = features.unflatten(1, trunk_tokens.shape[1:3])
         return features.permute(0, 3, 1, 2)
-
-
-def trunk_affinity(trunk_tokens: torch.Tensor, temperature: float) -> torch.Tensor:
-    """`(batch, h*w, h*w)` row-stochastic affinity of `(batch, h, w, dim)` tokens: softmax over j of the cosine of
-    the mean-centred tokens i and j divided by `temperature` (centring removes the component all patches share, which
-    would otherwise make every patch look alike)."""
-    flat = trunk_tokens.flatten(1, 2)
-    flat = F.normalize(flat - flat.mean(dim=1, keepdim=True), dim=-1)
-    return (flat @ flat.transpose(1, 2) / temperature).softmax(dim=-1)
-
-
-def _value_only_block(layer: SamVisionLayer, hidden_states: torch.Tensor) -> torch.Tensor:
-    # A block whose attention output is its value projection alone: every patch keeps its own content, as in
-    # MaskCLIP, because the attention mix is what pooling is trained on, not what a per-patch map needs.
-    attention = layer.attn
-    value = attention.qkv(layer.layer_norm1(hidden_states)).unflatten(-1, (3, -1))[..., 2, :]
-    hidden_states = hidden_states + attention.proj(value)
-    return hidden_states + layer.mlp(layer.layer_norm2(hidden_states))
-
-
-def _neighbourhood_prior(height: int, width: int, sigma: float, device, dtype) -> torch.Tensor:
-    """`(h*w, h*w)` Gaussian of the distance between patch centres (NACLIP's prior on attention logits)."""
-    ys, xs = torch.meshgrid(torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij")
-    centres = torch.stack([ys.flatten(), xs.flatten()], dim=-1).to(dtype)
-    return torch.exp(-torch.cdist(centres, centres).square() / (2 * sigma**2))
-
-
-def _training_free_block(
-    layer: SamVisionLayer, hidden_states: torch.Tensor, readout: str, sigma: float
-) -> torch.Tensor:
-    # The block's own projections with a self-similarity attention (no relative positions, no residual, no MLP):
-    # ClearCLIP/NACLIP/SCLIP find that query-query or key-key affinity keeps each patch's attention on patches
-    # like it, where the trained query-key attention gathers the global context that pooling needs.
-    attention = layer.attn
-    batch, height, width, channels = hidden_states.shape
-    heads = attention.num_attention_heads
-    qkv = attention.qkv(layer.layer_norm1(hidden_states)).reshape(batch, height * width, 3, heads, -1)
-    query, key, value = qkv.permute(2, 0, 3, 1, 4)  # each (batch, heads, tokens, head_dim)
-
-    def affinity(a):
-        return (a @ a.transpose(-1, -2)) * attention.scale
-
-    if readout == "clearclip":
-        weights = affinity(query).softmax(-1)
-    elif readout == "sclip":
-        weights = affinity(query).softmax(-1) + affinity(key).softmax(-1)
-    else:  # naclip
-        prior = _neighbourhood_prior(height, width, sigma, hidden_states.device, hidden_states.dtype)
-        weights = (affinity(key) + prior).softmax(-1)
-    mixed = (weights @ value).transpose(1, 2).reshape(batch, height, width, channels)
-    return attention.proj(mixed)
 
 
 class SamClipPreTrainedModel(SamPreTrainedModel):
@@ -473,7 +379,7 @@ class SamClipModel(SamClipPreTrainedModel, SamModel):
         super().__init__(config)
         self.vision_encoder = SamClipVisionEncoder(config.vision_config)
         self.clip_head = SamClipHead(config)
-        self.text_model = _build_text_tower(config.text_config)
+        self.text_model = build_text_tower(config.text_config)
         self.text_projection = (
             nn.Linear(config.text_config.hidden_size, config.text_projection_dim, bias=False)
             if config.text_projection_dim is not None
@@ -703,13 +609,10 @@ class SamClipModel(SamClipPreTrainedModel, SamModel):
 
 
 __all__ = [
-    "DEFAULT_TEMPLATES",
-    "encode_class_names",
     "SamClipHead",
     "SamClipModel",
     "SamClipOutput",
     "SamClipPreTrainedModel",
     "SamClipVisionEncoder",
     "SamClipVisionLayer",
-    "trunk_affinity",
 ]

@@ -28,7 +28,7 @@ from transformers.pipelines.zero_shot_image_classification import ZeroShotImageC
 
 from ._validation import check_class_names, check_score_threshold, check_templates, check_threshold, to_rgb_image
 from .configuration_samclip import SamClipConfig
-from .modeling_samclip import DEFAULT_TEMPLATES
+from .text_samclip import DEFAULT_TEMPLATES
 
 SUBTASKS = ("semantic", "instance", "panoptic")
 # How the semantic subtask paints its map; the first is the default (best measured on train mosaics, issue 19).
