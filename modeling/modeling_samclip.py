@@ -40,6 +40,11 @@ from ._validation import (
 )
 from .configuration_samclip import SamClipConfig, SamClipHeadConfig
 from .dense_readout_samclip import training_free_block, trunk_affinity, value_only_block
+
+# The task recipes sit on the model (not in it), but ship with it: save_pretrained copies the model module's relative
+# imports, and a model loaded as remote code finds its generator in its own module
+# (`sys.modules[type(model).__module__].SamClipMaskGenerator`).
+from .mask_generation_samclip import SamClipMaskGenerator, SamClipMaskGeneratorOptions
 from .text_samclip import DEFAULT_TEMPLATES, build_text_tower, encode_class_names
 
 
@@ -610,6 +615,8 @@ class SamClipModel(SamClipPreTrainedModel, SamModel):
 
 __all__ = [
     "SamClipHead",
+    "SamClipMaskGenerator",
+    "SamClipMaskGeneratorOptions",
     "SamClipModel",
     "SamClipOutput",
     "SamClipPreTrainedModel",

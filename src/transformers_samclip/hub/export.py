@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
-from ..modeling import SamClipModel, SamClipProcessor, mask_generation_samclip, pipeline_samclip
+from ..modeling import SamClipModel, SamClipProcessor, pipeline_samclip
 from ..pipelines import EXPORTED_PIPELINES
 from .card import (
     DEFAULT_BASE_MODELS,
@@ -33,9 +33,6 @@ MOSAIC_MODEL_DIRS = (
 # Besides AutoModel (written by save_pretrained), the task Auto classes the pipelines load through.
 TASK_AUTO_CLASSES = ("AutoModelForZeroShotImageClassification", "AutoModelForMaskGeneration")
 PIPELINE_MODULE = Path(pipeline_samclip.__file__)
-# Remote code that save_pretrained does not copy (the model does not import it): the pipelines and the mask generator
-# they run (`get_class_from_dynamic_module("mask_generation_samclip.SamClipMaskGenerator", folder)` loads it too).
-EXTRA_REMOTE_CODE = (PIPELINE_MODULE, Path(mask_generation_samclip.__file__))
 # Every task an exported folder serves, transformers' own task names included: for a folder or Hub id, pipeline()
 # prefers these entries to its own classes, so each task gets the processor view it needs.
 CUSTOM_PIPELINES = {
@@ -138,8 +135,7 @@ def export_model(
     model.config.custom_pipelines = {task: dict(entry) for task, entry in CUSTOM_PIPELINES.items()}
     model.save_pretrained(out_dir)
     loaded.processor.save_pretrained(out_dir)
-    for module in EXTRA_REMOTE_CODE:
-        shutil.copy(module, out_dir / module.name)
+    shutil.copy(PIPELINE_MODULE, out_dir / PIPELINE_MODULE.name)
     card = render_model_card(
         model,
         repo_id=repo_id,
