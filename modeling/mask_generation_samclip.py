@@ -372,10 +372,7 @@ class SamClipMaskGenerator:
         of each class region is prompted alone (its best patch, its box and its region) and SAM's mask replaces the
         component only where SAM's predicted IoU reaches `iou_gate`; otherwise the coarse component stays."""
         options = self.options.replace(**overrides)
-        if options.per_component:
-            return self._refine_per_component(pixel_values, class_embeds, background_embeds, output_size, options)
         model = self.model
-        size = model.config.image_size
         pixel_values = self._check_sam_view(pixel_values, "SAM refinement")
         encoded = model.vision_encoder(pixel_values, compute_neck=True)
         coarse = self._class_logits(
@@ -384,90 +381,85 @@ class SamClipMaskGenerator:
             background_embeds,
             options.background_threshold,
         )
-        low_res = 4 * model.config.prompt_encoder_config.image_embedding_size
-        labels_low = F.interpolate(coarse, size=(low_res, low_res), mode="bilinear", align_corners=False).argmax(1)
-        grid = coarse.shape[-1]
-        num_classes = class_embeds.shape[0]
-        num_points = options.num_points
-        refined = []
-        for image_index in range(pixel_values.shape[0]):
-            grid_labels = coarse[image_index].argmax(0)
-            present = [c for c in range(1, num_classes + 1) if (grid_labels == c).sum() >= options.min_pixels]
-            logits = torch.full((num_classes + 1, low_res, low_res), -1e4, device=coarse.device, dtype=coarse.dtype)
-            logits[0] = 0.0
-            if present:
-                points, masks = [], []
-                for c in present:
-                    score = coarse[image_index, c].masked_fill(grid_labels != c, float("-inf")).flatten()
-                    top = score.topk(min(num_points, int((grid_labels == c).sum()))).indices
-                    top = torch.cat([top, top[:1].repeat(num_points - len(top))])  # repeat when the region is tiny
-                    xy = torch.stack([top % grid, top // grid], dim=-1).to(coarse.dtype)
-                    points.append((xy + 0.5) * (size / grid))
-                    region = (labels_low[image_index] == c).to(coarse.dtype)
-                    masks.append((region * 2 - 1) * options.mask_prompt_scale)
-                count = len(present)
-                pred, _ = model.segment(
-                    encoded.last_hidden_state[image_index : image_index + 1].expand(count, -1, -1, -1),
-                    input_points=torch.stack(points)[:, None],
-                    input_labels=torch.ones(count, 1, num_points, dtype=torch.int, device=coarse.device),
-                    input_masks=torch.stack(masks)[:, None],
-                    multimask_output=False,
-                )
-                logits[present] = pred[:, 0, 0].to(logits.dtype)
-            refined.append(logits)
+        refine = self._refine_per_component if options.per_component else self._refine_per_class
+        refined = [
+            refine(encoded.last_hidden_state[index : index + 1], coarse[index], options)
+            for index in range(len(coarse))
+        ]
+        size = model.config.image_size
         logits = F.interpolate(
             torch.stack(refined), size=output_size or (size, size), mode="bilinear", align_corners=False
         )
         return SamClipSemanticSegmentationOutput(logits=logits, label_map=logits.argmax(1))
 
-    def _refine_per_component(self, pixel_values, class_embeds, background_embeds, output_size, options):
-        model = self.model
-        size = model.config.image_size
-        pixel_values = self._check_sam_view(pixel_values, "SAM refinement")
-        encoded = model.vision_encoder(pixel_values, compute_neck=True)
-        coarse = self._class_logits(
-            model.clip_head.dense_features(encoded.trunk_hidden_state),
-            class_embeds,
-            background_embeds,
-            options.background_threshold,
+    def _refine_per_class(self, embedding, coarse, options) -> torch.Tensor:
+        """SAM's low-resolution logits `(1 + C, 4*grid, 4*grid)` of one image, one mask per class present in its
+        coarse logits `(1 + C, grid, grid)`, prompted with the class's region and its best patches."""
+        size = self.model.config.image_size
+        low_res = 4 * self.model.config.prompt_encoder_config.image_embedding_size
+        labels_low = F.interpolate(coarse[None], size=(low_res, low_res), mode="bilinear", align_corners=False)
+        labels_low = labels_low.argmax(1)[0]
+        grid, num_points = coarse.shape[-1], options.num_points
+        grid_labels = coarse.argmax(0)
+        present = [c for c in range(1, len(coarse)) if (grid_labels == c).sum() >= options.min_pixels]
+        logits = torch.full((len(coarse), low_res, low_res), -1e4, device=coarse.device, dtype=coarse.dtype)
+        logits[0] = 0.0
+        if not present:
+            return logits
+        points, masks = [], []
+        for c in present:
+            score = coarse[c].masked_fill(grid_labels != c, float("-inf")).flatten()
+            top = score.topk(min(num_points, int((grid_labels == c).sum()))).indices
+            top = torch.cat([top, top[:1].repeat(num_points - len(top))])  # repeat when the region is tiny
+            xy = torch.stack([top % grid, top // grid], dim=-1).to(coarse.dtype)
+            points.append((xy + 0.5) * (size / grid))
+            masks.append(((labels_low == c).to(coarse.dtype) * 2 - 1) * options.mask_prompt_scale)
+        count = len(present)
+        pred, _ = self.model.segment(
+            embedding.expand(count, -1, -1, -1),
+            input_points=torch.stack(points)[:, None],
+            input_labels=torch.ones(count, 1, num_points, dtype=torch.int, device=coarse.device),
+            input_masks=torch.stack(masks)[:, None],
+            multimask_output=False,
         )
-        low_res = 4 * model.config.prompt_encoder_config.image_embedding_size
+        logits[present] = pred[:, 0, 0].to(logits.dtype)
+        return logits
+
+    def _refine_per_component(self, embedding, coarse, options) -> torch.Tensor:
+        """As :meth:`_refine_per_class`, one mask per connected component of each class region, prompted with its
+        best patch, its box and its region, and kept only where SAM's predicted IoU reaches `options.iou_gate`."""
+        size = self.model.config.image_size
+        low_res = 4 * self.model.config.prompt_encoder_config.image_embedding_size
         grid = coarse.shape[-1]
-        refined = []
-        for image_index in range(pixel_values.shape[0]):
-            labels = coarse[image_index].argmax(0)
-            logits = torch.full((coarse.shape[1], low_res, low_res), -1e4, device=coarse.device, dtype=coarse.dtype)
-            logits[0] = 0.0
-            components = [
-                (c, region) for c in labels.unique().tolist() if c > 0 for region in _connected_components(labels == c)
-            ]
-            if components:
-                points, boxes, masks = [], [], []
-                for c, region in components:
-                    best = coarse[image_index, c].masked_fill(~region, float("-inf")).flatten().argmax()
-                    points.append(torch.stack([best % grid, best // grid]).to(coarse.dtype) + 0.5)
-                    ys, xs = torch.nonzero(region, as_tuple=True)
-                    boxes.append(torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).to(coarse.dtype))
-                    region_low = F.interpolate(region[None, None].to(coarse.dtype), size=(low_res, low_res))[0, 0]
-                    masks.append((region_low * 2 - 1) * options.mask_prompt_scale)
-                scale = size / grid
-                count = len(components)
-                pred, iou = model.segment(
-                    encoded.last_hidden_state[image_index : image_index + 1].expand(count, -1, -1, -1),
-                    input_points=(torch.stack(points) * scale)[:, None, None],
-                    input_boxes=(torch.stack(boxes) * scale)[:, None],
-                    input_masks=torch.stack(masks)[:, None],
-                    multimask_output=False,
-                )
-                for (c, _), mask, sam_logits, predicted_iou in zip(components, masks, pred[:, 0, 0], iou[:, 0, 0]):
-                    # SAM's mask where it is confident, else the coarse component as it was.
-                    chosen = sam_logits.to(logits.dtype) if predicted_iou >= options.iou_gate else mask
-                    logits[c] = torch.maximum(logits[c], chosen)
-            refined.append(logits)
-        logits = F.interpolate(
-            torch.stack(refined), size=output_size or (size, size), mode="bilinear", align_corners=False
+        labels = coarse.argmax(0)
+        logits = torch.full((len(coarse), low_res, low_res), -1e4, device=coarse.device, dtype=coarse.dtype)
+        logits[0] = 0.0
+        components = [
+            (c, region) for c in labels.unique().tolist() if c > 0 for region in _connected_components(labels == c)
+        ]
+        if not components:
+            return logits
+        points, boxes, masks = [], [], []
+        for c, region in components:
+            best = coarse[c].masked_fill(~region, float("-inf")).flatten().argmax()
+            points.append(torch.stack([best % grid, best // grid]).to(coarse.dtype) + 0.5)
+            ys, xs = torch.nonzero(region, as_tuple=True)
+            boxes.append(torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).to(coarse.dtype))
+            region_low = F.interpolate(region[None, None].to(coarse.dtype), size=(low_res, low_res))[0, 0]
+            masks.append((region_low * 2 - 1) * options.mask_prompt_scale)
+        scale = size / grid
+        pred, iou = self.model.segment(
+            embedding.expand(len(components), -1, -1, -1),
+            input_points=(torch.stack(points) * scale)[:, None, None],
+            input_boxes=(torch.stack(boxes) * scale)[:, None],
+            input_masks=torch.stack(masks)[:, None],
+            multimask_output=False,
         )
-        return SamClipSemanticSegmentationOutput(logits=logits, label_map=logits.argmax(1))
+        for (c, _), mask, sam_logits, predicted_iou in zip(components, masks, pred[:, 0, 0], iou[:, 0, 0]):
+            # SAM's mask where it is confident, else the coarse component as it was.
+            chosen = sam_logits.to(logits.dtype) if predicted_iou >= options.iou_gate else mask
+            logits[c] = torch.maximum(logits[c], chosen)
+        return logits
 
     @torch.no_grad()
     def instance_segmentation(
