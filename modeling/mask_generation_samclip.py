@@ -286,6 +286,12 @@ def _connected_components(region: torch.Tensor) -> list[torch.Tensor]:
     return [labels == value for value in labels.unique().tolist() if value > 0]
 
 
+def _upsampled_segmentation(logits: torch.Tensor, size) -> SamClipSemanticSegmentationOutput:
+    """Class logits `(batch, 1 + C, h, w)` bilinearly upsampled to `size`, with their per-pixel argmax."""
+    logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    return SamClipSemanticSegmentationOutput(logits=logits, label_map=logits.argmax(1))
+
+
 class SamClipMaskGenerator:
     """Automatic masks, labelled instances and zero-shot semantic maps of a SAM-CLIP `model`, with the thresholds of
     `options` (default `SamClipMaskGeneratorOptions()`) changed by `overrides`; each method takes further overrides
@@ -348,10 +354,7 @@ class SamClipMaskGenerator:
             background_embeds,
             options.background_threshold,
         )
-        logits = F.interpolate(
-            logits, size=output_size or pixel_values.shape[-2:], mode="bilinear", align_corners=False
-        )
-        return SamClipSemanticSegmentationOutput(logits=logits, label_map=logits.argmax(1))
+        return _upsampled_segmentation(logits, output_size or pixel_values.shape[-2:])
 
     @torch.no_grad()
     def semantic_segmentation_refined(
@@ -387,10 +390,7 @@ class SamClipMaskGenerator:
             for index in range(len(coarse))
         ]
         size = model.config.image_size
-        logits = F.interpolate(
-            torch.stack(refined), size=output_size or (size, size), mode="bilinear", align_corners=False
-        )
-        return SamClipSemanticSegmentationOutput(logits=logits, label_map=logits.argmax(1))
+        return _upsampled_segmentation(torch.stack(refined), output_size or (size, size))
 
     def _refine_per_class(self, embedding, coarse, options) -> torch.Tensor:
         """SAM's low-resolution logits `(1 + C, 4*grid, 4*grid)` of one image, one mask per class present in its
