@@ -382,6 +382,7 @@ class SamClipModel(SamClipPreTrainedModel, SamModel):
         config.validate_architecture()
         config.head_config.validate_architecture()
         super().__init__(config)
+        # What differs from SamModel: its encoder, with the same parameters, run at any size for the CLIP path.
         self.vision_encoder = SamClipVisionEncoder(config.vision_config)
         self.clip_head = SamClipHead(config)
         self.text_model = build_text_tower(config.text_config)
