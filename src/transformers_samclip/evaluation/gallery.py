@@ -268,7 +268,7 @@ def label_everything_gallery(
     model, processor, teachers: dict | None, path, num_mosaics: int = 8, seed: int = 0, cell_size: int = 128
 ) -> GalleryLayout:
     """Gallery of label-everything on the first `num_mosaics` test mosaics: image, ground truth, SAM-CLIP from one
-    pass (`instance_segmentation` defaults), SAM-CLIP labelling crops (`label_source="crops"`) and, with `teachers`,
+    pass (`SamClipMaskGenerator` defaults), SAM-CLIP labelling crops (`label_source="crops"`) and, with `teachers`,
     the SAM+CLIP cascade; instances coloured by their class. Writes the PNG to `path`."""
     from ..mosaic import FASHION_MNIST_CLASSES, make_mosaic_dataset
     from .instance import cascade_instance_segmenter, samclip_instance_segmenter
