@@ -147,8 +147,13 @@ def mosaic_world(num_mosaics: int, repeats: int) -> dict:
     """Per-image CPU time of label-everything on test mosaics: the shipped model (one pass, crops) and the shipped
     teachers' cascade, interleaved (each round labels every mosaic with each method)."""
     from transformers_samclip.evaluation.instance import cascade_instance_segmenter, samclip_instance_segmenter
-    from transformers_samclip.hub.export import SHIPPED_MOSAIC_MODEL_DIR, load_samclip
-    from transformers_samclip.mosaic import FASHION_MNIST_CLASSES, load_mosaic_teachers, make_mosaic_dataset
+    from transformers_samclip.hub.export import load_samclip
+    from transformers_samclip.mosaic import (
+        FASHION_MNIST_CLASSES,
+        SHIPPED_MOSAIC_MODEL_DIR,
+        load_mosaic_teachers,
+        make_mosaic_dataset,
+    )
 
     shipped, teachers = load_samclip(SHIPPED_MOSAIC_MODEL_DIR), load_mosaic_teachers()
     images = [image.convert("RGB") for image in make_mosaic_dataset("test", num_mosaics, seed=0)["image"]]

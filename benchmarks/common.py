@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -58,13 +59,11 @@ def setup(args: argparse.Namespace) -> None:
 def machine_info(threads: int) -> dict:
     """What the numbers were measured on."""
     cpu = platform.processor() or platform.machine()
-    try:
+    if shutil.which("lscpu"):  # util-linux; elsewhere the platform's name for the processor
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
         cpu = next(
             (line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), cpu
         )
-    except OSError:
-        pass
     info = {
         "cpu": cpu,
         "logical_cores": os.cpu_count(),
@@ -73,12 +72,9 @@ def machine_info(threads: int) -> dict:
         "python": platform.python_version(),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
-    try:
-        import transformers
+    import transformers  # a dependency of the package: always there
 
-        info["transformers"] = transformers.__version__
-    except ImportError:
-        pass
+    info["transformers"] = transformers.__version__
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info

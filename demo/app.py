@@ -278,7 +278,7 @@ class SamClipDemo:
         source = source or os.environ.get("SAMCLIP_MODEL")
         if not source:
             try:
-                from transformers_samclip.hub import load_mosaic_model
+                from transformers_samclip.mosaic import load_mosaic_model
             except ImportError:  # the Space without the package: the Hub copy, as remote code
                 source = HUB_MODEL_ID
             else:

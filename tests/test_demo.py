@@ -191,7 +191,8 @@ def test_label_everything_tab_returns_instances_and_their_table(client, image_pa
 def test_label_everything_finds_the_items_of_a_shipped_example(app_module):
     """The shipped mosaic model on the Space's own example mosaic, shown at 512 px: labelled instances whose labels
     are mosaic classes, each a row of the table with its box inside the 128 px image."""
-    from transformers_samclip.hub.export import SHIPPED_MOSAIC_MODEL_DIR, load_samclip
+    from transformers_samclip.hub.export import load_samclip
+    from transformers_samclip.mosaic import SHIPPED_MOSAIC_MODEL_DIR
 
     loaded = load_samclip(SHIPPED_MOSAIC_MODEL_DIR)
     demo = app_module.SamClipDemo(loaded.model, loaded.processor, "shipped")

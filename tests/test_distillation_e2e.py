@@ -220,8 +220,8 @@ def test_shipped_distilled_model_meets_the_targets_and_beats_its_untrained_start
 
     from transformers_samclip import SamClipModel
     from transformers_samclip.distillation.run import evaluate_rows
-    from transformers_samclip.hub.export import SHIPPED_MOSAIC_MODEL_DIR, load_samclip
-    from transformers_samclip.mosaic import load_mosaic_teachers
+    from transformers_samclip.hub.export import load_samclip
+    from transformers_samclip.mosaic import SHIPPED_MOSAIC_MODEL_DIR, load_mosaic_teachers
 
     torch.set_num_threads(2)
     recorded = json.loads((SHIPPED_MOSAIC_MODEL_DIR / "results.json").read_text())

@@ -142,7 +142,7 @@ def test_paper_recipe_plans_offline_without_its_weights():
 
 
 def test_plan_without_a_sample_count_says_what_to_give(capsys):
-    from transformers_samclip.cli import UsageError
+    from transformers_samclip._cli import UsageError
     from transformers_samclip.distillation.cli import main
 
     with pytest.raises(UsageError, match=r"data.clip: cannot count its samples .*give data.clip.num_samples"):

@@ -153,7 +153,7 @@ def test_short_recipe_trains_on_streamed_shards_with_sam_prompts_from_the_masks(
 
 
 def test_distill_names_a_shard_glob_that_matches_nothing(tmp_path):
-    from transformers_samclip.cli import UsageError
+    from transformers_samclip._cli import UsageError
     from transformers_samclip.distillation.cli import main
 
     with pytest.raises(UsageError, match=r"data.clip.data_files: no file matches .*none-\*.tar"):

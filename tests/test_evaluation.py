@@ -17,8 +17,6 @@ from transformers_samclip.evaluation import (
     confusion_matrix,
     evaluate_label_maps,
     evaluate_prompted_segmentation,
-    evaluate_samclip_on_mosaic,
-    evaluate_teachers_on_mosaic,
     evaluate_zero_shot_classification,
     format_results_table,
     instance_miou,
@@ -36,7 +34,13 @@ from transformers_samclip.evaluation.geometry import (
     mask_to_box,
     random_points,
 )
-from transformers_samclip.mosaic import FASHION_MNIST_CLASSES, SHIPPED_TEACHERS_DIR, make_mosaic_dataset
+from transformers_samclip.mosaic import (
+    FASHION_MNIST_CLASSES,
+    SHIPPED_TEACHERS_DIR,
+    evaluate_samclip_on_mosaic,
+    evaluate_teachers_on_mosaic,
+    make_mosaic_dataset,
+)
 
 TINY = dict(num_items=12, num_mosaics=3, calibration_mosaics=2, seed=0)
 ROW_KEYS = (
@@ -315,7 +319,7 @@ def test_shipped_teachers_full_test_split():
 
 
 def test_cli_teachers_from_a_folder(tiny_teachers, tmp_path):
-    from transformers_samclip.evaluation.cli import main
+    from transformers_samclip.evaluate_cli import main
 
     for name in ("sam", "clip"):
         tiny_teachers[f"{name}_model"].save_pretrained(tmp_path / name)
@@ -346,7 +350,7 @@ def test_cli_teachers_from_a_folder(tiny_teachers, tmp_path):
 
 
 def test_cli_imagefolder_suite(merged, processor, tmp_path):
-    from transformers_samclip.evaluation.cli import main
+    from transformers_samclip.evaluate_cli import main
 
     merged.save_pretrained(tmp_path / "model")
     processor.save_pretrained(tmp_path / "model")

@@ -24,8 +24,7 @@ from transformers import AutoModel, pipeline
 
 from transformers_samclip import SamClipMaskGenerator, SamClipModel, SamClipProcessor, cli
 from transformers_samclip.distillation import load_recipe
-from transformers_samclip.hub.export import SHIPPED_MOSAIC_MODEL_DIR
-from transformers_samclip.mosaic import SHIPPED_TEACHERS_DIR
+from transformers_samclip.mosaic import SHIPPED_MOSAIC_MODEL_DIR, SHIPPED_TEACHERS_DIR
 
 COUNTS = {"inputs tried": 0, "correct results": 0, "clear errors": 0, "crashes": 0}
 
@@ -1117,17 +1116,19 @@ def served(ctx):
     """`ctx` with the pipelines and a bfloat16 copy of the model (built once, for the rows that need them)."""
     from copy import deepcopy
 
+    from transformers_samclip import SAMCLIP_PIPELINES
+
+    def served_pipeline(task, **kwargs):  # SAM-CLIP's class for transformers' own tasks: its validation layer
+        return pipeline(task, model=ctx.model, pipeline_class=SAMCLIP_PIPELINES[task], **kwargs)
+
     ctx.segmenter = pipeline("zero-shot-semantic-segmentation", model=ctx.model, processor=ctx.processor)
-    ctx.classifier = pipeline(
+    ctx.classifier = served_pipeline(
         "zero-shot-image-classification",
-        model=ctx.model,
         tokenizer=ctx.processor.tokenizer,
         image_processor=ctx.processor.clip_image_processor,
     )
-    ctx.masks = pipeline("mask-generation", model=ctx.model, image_processor=ctx.processor.image_processor)
-    ctx.features = pipeline(
-        "image-feature-extraction", model=ctx.model, image_processor=ctx.processor.clip_image_processor
-    )
+    ctx.masks = served_pipeline("mask-generation", image_processor=ctx.processor.image_processor)
+    ctx.features = served_pipeline("image-feature-extraction", image_processor=ctx.processor.clip_image_processor)
     ctx.bf16 = deepcopy(ctx.model).to(torch.bfloat16)
     return ctx
 

@@ -13,12 +13,11 @@ from transformers_samclip.evaluation import (
     evaluate_semantic_segmentation,
     label_palette,
     mean_iou,
-    mosaic_gallery,
     write_segmentation_gallery,
 )
 from transformers_samclip.evaluation.gallery import GAP, INK_COLOR, LEGEND_LINE_HEIGHT, TITLE_HEIGHT
 from transformers_samclip.evaluation.semantic import evaluate_instance_semantic_segmentation
-from transformers_samclip.mosaic import FASHION_MNIST_CLASSES, make_mosaic_dataset
+from transformers_samclip.mosaic import FASHION_MNIST_CLASSES, make_mosaic_dataset, mosaic_gallery
 
 CLASSES = list(FASHION_MNIST_CLASSES)
 

@@ -17,7 +17,7 @@ from huggingface_hub import ModelCard
 
 from transformers_samclip.hub import export_model, load_results, push_model
 from transformers_samclip.hub.card import METRICS, results_table
-from transformers_samclip.hub.export import MOSAIC_MODEL_DIRS
+from transformers_samclip.mosaic.model import MOSAIC_MODEL_DIRS
 
 REPO_ID = "someone/samclip-tiny"
 # Run before anything else in a child process: transformers_samclip cannot be imported there.
@@ -295,9 +295,10 @@ def test_mosaic_fallback_merges_the_teachers(teachers, tokenizer, monkeypatch):
 
     from transformers_samclip import mosaic
     from transformers_samclip.hub import export as export_module
+    from transformers_samclip.mosaic import model as mosaic_model_module
 
     sam, clip = teachers
-    monkeypatch.setattr(export_module, "MOSAIC_MODEL_DIRS", ())
+    monkeypatch.setattr(mosaic_model_module, "MOSAIC_MODEL_DIRS", ())
     monkeypatch.setattr(
         mosaic,
         "load_mosaic_teachers",
@@ -317,8 +318,7 @@ def test_mosaic_card_tells_the_truth_by_default(tmp_path):
     """`samclip export mosaic OUT`, no --results: the shipped model's own results fill the card, which names its
     ten classes."""
     from transformers_samclip.cli import main as samclip_main
-    from transformers_samclip.hub.export import SHIPPED_MOSAIC_MODEL_DIR
-    from transformers_samclip.mosaic import FASHION_MNIST_CLASSES
+    from transformers_samclip.mosaic import FASHION_MNIST_CLASSES, SHIPPED_MOSAIC_MODEL_DIR
 
     assert samclip_main(["export", "mosaic", str(tmp_path)]) == 0
     card = ModelCard.load(tmp_path / "README.md")

@@ -88,7 +88,8 @@ def test_dense_readouts_are_validated_and_clearclip_is_query_query_attention(mer
 
 @pytest.fixture(scope="module")
 def shipped():
-    from transformers_samclip.hub.export import SHIPPED_MOSAIC_MODEL_DIR, load_samclip
+    from transformers_samclip.hub.export import load_samclip
+    from transformers_samclip.mosaic import SHIPPED_MOSAIC_MODEL_DIR
 
     return load_samclip(SHIPPED_MOSAIC_MODEL_DIR)
 

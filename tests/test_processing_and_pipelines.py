@@ -179,8 +179,8 @@ def test_default_pipeline_call_of_the_shipped_model_predicts_background_where_no
     """A user who asks for the plain map with only an image and labels gets the threshold `samclip distill`
     calibrated: the map beats the all-background map (and the old never-background default) on test mosaics."""
     from transformers_samclip.evaluation.metrics import confusion_matrix, mean_iou
-    from transformers_samclip.hub.export import SHIPPED_MOSAIC_MODEL_DIR, load_samclip
-    from transformers_samclip.mosaic import FASHION_MNIST_CLASSES, make_mosaic_dataset
+    from transformers_samclip.hub.export import load_samclip
+    from transformers_samclip.mosaic import FASHION_MNIST_CLASSES, SHIPPED_MOSAIC_MODEL_DIR, make_mosaic_dataset
 
     shipped = load_samclip(SHIPPED_MOSAIC_MODEL_DIR)
     assert shipped.model.config.background_threshold is not None

@@ -63,14 +63,18 @@ def test_readme_label_everything_example_runs_without_the_package(tmp_path):
 
 
 def test_result_tables_are_written_from_their_results_json(tmp_path):
-    """Every results table in the README is what `evaluation.tables` writes from the results.json it names."""
+    """Every marked results table in the README and docs/*.md is what `evaluation.tables` writes from the
+    results.json it names."""
     from transformers_samclip.evaluation.tables import render_results_tables, update_results_tables
 
-    text = README.read_text()
-    assert text.count("<!-- results-table:") >= 2
-    assert render_results_tables(text, README.parent) == text, (
-        "run: python -m transformers_samclip.evaluation.tables README.md"
-    )
+    pages = [README, *sorted((README.parent / "docs").glob("*.md"))]
+    markers = {page.name: page.read_text().count("<!-- results-table:") for page in pages}
+    assert markers["README.md"] >= 2 and markers["ablations.md"] >= 1, markers
+    for page in pages:
+        text = page.read_text()
+        assert render_results_tables(text, page.parent) == text, (
+            f"run: python -m transformers_samclip.evaluation.tables {page.relative_to(README.parent)}"
+        )
     # A stale table is rewritten; an unknown column group is named.
     results = tmp_path / "results.json"
     results.write_text('{"rows": {"m": {"zero_shot_top1": 0.5, "box_miou": 0.25}}}')

@@ -148,11 +148,18 @@ def test_processor_loads_the_clip_view_as_the_pil_class(exported):
 
 
 def test_model_object_with_its_processor_gets_each_task_view(reference, image):
-    """With the package imported, a model object and `processor=` alone: each of transformers' tasks takes its view."""
+    """A model object and `processor=` alone, with `SAMCLIP_PIPELINES[task]`: each of transformers' tasks takes its
+    view."""
+    from transformers_samclip import SAMCLIP_PIPELINES
+
     model, processor = reference
-    classifier = pipeline("zero-shot-image-classification", model=model, processor=processor)
-    features = pipeline("image-feature-extraction", model=model, processor=processor)
-    generator = pipeline("mask-generation", model=model, processor=processor)
+
+    def served(task, **kwargs):
+        return pipeline(task, model=model, pipeline_class=SAMCLIP_PIPELINES[task], **kwargs)
+
+    classifier = served("zero-shot-image-classification", processor=processor)
+    features = served("image-feature-extraction", processor=processor)
+    generator = served("mask-generation", processor=processor)
     assert classifier.image_processor is processor.clip_image_processor and classifier.tokenizer is processor.tokenizer
     assert features.image_processor is processor.clip_image_processor
     assert generator.image_processor is processor.image_processor
@@ -160,7 +167,7 @@ def test_model_object_with_its_processor_gets_each_task_view(reference, image):
         expected = model(**processor(images=image)).image_embeds
     assert torch.allclose(torch.tensor(features(image)), expected, atol=1e-6)
     with pytest.raises(ValueError, match="needs SAM-CLIP's processor"):
-        pipeline("image-feature-extraction", model=model)
+        served("image-feature-extraction")
 
 
 def test_masks_to_boxes_uses_pixel_edges():
@@ -239,10 +246,12 @@ def test_zero_shot_object_detection_format_threshold_and_top_k(reference, image)
 
 
 def test_saved_folder_with_the_package_gets_each_task_view(saved_tiny_model):
-    """A folder `save_pretrained` wrote (no `custom_pipelines`), with the package imported: the registered classes
-    load the folder's processor and take the task's view from it."""
+    """A folder `save_pretrained` wrote (no `custom_pipelines`), with `SAMCLIP_PIPELINES[task]`: the class loads the
+    folder's processor and takes the task's view from it."""
+    from transformers_samclip import SAMCLIP_PIPELINES
+
     views = {
-        task: pipeline(task, model=str(saved_tiny_model)).image_processor
+        task: pipeline(task, model=str(saved_tiny_model), pipeline_class=SAMCLIP_PIPELINES[task]).image_processor
         for task in ("zero-shot-image-classification", "image-feature-extraction", "mask-generation")
     }
     assert type(views["zero-shot-image-classification"]) is CLIPImageProcessorPil

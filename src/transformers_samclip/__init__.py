@@ -1,7 +1,9 @@
 """transformers-samclip: SAM-CLIP for Hugging Face transformers.
 
-Importing the package registers SAM-CLIP with transformers' Auto classes and pipelines, and marks the model
-classes for remote code so that every `save_pretrained` folder also loads with `trust_remote_code=True`.
+Importing the package registers SAM-CLIP with transformers' Auto classes and its new pipeline tasks (transformers'
+own tasks are left as they are: `SAMCLIP_PIPELINES` holds the `pipeline_class=` for a SAM-CLIP model object), and
+marks the model classes for remote code so that every `save_pretrained` folder also loads with
+`trust_remote_code=True`.
 """
 
 from transformers import (
@@ -35,6 +37,15 @@ def _register() -> None:
 
 _register()
 
-from .pipelines import ZeroShotImageSegmentationPipeline, ZeroShotSemanticSegmentationPipeline  # noqa: E402  (registers the pipeline tasks)
+from .pipelines import (  # noqa: E402  (registers the new pipeline tasks)
+    SAMCLIP_PIPELINES,
+    ZeroShotImageSegmentationPipeline,
+    ZeroShotSemanticSegmentationPipeline,
+)
 
-__all__ = [*_model_names, "ZeroShotImageSegmentationPipeline", "ZeroShotSemanticSegmentationPipeline"]
+__all__ = [
+    *_model_names,
+    "SAMCLIP_PIPELINES",
+    "ZeroShotImageSegmentationPipeline",
+    "ZeroShotSemanticSegmentationPipeline",
+]

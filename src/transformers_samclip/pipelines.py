@@ -1,19 +1,19 @@
-"""Registers SAM-CLIP's pipelines with transformers when this package is imported: `zero-shot-image-segmentation`
-(subtask semantic / instance / panoptic) and its older name `zero-shot-semantic-segmentation`.
+"""SAM-CLIP's pipelines for model objects: `zero-shot-image-segmentation` (subtask semantic / instance / panoptic) and
+its older name `zero-shot-semantic-segmentation` are new task names, registered with transformers when this package
+is imported; for transformers' own tasks, `SAMCLIP_PIPELINES` names the class that serves a SAM-CLIP model, passed
+as `pipeline_class=` (transformers' registry entries for its own tasks are left as they are):
 
     from transformers import pipeline
-    import transformers_samclip  # registers the tasks
+    from transformers_samclip import SAMCLIP_PIPELINES  # importing the package registers the new tasks
     segmenter = pipeline("zero-shot-image-segmentation", model=model, processor=processor)
     segments = segmenter(image, candidate_labels=["cat", "dog"], subtask="instance")
+    task = "zero-shot-image-classification"
+    classifier = pipeline(task, model=model, processor=processor, pipeline_class=SAMCLIP_PIPELINES[task])
 
-The classes live in the model code (`modeling/pipeline_samclip.py`) so that an exported folder serves every task
-without this package (`custom_pipelines` in its config.json, which transformers prefers for a folder or Hub id).
-
-Importing this module also makes transformers' `zero-shot-image-classification`, `mask-generation` and
-`image-feature-extraction` pipelines serve a SAM-CLIP model object given with `processor=` (each takes the view its
-task needs from it) and check their inputs with SAM-CLIP's validation layer; other models are served unchanged.
-`zero-shot-object-detection` keeps transformers' class for other models: for a SAM-CLIP model object pass
-`pipeline_class=SamClipZeroShotObjectDetectionPipeline`, or give the exported folder.
+Each of transformers' tasks takes the view it needs (CLIP path or SAM) from `processor=` and checks its inputs with
+SAM-CLIP's validation layer. The classes live in the model code (`modeling/pipeline_samclip.py`) so that an exported
+folder serves every task without this package and without `pipeline_class=` (`custom_pipelines` in its
+config.json, which transformers reads for a folder or Hub id).
 """
 
 from transformers import AutoModel
@@ -45,10 +45,10 @@ for _task in PIPELINE_TASKS:
 
 
 def _serving_every_model(samclip_class, transformers_class):
-    """`samclip_class` registered for a task serves every model of that task: it tries to load what transformers'
-    own class loads, and the processor (a SAM-CLIP folder saved without `custom_pipelines` then still gets its
-    task's view; a CLIP checkpoint keeps its image processor and tokenizer). Tried, not required, so that a model
-    object given with `processor=` alone is served too."""
+    """`samclip_class` as a `pipeline_class=` for a model object or folder: it tries to load what transformers' own
+    class loads, and the processor (a SAM-CLIP folder saved without `custom_pipelines` then still gets its task's
+    view). Tried, not required, so that a model object given with `processor=` alone, or with `image_processor=` and
+    `tokenizer=`, is served too."""
     flags = {
         flag: None if getattr(transformers_class, flag) or flag == "_load_processor" else False for flag in LOAD_FLAGS
     }
@@ -67,17 +67,19 @@ SamClipImageFeatureExtractionPipeline = _serving_every_model(
     pipeline_samclip.SamClipImageFeatureExtractionPipeline, ImageFeatureExtractionPipeline
 )
 
-# The task entries keep transformers' model classes and defaults; only the class that serves them changes.
-for _task, _pipeline_class in (
-    ("zero-shot-image-classification", SamClipZeroShotImageClassificationPipeline),
-    ("mask-generation", SamClipMaskGenerationPipeline),
-    ("image-feature-extraction", SamClipImageFeatureExtractionPipeline),
-):
-    PIPELINE_REGISTRY.supported_tasks[_task]["impl"] = _pipeline_class
+# The class that serves a SAM-CLIP model object, per task: pass it as `pipeline(task, ..., pipeline_class=...)`.
+SAMCLIP_PIPELINES = {
+    **dict.fromkeys(PIPELINE_TASKS, ZeroShotImageSegmentationPipeline),
+    "zero-shot-image-classification": SamClipZeroShotImageClassificationPipeline,
+    "mask-generation": SamClipMaskGenerationPipeline,
+    "image-feature-extraction": SamClipImageFeatureExtractionPipeline,
+    "zero-shot-object-detection": SamClipZeroShotObjectDetectionPipeline,
+}
 
 __all__ = [
     "EXPORTED_PIPELINES",
     "PIPELINE_TASKS",
+    "SAMCLIP_PIPELINES",
     "SamClipImageFeatureExtractionPipeline",
     "SamClipMaskGenerationPipeline",
     "SamClipZeroShotImageClassificationPipeline",

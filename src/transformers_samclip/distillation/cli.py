@@ -133,7 +133,7 @@ DATA_PATH_KEYS = {"data_dir": "folder", "image_dir": "folder", "annotation_file"
 
 def check_data_paths(recipe, recipe_argument: str) -> None:
     """The local files and folders a recipe's data entries name exist (checked before teachers or data load)."""
-    from ..cli import UsageError, check_path
+    from .._cli import UsageError, check_path
 
     clip = recipe.data.clip
     specs = {f"data.clip.{i}": spec for i, spec in enumerate(clip)} if isinstance(clip, list) else {"data.clip": clip}
@@ -154,7 +154,7 @@ def check_data_paths(recipe, recipe_argument: str) -> None:
 
 def print_plan(recipe, args: argparse.Namespace) -> int:
     """`--plan`: print the recipe's plan (`plan.plan_recipe`) on `--num-processes` devices; nothing trains."""
-    from ..cli import UsageError, check_at_least
+    from .._cli import UsageError, check_at_least
 
     check_at_least("--num-processes", args.num_processes, 1)
     if args.images_per_second is not None and not args.images_per_second > 0:
@@ -177,7 +177,7 @@ def print_plan(recipe, args: argparse.Namespace) -> int:
 
 def main(argv=None) -> int:
     """Entry point of `samclip distill`: path and recipe arguments are checked before any teacher or data loads."""
-    from ..cli import UsageError, check_at_least, check_path
+    from .._cli import UsageError, check_at_least, check_path
 
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
@@ -224,6 +224,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from ..cli import run_command
+    from .._cli import run_command
 
     sys.exit(run_command("distill", main, sys.argv[1:]))

@@ -14,26 +14,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..evaluation._common import decode_image
 from ..evaluation.geometry import square_crop
 from .annotations import decode_rle, is_rle, rle_area, sa1b_masks
 from .prompts import PromptSampler
 
 logger = logging.getLogger(__name__)
-
-
-def decode_image(value) -> Image.Image:
-    """A fully loaded PIL image from a PIL image, a `datasets` image dict (`bytes`/`path`), a path or an array;
-    raises on unreadable data."""
-    if isinstance(value, Image.Image):
-        image = value
-    elif isinstance(value, dict):
-        image = datasets.Image().decode_example(value)
-    elif isinstance(value, (str, os.PathLike)):
-        image = Image.open(value)
-    else:
-        image = Image.fromarray(np.asarray(value))
-    image.load()  # PIL decodes lazily: force it here, inside the caller's error handling
-    return image
 
 
 def decode_mask(value) -> np.ndarray:

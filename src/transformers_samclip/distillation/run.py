@@ -12,7 +12,7 @@ import torch
 from transformers import set_seed
 
 from .._atomic import atomic_files, atomic_folder, write_text_atomic
-from ..hub.card import DISTILLED_ROW
+from ..evaluation.results import DISTILLED_ROW
 from .cache import TeacherOutputCache, fingerprint, fingerprint_model
 from .config import SamClipDistillationConfig
 from .data import (
@@ -431,7 +431,7 @@ def calibrate_background(model, processor, spec: dict) -> float:
 def evaluate_rows(model, untrained, processor, teachers: dict, spec: dict, cache_dir) -> dict:
     """Mosaic-world rows: teachers and baselines (cached in `cache_dir`: they depend only on the teachers and the
     evaluation sizes), the untrained merge and the distilled model."""
-    from ..evaluation import evaluate_samclip_on_mosaic, evaluate_teachers_on_mosaic
+    from ..mosaic.evaluation import evaluate_samclip_on_mosaic, evaluate_teachers_on_mosaic
 
     key = fingerprint(
         fingerprint_model(teachers["sam_model"]),

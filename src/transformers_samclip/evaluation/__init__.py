@@ -1,12 +1,13 @@
 """Evaluation harness: metrics, evaluators for any dataset of the right shape (SAM-CLIP models and the plain
-teachers), the paper's baselines, the mosaic-world tables and a segmentation gallery (PNG). Command line:
-`samclip evaluate` (see `cli.py`)."""
+teachers), the paper's baselines, result tables and a segmentation gallery (PNG). Generic: the mosaic world's
+tables and galleries live in `mosaic/` (which uses this package); the command line is `samclip evaluate`
+(`evaluate_cli.py`)."""
 
 from .classification import class_text_embeddings, evaluate_zero_shot_classification, image_embeddings
-from .gallery import GalleryLayout, label_palette, mosaic_gallery, write_segmentation_gallery
+from .gallery import GalleryLayout, label_palette, write_segmentation_gallery
 from .metrics import confusion_matrix, instance_miou, mask_ious, mean_iou, per_class_iou, top1_accuracy
-from .mosaic import RESULT_COLUMNS, evaluate_samclip_on_mosaic, evaluate_teachers_on_mosaic, format_results_table
 from .prompted import evaluate_prompted_segmentation
+from .results import DISTILLED_ROW, RESULT_COLUMNS, format_results_table
 from .semantic import (
     calibrate_background_threshold,
     evaluate_cascade_baseline,
@@ -20,6 +21,7 @@ from .semantic import (
 )
 
 __all__ = [
+    "DISTILLED_ROW",
     "GalleryLayout",
     "RESULT_COLUMNS",
     "calibrate_background_threshold",
@@ -30,9 +32,7 @@ __all__ = [
     "evaluate_label_maps",
     "evaluate_maskclip_baseline",
     "evaluate_prompted_segmentation",
-    "evaluate_samclip_on_mosaic",
     "evaluate_semantic_segmentation",
-    "evaluate_teachers_on_mosaic",
     "evaluate_zero_shot_classification",
     "format_results_table",
     "image_embeddings",
@@ -42,7 +42,6 @@ __all__ = [
     "mask_ious",
     "maskclip_dense_features",
     "mean_iou",
-    "mosaic_gallery",
     "per_class_iou",
     "segment_everything",
     "top1_accuracy",

@@ -1,12 +1,15 @@
-"""Helpers shared by the evaluators: dataset batching, image views and mapping maps back to image size."""
+"""Helpers shared by the evaluators: dataset batching, image decoding, image views and mapping maps back to
+image size."""
 
 from __future__ import annotations
 
+import os
 import platform
 import warnings
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 
@@ -40,9 +43,24 @@ class SkippedSamples:
             )
 
 
-def _readable_rows(rows: dict, image_column: str, start: int, skipped: SkippedSamples) -> dict:
-    from ..distillation.data import decode_image
+def decode_image(value) -> Image.Image:
+    """A fully loaded PIL image from a PIL image, a `datasets` image dict (`bytes`/`path`), a path or an array;
+    raises on unreadable data."""
+    if isinstance(value, Image.Image):
+        image = value
+    elif isinstance(value, dict):
+        import datasets
 
+        image = datasets.Image().decode_example(value)
+    elif isinstance(value, (str, os.PathLike)):
+        image = Image.open(value)
+    else:
+        image = Image.fromarray(np.asarray(value))
+    image.load()  # PIL decodes lazily: force it here, inside the caller's error handling
+    return image
+
+
+def _readable_rows(rows: dict, image_column: str, start: int, skipped: SkippedSamples) -> dict:
     keep, images = [], []
     for offset, value in enumerate(rows[image_column]):
         try:

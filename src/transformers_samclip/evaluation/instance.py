@@ -10,7 +10,7 @@ nor missed), as in the prompted evaluation. Both methods share SAM's automatic-m
 `select_generated_masks`; the cascade prompts an 8x8 point grid, SAM-CLIP by default the peaks of its own class-score
 map plus a 4x4 grid). Precision, recall and F1@0.5 count every kept mask; "none of these" is measured with the
 confidence threshold of :func:`calibrate_instance_score_threshold`, calibrated on train mosaics. Time per 128 px
-mosaic, 1 thread, quiet machine (`python -m transformers_samclip.evaluation.readouts --timing`): ~60 ms SAM-CLIP with
+mosaic, 1 thread, quiet machine (`python -m transformers_samclip.mosaic.readouts --timing`): ~60 ms SAM-CLIP with
 peak prompts, ~135 ms with the 8x8 grid, ~130 ms cascade.
 Target (issue 19): SAM-CLIP >= the cascade on AP50 and PQ at <= 0.6x its time.
 """
@@ -29,6 +29,7 @@ from .classification import class_text_embeddings
 from .geometry import mask_to_box
 from .metrics import instance_segmentation_metrics
 from .prompted import _instances
+from .protocol import PROTOCOL
 from .semantic import cascade_instances
 
 InstanceSegmenter = Callable[[list], list]  # images -> per image {"masks" (M, H, W) bool, "class_ids", "scores"}
@@ -81,7 +82,7 @@ def cascade_instance_segmenter(
 def instance_targets(
     rows,
     index: int = 0,
-    min_visible_fraction: float = 0.3,
+    min_visible_fraction: float = PROTOCOL.min_visible_fraction,
     masks_column: str = "instance_masks",
     labels_column: str = "labels",
     visible_fraction_column: str = "visible_fraction",

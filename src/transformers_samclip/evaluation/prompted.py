@@ -25,6 +25,7 @@ import torch
 from ._common import SkippedSamples, as_mask, iter_batches, model_device, sam_view, subset
 from .geometry import evaluation_points, mask_to_box
 from .metrics import load_metric, mask_ious
+from .protocol import PROTOCOL
 
 _POINT_MODE = re.compile(r"point(\d+)")
 
@@ -86,7 +87,7 @@ def evaluate_prompted_segmentation(
     processor,
     dataset,
     modes=("box", "point1", "point3"),
-    min_visible_fraction: float = 0.3,
+    min_visible_fraction: float = PROTOCOL.min_visible_fraction,
     seed: int = 0,
     multimask_max_points: int = 1,
     limit: int | None = None,
@@ -164,7 +165,7 @@ def evaluate_mask_generation_recall(
     image_processor,
     dataset,
     iou_threshold: float = 0.5,
-    min_visible_fraction: float = 0.3,
+    min_visible_fraction: float = PROTOCOL.min_visible_fraction,
     limit: int | None = None,
     image_column: str = "image",
     masks_column: str = "instance_masks",

@@ -12,9 +12,9 @@ Run (teachers and a merged model, 200 test mosaics, 1 thread, ~2 min)::
 
     samclip evaluate mosaic --teachers --num-items 0 --num-mosaics 200 --threads 1
 
-Data: every item of each image with `visible_fraction >= min_visible_fraction` (0.3, as the prompted evaluation);
-datasets without that column count every item. Targets (issue 18): the CLIP teacher >= 0.75 on masked crops;
-(issue 19) a merged model's one-pass recognition >= the teacher's on crops.
+Data: every item of each image with `visible_fraction >= min_visible_fraction` (`PROTOCOL`'s, as the prompted
+evaluation); datasets without that column count every item. Targets (issue 18): the CLIP teacher >= 0.75 on masked
+crops; (issue 19) a merged model's one-pass recognition >= the teacher's on crops.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from ..modeling import mask_pooled_tokens
 from ._common import SkippedSamples, clip_view, iter_batches, model_device, rgb, sam_view, subset
 from .classification import class_text_embeddings
 from .geometry import masked_crop, square_crop
+from .protocol import PROTOCOL
 
 Labeller = Callable[[Image.Image, list], np.ndarray]  # (image, bool masks) -> class id per mask
 
@@ -89,7 +90,7 @@ def evaluate_recognition(
     labellers: dict[str, Labeller],
     dataset,
     num_classes: int,
-    min_visible_fraction: float = 0.3,
+    min_visible_fraction: float = PROTOCOL.min_visible_fraction,
     limit: int | None = None,
     image_column: str = "image",
 ) -> dict:

@@ -1,15 +1,16 @@
 """Result tables in markdown files, written from the results.json they show, never by hand.
 
 A table's place is marked in the file by a comment naming its JSON (relative to the file) and its column group
-(`recognition` or `segmentation`, see `evaluation.mosaic.COLUMN_GROUPS`)::
+(`recognition`, `segmentation` or `instances`, see `COLUMN_GROUPS`)::
 
     <!-- results-table: src/transformers_samclip/mosaic/distilled/results.json recognition -->
     | model | ... |
     <!-- /results-table -->
 
-Regenerate every marked table of a file after a new results.json (tests/test_readme.py checks they agree)::
+Regenerate every marked table of a file after a new results.json (tests/test_readme.py checks README.md and
+docs/*.md)::
 
-    python -m transformers_samclip.evaluation.tables README.md
+    python -m transformers_samclip.evaluation.tables README.md docs/ablations.md
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import re
 import sys
 from pathlib import Path
 
-from .mosaic import COLUMN_GROUPS, format_results_table
+from .results import COLUMN_GROUPS, format_results_table
 
 _BLOCK = re.compile(r"(<!-- results-table: (\S+) (\w+) -->\n)(.*?)(<!-- /results-table -->)", re.S)
 

@@ -1,7 +1,7 @@
 """Hub release (export, model card, push) and the loader the Gradio demo uses."""
 
 from .card import METRICS, load_results, render_model_card
-from .export import HubError, LoadedModel, export_model, load_mosaic_model, load_samclip, push_model
+from .export import HubError, LoadedModel, export_model, load_samclip, push_model
 from .onnx import export_onnx, quantize_onnx
 
 __all__ = [
@@ -10,7 +10,6 @@ __all__ = [
     "LoadedModel",
     "export_model",
     "export_onnx",
-    "load_mosaic_model",
     "load_results",
     "load_samclip",
     "push_model",

@@ -22,8 +22,6 @@ MODEL_CARD_TEMPLATE = HUB_CARDS_DIR / "model_card.md"
 DATASET_ID = "zalando-datasets/fashion_mnist"
 RESULTS_DATASET = "samclip-mosaic-world"  # not a Hub dataset: `samclip evaluate mosaic` builds it
 RESULTS_DATASET_NAME = "SAM-CLIP mosaic world (synthetic, built from Fashion-MNIST photos)"
-# The row `samclip distill` writes for the model it saved, in the results.json beside it.
-DISTILLED_ROW = "SAM-CLIP (distilled)"
 # `base_model` lists Hub ids only; the mosaic-world teachers are not on the Hub, so the card says where they are from.
 DEFAULT_BASE_MODELS = ()
 MOSAIC_TEACHERS = (

@@ -28,7 +28,7 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _export_options(args) -> dict:
     """The export options of the command line, after checking the model and `--results` before any loading."""
-    from ..cli import check_model_source, check_path
+    from .._cli import check_model_source, check_path
 
     check_model_source(args.model_dir, "model_dir")
     if args.results is not None:
@@ -52,7 +52,7 @@ def export_main(argv=None) -> int:
         "--int8", action="store_true", help="also write int8 (dynamic) quantized graphs; implies --onnx"
     )
     args = parser.parse_args(argv)
-    from ..cli import check_path
+    from .._cli import check_path
     from .export import export_model
 
     if (args.onnx or args.int8) and not all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime")):
@@ -109,7 +109,7 @@ def demo_main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--app", type=Path, default=DEMO_APP, help="the Space's app.py")
     args = parser.parse_args(argv)
-    from ..cli import UsageError, check_at_least, check_model_source, check_path
+    from .._cli import UsageError, check_at_least, check_model_source, check_path
 
     check_path(args.app, "--app", "file")
     if args.model is not None:

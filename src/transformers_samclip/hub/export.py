@@ -6,13 +6,13 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import NamedTuple
 
-from ..modeling import SamClipModel, SamClipProcessor, pipeline_samclip
+from ..evaluation.results import DISTILLED_ROW
+from ..modeling import pipeline_samclip
+from ..mosaic.model import MOSAIC_MODEL_NAME, LoadedModel, load_mosaic_model, load_pretrained
 from ..pipelines import EXPORTED_PIPELINES
 from .card import (
     DEFAULT_BASE_MODELS,
-    DISTILLED_ROW,
     MODEL_CARD_TEMPLATE,
     MOSAIC_TEACHERS,
     class_names_of,
@@ -21,15 +21,6 @@ from .card import (
     teachers_of,
 )
 
-# Where the mosaic model is looked for: your own `samclip distill` output (relative to the working directory,
-# then to the checkout), then the one shipped in the package (mosaic/distilled, with its BUILD.json).
-MOSAIC_MODEL_NAME = "samclip-mosaic"
-SHIPPED_MOSAIC_MODEL_DIR = Path(__file__).resolve().parents[1] / "mosaic" / "distilled"
-MOSAIC_MODEL_DIRS = (
-    Path("outputs") / MOSAIC_MODEL_NAME,
-    Path(__file__).resolve().parents[3] / "outputs" / MOSAIC_MODEL_NAME,
-    SHIPPED_MOSAIC_MODEL_DIR,
-)
 # Besides AutoModel (written by save_pretrained), the task Auto classes the pipelines load through.
 TASK_AUTO_CLASSES = ("AutoModelForZeroShotImageClassification", "AutoModelForMaskGeneration")
 PIPELINE_MODULE = Path(pipeline_samclip.__file__)
@@ -45,52 +36,9 @@ class HubError(RuntimeError):
     """A Hub operation failed for a reason the user can act on; the message is one line."""
 
 
-class LoadedModel(NamedTuple):
-    model: SamClipModel
-    processor: SamClipProcessor
-    description: str
-    merged_teachers: bool = False  # the not-yet-distilled fallback of `load_mosaic_model`
-    folder: Path | None = None  # the local folder it came from (None for a Hub id or the merged fallback)
-
-
-def load_mosaic_model() -> LoadedModel:
-    """The mosaic model: your own `samclip distill` output when present, else the distilled model shipped in the
-    package, else (a checkout without it) the shipped mosaic teachers merged with `SamClipModel.from_teachers`
-    (the paper's initialisation, not yet distilled)."""
-    for folder in MOSAIC_MODEL_DIRS:
-        if (folder / "config.json").exists():
-            loaded = load_samclip(folder)
-            if folder == SHIPPED_MOSAIC_MODEL_DIR:
-                description = (
-                    "the distilled mosaic model shipped with transformers-samclip (`samclip distill`, seed 0)"
-                )
-                loaded = loaded._replace(description=description)
-            return loaded
-    from ..mosaic import load_mosaic_teachers
-
-    teachers = load_mosaic_teachers()
-    model = SamClipModel.from_teachers(teachers["sam_model"], teachers["clip_model"])
-    processor = SamClipProcessor.from_sizes(
-        teachers["clip_processor"].tokenizer,
-        sam_size=model.config.image_size,
-        clip_size=model.config.head_config.image_size,
-    )
-    return LoadedModel(
-        model,
-        processor,
-        "No distilled mosaic model found (`samclip distill` writes outputs/samclip-mosaic): this is the "
-        "shipped mosaic teachers merged with `SamClipModel.from_teachers`, whose CLIP head is not yet trained.",
-        merged_teachers=True,
-    )
-
-
 def load_samclip(source: str | Path) -> LoadedModel:
     """Load a model and its processor from a folder or Hub id; `"mosaic"` means [`load_mosaic_model`]."""
-    if str(source) == "mosaic":
-        return load_mosaic_model()
-    model = SamClipModel.from_pretrained(source).eval()
-    folder = Path(source) if Path(source).is_dir() else None
-    return LoadedModel(model, SamClipProcessor.from_pretrained(source), f"`{source}`", folder=folder)
+    return load_mosaic_model() if str(source) == "mosaic" else load_pretrained(source)
 
 
 def export_model(

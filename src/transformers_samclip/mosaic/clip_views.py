@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from ..evaluation.geometry import masked_crop, square_crop
+from ..evaluation.protocol import PROTOCOL
 from .mosaics import (
     SILHOUETTE_THRESHOLD,
     ItemSource,
@@ -29,7 +30,7 @@ from .mosaics import (
 # Share of each look in a batch. Crops come from train mosaics (several per mosaic).
 LOOK_WEIGHTS = {"item": 0.30, "flat": 0.20, "raw": 0.15, "crop": 0.20, "masked_crop": 0.15}
 # Items in mosaics less visible than this are not named in training (as in the harness's recognition metric).
-MIN_VISIBLE_FRACTION = 0.3
+MIN_VISIBLE_FRACTION = PROTOCOL.min_visible_fraction
 
 
 def flat_view(rng: np.random.Generator, image28: np.ndarray, size: int = 64) -> Image.Image:

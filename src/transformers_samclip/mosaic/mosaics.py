@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from ..evaluation.geometry import mask_to_box
+from ..evaluation.protocol import PROTOCOL
 from .fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist_arrays
 
 # A resized item pixel belongs to the silhouette above this grey level (of 255): Fashion-MNIST
@@ -74,7 +75,7 @@ def random_tint(rng: np.random.Generator) -> np.ndarray:
 # Captions of a whole mosaic: each names the classes visible in it (items mostly hidden are left out).
 SCENE_TEMPLATES = ("a photo of {}.", "This is a photo of {}.", "{} on a textured background.", "{}.")
 # An item counts as visible in a caption when at least this fraction of it shows (as for SAM's prompts).
-CAPTION_MIN_VISIBLE_FRACTION = 0.3
+CAPTION_MIN_VISIBLE_FRACTION = PROTOCOL.min_visible_fraction
 
 
 def join_names(names: list[str]) -> str:
@@ -217,7 +218,9 @@ def mosaic_features():
     )
 
 
-def iter_mosaics(split: str = "test", num_mosaics: int = 1000, seed: int = 0, canvas_size: int = 128):
+def iter_mosaics(
+    split: str = PROTOCOL.split, num_mosaics: int = 1000, seed: int = PROTOCOL.seed, canvas_size: int = 128
+):
     """Yield the mosaics of :func:`make_mosaic_dataset` as plain dicts (numpy masks), without encoding."""
     source = item_source(split)
     # One generator per mosaic, keyed by (seed, index): mosaic i is the same whatever num_mosaics is.
@@ -225,7 +228,9 @@ def iter_mosaics(split: str = "test", num_mosaics: int = 1000, seed: int = 0, ca
         yield generate_mosaic(np.random.default_rng([seed, index]), source, canvas_size)
 
 
-def make_mosaic_dataset(split: str = "test", num_mosaics: int = 1000, seed: int = 0, canvas_size: int = 128):
+def make_mosaic_dataset(
+    split: str = PROTOCOL.split, num_mosaics: int = 1000, seed: int = PROTOCOL.seed, canvas_size: int = 128
+):
     """Build ``num_mosaics`` mosaics from the ``split`` items as a ``datasets.Dataset``.
 
     Columns: ``image`` (RGB), ``semantic_map`` (L, 0 background / class + 1), ``instance_masks`` (list of
@@ -250,7 +255,11 @@ ITEM_VIEW_STYLES = ("training", "heldout", "raw")
 
 
 def make_item_views(
-    split: str = "test", num_items: int | None = None, seed: int = 0, size: int = 64, style: str = "training"
+    split: str = PROTOCOL.split,
+    num_items: int | None = None,
+    seed: int = PROTOCOL.seed,
+    size: int = 64,
+    style: str = "training",
 ):
     """Each Fashion-MNIST item alone as a ``datasets.Dataset`` with ``image`` (RGB), ``label`` (ClassLabel) and
     ``item_index``: ``style="training"`` tinted on a random background at ``size`` (the look D_CLIP and the

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from ..evaluation.classification import evaluate_zero_shot_classification
 from ..evaluation.geometry import mask_depth
 from ..evaluation.prompted import evaluate_prompted_segmentation
+from ..evaluation.protocol import PROTOCOL
 from .fashion_mnist import FASHION_MNIST_CLASSES
 from .mosaics import generate_mosaic, item_source, make_item_views, make_mosaic_dataset
 
@@ -63,8 +64,8 @@ CLIP_IMAGE_SIZE = 64
 SAM_IMAGE_SIZE = 128
 SAM_PATCH_SIZE = 8
 # Prompts on items less visible than this are ambiguous (a sliver of a shirt): SAM trains only on the
-# others, as the evaluation harness measures (its `min_visible_fraction` default is the same 0.3).
-MIN_VISIBLE_FRACTION = 0.3
+# others, as the evaluation harness measures (the protocol's `min_visible_fraction`).
+MIN_VISIBLE_FRACTION = PROTOCOL.min_visible_fraction
 
 
 # ----------------------------------------------------------------------------------------------
@@ -804,14 +805,15 @@ def _clip_metrics(
 
 
 def _sam_metrics(model, processor, folder: Path | None = None) -> dict:
-    result = evaluate_prompted_segmentation(model, processor, make_mosaic_dataset("test", 500, 0), seed=0)
+    split, num_mosaics, seed = PROTOCOL.split, PROTOCOL.num_mosaics, PROTOCOL.seed
+    result = evaluate_prompted_segmentation(model, processor, make_mosaic_dataset(split, num_mosaics, seed), seed=seed)
     _log(f"sam test metrics: {result}")
     metrics = {key: round(result[key], 4) for key in ("box_miou", "point1_miou", "point3_miou")}
     metrics.update(
         num_mosaics=result["num_images"],
         num_instances=result["num_instances"],
         min_visible_fraction=result["min_visible_fraction"],
-        mosaics="make_mosaic_dataset('test', 500, 0)",
+        mosaics=f"make_mosaic_dataset({split!r}, {num_mosaics}, {seed})",
     )
     return metrics
 
@@ -952,7 +954,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--measure-only", action="store_true", help="re-measure the saved teachers, no training")
     args = parser.parse_args(argv)
-    from ..cli import UsageError, check_at_least, check_path
+    from .._cli import UsageError, check_at_least, check_path
 
     check_path(args.output_dir, "--output-dir", "folder" if args.measure_only else "output-folder")
     check_path(args.work_dir, "--work-dir", "output-folder")

@@ -7,62 +7,38 @@ Run::
 
 Data: zero-shot top-1 on `make_item_views("test", num_items, seed)` in the training look, a held-out look
 (`style="heldout"`: other backgrounds, tints and scales) and the raw 28 px photos; prompted and semantic segmentation
-on `make_mosaic_dataset("test", num_mosaics, seed)`; background thresholds calibrated on
-`make_mosaic_dataset("train", calibration_mosaics, seed)` (train items only). Defaults (10,000 items, 500 mosaics),
-1 torch thread, the shared 2-core machine under load: ~5 min for the teacher rows (the cascade is half of it), ~3 min
-for a merged model's row. Targets: issue 3's teacher floors (top-1 >= 0.80, box >= 0.85, 1-point >= 0.70); a merged
-model close to the teachers and above both baselines in semseg mIoU.
+on `make_mosaic_dataset("test", num_mosaics, seed)`; background thresholds calibrated on `make_mosaic_dataset("train",
+calibration_mosaics, seed)` (train items only). Defaults (`evaluation.protocol.PROTOCOL`: 10,000 items, 500 mosaics), 1
+torch thread, the shared 2-core machine under load: ~5 min for the teacher rows (the cascade is half of it), ~3 min for
+a merged model's row. Targets: issue 3's teacher floors (top-1 >= 0.80, box >= 0.85, 1-point >= 0.70); a merged model
+close to the teachers and above both baselines in semseg mIoU.
 """
 
 from __future__ import annotations
 
 import time
 
-from .classification import evaluate_zero_shot_classification
-from .instance import (
+from ..evaluation.classification import evaluate_zero_shot_classification
+from ..evaluation.instance import (
     calibrate_instance_score_threshold,
     cascade_instance_segmenter,
     evaluate_instance_segmentation,
     samclip_instance_segmenter,
 )
-from .prompted import evaluate_prompted_segmentation
-from .recognition import crop_labeller, one_pass_labeller, recognition_row
-from .semantic import (
+from ..evaluation.prompted import evaluate_prompted_segmentation
+from ..evaluation.protocol import PROTOCOL
+from ..evaluation.recognition import crop_labeller, one_pass_labeller, recognition_row
+from ..evaluation.semantic import (
     evaluate_cascade_baseline,
     evaluate_instance_semantic_segmentation,
     evaluate_maskclip_baseline,
     evaluate_semantic_segmentation,
 )
-
-# (result key, table header), in the order of the paper's tables.
-RESULT_COLUMNS = (
-    ("zero_shot_top1", "zero-shot top-1"),
-    ("zero_shot_top1_heldout", "top-1 held-out look"),
-    ("zero_shot_top1_raw", "top-1 raw photos"),
-    ("box_miou", "box mIoU"),
-    ("point1_miou", "1-point mIoU"),
-    ("point3_miou", "3-point mIoU"),
-    ("recognition_crop", "recognition crops"),
-    ("recognition_masked_crop", "recognition masked crops"),
-    ("recognition_one_pass", "recognition one pass"),
-    ("semseg_miou", "semseg mIoU"),
-    ("semseg_refined_miou", "refined semseg mIoU"),
-    ("semseg_instances_miou", "one-pass painted semseg mIoU"),
-    ("instance_ap50", "label-everything AP50"),
-    ("detection_box_ap50", "detection box AP50"),
-    ("panoptic_pq", "PQ"),
-    ("instance_f1", "F1@0.5"),
-    ("instance_f1_rejected", "F1@0.5 with none-of-these"),
-)
-
-
-# The mosaic world is imported inside the functions: it builds its ground truth with `.geometry`, so importing it
-# first runs this package, which must not need it back while it is half-initialised.
+from .fashion_mnist import FASHION_MNIST_CLASSES
+from .mosaics import make_item_views, make_mosaic_dataset
 
 
 def _mosaic_data(num_items: int | None, num_mosaics: int | None, calibration_mosaics: int, seed: int) -> dict:
-    from ..mosaic import make_item_views, make_mosaic_dataset
-
     views = {
         key: make_item_views("test", num_items=num_items, seed=seed, style=style) if num_items != 0 else None
         for key, style in (("items", "training"), ("heldout_items", "heldout"), ("raw_items", "raw"))
@@ -98,8 +74,6 @@ def _semseg_row(result: dict, prefix: str = "semseg") -> dict:
 def _zero_shot_row(model, processor, data: dict) -> dict:
     """Zero-shot top-1 on the training look of the item views and, for robustness, on the held-out look and the
     raw 28 px photos (the same test items)."""
-    from ..mosaic import FASHION_MNIST_CLASSES
-
     return {
         f"zero_shot_top1{suffix}": evaluate_zero_shot_classification(
             model, processor, data[key], FASHION_MNIST_CLASSES
@@ -111,8 +85,6 @@ def _zero_shot_row(model, processor, data: dict) -> dict:
 def _recognition_row(labellers: dict, mosaics) -> dict:
     """Recognition on the ground-truth masks of the test mosaics: `recognition_<labeller>` accuracy and its
     `recognition_<labeller>_confusion` matrix (rows: truth, columns: prediction) for each labeller."""
-    from ..mosaic import FASHION_MNIST_CLASSES
-
     return recognition_row(labellers, mosaics, len(FASHION_MNIST_CLASSES))[0]
 
 
@@ -124,8 +96,6 @@ def _instance_row(segment, mosaics, desc: str, score_threshold: float | None = N
     """Label-everything metrics (AP50, AP, PQ, precision / recall / F1@0.5, time per image) of an instance segmenter
     on the test mosaics and the box AP50 of its instances as detections; with `score_threshold`, precision / recall /
     F1@0.5 of the masks scoring at least it too (the "none of these" rejection), under `instance_*_rejected`."""
-    from ..mosaic import FASHION_MNIST_CLASSES
-
     thresholds = {"rejected": score_threshold} if score_threshold is not None else None
     result = evaluate_instance_segmentation(
         segment, mosaics, FASHION_MNIST_CLASSES, desc=desc, score_thresholds=thresholds
@@ -154,10 +124,10 @@ def evaluate_samclip_on_mosaic(
     model,
     processor,
     *,
-    num_items: int | None = 10000,
-    num_mosaics: int = 500,
-    seed: int = 0,
-    calibration_mosaics: int = 20,
+    num_items: int | None = PROTOCOL.num_items,
+    num_mosaics: int = PROTOCOL.num_mosaics,
+    seed: int = PROTOCOL.seed,
+    calibration_mosaics: int = PROTOCOL.calibration_mosaics,
 ) -> dict:
     """Every mosaic-world metric of a merged `SamClipModel`: `zero_shot_top1`, `box_miou`, `point1_miou`,
     `point3_miou`, `semseg_miou`, `semseg_refined_miou`, `semseg_instances_miou` (the one-pass labelled masks
@@ -165,8 +135,6 @@ def evaluate_samclip_on_mosaic(
     `instance_recall` / `instance_f1` (every mask kept) and the same F1 with "none of these"
     (`instance_f1_rejected`, at `instance_score_threshold`), plus sizes, thresholds and wall time.
     `num_items=None` takes all 10,000 test items; 0 skips a part."""
-    from ..mosaic import FASHION_MNIST_CLASSES
-
     began = time.perf_counter()
     data = _mosaic_data(num_items, num_mosaics, calibration_mosaics, seed)
     row = _sizes(data, seed)
@@ -227,16 +195,16 @@ def evaluate_samclip_on_mosaic(
 def evaluate_teachers_on_mosaic(
     teachers: dict | None = None,
     *,
-    num_items: int | None = 10000,
-    num_mosaics: int = 500,
-    seed: int = 0,
-    calibration_mosaics: int = 20,
+    num_items: int | None = PROTOCOL.num_items,
+    num_mosaics: int = PROTOCOL.num_mosaics,
+    seed: int = PROTOCOL.seed,
+    calibration_mosaics: int = PROTOCOL.calibration_mosaics,
 ) -> dict[str, dict]:
     """The teacher and baseline rows: "CLIP teacher" (zero_shot_top1; recognition on ground-truth masks from crops
     and masked crops), "SAM teacher" (box/point mIoUs), "MaskCLIP baseline" and the two SAM+CLIP cascades, labelling
     SAM's masks from their crops and from their masked crops (semseg, label everything, their labeller's
     recognition). `teachers` is a dict as returned by `load_mosaic_teachers()` (the shipped ones by default)."""
-    from ..mosaic import FASHION_MNIST_CLASSES, load_mosaic_teachers
+    from . import load_mosaic_teachers  # through the package, where tests put their stand-in teachers
 
     teachers = teachers or load_mosaic_teachers()
     sam, sam_processor = teachers["sam_model"], teachers["sam_processor"]
@@ -305,24 +273,3 @@ def evaluate_teachers_on_mosaic(
                 },
             )
     return rows
-
-
-# The README shows the columns in two tables: naming things, and finding them.
-COLUMN_GROUPS = {
-    "recognition": tuple(column for column in RESULT_COLUMNS if column[0].startswith(("zero_shot", "recognition"))),
-    "segmentation": tuple(
-        column for column in RESULT_COLUMNS if not column[0].startswith(("zero_shot", "recognition"))
-    ),
-}
-
-
-def format_results_table(rows: dict[str, dict], columns=RESULT_COLUMNS) -> str:
-    """A markdown table, one row per model, the `columns` (`(key, title)` pairs; default `RESULT_COLUMNS`) in that
-    order, '-' where a row lacks a metric."""
-    header = "| model | " + " | ".join(title for _, title in columns) + " |"
-    rule = "|---|" + "---:|" * len(columns)
-    lines = [header, rule]
-    for name, row in rows.items():
-        cells = [f"{row[key]:.3f}" if row.get(key) is not None else "-" for key, _ in columns]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)

@@ -3,15 +3,15 @@ label-everything, measured on a merged model (default: the shipped mosaic model)
 
 Run::
 
-    python -m transformers_samclip.evaluation.readouts --threads 1            # selection on TRAIN mosaics
-    python -m transformers_samclip.evaluation.readouts --split test --threads 1  # confirmation on test mosaics
+    python -m transformers_samclip.mosaic.readouts --threads 1            # selection on TRAIN mosaics
+    python -m transformers_samclip.mosaic.readouts --split test --threads 1  # confirmation on test mosaics
 
 Per read-out: plain and SAM-refined semantic mIoU (per class), with the background threshold calibrated for that
 read-out on other train mosaics; per read-out x mask pooling: instance AP50 / AP / PQ (every mask kept, the
 default); last, the masks labelled by their crops through the CLIP path instead (`label_source="crops"`). Prints a
 markdown table and writes JSON (`--output`). ~8 min on 1 thread with 100 mosaics.
 
-    python -m transformers_samclip.evaluation.readouts --text-to-mask --threads 1  # text-to-mask options, train
+    python -m transformers_samclip.mosaic.readouts --text-to-mask --threads 1  # text-to-mask options, train
 
 With `--text-to-mask` (issue 19): the plain map with the trunk-affinity read-out at each temperature, then per
 prompt set of label-everything (grid, peaks + sparse grid) the painted semantic map, AP50 / PQ / F1@0.5 (every mask
@@ -29,10 +29,10 @@ import json
 
 import torch
 
+from ..evaluation.classification import class_text_embeddings
+from ..evaluation.instance import evaluate_instance_segmentation, samclip_instance_segmenter
+from ..evaluation.semantic import calibrate_background_threshold, evaluate_semantic_segmentation, samclip_cosine_maps
 from ..modeling import DENSE_READOUTS
-from .classification import class_text_embeddings
-from .instance import evaluate_instance_segmentation, samclip_instance_segmenter
-from .semantic import calibrate_background_threshold, evaluate_semantic_segmentation, samclip_cosine_maps
 
 MASK_POOLINGS = ("mean", "max", "mean_tokens")
 
@@ -123,8 +123,8 @@ def ablate_text_to_mask(model, processor, mosaics, calibration, class_names, tea
     `"prompts"`: per :data:`PROMPT_VARIANTS` the painted semantic mIoU and the instance metrics (AP50, PQ,
     precision / recall / F1@0.5 with every mask kept and with the F1-calibrated "none of these" threshold, time
     per image); `"cascade"`: the teachers' instance metrics and time, when `teachers` are given."""
-    from .instance import calibrate_instance_score_threshold, cascade_instance_segmenter
-    from .semantic import evaluate_instance_semantic_segmentation
+    from ..evaluation.instance import calibrate_instance_score_threshold, cascade_instance_segmenter
+    from ..evaluation.semantic import evaluate_instance_semantic_segmentation
 
     results = {"plain": {}, "prompts": {}}
     original = model.config.head_config.dense_affinity_temperature
@@ -200,8 +200,8 @@ def time_label_everything(model, processor, teachers, mosaics, class_names) -> d
     import statistics
     import time
 
-    from ._common import rgb
-    from .instance import cascade_instance_segmenter
+    from ..evaluation._common import rgb
+    from ..evaluation.instance import cascade_instance_segmenter
 
     segmenters = {
         name: samclip_instance_segmenter(model, processor, class_names, **PROMPT_VARIANTS[name])
@@ -263,9 +263,10 @@ def format_text_to_mask(results: dict) -> str:
 
 def main(argv=None) -> int:
     """Command line: see the module docstring."""
-    from ..hub.export import SHIPPED_MOSAIC_MODEL_DIR
     from ..modeling import SamClipModel, SamClipProcessor
-    from ..mosaic import FASHION_MNIST_CLASSES, make_mosaic_dataset
+    from .fashion_mnist import FASHION_MNIST_CLASSES
+    from .model import SHIPPED_MOSAIC_MODEL_DIR
+    from .mosaics import make_mosaic_dataset
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="merged model folder (default: the shipped mosaic model)")
@@ -292,13 +293,13 @@ def main(argv=None) -> int:
     mosaics = make_mosaic_dataset(args.split, args.num_mosaics, seed=0)
     calibration = make_mosaic_dataset("train", 50, seed=1)
     if args.timing:
-        from ..mosaic import load_mosaic_teachers
+        from .teachers import load_mosaic_teachers
 
         results = time_label_everything(model, processor, load_mosaic_teachers(), mosaics, FASHION_MNIST_CLASSES)
         for name, row in results.items():
             print(f"| {name} | {1000 * row['median_seconds']:.0f} ms | {row['vs_cascade']:.2f}x |")
     elif args.text_to_mask:
-        from ..mosaic import load_mosaic_teachers
+        from .teachers import load_mosaic_teachers
 
         results = ablate_text_to_mask(
             model, processor, mosaics, calibration, FASHION_MNIST_CLASSES, load_mosaic_teachers()

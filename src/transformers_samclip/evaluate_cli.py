@@ -8,9 +8,9 @@ number, the seed, the sizes, the wall time and the software versions.
     samclip evaluate MODEL --suite user/dataset --split test    # a Hub dataset (semantic seg. if it has a map column)
     samclip evaluate mosaic --num-items 0 --num-mosaics 8 --gallery gallery.png  # + a PNG of 8 segmented mosaics
 
-The mosaic suite with its defaults (10,000 items, 500 mosaics), 1 torch thread on the shared 2-core machine under
-load: ~5 min for `teachers`, ~3 min for a merged model (add ~5 min for `--teachers`). What the rows should reach:
-see `evaluation/mosaic.py`.
+The mosaic suite with its defaults (`evaluation.protocol.PROTOCOL`: 10,000 items, 500 mosaics), 1 torch thread
+on the shared 2-core machine under load: ~5 min for `teachers`, ~3 min for a merged model (add ~5 min for
+`--teachers`). What the rows should reach: see `mosaic/evaluation.py`.
 
 Arguments are checked before anything loads (a bad one: `samclip evaluate: ...` on stderr, exit 2). Unreadable images
 of an imagefolder or Hub suite are skipped: a warning gives their count and first file names, and the JSON records
@@ -27,17 +27,19 @@ from pathlib import Path
 
 import torch
 
-from .._atomic import write_text_atomic
-from ..cli import UsageError, check_at_least, check_model_source, check_path
-from ._common import subset, versions
-from .classification import evaluate_zero_shot_classification
-from .mosaic import evaluate_samclip_on_mosaic, evaluate_teachers_on_mosaic, format_results_table
-from .recognition import crop_labeller, one_pass_labeller, recognition_row
-from .semantic import (
+from ._atomic import write_text_atomic
+from ._cli import UsageError, check_at_least, check_model_source, check_path
+from .evaluation._common import subset, versions
+from .evaluation.classification import evaluate_zero_shot_classification
+from .evaluation.protocol import PROTOCOL
+from .evaluation.recognition import crop_labeller, one_pass_labeller, recognition_row
+from .evaluation.results import format_results_table
+from .evaluation.semantic import (
     evaluate_instance_semantic_segmentation,
     evaluate_maskclip_baseline,
     evaluate_semantic_segmentation,
 )
+from .mosaic.evaluation import evaluate_samclip_on_mosaic, evaluate_teachers_on_mosaic
 
 SEMANTIC_COLUMNS = ("semantic_map", "annotation", "segmentation", "label_map", "semantic_segmentation")
 INSTANCE_COLUMNS = ("instance_masks", "masks")
@@ -53,17 +55,21 @@ def _parser() -> argparse.ArgumentParser:
         "shipped one), or 'teachers'",
     )
     parser.add_argument("--suite", default="mosaic", help="mosaic | imagefolder:PATH | HUB_DATASET_ID")
-    parser.add_argument("--split", default="test", help="split of an imagefolder/Hub suite")
-    parser.add_argument("--num-items", type=int, default=10000, help="mosaic: test item views for zero-shot top-1")
-    parser.add_argument("--num-mosaics", type=int, default=500, help="mosaic: test mosaics for segmentation")
+    parser.add_argument("--split", default=PROTOCOL.split, help="split of an imagefolder/Hub suite")
+    parser.add_argument(
+        "--num-items", type=int, default=PROTOCOL.num_items, help="mosaic: test item views for zero-shot top-1"
+    )
+    parser.add_argument(
+        "--num-mosaics", type=int, default=PROTOCOL.num_mosaics, help="mosaic: test mosaics for segmentation"
+    )
     parser.add_argument(
         "--calibration-mosaics",
         type=int,
-        default=20,
+        default=PROTOCOL.calibration_mosaics,
         help="mosaic: train mosaics for the background threshold (also: train images of a dataset)",
     )
     parser.add_argument("--limit", type=int, help="imagefolder/Hub: evaluate the first N images only")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=PROTOCOL.seed)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core box)")
     parser.add_argument("--output", type=Path, default=Path("results.json"), help="JSON file to write")
     parser.add_argument("--teachers", action="store_true", help="mosaic: add the teacher and baseline rows")
@@ -73,14 +79,14 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="PATH",
         help="mosaic: also write a PNG of 8 test mosaics (image, ground truth, the model plain and "
-        "SAM-refined, the SAM+CLIP cascade when the teachers are there); see evaluation/gallery.py",
+        "SAM-refined, the SAM+CLIP cascade when the teachers are there); see mosaic/gallery.py",
     )
     return parser
 
 
 def _load_model(name: str):
     if name == "mosaic":  # your own `samclip distill` output, else the distilled model the package ships
-        from ..hub.export import load_mosaic_model
+        from .mosaic.model import load_mosaic_model
 
         loaded = load_mosaic_model()
         return loaded.model.eval(), loaded.processor
@@ -91,12 +97,29 @@ def _load_model(name: str):
     return model, AutoProcessor.from_pretrained(name, trust_remote_code=True)
 
 
+def _suite_source(suite: str) -> tuple[str, dict]:
+    """`datasets` path and options of an imagefolder/Hub suite."""
+    if suite.startswith("imagefolder:"):
+        return "imagefolder", {"data_dir": suite.split(":", 1)[1]}
+    return suite, {}
+
+
 def _load_suite(suite: str, split: str):
     import datasets
 
-    if suite.startswith("imagefolder:"):
-        return datasets.load_dataset("imagefolder", data_dir=suite.split(":", 1)[1], split=split)
-    return datasets.load_dataset(suite, split=split)
+    path, options = _suite_source(suite)
+    return datasets.load_dataset(path, split=split, **options)
+
+
+def _split_names(suite: str) -> set[str]:
+    """The splits a suite declares (its folder layout or its card), read without loading any of them."""
+    import datasets
+
+    path, options = _suite_source(suite)
+    builder = datasets.load_dataset_builder(path, **options)
+    return {str(name) for name in (builder.info.splits or {})} | {
+        str(name) for name in (builder.config.data_files or {})
+    }
 
 
 def _find_columns(dataset) -> dict:
@@ -150,17 +173,23 @@ def _recognition_rows(args, dataset, columns, model, processor) -> tuple[dict[st
 
 
 def _calibration_images(args):
-    """The first train images of the suite for the background threshold (None when the evaluated split is train
-    itself or there is no train split: calibrating on evaluated images would be cheating)."""
-    if args.split != "train":
-        try:
-            return subset(_load_suite(args.suite, "train"), args.calibration_mosaics)
-        except (ValueError, KeyError, FileNotFoundError):
-            pass
-    print(
-        f"{args.suite}: no separate train split to calibrate the background threshold; background is never predicted."
-    )
-    return None
+    """The first `--calibration-mosaics` train images of the suite for the background threshold; None (background is
+    never predicted) when the evaluated split is train itself (calibrating on evaluated images would be cheating),
+    when the suite declares no train split, or with `--calibration-mosaics 0`. A train split that is declared but does
+    not load is a usage error: calibration is never turned off silently."""
+    if args.split == "train" or args.calibration_mosaics == 0 or "train" not in _split_names(args.suite):
+        reason = "--calibration-mosaics 0" if args.calibration_mosaics == 0 else "no separate train split"
+        print(f"{args.suite}: {reason} to calibrate the background threshold; background is never predicted.")
+        return None
+    try:
+        train = _load_suite(args.suite, "train")
+    except Exception as error:  # datasets raises many types here; each means the same to the user
+        detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise UsageError(
+            f"--suite {args.suite}: its train split (the background threshold's calibration images) does not load "
+            f"({type(error).__name__}: {detail}); fix it, or pass --calibration-mosaics 0 to calibrate nothing."
+        ) from error
+    return subset(train, args.calibration_mosaics)
 
 
 def _evaluate_dataset(args, model, processor) -> tuple[dict[str, dict], int]:
@@ -261,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     teachers = None
     teacher_rows = args.model == "teachers" or (args.teachers and args.suite == "mosaic")
     if teacher_rows or args.gallery:  # the gallery wants them for its cascade column only
-        from ..mosaic import SHIPPED_TEACHERS_DIR, load_mosaic_teachers
+        from .mosaic.teachers import SHIPPED_TEACHERS_DIR, load_mosaic_teachers
 
         try:
             teachers = load_mosaic_teachers(teachers_dir=args.teachers_dir or SHIPPED_TEACHERS_DIR)
@@ -287,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     table = format_results_table(rows)
     print(table)
     if args.gallery:
-        from .gallery import mosaic_gallery
+        from .mosaic.gallery import mosaic_gallery
 
         mosaic_gallery(
             model, processor, teachers, args.gallery, seed=args.seed, calibration_mosaics=args.calibration_mosaics
@@ -314,6 +343,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from ..cli import run_command
+    from ._cli import run_command
 
     sys.exit(run_command("evaluate", main, sys.argv[1:]))
