@@ -15,7 +15,12 @@ from torchmetrics.classification import MulticlassJaccardIndex
 from torchmetrics.detection import PanopticQuality
 
 from transformers_samclip.distillation.annotations import decode_rle, encode_rle, rle_area
-from transformers_samclip.evaluation.metrics import confusion_matrix, instance_segmentation_metrics, mean_iou
+from transformers_samclip.evaluation.metrics import (
+    confusion_matrix,
+    instance_segmentation_metrics,
+    mean_iou,
+    per_class_iou,
+)
 
 SEEDS = range(6)
 
@@ -189,15 +194,19 @@ def test_semantic_miou_equals_torchmetrics_jaccard(seed):
     num_classes, ignore_index = 6, 255
     images = []
     for _ in range(4):
-        target = rng.integers(0, num_classes - 1, (20, 30))  # the last class never occurs in ground truth
+        target = rng.integers(0, num_classes - 1, (20, 30))  # the last class occurs nowhere
         target[rng.random(target.shape) < 0.1] = ignore_index
-        prediction = np.where(rng.random(target.shape) < 0.6, target, rng.integers(0, num_classes, target.shape))
+        prediction = np.where(rng.random(target.shape) < 0.6, target, rng.integers(0, num_classes - 1, target.shape))
         prediction[prediction == ignore_index] = 0
         images.append((prediction, target))
     confusion = sum(confusion_matrix(p, t, num_classes, ignore_index) for p, t in images)
-    metric = MulticlassJaccardIndex(num_classes, average="none", ignore_index=ignore_index)
+    per_class, macro = (
+        MulticlassJaccardIndex(num_classes, average=a, ignore_index=ignore_index) for a in ("none", "macro")
+    )
     for prediction, target in images:
-        metric.update(torch.from_numpy(prediction)[None], torch.from_numpy(target)[None])
-    per_class = metric.compute().double().numpy()
+        for metric in (per_class, macro):
+            metric.update(torch.from_numpy(prediction)[None], torch.from_numpy(target)[None])
     present = confusion.sum(0) + confusion.sum(1) > 0
-    assert mean_iou(confusion) == pytest.approx(per_class[present].mean(), abs=1e-6)
+    assert not present.all()  # the macro mean must leave an absent class out, as ours does
+    np.testing.assert_allclose(per_class_iou(confusion)[present], per_class.compute().double().numpy()[present])
+    assert mean_iou(confusion) == pytest.approx(macro.compute().item(), abs=1e-6)
