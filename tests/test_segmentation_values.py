@@ -129,3 +129,65 @@ def test_refined_map_is_sams_mask_per_present_class_with_a_positive_logit(merged
         assert set(np.unique(labels[image]).tolist()) <= set(np.unique(coarse[image].argmax(0)).tolist()) | {0}
     plain = segmentation(merged, "semantic_segmentation", pixels, class_embeds, background_threshold=threshold)
     assert np.mean(plain.label_map.numpy() != labels) > 0.05
+
+
+def per_component_by_hand(model, pixels, class_embeds, threshold, iou_gate, mask_prompt_scale=8.0):
+    """The per-component refinement's documented steps (Trident's): each 8-connected component of each class region
+    of the coarse map prompted alone by its best patch, its box and its region; SAM's mask where its predicted IoU
+    reaches `iou_gate`, else the region prompt itself; a class's logit is the max over its components. Returns the
+    `(batch, 1 + classes, low, low)` logits and the predicted IoUs."""
+    from scipy import ndimage
+
+    cosine = cosines(model, pixels, class_embeds)
+    coarse = np.concatenate([np.full_like(cosine[:, :1], threshold), cosine], 1) * model.logit_scale.exp().item()
+    grid = coarse.shape[-1]
+    low = 4 * model.config.prompt_encoder_config.image_embedding_size
+    scale = SIZE / grid
+    with torch.no_grad():
+        embeddings = model.get_image_embeddings(pixels)
+    out = np.full((len(pixels), coarse.shape[1], low, low), -1e4)
+    out[:, 0] = 0.0
+    ious = []
+    for image in range(len(pixels)):
+        grid_labels = coarse[image].argmax(0)
+        for c in sorted(set(np.unique(grid_labels).tolist()) - {0}):
+            components, count = ndimage.label(grid_labels == c, structure=np.ones((3, 3)))
+            for index in range(1, count + 1):
+                region = components == index
+                best = int(np.argmax(np.where(region, coarse[image, c], -np.inf)))
+                ys, xs = np.nonzero(region)
+                box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]) * scale
+                region_low = region.repeat(low // grid, 0).repeat(low // grid, 1)  # nearest upsampling
+                prompt = np.where(region_low, mask_prompt_scale, -mask_prompt_scale)
+                with torch.no_grad():
+                    logits, iou = model.segment(
+                        embeddings[image : image + 1],
+                        input_points=torch.tensor([[[[best % grid + 0.5, best // grid + 0.5]]]]) * scale,
+                        input_boxes=torch.tensor(box, dtype=torch.float32)[None, None],
+                        input_masks=torch.tensor(prompt, dtype=torch.float32)[None, None],
+                        multimask_output=False,
+                    )
+                ious.append(iou.item())
+                chosen = logits[0, 0, 0].double().numpy() if iou.item() >= iou_gate else prompt
+                out[image, c] = np.maximum(out[image, c], chosen)
+    return out, ious
+
+
+def test_per_component_refinement_keeps_sams_mask_only_where_it_is_confident(merged, pixels, class_embeds):
+    threshold = float(np.median(cosines(merged, pixels, class_embeds).max(1)))
+    _, ious = per_component_by_hand(merged, pixels, class_embeds, threshold, iou_gate=0.0)
+    iou_gate = float(np.median(ious))  # SAM's mask for about half of the components, the coarse region for the rest
+    low_logits, _ = per_component_by_hand(merged, pixels, class_embeds, threshold, iou_gate)
+    expected = bilinear(low_logits, SIZE, SIZE)
+    out = segmentation(
+        merged,
+        "semantic_segmentation_refined",
+        pixels,
+        class_embeds,
+        background_threshold=threshold,
+        per_component=True,
+        iou_gate=iou_gate,
+    )
+    assert len(ious) >= 3 and min(ious) < iou_gate <= max(ious)
+    np.testing.assert_allclose(out.logits.double().numpy(), expected, atol=1e-5)
+    np.testing.assert_array_equal(out.label_map.numpy(), expected.argmax(1))
