@@ -50,7 +50,7 @@ def samclip_command(*args) -> list[str]:
 
 @pytest.fixture(scope="session", autouse=True)
 def shipped_mosaic_model_only():
-    """ "mosaic" resolves to the model shipped in the package, never to an outputs/samclip-mosaic that a user's
+    """The name "mosaic" resolves to the model shipped in the package, never to an outputs/samclip-mosaic that a user's
     `samclip distill` left in the working directory or the checkout (tests assert the shipped model's numbers)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_resolution, "MOSAIC_MODEL_DIRS", (_resolution.SHIPPED_MOSAIC_MODEL_DIR,))
