@@ -16,15 +16,15 @@ except ModuleNotFoundError:  # Python 3.10: the test extra installs tomli
     import tomli as tomllib
 
 from transformers_samclip import SamClipModel, SamClipProcessor
-from transformers_samclip.mosaic import SHIPPED_TEACHERS_DIR
-from transformers_samclip.mosaic.golden import DISTILLED_DIR, GOLDEN_FILE, compute_golden
+from transformers_samclip.mosaic import SHIPPED_MOSAIC_MODEL_DIR, SHIPPED_TEACHERS_DIR
+from transformers_samclip.mosaic.golden import GOLDEN_FILE, compute_golden
 
 MODEL_FILES = ("config.json", "model.safetensors", "processor_config.json")
 TEXT_FILES = ("tokenizer.json", "tokenizer_config.json")
 SHIPPED_FILES = {
     SHIPPED_TEACHERS_DIR: ["BUILD.json", *(f"sam/{name}" for name in MODEL_FILES)]
     + [f"clip/{name}" for name in (*MODEL_FILES, *TEXT_FILES)],
-    DISTILLED_DIR: ["BUILD.json", "results.json", GOLDEN_FILE, *MODEL_FILES, *TEXT_FILES],
+    SHIPPED_MOSAIC_MODEL_DIR: ["BUILD.json", "results.json", GOLDEN_FILE, *MODEL_FILES, *TEXT_FILES],
 }
 
 
@@ -77,18 +77,18 @@ def assert_matches(measured, recorded, where="golden"):
 
 
 def test_the_distilled_model_reproduces_its_golden_values():
-    recorded = json.loads((DISTILLED_DIR / GOLDEN_FILE).read_text())
-    measured = golden_of(DISTILLED_DIR)
+    recorded = json.loads((SHIPPED_MOSAIC_MODEL_DIR / GOLDEN_FILE).read_text())
+    measured = golden_of(SHIPPED_MOSAIC_MODEL_DIR)
     assert_matches(measured, recorded)
     assert recorded["inputs"]["sam_size"] == 128 and np.asarray(recorded["mask_logits"]).shape == (2, 3, 4)
 
 
 def test_golden_values_catch_a_small_weight_change(tmp_path):
-    model = SamClipModel.from_pretrained(DISTILLED_DIR)
+    model = SamClipModel.from_pretrained(SHIPPED_MOSAIC_MODEL_DIR)
     with torch.no_grad():
         model.text_projection.weight[0, 0] += 1e-3  # one weight of the text projection, about 0.1% of its size
     model.save_pretrained(tmp_path)
-    SamClipProcessor.from_pretrained(DISTILLED_DIR).save_pretrained(tmp_path)
-    recorded = json.loads((DISTILLED_DIR / GOLDEN_FILE).read_text())
+    SamClipProcessor.from_pretrained(SHIPPED_MOSAIC_MODEL_DIR).save_pretrained(tmp_path)
+    recorded = json.loads((SHIPPED_MOSAIC_MODEL_DIR / GOLDEN_FILE).read_text())
     with pytest.raises(AssertionError, match="golden.text_features"):
         assert_matches(golden_of(tmp_path), recorded)

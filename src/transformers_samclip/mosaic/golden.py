@@ -24,9 +24,8 @@ import numpy as np
 import torch
 
 from ..modeling import SamClipModel, SamClipProcessor
+from .model import SHIPPED_MOSAIC_MODEL_DIR
 
-# The distilled model shipped in the package (what hub.export loads as "mosaic" when no output of yours is found).
-DISTILLED_DIR = Path(__file__).resolve().parent / "distilled"
 GOLDEN_FILE = "golden.json"
 DECIMALS = 6
 SEED = 20261203
@@ -110,7 +109,7 @@ def compute_golden(model: SamClipModel, processor: SamClipProcessor) -> dict:
 def main(argv: list[str] | None = None) -> Path:
     """Write FOLDER/golden.json for the model saved in FOLDER; returns its path."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folder", nargs="?", type=Path, default=DISTILLED_DIR, help="a saved model")
+    parser.add_argument("folder", nargs="?", type=Path, default=SHIPPED_MOSAIC_MODEL_DIR, help="a saved model")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     record = compute_golden(SamClipModel.from_pretrained(args.folder), SamClipProcessor.from_pretrained(args.folder))
