@@ -12,15 +12,15 @@ their labels:
 - cascade: `SamModel` ViT-B encoder at 1024 px, then one CLIP ViT-L/14 image-tower pass per mask crop at 224 px
   (the crops in one batch);
 - SAM-CLIP: its encoder at 1024 px (SAM's, merged), the CLIP head's dense read-out over the 64x64 tokens, and each
-  mask's tokens averaged and projected (`instance_segmentation(mask_pooling="mean_tokens")`).
+  mask's tokens averaged and projected (`SamClipMaskGenerator`'s `mask_pooling="mean_tokens"`).
 Reports GFLOPs (torch's FlopCounterMode) and median process CPU time per image (cases interleaved in one process),
 and their SAM-CLIP / cascade ratios. Expected: SAM-CLIP ~0.35x the FLOPs and ~0.4x the CPU time of the cascade at 16
 masks (the ViT-L/14 crops dominate the cascade; the head's 3 global blocks over 4096 tokens are SAM-CLIP's extra).
 
 Second table, the mosaic world end to end (`--mosaics` test mosaics, mask finding included): the shipped mosaic
-model's `instance_segmentation` (one pass; and `label_source="crops"`) against the shipped teachers' cascade, per
-image interleaved. There the CLIP teacher is tiny and SAM's point-grid decoding dominates both, so the ratio is
-near 1 (issue 11's target there, <= 0.5x, is out of reach by construction; see the closing note).
+model's `SamClipMaskGenerator.instance_segmentation` (one pass; and `label_source="crops"`) against the shipped
+teachers' cascade, per image interleaved. There the CLIP teacher is tiny and SAM's point-grid decoding dominates both,
+so the ratio is near 1 (issue 11's target there, <= 0.5x, is out of reach by construction; see the closing note).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import time
 
 import torch
 
-from transformers_samclip import SamClipModel
+from transformers_samclip import SamClipMaskGenerator, SamClipModel
 
 from .common import (
     build_clip_teacher,
@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
     low_res = 4 * model.config.prompt_encoder_config.image_embedding_size
     masks = square_masks(args.masks, low_res)
     class_embeds = torch.nn.functional.normalize(torch.randn(10, model.config.head_config.projection_dim), dim=-1)
+    generator = SamClipMaskGenerator(model)
 
     def cascade():
         sam.get_image_embeddings(pixels)
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     def samclip():
         encoded = model.vision_encoder(pixels, compute_neck=True)
         tokens = model.clip_head.dense_tokens(encoded.trunk_hidden_state)
-        return model._mask_class_cosines(tokens[0], masks, class_embeds, "mean_tokens")
+        return generator._mask_class_cosines(tokens[0], masks, class_embeds, "mean_tokens")
 
     cases = {"cascade": cascade, "samclip": samclip}
     with torch.inference_mode():

@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import os
 import re
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -267,6 +268,8 @@ class SamClipDemo:
         self.model = model.eval()
         self.processor = processor
         self.description = description
+        # The model's own code holds its mask generator (the package's, or the remote code it was loaded with).
+        self.generator = sys.modules[type(model).__module__].SamClipMaskGenerator(self.model)
 
     @classmethod
     def load(cls, source: str | None = None) -> SamClipDemo:
@@ -346,19 +349,19 @@ class SamClipDemo:
         threshold = background_threshold
         if method == TEXT_TO_MASK_METHODS[0]:
             inputs = self.processor(images=image, view="sam")
-            output = self.model.semantic_segmentation_from_instances(
+            output = self.generator.semantic_segmentation_from_instances(
                 self._on_device(inputs)["pixel_values"],
                 class_embeds,
                 input_sizes=inputs["reshaped_input_sizes"].tolist(),
             )
         elif method == TEXT_TO_MASK_METHODS[1]:
             inputs = self.processor(images=image, view="sam")
-            output = self.model.semantic_segmentation_refined(
+            output = self.generator.semantic_segmentation_refined(
                 self._on_device(inputs)["pixel_values"], class_embeds, background_threshold=threshold
             )
         else:
             inputs = self.processor(images=image, view="dense")
-            output = self.model.semantic_segmentation(
+            output = self.generator.semantic_segmentation(
                 self._on_device(inputs)["pixel_values"], class_embeds, background_threshold=threshold
             )
         label_map = self.processor.post_process_semantic_segmentation(
@@ -382,7 +385,7 @@ class SamClipDemo:
         image, labels = check_image(image), parse_labels(labels_text)
         class_embeds = self.model.encode_class_names(labels, self.processor.tokenizer)
         inputs = self.processor(images=image, view="sam")
-        output = self.model.instance_segmentation(
+        output = self.generator.instance_segmentation(
             self._on_device(inputs)["pixel_values"],
             class_embeds,
             background_threshold=background_threshold,

@@ -1,4 +1,5 @@
-"""SAM-CLIP model definition (config, model, processor). Self-contained: it ships to the Hub as remote code."""
+"""SAM-CLIP model definition (config, model, processor, mask generator). Self-contained: it ships to the Hub as
+remote code."""
 
 from .configuration_samclip import (
     DENSE_READOUTS,
@@ -7,23 +8,22 @@ from .configuration_samclip import (
     SamClipHeadConfig,
     samclip_config_from_preset,
 )
-from .modeling_samclip import (
-    DEFAULT_TEMPLATES,
+from .dense_readout_samclip import trunk_affinity
+from .mask_generation_samclip import (
     SamClipInstanceSegmentationOutput,
-    SamClipModel,
-    SamClipOutput,
-    SamClipPreTrainedModel,
+    SamClipMaskGenerator,
+    SamClipMaskGeneratorOptions,
     SamClipSemanticSegmentationOutput,
-    encode_class_names,
     grid_points,
     mask_padding,
     mask_pooled_tokens,
     mask_token_weights,
     peak_points,
     select_generated_masks,
-    trunk_affinity,
 )
+from .modeling_samclip import SamClipModel, SamClipOutput, SamClipPreTrainedModel
 from .processing_samclip import SamClipImageProcessor, SamClipProcessor
+from .text_samclip import DEFAULT_TEMPLATES, encode_class_names
 
 __all__ = [
     "DEFAULT_TEMPLATES",
@@ -32,6 +32,8 @@ __all__ = [
     "SamClipConfig",
     "SamClipHeadConfig",
     "SamClipInstanceSegmentationOutput",
+    "SamClipMaskGenerator",
+    "SamClipMaskGeneratorOptions",
     "SamClipModel",
     "SamClipOutput",
     "SamClipPreTrainedModel",

@@ -128,9 +128,9 @@ class SamClipConfig(PreTrainedConfig):
             images and stores it here; `None` (no calibration) means background is never predicted unless the
             caller gives a threshold or background labels.
         instance_score_threshold (`float`, *optional*): default "none of these" of label-everything
-            (`instance_segmentation`): a mask whose confidence (class probability x predicted IoU) is below it is
-            not named. Calibrated on training mosaics (`evaluation.instance.calibrate_instance_score_threshold`);
-            `None` keeps every mask.
+            (`SamClipMaskGenerator.instance_segmentation`): a mask whose confidence (class probability x predicted
+            IoU) is below it is not named. Calibrated on training mosaics
+            (`evaluation.instance.calibrate_instance_score_threshold`); `None` keeps every mask.
     """
 
     model_type = "samclip"

@@ -1,8 +1,10 @@
 """SAM-CLIP (arXiv 2310.15308): SAM's ViT-Det encoder shared by SAM's mask decoder and a CLIP head.
 
-Built from transformers' SAM modules (encoder layers, neck, prompt encoder, mask decoder) and any text tower
-known to `AutoModel` (CLIP, SigLIP). Only the CLIP head, the size-flexible encoder forward, the merge and the
-segmentation helpers are new.
+A `SamModel` subclass (as transformers' `SamHQModel`): SAM's prompt encoder and mask decoder as they are, SAM's
+encoder layers and neck under a size-flexible encoder forward, plus a CLIP head and any text tower known to
+`AutoModel` (CLIP, SigLIP). Only the CLIP head, the encoder forward and the merge are new here; the head's dense
+read-outs live in `dense_readout_samclip`, the text side in `text_samclip`, and the task recipes (automatic masks,
+instance and semantic segmentation) in `mask_generation_samclip`.
 """
 
 # First, so that an older transformers fails with configuration_samclip's clear message.
@@ -15,17 +17,12 @@ import torch
 import torch.nn.functional as F
 from huggingface_hub.errors import StrictDataclassError
 from torch import nn
-import transformers
-from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.sam.modeling_sam import (
-    SamMaskDecoder,
     SamModel,
-    SamPositionalEmbedding,
-    SamPromptEncoder,
-    SamVisionAttention,
+    SamPreTrainedModel,
     SamVisionEncoder,
     SamVisionLayer,
     SamVisionSdpaAttention,
@@ -35,26 +32,20 @@ from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from ._validation import (
-    check_class_embeds,
-    check_class_names,
     check_contrastive_pairs,
     check_input_ids,
     check_pixel_values,
     check_pretrained_folder,
     check_prompt_tensors,
-    check_templates,
-    check_threshold,
 )
 from .configuration_samclip import SamClipConfig, SamClipHeadConfig
+from .dense_readout_samclip import training_free_block, trunk_affinity, value_only_block
 
-# The 80 prompt templates of CLIP's ImageNet evaluation are long; these are the compact set used by default for
-# class embeddings (callers may pass CLIP's full list). The first is the zero-shot pipeline's default.
-DEFAULT_TEMPLATES = (
-    "This is a photo of {}.",
-    "a photo of a {}.",
-    "a picture of a {}.",
-    "a {} on a plain background.",
-)
+# The task recipes sit on the model (not in it), but ship with it: save_pretrained copies the model module's relative
+# imports, and a model loaded as remote code finds its generator in its own module
+# (`sys.modules[type(model).__module__].SamClipMaskGenerator`).
+from .mask_generation_samclip import SamClipMaskGenerator, SamClipMaskGeneratorOptions
+from .text_samclip import DEFAULT_TEMPLATES, build_text_tower, encode_class_names
 
 
 @dataclass
@@ -98,178 +89,6 @@ class SamClipOutput(ModelOutput):
     image_embeddings: torch.Tensor | None = None
     vision_hidden_states: tuple[torch.Tensor, ...] | None = None
     vision_attentions: tuple[torch.Tensor, ...] | None = None
-
-
-@dataclass
-class SamClipSemanticSegmentationOutput(ModelOutput):
-    r"""
-    logits (`torch.Tensor` of shape `(batch_size, 1 + num_classes, height, width)`): channel 0 is background,
-        channel `c + 1` is class `c`.
-    label_map (`torch.LongTensor` of shape `(batch_size, height, width)`): argmax of `logits` (0 = background).
-    """
-
-    logits: torch.Tensor | None = None
-    label_map: torch.LongTensor | None = None
-
-
-@dataclass
-class SamClipInstanceSegmentationOutput(ModelOutput):
-    r"""
-    One entry per image in each list; `M` is the number of instances kept in that image, best score first.
-
-    mask_logits (`list[torch.Tensor]` of shape `(M, 4*grid, 4*grid)`): SAM low-resolution mask logits, to be
-        post-processed to the original size with the processor's `post_process_masks`.
-    class_ids (`list[torch.LongTensor]` of shape `(M,)`): index of each instance's class in `class_embeds`.
-    scores (`list[torch.Tensor]` of shape `(M,)`): confidence (class probability times predicted mask IoU).
-    class_cosines (`list[torch.Tensor]` of shape `(M, num_classes)`): cosine of each mask-pooled CLIP-head feature
-        with each class embedding.
-    iou_scores (`list[torch.Tensor]` of shape `(M,)`): SAM's predicted IoU of each mask.
-    """
-
-    mask_logits: list[torch.Tensor] | None = None
-    class_ids: list[torch.LongTensor] | None = None
-    scores: list[torch.Tensor] | None = None
-    class_cosines: list[torch.Tensor] | None = None
-    iou_scores: list[torch.Tensor] | None = None
-
-
-def grid_points(points_per_side: int, height: float, width: float) -> torch.Tensor:
-    """`(points_per_side**2, 2)` (x, y) centres of a regular grid over a `height` x `width` region."""
-    steps = (torch.arange(points_per_side, dtype=torch.float32) + 0.5) / points_per_side
-    return torch.stack(torch.meshgrid(steps * width, steps * height, indexing="xy"), dim=-1).reshape(-1, 2)
-
-
-def mask_padding(mask_logits: torch.Tensor, height: float, width: float, input_size: int) -> torch.Tensor:
-    """Low-resolution mask logits `(..., h, w)` with the part outside the unpadded `height` x `width` region of the
-    `input_size` square SAM input set to -1e4, so that masks lying in the padding count as empty."""
-    low_h, low_w = mask_logits.shape[-2:]
-    rows = torch.arange(low_h, device=mask_logits.device)[:, None] < round(height * low_h / input_size)
-    cols = torch.arange(low_w, device=mask_logits.device)[None, :] < round(width * low_w / input_size)
-    return mask_logits.masked_fill(~(rows & cols), -1e4)
-
-
-def select_generated_masks(
-    mask_logits: torch.Tensor,
-    iou_scores: torch.Tensor,
-    pred_iou_threshold: float = 0.5,
-    stability_threshold: float = 0.8,
-    nms_threshold: float = 0.7,
-    stability_offset: float = 1.0,
-) -> torch.Tensor:
-    """SAM's automatic-mask filtering on candidate masks `(N, H, W)` (logits) with predicted IoUs `(N,)`: keep those
-    with predicted IoU >= `pred_iou_threshold`, stability (IoU of the mask thresholded at +-`stability_offset`) >=
-    `stability_threshold` and some pixels, then greedy NMS on mask IoU at `nms_threshold` (masks, not boxes:
-    overlapping objects have overlapping boxes). Returns the kept indices, best predicted IoU first."""
-    inner = (mask_logits > stability_offset).flatten(1).sum(1)
-    outer = (mask_logits > -stability_offset).flatten(1).sum(1)
-    stability = inner / outer.clamp(min=1)
-    area = (mask_logits > 0).flatten(1).sum(1)
-    candidates = torch.nonzero((iou_scores >= pred_iou_threshold) & (stability >= stability_threshold) & (area > 0))
-    candidates = candidates[:, 0]
-    candidates = candidates[iou_scores[candidates].argsort(descending=True)]
-    flat = (mask_logits[candidates] > 0).flatten(1).float()
-    intersection = flat @ flat.T
-    overlap = intersection / (flat.sum(1)[:, None] + flat.sum(1)[None, :] - intersection).clamp(min=1)
-    suppressed = torch.zeros(len(candidates), dtype=torch.bool, device=mask_logits.device)
-    kept = []
-    for index in range(len(candidates)):
-        if suppressed[index]:
-            continue
-        kept.append(index)
-        suppressed |= overlap[index] > nms_threshold
-    return candidates[kept]
-
-
-def mask_token_weights(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """`(M, grid_h * grid_w)` pooling weights of `M` masks `(M, H, W)` (bool, or logits: > 0 is inside) over a token
-    grid covering the same square: each token's weight is the share of its area the mask covers, normalised to sum
-    to 1 (a mask smaller than a patch still pools the patches it touches; an empty mask gets all-zero weights)."""
-    inside = masks > 0 if masks.dtype != torch.bool else masks
-    weights = F.adaptive_avg_pool2d(inside.float()[:, None], tuple(grid))[:, 0].flatten(1)
-    return weights / weights.sum(1, keepdim=True).clamp(min=1e-6)
-
-
-def mask_pooled_tokens(tokens: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """The mean of `(h, w, dim)` tokens inside each of `M` masks `(M, H, W)`: `(M, dim)`, weighted as
-    :func:`mask_token_weights`. The one region pooling of SAM-CLIP: label-everything labels a mask by the CLIP head
-    projected after this pooling of its tokens, and region distillation should pool its student features the same
-    way so that training and read-out agree."""
-    if tokens.dim() != 3 or masks.dim() != 3:
-        raise ValueError(
-            f"tokens must be (h, w, dim) and masks (M, H, W); got {tuple(tokens.shape)} and {tuple(masks.shape)}."
-        )
-    return mask_token_weights(masks, tokens.shape[:2]).to(tokens.dtype) @ tokens.flatten(0, 1)
-
-
-def peak_points(
-    score_map: torch.Tensor,
-    max_points: int,
-    height: float,
-    width: float,
-    input_size: int,
-    min_score: float | None = None,
-) -> torch.Tensor:
-    """`(K, 2)` (x, y) prompt points, K <= `max_points`, at the local maxima (3x3) of a `(h, w)` token score map over
-    the `input_size` square, best first, inside the unpadded `height` x `width` region and at least `min_score`."""
-    grid_h, grid_w = score_map.shape
-    pooled = F.max_pool2d(score_map[None, None], 3, stride=1, padding=1)[0, 0]
-    rows = torch.arange(grid_h, device=score_map.device)[:, None] < max(round(height * grid_h / input_size), 1)
-    cols = torch.arange(grid_w, device=score_map.device)[None, :] < max(round(width * grid_w / input_size), 1)
-    is_peak = (score_map >= pooled) & rows & cols
-    if min_score is not None:
-        is_peak &= score_map >= min_score
-    values = score_map.masked_fill(~is_peak, float("-inf")).flatten()
-    top = values.topk(min(max_points, int(is_peak.sum()))).indices
-    xy = torch.stack([top % grid_w, top // grid_w], dim=-1).to(torch.float32) + 0.5
-    return xy * torch.tensor([input_size / grid_w, input_size / grid_h], device=score_map.device)
-
-
-def _connected_components(region: torch.Tensor) -> list[torch.Tensor]:
-    """The 8-connected components of a `(h, w)` bool map, as bool maps (propagating the largest index of each
-    component by 3x3 max pooling until nothing changes; the token grids this runs on are small)."""
-    height, width = region.shape
-    index = torch.arange(1, height * width + 1, device=region.device, dtype=torch.float32).reshape(height, width)
-    labels = index * region
-    while True:
-        grown = F.max_pool2d(labels[None, None], 3, stride=1, padding=1)[0, 0] * region
-        if torch.equal(grown, labels):
-            break
-        labels = grown
-    return [labels == value for value in labels.unique().tolist() if value > 0]
-
-
-def _build_text_tower(text_config) -> PreTrainedModel:
-    """The teacher's text tower class from its config: AutoModel where registered (CLIP), else the transformers
-    class named after the config (SiglipTextConfig -> SiglipTextModel, which AutoModel does not map)."""
-    try:
-        return AutoModel.from_config(text_config)
-    except ValueError:
-        name = type(text_config).__name__.removesuffix("Config") + "Model"
-        model_class = getattr(transformers, name, None)
-        if model_class is None:
-            raise ValueError(
-                f"No text model class for {type(text_config).__name__}; expected transformers.{name}."
-            ) from None
-        return model_class._from_config(text_config)
-
-
-@torch.no_grad()
-def encode_class_names(model, class_names, tokenizer, templates=DEFAULT_TEMPLATES) -> torch.Tensor:
-    """Zero-shot class embeddings `(num_classes, dim)` from any dual encoder with `get_text_features` (SAM-CLIP,
-    CLIP, SigLIP): each class is the mean of its L2-normalised template embeddings, renormalised, as in CLIP's
-    zero-shot evaluation. `class_names` is a list (or one comma-separated string); `templates` one template string
-    or a list, each with one `{}`."""
-    class_names = check_class_names(class_names)
-    templates = check_templates(templates)
-    prompts = [template.format(name) for name in class_names for template in templates]
-    max_length = getattr(model.config.text_config, "max_position_embeddings", None)
-    tokens = tokenizer(
-        prompts, padding=True, truncation=max_length is not None, max_length=max_length, return_tensors="pt"
-    )
-    tokens = {k: v.to(model.device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
-    embeds = F.normalize(model.get_text_features(**tokens).pooler_output, dim=-1)
-    embeds = embeds.reshape(len(class_names), len(templates), -1).mean(dim=1)
-    return F.normalize(embeds, dim=-1)
 
 
 def _cached(cache: dict, key, params: tuple[torch.Tensor, ...], compute):
@@ -501,9 +320,9 @@ class SamClipHead(nn.Module):
             if index < first_special:
                 tokens = layer(tokens)
             elif self.dense_readout == "value":
-                tokens = _value_only_block(layer, tokens)
+                tokens = value_only_block(layer, tokens)
             else:
-                tokens = _training_free_block(layer, tokens, self.dense_readout, self.neighbourhood_sigma)
+                tokens = training_free_block(layer, tokens, self.dense_readout, self.neighbourhood_sigma)
         return tokens
 
     def dense_features(self, trunk_tokens: torch.Tensor) -> torch.Tensor:
@@ -519,63 +338,11 @@ class SamClipHead(nn.Module):
         return features.permute(0, 3, 1, 2)
 
 
-def trunk_affinity(trunk_tokens: torch.Tensor, temperature: float) -> torch.Tensor:
-    """`(batch, h*w, h*w)` row-stochastic affinity of `(batch, h, w, dim)` tokens: softmax over j of the cosine of
-    the mean-centred tokens i and j divided by `temperature` (centring removes the component all patches share, which
-    would otherwise make every patch look alike)."""
-    flat = trunk_tokens.flatten(1, 2)
-    flat = F.normalize(flat - flat.mean(dim=1, keepdim=True), dim=-1)
-    return (flat @ flat.transpose(1, 2) / temperature).softmax(dim=-1)
-
-
-def _value_only_block(layer: SamVisionLayer, hidden_states: torch.Tensor) -> torch.Tensor:
-    # A block whose attention output is its value projection alone: every patch keeps its own content, as in
-    # MaskCLIP, because the attention mix is what pooling is trained on, not what a per-patch map needs.
-    attention = layer.attn
-    value = attention.qkv(layer.layer_norm1(hidden_states)).unflatten(-1, (3, -1))[..., 2, :]
-    hidden_states = hidden_states + attention.proj(value)
-    return hidden_states + layer.mlp(layer.layer_norm2(hidden_states))
-
-
-def _neighbourhood_prior(height: int, width: int, sigma: float, device, dtype) -> torch.Tensor:
-    """`(h*w, h*w)` Gaussian of the distance between patch centres (NACLIP's prior on attention logits)."""
-    ys, xs = torch.meshgrid(torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij")
-    centres = torch.stack([ys.flatten(), xs.flatten()], dim=-1).to(dtype)
-    return torch.exp(-torch.cdist(centres, centres).square() / (2 * sigma**2))
-
-
-def _training_free_block(
-    layer: SamVisionLayer, hidden_states: torch.Tensor, readout: str, sigma: float
-) -> torch.Tensor:
-    # The block's own projections with a self-similarity attention (no relative positions, no residual, no MLP):
-    # ClearCLIP/NACLIP/SCLIP find that query-query or key-key affinity keeps each patch's attention on patches
-    # like it, where the trained query-key attention gathers the global context that pooling needs.
-    attention = layer.attn
-    batch, height, width, channels = hidden_states.shape
-    heads = attention.num_attention_heads
-    qkv = attention.qkv(layer.layer_norm1(hidden_states)).reshape(batch, height * width, 3, heads, -1)
-    query, key, value = qkv.permute(2, 0, 3, 1, 4)  # each (batch, heads, tokens, head_dim)
-
-    def affinity(a):
-        return (a @ a.transpose(-1, -2)) * attention.scale
-
-    if readout == "clearclip":
-        weights = affinity(query).softmax(-1)
-    elif readout == "sclip":
-        weights = affinity(query).softmax(-1) + affinity(key).softmax(-1)
-    else:  # naclip
-        prior = _neighbourhood_prior(height, width, sigma, hidden_states.device, hidden_states.dtype)
-        weights = (affinity(key) + prior).softmax(-1)
-    mixed = (weights @ value).transpose(1, 2).reshape(batch, height, width, channels)
-    return attention.proj(mixed)
-
-
-class SamClipPreTrainedModel(PreTrainedModel):
-    """Weight initialisation and loading conventions of SAM-CLIP."""
+class SamClipPreTrainedModel(SamPreTrainedModel):
+    """SAM's weight initialisation and loading conventions, with SAM-CLIP's config, text tower and logit scale."""
 
     config: SamClipConfig
     base_model_prefix = "samclip"
-    main_input_name = "pixel_values"
     input_modalities = ("image", "text")
     _no_split_modules = [
         "SamVisionLayer",
@@ -584,8 +351,6 @@ class SamClipPreTrainedModel(PreTrainedModel):
         "CLIPTextEmbeddings",
         "SiglipEncoderLayer",
     ]
-    supports_gradient_checkpointing = True
-    _supports_sdpa = True
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
@@ -597,40 +362,30 @@ class SamClipPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module):
         super()._init_weights(module)
-        if isinstance(module, SamVisionAttention) and module.use_rel_pos:
-            init.zeros_(module.rel_pos_h)
-            init.zeros_(module.rel_pos_w)
-        elif isinstance(module, SamPositionalEmbedding):
-            init.normal_(module.positional_embedding, std=module.scale)
-        elif isinstance(module, SamClipModel):
+        # SamModel's constructor initialises the model once before the CLIP parts exist.
+        if isinstance(module, SamClipModel) and hasattr(module, "logit_scale"):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
             if module.logit_bias is not None:
                 init.constant_(module.logit_bias, self.config.logit_bias_init_value)
 
 
-class SamClipModel(SamClipPreTrainedModel):
+class SamClipModel(SamClipPreTrainedModel, SamModel):
     """SAM-CLIP: one image encoder, a SAM head for promptable masks and a CLIP head for image-text tasks.
 
-    Parameter names of the SAM parts equal `SamModel`'s; the text tower is `text_model` + `text_projection` as in
-    `CLIPModel`. Build one from two teachers with [`SamClipModel.from_teachers`].
+    A `SamModel` (as `SamHQModel` is one) whose encoder runs at any size and feeds a CLIP head too, plus a text tower
+    (`text_model` + `text_projection` as in `CLIPModel`); the SAM parts and their parameter names are `SamModel`'s.
+    Build one from two teachers with [`SamClipModel.from_teachers`]; the task recipes (automatic masks, instance and
+    semantic segmentation) are `SamClipMaskGenerator`'s.
     """
 
-    _tied_weights_keys = {
-        "prompt_encoder.shared_embedding.positional_embedding": "shared_image_embedding.positional_embedding"
-    }
-
     def __init__(self, config: SamClipConfig):
-        super().__init__(config)
         config.validate_architecture()
         config.head_config.validate_architecture()
-        self.shared_image_embedding = SamPositionalEmbedding(config.vision_config)
+        super().__init__(config)
+        # What differs from SamModel: its encoder, with the same parameters, run at any size for the CLIP path.
         self.vision_encoder = SamClipVisionEncoder(config.vision_config)
-        self.prompt_encoder = SamPromptEncoder(config)
-        # The decoder is a plain module, so it takes the attention backend from its config.
-        config.mask_decoder_config._attn_implementation = config._attn_implementation
-        self.mask_decoder = SamMaskDecoder(config.mask_decoder_config)
         self.clip_head = SamClipHead(config)
-        self.text_model = _build_text_tower(config.text_config)
+        self.text_model = build_text_tower(config.text_config)
         self.text_projection = (
             nn.Linear(config.text_config.hidden_size, config.text_projection_dim, bias=False)
             if config.text_projection_dim is not None
@@ -644,18 +399,7 @@ class SamClipModel(SamClipPreTrainedModel):
         )
         self.post_init()
 
-    # SAM's dense positional grid, computed exactly as SamModel does (parity of the SAM head depends on it).
-    get_image_wide_positional_embeddings = SamModel.get_image_wide_positional_embeddings
-
-    def get_input_embeddings(self):
-        return self.vision_encoder.get_input_embeddings()
-
     # ----------------------------------------------------------------------------------------------- encoders
-    @torch.no_grad()
-    def get_image_embeddings(self, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:
-        """SAM image embeddings `(batch, output_channels, grid, grid)` of SAM-path pixel values, as `SamModel`'s."""
-        return self.vision_encoder(pixel_values, **kwargs).last_hidden_state
-
     def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
         """CLIP-head features of CLIP-path pixel values, as `CLIPModel.get_image_features` in transformers 5:
         `pooler_output` is the (unnormalised) embedding in text space, `last_hidden_state` the head's tokens."""
@@ -789,416 +533,10 @@ class SamClipModel(SamClipPreTrainedModel):
                 ) / 2
         return out
 
-    # ------------------------------------------------------------------------------- semantic segmentation
+    # ---------------------------------------------------------------------------------------------- texts
     def encode_class_names(self, class_names, tokenizer, templates=DEFAULT_TEMPLATES) -> torch.Tensor:
         """Template-averaged, L2-normalised text embeddings `(num_classes, projection_dim)` of class names."""
         return encode_class_names(self, class_names, tokenizer, templates)
-
-    def _class_logits(self, dense: torch.Tensor, class_embeds, background_embeds, background_threshold):
-        width = self.config.head_config.projection_dim
-        check_class_embeds(class_embeds, width)
-        if background_embeds is not None:
-            check_class_embeds(background_embeds, width, "background_embeds")
-        check_threshold(background_threshold)
-        dense = F.normalize(dense, dim=1)
-        cosine = torch.einsum("bdhw,cd->bchw", dense, class_embeds.to(dense.dtype))
-        if background_threshold is None and background_embeds is None:
-            background_threshold = self.config.background_threshold
-        if background_embeds is not None:
-            background = torch.einsum("bdhw,cd->bchw", dense, background_embeds.to(dense.dtype)).amax(1, keepdim=True)
-        elif background_threshold is not None:
-            background = torch.full_like(cosine[:, :1], background_threshold)
-        else:
-            background = torch.full_like(cosine[:, :1], -2.0)  # cosine >= -1: background never wins
-        return torch.cat([background, cosine], dim=1) * self.logit_scale.exp()
-
-    @torch.no_grad()
-    def semantic_segmentation(
-        self,
-        pixel_values: torch.Tensor,
-        class_embeds: torch.Tensor,
-        background_embeds: torch.Tensor | None = None,
-        background_threshold: float | None = None,
-        output_size: tuple[int, int] | None = None,
-    ) -> SamClipSemanticSegmentationOutput:
-        """Zero-shot semantic segmentation with the CLIP head alone (the paper's Table 2): per-patch cosine with
-        each class embedding, bilinearly upsampled to `output_size` (default: the input size), argmax per pixel.
-        Background (label 0) scores the best `background_embeds` match, or the constant `background_threshold`
-        (default: `config.background_threshold`, calibrated by `samclip distill`)."""
-        logits = self._class_logits(
-            self.get_dense_image_features(pixel_values), class_embeds, background_embeds, background_threshold
-        )
-        logits = F.interpolate(
-            logits, size=output_size or pixel_values.shape[-2:], mode="bilinear", align_corners=False
-        )
-        return SamClipSemanticSegmentationOutput(logits=logits, label_map=logits.argmax(1))
-
-    @torch.no_grad()
-    def semantic_segmentation_refined(
-        self,
-        pixel_values: torch.Tensor,
-        class_embeds: torch.Tensor,
-        background_embeds: torch.Tensor | None = None,
-        background_threshold: float | None = None,
-        num_points: int = 3,
-        min_pixels: int = 1,
-        mask_prompt_scale: float = 8.0,
-        output_size: tuple[int, int] | None = None,
-        per_component: bool = False,
-        iou_gate: float = 0.7,
-    ) -> SamClipSemanticSegmentationOutput:
-        """SAM-refined zero-shot semantic segmentation (the paper's Table 5), from ONE SAM-path encoder pass.
-
-        The CLIP head's coarse map gives, for each class present, a mask prompt (its region, as logits of
-        +-`mask_prompt_scale`) and up to `num_points` positive points at its most confident patches; the SAM head
-        returns one refined mask per class, and each pixel takes the class with the highest mask logit (background
-        where no mask logit is positive). With `per_component=True` (Trident's refinement), each connected component
-        of each class region is prompted alone (its best patch, its box and its region) and SAM's mask replaces the
-        component only where SAM's predicted IoU reaches `iou_gate`; otherwise the coarse component stays."""
-        if per_component:
-            return self._refine_per_component(
-                pixel_values,
-                class_embeds,
-                background_embeds,
-                background_threshold,
-                mask_prompt_scale,
-                output_size,
-                iou_gate,
-            )
-        size = self.config.image_size
-        pixel_values = check_pixel_values(pixel_values, self.config.vision_config.num_channels, self.dtype)
-        if isinstance(num_points, bool) or not isinstance(num_points, int) or num_points < 1:
-            raise ValueError(f"num_points must be a positive integer (points per class prompt); got {num_points!r}.")
-        if tuple(pixel_values.shape[-2:]) != (size, size):
-            raise ValueError(
-                f"SAM refinement runs on the {size}x{size} SAM path; got {tuple(pixel_values.shape[-2:])}."
-            )
-        encoded = self.vision_encoder(pixel_values, compute_neck=True)
-        coarse = self._class_logits(
-            self.clip_head.dense_features(encoded.trunk_hidden_state),
-            class_embeds,
-            background_embeds,
-            background_threshold,
-        )
-        low_res = 4 * self.config.prompt_encoder_config.image_embedding_size
-        labels_low = F.interpolate(coarse, size=(low_res, low_res), mode="bilinear", align_corners=False).argmax(1)
-        grid = coarse.shape[-1]
-        num_classes = class_embeds.shape[0]
-        refined = []
-        for image_index in range(pixel_values.shape[0]):
-            grid_labels = coarse[image_index].argmax(0)
-            present = [c for c in range(1, num_classes + 1) if (grid_labels == c).sum() >= min_pixels]
-            logits = torch.full((num_classes + 1, low_res, low_res), -1e4, device=coarse.device, dtype=coarse.dtype)
-            logits[0] = 0.0
-            if present:
-                points, masks = [], []
-                for c in present:
-                    score = coarse[image_index, c].masked_fill(grid_labels != c, float("-inf")).flatten()
-                    top = score.topk(min(num_points, int((grid_labels == c).sum()))).indices
-                    top = torch.cat([top, top[:1].repeat(num_points - len(top))])  # repeat when the region is tiny
-                    xy = torch.stack([top % grid, top // grid], dim=-1).to(coarse.dtype)
-                    points.append((xy + 0.5) * (size / grid))
-                    masks.append(((labels_low[image_index] == c).to(coarse.dtype) * 2 - 1) * mask_prompt_scale)
-                count = len(present)
-                pred, _ = self.segment(
-                    encoded.last_hidden_state[image_index : image_index + 1].expand(count, -1, -1, -1),
-                    input_points=torch.stack(points)[:, None],
-                    input_labels=torch.ones(count, 1, num_points, dtype=torch.int, device=coarse.device),
-                    input_masks=torch.stack(masks)[:, None],
-                    multimask_output=False,
-                )
-                logits[present] = pred[:, 0, 0].to(logits.dtype)
-            refined.append(logits)
-        logits = F.interpolate(
-            torch.stack(refined), size=output_size or (size, size), mode="bilinear", align_corners=False
-        )
-        return SamClipSemanticSegmentationOutput(logits=logits, label_map=logits.argmax(1))
-
-    def _refine_per_component(
-        self,
-        pixel_values,
-        class_embeds,
-        background_embeds,
-        background_threshold,
-        mask_prompt_scale,
-        output_size,
-        iou_gate,
-    ):
-        size = self.config.image_size
-        pixel_values = check_pixel_values(pixel_values, self.config.vision_config.num_channels, self.dtype)
-        if tuple(pixel_values.shape[-2:]) != (size, size):
-            raise ValueError(
-                f"SAM refinement runs on the {size}x{size} SAM path; got {tuple(pixel_values.shape[-2:])}."
-            )
-        check_threshold(iou_gate, "iou_gate")
-        encoded = self.vision_encoder(pixel_values, compute_neck=True)
-        coarse = self._class_logits(
-            self.clip_head.dense_features(encoded.trunk_hidden_state),
-            class_embeds,
-            background_embeds,
-            background_threshold,
-        )
-        low_res = 4 * self.config.prompt_encoder_config.image_embedding_size
-        grid = coarse.shape[-1]
-        refined = []
-        for image_index in range(pixel_values.shape[0]):
-            labels = coarse[image_index].argmax(0)
-            logits = torch.full((coarse.shape[1], low_res, low_res), -1e4, device=coarse.device, dtype=coarse.dtype)
-            logits[0] = 0.0
-            components = [
-                (c, region) for c in labels.unique().tolist() if c > 0 for region in _connected_components(labels == c)
-            ]
-            if components:
-                points, boxes, masks = [], [], []
-                for c, region in components:
-                    best = coarse[image_index, c].masked_fill(~region, float("-inf")).flatten().argmax()
-                    points.append(torch.stack([best % grid, best // grid]).to(coarse.dtype) + 0.5)
-                    ys, xs = torch.nonzero(region, as_tuple=True)
-                    boxes.append(torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).to(coarse.dtype))
-                    region_low = F.interpolate(region[None, None].to(coarse.dtype), size=(low_res, low_res))[0, 0]
-                    masks.append((region_low * 2 - 1) * mask_prompt_scale)
-                scale = size / grid
-                count = len(components)
-                pred, iou = self.segment(
-                    encoded.last_hidden_state[image_index : image_index + 1].expand(count, -1, -1, -1),
-                    input_points=(torch.stack(points) * scale)[:, None, None],
-                    input_boxes=(torch.stack(boxes) * scale)[:, None],
-                    input_masks=torch.stack(masks)[:, None],
-                    multimask_output=False,
-                )
-                for (c, _), mask, sam_logits, predicted_iou in zip(components, masks, pred[:, 0, 0], iou[:, 0, 0]):
-                    # SAM's mask where it is confident, else the coarse component as it was.
-                    chosen = sam_logits.to(logits.dtype) if predicted_iou >= iou_gate else mask
-                    logits[c] = torch.maximum(logits[c], chosen)
-            refined.append(logits)
-        logits = F.interpolate(
-            torch.stack(refined), size=output_size or (size, size), mode="bilinear", align_corners=False
-        )
-        return SamClipSemanticSegmentationOutput(logits=logits, label_map=logits.argmax(1))
-
-    @torch.no_grad()
-    def instance_segmentation(
-        self,
-        pixel_values: torch.Tensor,
-        class_embeds: torch.Tensor,
-        background_threshold: float | None = None,
-        points_per_side: int = 8,
-        pred_iou_threshold: float = 0.5,
-        stability_threshold: float = 0.8,
-        nms_threshold: float = 0.7,
-        mask_pooling: str = "mean_tokens",
-        label_source: str = "dense",
-        input_sizes: list[tuple[int, int]] | None = None,
-        points_per_batch: int = 64,
-        prompts: str = "peaks",
-        num_peaks: int = 8,
-        score_threshold: float | None = None,
-        background_embeds: torch.Tensor | None = None,
-    ) -> SamClipInstanceSegmentationOutput:
-        """Open-vocabulary instance segmentation ("label everything") from ONE encoder pass per image: SAM's
-        automatic masks from the shared embeddings (one-point prompts, SAM's three masks each,
-        :func:`select_generated_masks`), each labelled by the CLIP head's dense features pooled inside it
-        (`mask_pooling`: `"mean_tokens"`, the head tokens averaged by :func:`mask_pooled_tokens` then projected;
-        `"mean"` of the text-space features; `"max"` of the per-patch class cosines) against `class_embeds`.
-
-        Prompts: `"peaks"` (default), the `num_peaks` best local maxima of the head's per-patch best-class cosine
-        (above `config.background_threshold` when the model has one) plus a `(points_per_side // 2)`^2 grid so that
-        things the head misses still get a prompt; `"grid"`, a `points_per_side`^2 grid (SAM's automatic masks). On
-        train mosaics peaks + 4x4 matched the 8x8 grid's AP50 (0.170 vs 0.166) with 24 prompts instead of 64, at
-        0.51x the cascade's time (docs/text-to-mask.md).
-
-        "None of these": a mask is dropped when its best class cosine is below `background_threshold`, when its
-        confidence is below `score_threshold` (default `config.instance_score_threshold`, calibrated on training
-        mosaics by `evaluation.instance.calibrate_instance_score_threshold`; `None` keeps every mask), or when one
-        of `background_embeds` (e.g. the embedding of "background") matches it better than every class.
-        `label_source="crops"` labels each mask instead by its square crop of the input through the CLIP path (one
-        more, small, batched encoder pass: the teachers' cascade within one model). `input_sizes` are the unpadded
-        `(height, width)` of each image in the SAM input (the processor's `reshaped_input_sizes`), so that no prompt
-        lands in the padding; default: the whole input."""
-        if mask_pooling not in ("mean", "max", "mean_tokens"):
-            raise ValueError(f"mask_pooling must be 'mean', 'max' or 'mean_tokens', got {mask_pooling!r}.")
-        if prompts not in ("grid", "peaks"):
-            raise ValueError(f"prompts must be 'grid' or 'peaks', got {prompts!r}.")
-        width = self.config.head_config.projection_dim
-        check_class_embeds(class_embeds, width)
-        if background_embeds is not None:
-            check_class_embeds(background_embeds, width, "background_embeds")
-        check_threshold(background_threshold)
-        if score_threshold is None:
-            score_threshold = self.config.instance_score_threshold
-        check_threshold(score_threshold, "score_threshold")
-        if label_source not in ("dense", "crops"):
-            raise ValueError(f"label_source must be 'dense' or 'crops', got {label_source!r}.")
-        for name, value in (
-            ("points_per_side", points_per_side),
-            ("points_per_batch", points_per_batch),
-            ("num_peaks", num_peaks),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        size = self.config.image_size
-        pixel_values = check_pixel_values(pixel_values, self.config.vision_config.num_channels, self.dtype)
-        if tuple(pixel_values.shape[-2:]) != (size, size):
-            raise ValueError(
-                f"Instance segmentation runs on the {size}x{size} SAM path (the processor's 'sam' view); "
-                f"got {tuple(pixel_values.shape[-2:])}."
-            )
-        encoded = self.vision_encoder(pixel_values, compute_neck=True)
-        class_embeds = class_embeds.to(encoded.last_hidden_state.dtype)
-        # The crops path reads the CLIP head on the crops, not on this pass's tokens (peaks still need them).
-        needs_tokens = label_source == "dense" or prompts == "peaks"
-        tokens = self.clip_head.dense_tokens(encoded.trunk_hidden_state) if needs_tokens else None
-        if prompts == "peaks":
-            objectness = (F.normalize(self.clip_head.projector(tokens), dim=-1) @ class_embeds.T).amax(-1)
-        output = SamClipInstanceSegmentationOutput(
-            mask_logits=[], class_ids=[], scores=[], class_cosines=[], iou_scores=[]
-        )
-        for image_index in range(pixel_values.shape[0]):
-            height, width = input_sizes[image_index] if input_sizes is not None else (size, size)
-            if prompts == "grid":
-                points = grid_points(points_per_side, float(height), float(width))
-            else:
-                points = torch.cat(
-                    [
-                        peak_points(
-                            objectness[image_index],
-                            num_peaks,
-                            float(height),
-                            float(width),
-                            size,
-                            self.config.background_threshold,
-                        ).cpu(),
-                        grid_points(max(points_per_side // 2, 1), float(height), float(width)),
-                    ]
-                )
-            points = points.to(class_embeds.device, class_embeds.dtype)
-            embedding = encoded.last_hidden_state[image_index : image_index + 1]
-            logits, ious = [], []
-            for start in range(0, len(points), points_per_batch):
-                chunk = points[start : start + points_per_batch]
-                masks, iou = self.segment(
-                    embedding.expand(len(chunk), -1, -1, -1), input_points=chunk[:, None, None], multimask_output=True
-                )
-                logits.append(masks[:, 0].flatten(0, 1))
-                ious.append(iou[:, 0].flatten())
-            logits, ious = mask_padding(torch.cat(logits), height, width, size), torch.cat(ious)
-            kept = select_generated_masks(logits, ious, pred_iou_threshold, stability_threshold, nms_threshold)
-            logits, ious = logits[kept], ious[kept]
-            if label_source == "crops":
-                cosines = self._crop_class_cosines(pixel_values[image_index], logits, class_embeds)
-            else:
-                cosines = self._mask_class_cosines(tokens[image_index], logits, class_embeds, mask_pooling)
-            best, class_ids = cosines.max(dim=1)
-            probabilities = (cosines * self.logit_scale.exp()).softmax(dim=1)
-            scores = probabilities.gather(1, class_ids[:, None])[:, 0] * ious.clamp(0, 1)
-            keep = torch.ones_like(best, dtype=torch.bool)
-            if background_threshold is not None:
-                keep &= best >= background_threshold
-            if score_threshold is not None:
-                keep &= scores >= score_threshold
-            if background_embeds is not None and len(logits):
-                background = (
-                    self._mask_class_cosines(
-                        tokens[image_index], logits, background_embeds.to(class_embeds), mask_pooling
-                    )
-                    if label_source == "dense"
-                    else self._crop_class_cosines(
-                        pixel_values[image_index], logits, background_embeds.to(class_embeds)
-                    )
-                )
-                keep &= best > background.amax(dim=1)
-            order = scores[keep].argsort(descending=True)
-            for name, value in (
-                ("mask_logits", logits),
-                ("class_ids", class_ids),
-                ("scores", scores),
-                ("class_cosines", cosines),
-                ("iou_scores", ious),
-            ):
-                getattr(output, name).append(value[keep][order])
-        return output
-
-    @torch.no_grad()
-    def semantic_segmentation_from_instances(
-        self,
-        pixel_values: torch.Tensor,
-        class_embeds: torch.Tensor,
-        output_size: tuple[int, int] | None = None,
-        input_sizes: list[tuple[int, int]] | None = None,
-        **instance_options,
-    ) -> SamClipSemanticSegmentationOutput:
-        """Zero-shot semantic segmentation from the labelled masks of ONE encoder pass: the instances of
-        :meth:`instance_segmentation` (`instance_options` go to it) painted into a map, each pixel taking the class of
-        the most confident instance covering it, background where none does. Masks are upsampled bilinearly from
-        SAM's low resolution to `output_size` (default: the input size) before painting. `logits` channel `c + 1` is
-        the best confidence (class probability x predicted IoU, in [0, 1]) of a class-`c` instance covering the
-        pixel, -1 where none does; channel 0 (background) is 0. Every mask is painted unless `score_threshold`
-        is given (the config's `instance_score_threshold` is not applied here: on train mosaics rejecting masks cost
-        the painted map more than it saved, 0.273 -> 0.249 mIoU, since an unnamed pixel is background)."""
-        instance_options.setdefault("score_threshold", 0.0)
-        size = self.config.image_size
-        pixel_values = check_pixel_values(pixel_values, self.config.vision_config.num_channels, self.dtype)
-        instances = self.instance_segmentation(pixel_values, class_embeds, input_sizes=input_sizes, **instance_options)
-        output_size = tuple(output_size or (size, size))
-        num_classes = class_embeds.shape[0]
-        maps = []
-        for mask_logits, class_ids, scores in zip(instances.mask_logits, instances.class_ids, instances.scores):
-            logits = torch.full((num_classes + 1, *output_size), -1.0, device=pixel_values.device, dtype=scores.dtype)
-            logits[0] = 0.0
-            if len(mask_logits):
-                inside = (
-                    F.interpolate(mask_logits[:, None], size=output_size, mode="bilinear", align_corners=False)[:, 0]
-                    > 0
-                )
-                # Per class, the best confidence of an instance covering the pixel.
-                for mask, class_id, score in zip(inside, class_ids.tolist(), scores):
-                    logits[class_id + 1] = torch.where(
-                        mask, logits[class_id + 1].clamp(min=score), logits[class_id + 1]
-                    )
-            maps.append(logits)
-        logits = torch.stack(maps)
-        return SamClipSemanticSegmentationOutput(logits=logits, label_map=logits.argmax(1))
-
-    def _crop_class_cosines(self, pixel_values, mask_logits, class_embeds, padding: float = 0.2):
-        # The framing of CLIP's single-object views: a square around the mask's box, grown by `padding`, shifted to
-        # stay inside the input, resized to the CLIP-path size.
-        size, low_res = pixel_values.shape[-1], mask_logits.shape[-1]
-        crops = []
-        for mask in mask_logits > 0:
-            ys, xs = torch.nonzero(mask, as_tuple=True)
-            y0, y1 = ys.min().item() * size / low_res, (ys.max().item() + 1) * size / low_res
-            x0, x1 = xs.min().item() * size / low_res, (xs.max().item() + 1) * size / low_res
-            side = min(max(round(max(y1 - y0, x1 - x0) * (1 + padding)), 1), size)
-            top = int(min(max((y0 + y1 - side) // 2, 0), size - side))
-            left = int(min(max((x0 + x1 - side) // 2, 0), size - side))
-            crop = pixel_values[None, :, top : top + side, left : left + side]
-            crops.append(
-                F.interpolate(
-                    crop,
-                    size=(self.config.head_config.image_size,) * 2,
-                    mode="bilinear",
-                    align_corners=False,
-                    antialias=True,
-                )
-            )
-        if not crops:
-            return class_embeds.new_zeros((0, class_embeds.shape[0]))
-        embeddings = self.get_image_features(torch.cat(crops).to(pixel_values.dtype)).pooler_output
-        return F.normalize(embeddings, dim=-1) @ class_embeds.T
-
-    def _mask_class_cosines(self, tokens, mask_logits, class_embeds, mask_pooling):
-        # Masks come at SAM's low resolution (4x the token grid); the pooling is the shared `mask_pooled_tokens`.
-        if mask_pooling == "mean_tokens":
-            return (
-                F.normalize(self.clip_head.projector(mask_pooled_tokens(tokens, mask_logits)), dim=-1) @ class_embeds.T
-            )
-        weights = mask_token_weights(mask_logits, tokens.shape[:2]).to(tokens.dtype)  # (M, g*g)
-        features = F.normalize(self.clip_head.projector(tokens.flatten(0, 1)), dim=-1)  # (g*g, dim)
-        if mask_pooling == "mean":
-            return F.normalize(weights @ features, dim=-1) @ class_embeds.T
-        cosines = features @ class_embeds.T  # (g*g, C)
-        inside = weights > 0.5 * weights.amax(1, keepdim=True)
-        return torch.where(inside[:, :, None], cosines[None], torch.tensor(-2.0, dtype=cosines.dtype)).amax(1)
 
     # ------------------------------------------------------------------------------------------------ merge
     @classmethod
@@ -1277,21 +615,12 @@ class SamClipModel(SamClipPreTrainedModel):
 
 
 __all__ = [
-    "DEFAULT_TEMPLATES",
-    "encode_class_names",
-    "grid_points",
     "SamClipHead",
-    "SamClipInstanceSegmentationOutput",
+    "SamClipMaskGenerator",
+    "SamClipMaskGeneratorOptions",
     "SamClipModel",
     "SamClipOutput",
     "SamClipPreTrainedModel",
-    "SamClipSemanticSegmentationOutput",
     "SamClipVisionEncoder",
     "SamClipVisionLayer",
-    "mask_padding",
-    "mask_pooled_tokens",
-    "mask_token_weights",
-    "peak_points",
-    "select_generated_masks",
-    "trunk_affinity",
 ]

@@ -19,6 +19,8 @@ only the folder and `trust_remote_code=True`, without this package:
 Ships beside the model code (imports only torch, transformers, numpy and PIL).
 """
 
+import dataclasses
+
 import numpy as np
 from PIL import Image
 from transformers import Pipeline
@@ -26,23 +28,17 @@ from transformers.pipelines.image_feature_extraction import ImageFeatureExtracti
 from transformers.pipelines.mask_generation import MaskGenerationPipeline
 from transformers.pipelines.zero_shot_image_classification import ZeroShotImageClassificationPipeline
 
-from ._validation import check_class_names, check_score_threshold, check_templates, check_threshold, to_rgb_image
+from ._validation import check_class_names, check_score_threshold, check_templates, to_rgb_image
 from .configuration_samclip import SamClipConfig
-from .modeling_samclip import DEFAULT_TEMPLATES
+from .mask_generation_samclip import SamClipMaskGenerator, SamClipMaskGeneratorOptions
+from .text_samclip import DEFAULT_TEMPLATES
 
 SUBTASKS = ("semantic", "instance", "panoptic")
 # How the semantic subtask paints its map; the first is the default (best measured on train mosaics, issue 19).
 SEMANTIC_METHODS = ("instances", "plain", "refined")
-INSTANCE_OPTIONS = (
-    "points_per_side",
-    "pred_iou_threshold",
-    "stability_threshold",
-    "nms_threshold",
-    "mask_pooling",
-    "label_source",
-    "prompts",
-    "num_peaks",
-    "score_threshold",
+# The mask generator's options this pipeline takes by name (background_threshold is one of its own arguments).
+GENERATOR_OPTIONS = tuple(
+    field.name for field in dataclasses.fields(SamClipMaskGeneratorOptions) if field.name != "background_threshold"
 )
 
 
@@ -127,13 +123,14 @@ class SamClipMaskGenerationPipeline(_SamClipTaskPipeline, MaskGenerationPipeline
 class ZeroShotImageSegmentationPipeline(Pipeline):
     """Text-to-mask segmentation with a SAM-CLIP model. `subtask="semantic"` (default): one mask per class present,
     background as the entry `"background"`, painted by `method`: `"instances"` (default) the one-pass labelled masks
-    (`semantic_segmentation_from_instances`), `"plain"` the CLIP head's dense features, `"refined"` (or
-    `refine=True`) those refined by the SAM head;
+    (`SamClipMaskGenerator.semantic_segmentation_from_instances`), `"plain"` the CLIP head's dense features,
+    `"refined"` (or `refine=True`) those refined by the SAM head;
     `"instance"`: every object SAM's automatic masks find, labelled from ONE encoder pass (`instance_segmentation`;
     `label_source="crops"` labels each mask's crop through the CLIP path instead); `"panoptic"`: those instances
-    made non-overlapping. Returns, like transformers' image-segmentation pipeline, a list of `{"score", "label",
-    "mask"}` dicts with PIL "L" masks (0/255) at the original image size; instances also carry their `box`
-    (`{"xmin", "ymin", "xmax", "ymax"}` pixel edges)."""
+    made non-overlapping. Any option of `SamClipMaskGeneratorOptions` may be passed by name (`points_per_side=4`).
+    Returns, like transformers' image-segmentation pipeline, a list of `{"score", "label", "mask"}` dicts with PIL
+    "L" masks (0/255) at the original image size; instances also carry their `box` (`{"xmin", "ymin", "xmax",
+    "ymax"}` pixel edges)."""
 
     _load_processor = True
     _load_image_processor = False
@@ -150,13 +147,14 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
         background_threshold=None,
         background_labels=None,
         timeout=None,
-        **instance_options,
+        **generator_options,
     ):
-        unknown = sorted(set(instance_options) - set(INSTANCE_OPTIONS))
+        unknown = sorted(set(generator_options) - set(GENERATOR_OPTIONS))
         if unknown:
             raise TypeError(
-                f"Unexpected argument(s) {unknown}; this pipeline takes candidate_labels, subtask, "
-                f"templates, refine, method, background_threshold, background_labels, timeout and {INSTANCE_OPTIONS}."
+                f"Unexpected argument(s) {unknown}; this pipeline takes candidate_labels, subtask, templates, refine, "
+                f"method, background_threshold, background_labels, timeout and the mask generator's options "
+                f"{GENERATOR_OPTIONS}."
             )
         preprocess = {
             key: value
@@ -169,12 +167,12 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
             )
             if value is not None
         }
-        forward = dict(instance_options)
+        forward = dict(generator_options)
+        if background_threshold is not None:
+            forward["background_threshold"] = background_threshold
+        SamClipMaskGeneratorOptions().replace(**forward)  # a bad value fails here, naming the option
         if templates is not None:
             forward["templates"] = check_templates(templates)
-        if background_threshold is not None:
-            check_threshold(background_threshold)
-            forward["background_threshold"] = background_threshold
         if background_labels is not None:
             forward["background_labels"] = check_class_names(background_labels, "background_labels")
         return preprocess, forward, {}
@@ -205,50 +203,29 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
         inputs.update(candidate_labels=labels, subtask=subtask, method=method)
         return inputs
 
-    def _forward(
-        self,
-        model_inputs,
-        templates=DEFAULT_TEMPLATES,
-        background_threshold=None,
-        background_labels=None,
-        **instance_options,
-    ):
+    def _forward(self, model_inputs, templates=DEFAULT_TEMPLATES, background_labels=None, **generator_options):
         labels, subtask, method = (model_inputs.pop(key) for key in ("candidate_labels", "subtask", "method"))
         tokenizer = self.processor.tokenizer
+        generator = SamClipMaskGenerator(self.model, **generator_options)
         class_embeds = self.model.encode_class_names(labels, tokenizer, templates)
         pixel_values = model_inputs["pixel_values"].to(self.model.dtype)
         sizes = {key: model_inputs[key] for key in ("original_sizes", "reshaped_input_sizes")}
+        input_sizes = model_inputs["reshaped_input_sizes"].tolist()
         if subtask != "semantic":
-            output = self.model.instance_segmentation(
-                pixel_values,
-                class_embeds,
-                background_threshold=background_threshold,
-                input_sizes=model_inputs["reshaped_input_sizes"].tolist(),
-                **instance_options,
-            )
+            output = generator.instance_segmentation(pixel_values, class_embeds, input_sizes=input_sizes)
             return {"instances": output, "candidate_labels": labels, "subtask": subtask, **sizes}
         background_embeds = (
             self.model.encode_class_names(background_labels, tokenizer, templates) if background_labels else None
         )
         if method == "instances":
-            output = self.model.semantic_segmentation_from_instances(
-                pixel_values,
-                class_embeds,
-                background_embeds=background_embeds,
-                background_threshold=background_threshold,
-                input_sizes=model_inputs["reshaped_input_sizes"].tolist(),
-                **instance_options,
+            output = generator.semantic_segmentation_from_instances(
+                pixel_values, class_embeds, background_embeds=background_embeds, input_sizes=input_sizes
             )
         else:
             segment = (
-                self.model.semantic_segmentation_refined if method == "refined" else self.model.semantic_segmentation
+                generator.semantic_segmentation_refined if method == "refined" else generator.semantic_segmentation
             )
-            output = segment(
-                pixel_values,
-                class_embeds,
-                background_embeds=background_embeds,
-                background_threshold=background_threshold,
-            )
+            output = segment(pixel_values, class_embeds, background_embeds=background_embeds)
         return {"logits": output.logits, "candidate_labels": labels, "subtask": subtask, **sizes}
 
     def postprocess(self, model_outputs):

@@ -1,6 +1,10 @@
-"""Shared fixtures: tiny SAM and CLIP teachers (random weights), their merge, and a SAM-CLIP processor."""
+"""Shared fixtures: tiny SAM and CLIP teachers (random weights), their merge, and a SAM-CLIP processor; every test
+runs from its own empty folder, and the name "mosaic" means the shipped model (see `shipped_mosaic_model_only`)."""
 
+import importlib
 import os
+import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -24,6 +28,56 @@ from transformers import (
 from transformers_samclip import SamClipModel, SamClipProcessor, samclip_config_from_preset
 
 torch.set_num_threads(1)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# The module whose MOSAIC_MODEL_DIRS (searched in order) and SHIPPED_MOSAIC_MODEL_DIR decide what "mosaic" loads.
+MOSAIC_RESOLUTION_MODULE = "transformers_samclip.mosaic.model"
+# Run first in a child process that resolves "mosaic": the shipped model only, as in this process.
+PIN_SHIPPED_MOSAIC_MODEL = (
+    f"import {MOSAIC_RESOLUTION_MODULE} as _resolution\n"
+    "_resolution.MOSAIC_MODEL_DIRS = (_resolution.SHIPPED_MOSAIC_MODEL_DIR,)\n"
+)
+_resolution = importlib.import_module(MOSAIC_RESOLUTION_MODULE)
+# What a user gets: their own outputs/samclip-mosaic (cwd, then checkout) before the shipped model.
+USER_MOSAIC_MODEL_DIRS = _resolution.MOSAIC_MODEL_DIRS
+
+
+def samclip_command(*args) -> list[str]:
+    """`samclip ARGS` as a command line for this interpreter, with "mosaic" pinned to the shipped model."""
+    run = "import sys\nfrom transformers_samclip.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    return [sys.executable, "-c", PIN_SHIPPED_MOSAIC_MODEL + run, *map(str, args)]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shipped_mosaic_model_only():
+    """The name "mosaic" resolves to the model shipped in the package, never to an outputs/samclip-mosaic that a user's
+    `samclip distill` left in the working directory or the checkout (tests assert the shipped model's numbers)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_resolution, "MOSAIC_MODEL_DIRS", (_resolution.SHIPPED_MOSAIC_MODEL_DIR,))
+        yield
+
+
+@pytest.fixture()
+def user_mosaic_resolution(monkeypatch):
+    """For tests of the resolution itself: "mosaic" is looked up as users get it (their outputs first)."""
+    monkeypatch.setattr(_resolution, "MOSAIC_MODEL_DIRS", USER_MOSAIC_MODEL_DIRS)
+    return _resolution
+
+
+@pytest.fixture(scope="session", autouse=True)
+def empty_session_cwd(tmp_path_factory):
+    """Session and module fixtures run from an empty folder, not from wherever pytest was started."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path_factory.mktemp("session-cwd"))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def own_cwd(tmp_path_factory, monkeypatch):
+    """Each test runs from its own empty folder (not its `tmp_path`, whose contents tests may count)."""
+    folder = tmp_path_factory.mktemp("cwd")
+    monkeypatch.chdir(folder)
+    return folder
 
 
 def make_char_tokenizer(max_length: int = 40) -> CLIPTokenizer:

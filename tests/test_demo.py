@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import samclip_command
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
@@ -59,8 +60,8 @@ def examples_cache(tmp_path_factory):
 
 
 def start_demo(log: Path, **env) -> tuple[subprocess.Popen, str]:
-    """`samclip demo` in a subprocess on a free port with `env` added (a `None` value unsets the variable); returns
-    it and its URL once the page answers."""
+    """`samclip demo` in a subprocess on a free port with `env` added (a `None` value unsets the variable), run from
+    the log's folder with "mosaic" pinned to the shipped model; returns it and its URL once the page answers."""
     port = free_port()
     env = {
         **os.environ,
@@ -73,11 +74,11 @@ def start_demo(log: Path, **env) -> tuple[subprocess.Popen, str]:
     env = {key: value for key, value in env.items() if value is not None}
     with open(log, "w") as handle:
         process = subprocess.Popen(
-            [str(Path(sys.executable).with_name("samclip")), "demo", "--port", str(port)],
+            samclip_command("demo", "--port", port),
             env=env,
             stdout=handle,
             stderr=subprocess.STDOUT,
-            cwd=ROOT,
+            cwd=log.parent,
         )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 300

@@ -167,10 +167,6 @@ def test_accelerate_launch_on_cpu(tmp_path, tiny_recipe, num_processes):
 
 
 def test_shortened_mosaic_recipe_beats_the_untrained_merge(tmp_path):
-    from transformers_samclip.mosaic import SHIPPED_TEACHERS_DIR
-
-    if not (SHIPPED_TEACHERS_DIR / "sam" / "model.safetensors").is_file():
-        pytest.skip("the shipped mosaic teachers are not built yet")
     # A third of the default's head probing (375 x 64 views of 12,000 items, regions from 2 mosaics a step) and 60
     # distillation steps.
     recipe = load_recipe("mosaic").override(

@@ -1,5 +1,5 @@
 """The evaluation harness: metrics by hand, evaluators on tiny random models, oracles that must score 1.0, the
-`samclip evaluate` command, and (when shipped) the trained mosaic teachers against floors."""
+`samclip evaluate` command, and the shipped trained mosaic teachers against floors."""
 
 import json
 import math
@@ -36,7 +36,6 @@ from transformers_samclip.evaluation.geometry import (
 )
 from transformers_samclip.mosaic import (
     FASHION_MNIST_CLASSES,
-    SHIPPED_TEACHERS_DIR,
     evaluate_samclip_on_mosaic,
     evaluate_teachers_on_mosaic,
     make_mosaic_dataset,
@@ -284,10 +283,6 @@ def test_cli_on_tiny_saved_model(merged, processor, tmp_path):
 
 
 # ----------------------------------------------------------------------------------- shipped teachers
-shipped = pytest.mark.skipif(
-    not all((SHIPPED_TEACHERS_DIR / name / "model.safetensors").exists() for name in ("clip", "sam")),
-    reason="the trained mosaic teachers are not shipped yet",
-)
 
 # A little below what the shipped teachers measured (300 items / 50 mosaics: CLIP 0.743, SAM box 0.830,
 # 1-point 0.786, 3-point 0.800, MaskCLIP 0.071, cascade 0.363 at its calibrated IoU threshold 0.4; full split:
@@ -307,12 +302,10 @@ def _check_floors(rows, floors):
             assert rows[name][key] >= floor, f"{name} {key} = {rows[name][key]:.3f} < {floor}"
 
 
-@shipped
 def test_shipped_teachers_subset():
     _check_floors(evaluate_teachers_on_mosaic(num_items=300, num_mosaics=50), SUBSET_FLOORS)
 
 
-@shipped
 @pytest.mark.slow
 def test_shipped_teachers_full_test_split():
     _check_floors(evaluate_teachers_on_mosaic(num_items=None, num_mosaics=500), SUBSET_FLOORS)

@@ -22,7 +22,7 @@ import torch
 from PIL import Image, ImageDraw
 from transformers import AutoModel, pipeline
 
-from transformers_samclip import SamClipModel, SamClipProcessor, cli
+from transformers_samclip import SamClipMaskGenerator, SamClipModel, SamClipProcessor, cli
 from transformers_samclip._cli import UsageError
 from transformers_samclip.distillation import load_recipe
 from transformers_samclip.mosaic import SHIPPED_MOSAIC_MODEL_DIR, SHIPPED_TEACHERS_DIR
@@ -583,61 +583,71 @@ def model_rows():
             Err(TypeError, "pixel_values must be a torch"),
         ),
         "semantic_segmentation": (
-            lambda c: c.model.semantic_segmentation(c.dense["pixel_values"], c.class_embeds),
+            lambda c: SamClipMaskGenerator(c.model).semantic_segmentation(c.dense["pixel_values"], c.class_embeds),
             Ok(lambda r, c: r.logits.shape == (1, 3, 128, 128) and torch.equal(r.label_map, r.logits.argmax(1))),
         ),
         "class_embeds 32 wide": (
-            lambda c: c.model.semantic_segmentation(c.dense["pixel_values"], torch.randn(2, 32)),
+            lambda c: SamClipMaskGenerator(c.model).semantic_segmentation(c.dense["pixel_values"], torch.randn(2, 32)),
             Err(ValueError, "class_embeds are 32 wide but this model's embeddings are 64"),
         ),
         "class_embeds 1-D": (
-            lambda c: c.model.semantic_segmentation(c.dense["pixel_values"], torch.randn(64)),
+            lambda c: SamClipMaskGenerator(c.model).semantic_segmentation(c.dense["pixel_values"], torch.randn(64)),
             Err(ValueError, "class_embeds must be a non-empty"),
         ),
         "class_embeds empty": (
-            lambda c: c.model.semantic_segmentation(c.dense["pixel_values"], torch.randn(0, 64)),
+            lambda c: SamClipMaskGenerator(c.model).semantic_segmentation(c.dense["pixel_values"], torch.randn(0, 64)),
             Err(ValueError, "class_embeds must be a non-empty"),
         ),
         "class_embeds NaN": (
-            lambda c: c.model.semantic_segmentation(c.dense["pixel_values"], torch.full((2, 64), float("nan"))),
+            lambda c: SamClipMaskGenerator(c.model).semantic_segmentation(
+                c.dense["pixel_values"], torch.full((2, 64), float("nan"))
+            ),
             Err(ValueError, "class_embeds hold NaN"),
         ),
         "class_embeds list": (
-            lambda c: c.model.semantic_segmentation(c.dense["pixel_values"], [[0.0] * 64]),
+            lambda c: SamClipMaskGenerator(c.model).semantic_segmentation(c.dense["pixel_values"], [[0.0] * 64]),
             Err(ValueError, "class_embeds must be a non-empty"),
         ),
         "background_embeds wrong width": (
-            lambda c: c.model.semantic_segmentation(
+            lambda c: SamClipMaskGenerator(c.model).semantic_segmentation(
                 c.dense["pixel_values"], c.class_embeds, background_embeds=torch.randn(1, 8)
             ),
             Err(ValueError, "background_embeds are 8 wide"),
         ),
         "background_threshold text": (
-            lambda c: c.model.semantic_segmentation(
+            lambda c: SamClipMaskGenerator(c.model).semantic_segmentation(
                 c.dense["pixel_values"], c.class_embeds, background_threshold="high"
             ),
             Err(ValueError, "background_threshold must be a finite number"),
         ),
         "background_threshold NaN": (
-            lambda c: c.model.semantic_segmentation(
+            lambda c: SamClipMaskGenerator(c.model).semantic_segmentation(
                 c.dense["pixel_values"], c.class_embeds, background_threshold=float("nan")
             ),
             Err(ValueError, "background_threshold must be a finite number"),
         ),
         "refined": (
-            lambda c: c.model.semantic_segmentation_refined(c.sam["pixel_values"], c.class_embeds),
+            lambda c: SamClipMaskGenerator(c.model).semantic_segmentation_refined(
+                c.sam["pixel_values"], c.class_embeds
+            ),
             Ok(lambda r, c: r.logits.shape == (1, 3, 128, 128) and set(r.label_map.unique().tolist()) <= {0, 1, 2}),
         ),
         "refined on the dense view": (
-            lambda c: c.model.semantic_segmentation_refined(torch.zeros(1, 3, 64, 64), c.class_embeds),
+            lambda c: SamClipMaskGenerator(c.model).semantic_segmentation_refined(
+                torch.zeros(1, 3, 64, 64), c.class_embeds
+            ),
             Err(ValueError, "SAM refinement runs on the 128x128"),
         ),
         "refined num_points 0": (
-            lambda c: c.model.semantic_segmentation_refined(c.sam["pixel_values"], c.class_embeds, num_points=0),
+            lambda c: SamClipMaskGenerator(c.model).semantic_segmentation_refined(
+                c.sam["pixel_values"], c.class_embeds, num_points=0
+            ),
             Err(ValueError, "num_points must be a positive integer"),
         ),
         "instance_segmentation": (
-            lambda c: c.model.instance_segmentation(c.sam["pixel_values"], c.class_embeds, points_per_side=2),
+            lambda c: SamClipMaskGenerator(c.model).instance_segmentation(
+                c.sam["pixel_values"], c.class_embeds, points_per_side=2
+            ),
             Ok(
                 lambda r, c: (
                     len(r.class_ids) == 1
@@ -647,19 +657,25 @@ def model_rows():
             ),
         ),
         "instance_segmentation class_embeds 32 wide": (
-            lambda c: c.model.instance_segmentation(c.sam["pixel_values"], torch.randn(2, 32)),
+            lambda c: SamClipMaskGenerator(c.model).instance_segmentation(c.sam["pixel_values"], torch.randn(2, 32)),
             Err(ValueError, "class_embeds are 32 wide"),
         ),
         "instance_segmentation points_per_side 0": (
-            lambda c: c.model.instance_segmentation(c.sam["pixel_values"], c.class_embeds, points_per_side=0),
+            lambda c: SamClipMaskGenerator(c.model).instance_segmentation(
+                c.sam["pixel_values"], c.class_embeds, points_per_side=0
+            ),
             Err(ValueError, "points_per_side must be a positive integer"),
         ),
         "instance_segmentation mask_pooling": (
-            lambda c: c.model.instance_segmentation(c.sam["pixel_values"], c.class_embeds, mask_pooling="median"),
+            lambda c: SamClipMaskGenerator(c.model).instance_segmentation(
+                c.sam["pixel_values"], c.class_embeds, mask_pooling="median"
+            ),
             Err(ValueError, "mask_pooling must be"),
         ),
         "instance_segmentation dense view": (
-            lambda c: c.model.instance_segmentation(c.dense["pixel_values"][..., :64, :64], c.class_embeds),
+            lambda c: SamClipMaskGenerator(c.model).instance_segmentation(
+                c.dense["pixel_values"][..., :64, :64], c.class_embeds
+            ),
             Err(ValueError, "Instance segmentation runs on the 128x128"),
         ),
         "bfloat16 model, float32 pixels and prompts": (

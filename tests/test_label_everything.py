@@ -14,7 +14,7 @@ from transformers import pipeline
 
 from transformers_samclip import SamClipHeadConfig, select_generated_masks
 from transformers_samclip.evaluation.metrics import instance_segmentation_metrics
-from transformers_samclip.modeling.modeling_samclip import _training_free_block
+from transformers_samclip.modeling.dense_readout_samclip import training_free_block
 
 
 def square_logits(size, x0, y0, x1, y1, inside=8.0):
@@ -75,7 +75,7 @@ def test_dense_readouts_are_validated_and_clearclip_is_query_query_attention(mer
     query, value = qkv[0], qkv[2]
     expected = ((query @ query.transpose(-1, -2)) * attention.scale).softmax(-1) @ value
     expected = attention.proj(expected.transpose(1, 2).reshape(1, 4, 4, -1))
-    torch.testing.assert_close(_training_free_block(layer, tokens, "clearclip", 5.0), expected)
+    torch.testing.assert_close(training_free_block(layer, tokens, "clearclip", 5.0), expected)
     trunk = torch.randn(1, 4, 4, merged.config.vision_config.hidden_size)
     maps = {}
     for readout in ("value", "clearclip", "naclip", "sclip"):

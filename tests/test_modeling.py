@@ -14,7 +14,7 @@ from transformers import (
     SamModel,
 )
 
-from transformers_samclip import SamClipConfig, SamClipModel, samclip_config_from_preset
+from transformers_samclip import SamClipConfig, SamClipMaskGenerator, SamClipModel, samclip_config_from_preset
 
 SIZE = 64  # SAM-path size of the tiny preset
 
@@ -226,16 +226,18 @@ def test_semantic_segmentation_is_patch_argmax_of_cosine(merged, pixels, tokeniz
     assert class_embeds.shape == (3, 24)
     assert_close(class_embeds.norm(dim=-1), torch.ones(3))
     with torch.no_grad():
-        out = merged.semantic_segmentation(pixels, class_embeds, output_size=(8, 8))
+        out = SamClipMaskGenerator(merged).semantic_segmentation(pixels, class_embeds, output_size=(8, 8))
         dense = F.normalize(merged.get_dense_image_features(pixels), dim=1)
     expected = torch.einsum("bdhw,cd->bchw", dense, class_embeds).argmax(1) + 1
     assert torch.equal(out.label_map, expected)
-    all_background = merged.semantic_segmentation(pixels, class_embeds, background_threshold=1.01)
+    all_background = SamClipMaskGenerator(merged).semantic_segmentation(
+        pixels, class_embeds, background_threshold=1.01
+    )
     assert (all_background.label_map == 0).all()
-    never = merged.semantic_segmentation(pixels, class_embeds)
+    never = SamClipMaskGenerator(merged).semantic_segmentation(pixels, class_embeds)
     assert (never.label_map > 0).all() and never.label_map.shape == (2, SIZE, SIZE)
     background_embeds = F.normalize(torch.randn(2, 24, generator=torch.Generator().manual_seed(5)), dim=-1)
-    with_background = merged.semantic_segmentation(
+    with_background = SamClipMaskGenerator(merged).semantic_segmentation(
         pixels, class_embeds, background_embeds=background_embeds, output_size=(8, 8)
     )
     scores = torch.cat(
@@ -258,12 +260,16 @@ def test_stored_background_threshold_is_the_default_and_an_argument_wins(merged,
     threshold = float(middle.mean())  # half the patches fall below it, none on it
     merged.config.background_threshold = threshold
     try:
-        out = merged.semantic_segmentation(pixels, class_embeds, output_size=tuple(best.shape[-2:]))
+        out = SamClipMaskGenerator(merged).semantic_segmentation(
+            pixels, class_embeds, output_size=tuple(best.shape[-2:])
+        )
         assert torch.equal(out.label_map == 0, best < threshold)
         assert 0 < (out.label_map == 0).float().mean() < 1
-        overridden = merged.semantic_segmentation(pixels, class_embeds, background_threshold=-1.5)
+        overridden = SamClipMaskGenerator(merged).semantic_segmentation(
+            pixels, class_embeds, background_threshold=-1.5
+        )
         assert (overridden.label_map > 0).all()  # an explicit argument wins over the stored default
-        refined = merged.semantic_segmentation_refined(pixels, class_embeds)
+        refined = SamClipMaskGenerator(merged).semantic_segmentation_refined(pixels, class_embeds)
         assert (refined.label_map == 0).any()
         merged.save_pretrained(tmp_path)
         assert SamClipModel.from_pretrained(tmp_path).config.background_threshold == threshold
@@ -276,9 +282,9 @@ def test_stored_background_threshold_is_the_default_and_an_argument_wins(merged,
 def test_semantic_segmentation_refined_uses_sam_head(merged, pixels, tokenizer):
     class_embeds = merged.encode_class_names(["red", "noise"], tokenizer)
     with torch.no_grad():
-        coarse = merged.semantic_segmentation(pixels, class_embeds)
-        refined = merged.semantic_segmentation_refined(pixels, class_embeds)
-        again = merged.semantic_segmentation_refined(pixels, class_embeds)
+        coarse = SamClipMaskGenerator(merged).semantic_segmentation(pixels, class_embeds)
+        refined = SamClipMaskGenerator(merged).semantic_segmentation_refined(pixels, class_embeds)
+        again = SamClipMaskGenerator(merged).semantic_segmentation_refined(pixels, class_embeds)
     assert refined.label_map.shape == (2, SIZE, SIZE)
     assert torch.equal(refined.label_map, again.label_map)
     for index in range(2):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from transformers_samclip import SamClipMaskGenerator
 from transformers_samclip.cli import main as samclip_main
 from transformers_samclip.hub import load_samclip
 from transformers_samclip.mosaic import FASHION_MNIST_CLASSES
@@ -109,7 +110,7 @@ def test_client_runs_without_torch_and_matches_the_torch_model(mosaic, tmp_path)
         best = int(outputs.iou_scores[0, 0].argmax())
         dense = processor(images=image, view="dense")
         label_map = processor.post_process_semantic_segmentation(
-            model.semantic_segmentation(dense["pixel_values"], class_embeds).logits,
+            SamClipMaskGenerator(model).semantic_segmentation(dense["pixel_values"], class_embeds).logits,
             dense["original_sizes"],
             dense["reshaped_input_sizes"],
         )[0].numpy()

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoProcessor, pipeline
 
-from transformers_samclip import SamClipProcessor
+from transformers_samclip import SamClipMaskGenerator, SamClipProcessor
 
 LABELS = ["red square", "grey noise"]
 
@@ -125,7 +125,7 @@ def test_zero_shot_semantic_segmentation_pipeline(merged, processor, image, toke
     class_embeds = merged.encode_class_names(LABELS, tokenizer)
     inputs = processor(images=image, view="dense")
     with torch.no_grad():
-        logits = merged.semantic_segmentation(inputs["pixel_values"], class_embeds).logits
+        logits = SamClipMaskGenerator(merged).semantic_segmentation(inputs["pixel_values"], class_embeds).logits
     (label_map,) = processor.post_process_semantic_segmentation(
         logits, inputs["original_sizes"], inputs["reshaped_input_sizes"]
     )

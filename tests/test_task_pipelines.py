@@ -16,7 +16,7 @@ import pytest
 import torch
 from transformers import CLIPImageProcessorPil, pipeline
 
-from transformers_samclip import SamClipModel, SamClipProcessor
+from transformers_samclip import SamClipMaskGenerator, SamClipModel, SamClipProcessor
 from transformers_samclip.hub import export_model
 from transformers_samclip.modeling import SamClipInstanceSegmentationOutput
 from transformers_samclip.modeling.processing_samclip import masks_to_boxes
@@ -60,7 +60,7 @@ def detections(model, processor, image, threshold):
     inputs = processor(images=image, view="sam")
     with torch.no_grad():
         class_embeds = model.encode_class_names(LABELS, processor.tokenizer)
-        output = model.instance_segmentation(
+        output = SamClipMaskGenerator(model).instance_segmentation(
             inputs["pixel_values"],
             class_embeds,
             input_sizes=inputs["reshaped_input_sizes"].tolist(),

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from huggingface_hub.errors import StrictDataclassClassValidationError
 from transformers import pipeline
 
-from transformers_samclip import SamClipHeadConfig, SamClipInstanceSegmentationOutput
+from transformers_samclip import SamClipHeadConfig, SamClipInstanceSegmentationOutput, SamClipMaskGenerator
 from transformers_samclip.evaluation.instance import above_score
 from transformers_samclip.evaluation.metrics import instance_segmentation_metrics
 from transformers_samclip.modeling import mask_pooled_tokens, mask_token_weights, peak_points
@@ -41,7 +41,7 @@ def test_instance_labels_pool_the_head_tokens_with_the_shared_pooling(merged):
     logits[1, 16:, :] = 3.0
     class_embeds = F.normalize(torch.randn(3, merged.config.head_config.projection_dim), dim=-1)
     with torch.no_grad():
-        cosines = merged._mask_class_cosines(tokens, logits, class_embeds, "mean_tokens")
+        cosines = SamClipMaskGenerator(merged)._mask_class_cosines(tokens, logits, class_embeds, "mean_tokens")
         # Independently: each token weighs the share of its 4x4 block of low-resolution pixels inside the mask.
         share = (logits > 0).float().reshape(2, grid, 4, grid, 4).mean(dim=(2, 4)).flatten(1)
         pooled = (share / share.sum(1, keepdim=True)) @ tokens.flatten(0, 1)
@@ -101,8 +101,9 @@ def stand_in_instances(size):
 
 def test_semantic_map_from_instances_paints_the_most_confident_instance(merged, monkeypatch):
     size = merged.config.image_size
-    monkeypatch.setattr(merged, "instance_segmentation", lambda *args, **kwargs: stand_in_instances(size))
-    output = merged.semantic_segmentation_from_instances(torch.zeros(1, 3, size, size), torch.zeros(3, 24))
+    generator = SamClipMaskGenerator(merged)
+    monkeypatch.setattr(generator, "instance_segmentation", lambda *args, **kwargs: stand_in_instances(size))
+    output = generator.semantic_segmentation_from_instances(torch.zeros(1, 3, size, size), torch.zeros(3, 24))
     half = size // 2
     expected = torch.zeros(size, size, dtype=torch.long)
     expected[:half, half:] = 1  # class 0 where class 1 is not
@@ -119,7 +120,9 @@ def test_semantic_map_from_instances_paints_the_most_confident_instance(merged, 
 def test_pipeline_semantic_default_is_the_painted_instances(merged, processor, image, tokenizer, monkeypatch):
     # Random weights find no stable masks: the instances are the stand-in ones, the painting and the pipeline real.
     monkeypatch.setattr(
-        merged, "instance_segmentation", lambda *args, **kwargs: stand_in_instances(merged.config.image_size)
+        SamClipMaskGenerator,
+        "instance_segmentation",
+        lambda *args, **kwargs: stand_in_instances(merged.config.image_size),
     )
     segmenter = pipeline("zero-shot-image-segmentation", model=merged, processor=processor)
     class_embeds = merged.encode_class_names(LABELS, tokenizer)
@@ -127,11 +130,17 @@ def test_pipeline_semantic_default_is_the_painted_instances(merged, processor, i
         inputs = processor(images=image, view=view)
         with torch.no_grad():
             if method == "instances":
-                logits = merged.semantic_segmentation_from_instances(
-                    inputs["pixel_values"], class_embeds, input_sizes=inputs["reshaped_input_sizes"].tolist()
-                ).logits
+                logits = (
+                    SamClipMaskGenerator(merged)
+                    .semantic_segmentation_from_instances(
+                        inputs["pixel_values"], class_embeds, input_sizes=inputs["reshaped_input_sizes"].tolist()
+                    )
+                    .logits
+                )
             else:
-                logits = merged.semantic_segmentation(inputs["pixel_values"], class_embeds).logits
+                logits = (
+                    SamClipMaskGenerator(merged).semantic_segmentation(inputs["pixel_values"], class_embeds).logits
+                )
         (expected,) = processor.post_process_semantic_segmentation(
             logits, inputs["original_sizes"], inputs["reshaped_input_sizes"]
         )
@@ -151,20 +160,29 @@ def test_none_of_these_drops_low_scores_and_masks_the_background_prompt_wins(mer
     class_embeds = merged.encode_class_names(LABELS, tokenizer)
     common = dict(pred_iou_threshold=-10.0, stability_threshold=0.0, points_per_side=4)
     with torch.no_grad():
-        every = merged.instance_segmentation(inputs["pixel_values"], class_embeds, **common)
+        every = SamClipMaskGenerator(merged).instance_segmentation(inputs["pixel_values"], class_embeds, **common)
         scores = every.scores[0]
         assert len(scores) >= 2
         middle = float(scores.median())
-        kept = merged.instance_segmentation(inputs["pixel_values"], class_embeds, score_threshold=middle, **common)
+        kept = SamClipMaskGenerator(merged).instance_segmentation(
+            inputs["pixel_values"], class_embeds, score_threshold=middle, **common
+        )
         # A "background" prompt equal to the classes matches every mask as well as its best class: all dropped.
-        rejected = merged.instance_segmentation(
+        rejected = SamClipMaskGenerator(merged).instance_segmentation(
             inputs["pixel_values"], class_embeds, background_embeds=class_embeds, **common
         )
     torch.testing.assert_close(kept.scores[0], scores[scores >= middle])
     assert len(rejected.scores[0]) == 0
     merged.config.instance_score_threshold = 1.0  # the config's calibrated default applies when none is given
     with torch.no_grad():
-        assert len(merged.instance_segmentation(inputs["pixel_values"], class_embeds, **common).scores[0]) == 0
+        assert (
+            len(
+                SamClipMaskGenerator(merged)
+                .instance_segmentation(inputs["pixel_values"], class_embeds, **common)
+                .scores[0]
+            )
+            == 0
+        )
 
 
 def test_peak_prompts_send_at_most_peaks_plus_a_sparse_grid_to_the_decoder(merged, processor, image, tokenizer):
@@ -179,16 +197,18 @@ def test_peak_prompts_send_at_most_peaks_plus_a_sparse_grid_to_the_decoder(merge
 
     merged.segment = counting_segment
     with torch.no_grad():
-        merged.instance_segmentation(
+        SamClipMaskGenerator(merged).instance_segmentation(
             inputs["pixel_values"], class_embeds, prompts="peaks", num_peaks=3, points_per_side=4
         )
         peaks_total = sum(prompted)
         prompted.clear()
-        merged.instance_segmentation(inputs["pixel_values"], class_embeds, prompts="grid", points_per_side=4)
+        SamClipMaskGenerator(merged).instance_segmentation(
+            inputs["pixel_values"], class_embeds, prompts="grid", points_per_side=4
+        )
     assert 4 <= peaks_total <= 3 + 4  # a 2x2 fallback grid plus up to 3 peaks
     assert sum(prompted) == 16
     with pytest.raises(ValueError, match="prompts must be 'grid' or 'peaks'"):
-        merged.instance_segmentation(inputs["pixel_values"], class_embeds, prompts="everywhere")
+        SamClipMaskGenerator(merged).instance_segmentation(inputs["pixel_values"], class_embeds, prompts="everywhere")
 
 
 def test_precision_recall_f1_count_every_kept_prediction():
@@ -216,7 +236,7 @@ def test_precision_recall_f1_count_every_kept_prediction():
 
 
 def test_connected_components_are_8_connected():
-    from transformers_samclip.modeling.modeling_samclip import _connected_components
+    from transformers_samclip.modeling.mask_generation_samclip import _connected_components
 
     region = torch.zeros(5, 5, dtype=torch.bool)
     region[0, 0] = region[1, 1] = True  # diagonal neighbours: one component
@@ -232,11 +252,15 @@ def test_per_component_refinement_keeps_the_coarse_map_where_sam_is_not_trusted(
     grid = merged.config.image_size // merged.config.patch_size
     low = 4 * merged.config.prompt_encoder_config.image_embedding_size
     with torch.no_grad():
-        coarse = merged.semantic_segmentation(
-            inputs["pixel_values"], class_embeds, background_threshold=0.0, output_size=(grid, grid)
-        ).label_map
+        coarse = (
+            SamClipMaskGenerator(merged)
+            .semantic_segmentation(
+                inputs["pixel_values"], class_embeds, background_threshold=0.0, output_size=(grid, grid)
+            )
+            .label_map
+        )
         # An IoU gate SAM can never reach: every component stays as the coarse map drew it.
-        kept = merged.semantic_segmentation_refined(
+        kept = SamClipMaskGenerator(merged).semantic_segmentation_refined(
             inputs["pixel_values"],
             class_embeds,
             background_threshold=0.0,
@@ -244,7 +268,7 @@ def test_per_component_refinement_keeps_the_coarse_map_where_sam_is_not_trusted(
             iou_gate=2.0,
             output_size=(low, low),
         )
-        trusted = merged.semantic_segmentation_refined(
+        trusted = SamClipMaskGenerator(merged).semantic_segmentation_refined(
             inputs["pixel_values"],
             class_embeds,
             background_threshold=0.0,

@@ -8,13 +8,12 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO_ROOT, samclip_command
 
-ROOT = Path(__file__).resolve().parents[1]
-SHIPPED_MOSAIC_MODEL_DIR = ROOT / "src" / "transformers_samclip" / "mosaic" / "distilled"
+SHIPPED_MOSAIC_MODEL_DIR = REPO_ROOT / "src" / "transformers_samclip" / "mosaic" / "distilled"
 # What a clean clone has besides the sources is not copied: environments, outputs, caches.
 IGNORE = shutil.ignore_patterns(
     ".git", ".venv", "outputs", "runs", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache"
@@ -35,7 +34,7 @@ def _run(command, cwd, timeout=900):
 @pytest.mark.slow
 def test_wheel_works_in_a_fresh_venv_outside_the_checkout(tmp_path):
     source = tmp_path / "source"
-    shutil.copytree(ROOT, source, ignore=IGNORE)
+    shutil.copytree(REPO_ROOT, source, ignore=IGNORE)
     _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp_path / "dist", source], tmp_path)
     (wheel,) = (tmp_path / "dist").glob("transformers_samclip-*.whl")
     venv = tmp_path / "venv"
@@ -62,9 +61,9 @@ def test_wheel_works_in_a_fresh_venv_outside_the_checkout(tmp_path):
     }
 
     _run([samclip, *EVALUATE], work)
-    # The installed wheel measures what this checkout's install measures.
+    # The installed wheel measures what this checkout's install measures (both resolve "mosaic" to the shipped model).
     (tmp_path / "here").mkdir()
-    _run([Path(sys.executable).with_name("samclip"), *EVALUATE], tmp_path / "here")
+    _run(samclip_command(*EVALUATE), tmp_path / "here")
 
     def measured(folder):
         row = json.loads((folder / "eval.json").read_text())["rows"]["mosaic"]

@@ -23,6 +23,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from ..modeling import SamClipMaskGenerator
 from ._common import SkippedSamples, iter_batches, model_device, rgb, sam_view, subset
 from .classification import class_text_embeddings
 from .geometry import mask_to_box
@@ -35,18 +36,19 @@ InstanceSegmenter = Callable[[list], list]  # images -> per image {"masks" (M, H
 
 
 def samclip_instance_segmenter(model, processor, class_names, templates=None, **options) -> InstanceSegmenter:
-    """SAM-CLIP's `instance_segmentation` as a segmenter (masks at the original size); `options` go to it."""
+    """SAM-CLIP's `SamClipMaskGenerator.instance_segmentation` as a segmenter (masks at the original size);
+    `options` are the generator's options."""
     model.eval()
     class_embeds = class_text_embeddings(model, processor.tokenizer, class_names, templates)
+    generator = SamClipMaskGenerator(model, **options)
 
     @torch.no_grad()
     def segment(images):
         encoding = sam_view(processor, images)
-        outputs = model.instance_segmentation(
+        outputs = generator.instance_segmentation(
             encoding["pixel_values"].to(model_device(model), model.dtype),
             class_embeds,
             input_sizes=encoding["reshaped_input_sizes"].tolist(),
-            **options,
         )
         instances = processor.post_process_instance_segmentation(
             outputs, target_sizes=encoding["original_sizes"], reshaped_input_sizes=encoding["reshaped_input_sizes"]

@@ -6,7 +6,7 @@ that what it measures is the name alone. Labellers (each a function `(image, mas
 - `crop_labeller(..., masked=True)`: the same crop with the pixels outside the mask greyed;
 - `crop_labeller(samclip_model, ...)`: a merged model's CLIP path on the crop;
 - `one_pass_labeller(samclip_model, ...)`: a merged model's head tokens pooled in each mask from ONE encoder pass,
-  as `instance_segmentation` labels its masks.
+  as `SamClipMaskGenerator.instance_segmentation` labels its masks.
 
 Run (teachers and a merged model, 200 test mosaics, 1 thread, ~2 min)::
 
@@ -53,9 +53,9 @@ def crop_labeller(model, processor, class_names, templates=None, masked: bool = 
 
 
 def one_pass_labeller(model, processor, class_names, templates=None) -> Labeller:
-    """Label each mask as `SamClipModel.instance_segmentation` labels its own masks: the CLIP head's dense tokens of
-    one SAM-path encoder pass, averaged inside the mask (`mask_pooled_tokens`, the one region pooling), projected,
-    against the class names."""
+    """Label each mask as `SamClipMaskGenerator.instance_segmentation` labels its own masks: the CLIP head's dense
+    tokens of one SAM-path encoder pass, averaged inside the mask (`mask_pooled_tokens`, the one region pooling),
+    projected, against the class names."""
     model.eval()
     class_embeds = class_text_embeddings(model, processor.tokenizer, class_names, templates)
 

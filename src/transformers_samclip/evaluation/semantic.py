@@ -7,13 +7,13 @@ Run (teacher baselines, then a merged model, on the test mosaics)::
     samclip evaluate path/to/model --num-mosaics 500 --threads 1
 
 mIoU is over the classes plus background, from one confusion matrix over the dataset. SAM-CLIP is measured through
-its own `semantic_segmentation` / `semantic_segmentation_refined`, as users and the pipeline call them. Background:
-a pixel is background when its best class cosine is below a threshold (the `background_threshold` of
-`SamClipModel.semantic_segmentation`). The threshold is calibrated on a few TRAIN images (`calibration_dataset`:
-the threshold that maximises their mIoU, searched over quantiles of their best-class cosines), never on the test
-set; a distilled model carries the one `samclip distill` calibrated in its config; the cascade needs none (pixels
-no kept mask covers are background). Time per 128 px mosaic (1 torch thread,
-the shared 2-core machine under load): ~30 ms MaskCLIP, ~100 ms plain + refined SAM-CLIP together, ~300 ms cascade
+its mask generator's `semantic_segmentation` / `semantic_segmentation_refined`, as users and the pipeline call them.
+Background: a pixel is background when its best class cosine is below a threshold (the `background_threshold` of
+`SamClipMaskGenerator.semantic_segmentation`). The threshold is calibrated on a few TRAIN images
+(`calibration_dataset`: the threshold that maximises their mIoU, searched over quantiles of their best-class
+cosines), never on the test set; a distilled model carries the one `samclip distill` calibrated in its config; the
+cascade needs none (pixels no kept mask covers are background). Time per 128 px mosaic (1 torch thread, the shared
+2-core machine under load): ~30 ms MaskCLIP, ~100 ms plain + refined SAM-CLIP together, ~300 ms cascade
 (64 grid prompts, one CLIP pass per kept mask). A distilled model should beat both baselines (the paper's claim 3:
 VOC 60.6 vs MaskCLIP-style and cascade 27.2).
 """
@@ -27,7 +27,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..modeling import grid_points, mask_padding, select_generated_masks
+from ..modeling import (
+    SamClipMaskGenerator,
+    SamClipMaskGeneratorOptions,
+    grid_points,
+    mask_padding,
+    select_generated_masks,
+)
 from ._common import SkippedSamples, iter_batches, model_device, rgb, sam_view, subset
 from .classification import class_text_embeddings, image_embeddings
 from .geometry import masked_crop, square_crop
@@ -127,17 +133,18 @@ def _upsampled_cosines(features: torch.Tensor, class_embeds: torch.Tensor, size)
 
 
 def _samclip_segmentation(model, processor, images, class_embeds, refine: bool, size: int, background_threshold):
-    """The model's own segmentation methods, exactly as the pipeline calls them: `(logits, encoding)`."""
+    """SAM-CLIP's mask generator's segmentation methods, exactly as the pipeline calls them: `(logits, encoding)`."""
     images = [rgb(image) for image in images]
     encoding = sam_view(processor, images) if refine else processor(images=images, view="dense", dense_size=size)
-    method = model.semantic_segmentation_refined if refine else model.semantic_segmentation
+    generator = SamClipMaskGenerator(model)
+    method = generator.semantic_segmentation_refined if refine else generator.semantic_segmentation
     pixel_values = encoding["pixel_values"].to(model_device(model), model.dtype)
     return method(pixel_values, class_embeds, background_threshold=background_threshold).logits.float().cpu(), encoding
 
 
 def samclip_cosine_maps(model, processor, class_embeds: torch.Tensor, size: int) -> CosineMaps:
     """Cosine maps of a SAM-CLIP model's dense CLIP-head features on the letterboxed view of side `size`, read from
-    `SamClipModel.semantic_segmentation` (its class channels are cosines times the logit scale)."""
+    `SamClipMaskGenerator.semantic_segmentation` (its class channels are cosines times the logit scale)."""
 
     def cosine_maps(images):
         logits, encoding = _samclip_segmentation(model, processor, images, class_embeds, False, size, -2.0)
@@ -202,20 +209,20 @@ def evaluate_semantic_segmentation(
 
 @torch.no_grad()
 def instance_semantic_segmenter(model, processor, class_names, templates=None, **instance_options) -> Segmenter:
-    """SAM-CLIP's `semantic_segmentation_from_instances` (the one-pass labelled masks painted into a map) as a
-    segmenter, called as the pipeline calls it (SAM view, label maps at the original size); `instance_options` go to
-    `instance_segmentation`."""
+    """SAM-CLIP's `SamClipMaskGenerator.semantic_segmentation_from_instances` (the one-pass labelled masks painted
+    into a map) as a segmenter, called as the pipeline calls it (SAM view, label maps at the original size);
+    `instance_options` are the generator's options."""
     model.eval()
     class_embeds = class_text_embeddings(model, processor.tokenizer, class_names, templates)
+    generator = SamClipMaskGenerator(model, **instance_options)
 
     def segment(images):
         encoding = sam_view(processor, [rgb(image) for image in images])
         logits = (
-            model.semantic_segmentation_from_instances(
+            generator.semantic_segmentation_from_instances(
                 encoding["pixel_values"].to(model_device(model), model.dtype),
                 class_embeds,
                 input_sizes=encoding["reshaped_input_sizes"].tolist(),
-                **instance_options,
             )
             .logits.float()
             .cpu()
@@ -333,15 +340,16 @@ def segment_everything(
     sam_model,
     sam_processor,
     image,
-    points_per_side: int = 8,
-    pred_iou_threshold: float = 0.5,
-    stability_threshold: float = 0.8,
-    nms_threshold: float = 0.7,
+    **options,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SAM's automatic masks with a `SamModel`: a `points_per_side`^2 grid of one-point prompts over the image (one
     encoder pass), SAM's three masks per point, filtered and de-duplicated by the model package's
-    `select_generated_masks` (the same selection SAM-CLIP's `instance_segmentation` uses). Returns `(masks (M, H,
-    W) bool at the original size, predicted IoUs (M,))`, best predicted IoU first."""
+    `select_generated_masks` (the same selection SAM-CLIP's mask generator uses). `options` override
+    `SamClipMaskGeneratorOptions` (`points_per_side`, `pred_iou_threshold`, `stability_threshold`,
+    `nms_threshold`, ...; their defaults are the generator's). Returns `(masks (M, H, W) bool at the original size,
+    predicted IoUs (M,))`, best predicted IoU first."""
+    options = SamClipMaskGeneratorOptions().replace(**options)
+    points_per_side = options.points_per_side
     image = rgb(image)
     encoding = sam_view(sam_processor, [image])
     new_h, new_w = encoding["reshaped_input_sizes"][0].tolist()
@@ -356,7 +364,14 @@ def segment_everything(
     )
     logits = mask_padding(outputs.pred_masks[0].flatten(0, 1), new_h, new_w, encoding["pixel_values"].shape[-1])
     scores = outputs.iou_scores[0].flatten()
-    kept = select_generated_masks(logits, scores, pred_iou_threshold, stability_threshold, nms_threshold)
+    kept = select_generated_masks(
+        logits,
+        scores,
+        options.pred_iou_threshold,
+        options.stability_threshold,
+        options.nms_threshold,
+        options.stability_offset,
+    )
     if not len(kept):
         return torch.zeros((0, image.height, image.width), dtype=torch.bool), torch.zeros(0)
     (masks,) = sam_processor.post_process_masks(

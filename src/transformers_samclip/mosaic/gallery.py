@@ -88,7 +88,7 @@ def label_everything_gallery(
     cell_size: int = 128,
 ) -> GalleryLayout:
     """Gallery of label-everything on the first `num_mosaics` test mosaics: image, ground truth, SAM-CLIP from one
-    pass (`instance_segmentation` defaults), SAM-CLIP labelling crops (`label_source="crops"`) and, with `teachers`,
+    pass (`SamClipMaskGenerator` defaults), SAM-CLIP labelling crops (`label_source="crops"`) and, with `teachers`,
     the SAM+CLIP cascade; instances coloured by their class. Writes the PNG to `path`."""
     from ..evaluation.instance import cascade_instance_segmenter, samclip_instance_segmenter
 

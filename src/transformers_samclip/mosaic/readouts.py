@@ -18,7 +18,7 @@ prompt set of label-everything (grid, peaks + sparse grid) the painted semantic 
 kept, and with the "none of these" threshold calibrated for F1 on the calibration mosaics) and time, beside the
 teachers' cascade. ~15 min on 1 thread with 100 mosaics. `--timing` times label-everything with the grid, with
 the default peaks and the cascade, each on each mosaic in turn (medians; ~1 min with 40 mosaics). The defaults of
-`SamClipHeadConfig.dense_readout` and `instance_segmentation(mask_pooling=...)` are the best on train mosaics
+`SamClipHeadConfig.dense_readout` and `SamClipMaskGeneratorOptions.mask_pooling` are the best on train mosaics
 (docs/ablations.md).
 """
 
@@ -101,7 +101,7 @@ def format_ablation(results: dict) -> str:
     return "\n".join(lines)
 
 
-# Prompt sets of label-everything compared by the text-to-mask ablation: instance_segmentation options.
+# Prompt sets of label-everything compared by the text-to-mask ablation: SamClipMaskGenerator options.
 PROMPT_VARIANTS = {
     "grid 8x8": dict(prompts="grid", points_per_side=8),
     "peaks 8 + grid 4x4": dict(prompts="peaks", num_peaks=8, points_per_side=8),
