@@ -20,7 +20,8 @@ def test_readme_merge_example_runs(teachers, tokenizer, tmp_path, monkeypatch):
         tmp_path / "photo.jpg"
     )
     block = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)[0]
-    assert len(block.strip().splitlines()) <= 15
+    # The three tasks from a merge stay a short read (ruff-formatted at 119 columns).
+    assert len(block.strip().splitlines()) <= 20
     code = block.replace("facebook/sam-vit-base", str(tmp_path / "sam")).replace(
         "openai/clip-vit-large-patch14", str(tmp_path / "clip")
     )
