@@ -222,7 +222,10 @@ def test_shipped_distilled_model_meets_the_targets_and_beats_its_untrained_start
     torch.set_num_threads(2)
     recorded = json.loads((SHIPPED_MOSAIC_MODEL_DIR / "results.json").read_text())
     shipped = load_samclip(SHIPPED_MOSAIC_MODEL_DIR)
-    set_seed(recorded["seed"])  # the untrained merge's new layers are drawn as `samclip distill` drew them
+    # The untrained merge's new layers (the CLIP-head projector) drawn from the recorded seed. Since SamClipModel
+    # subclasses SamModel (0.2), construction draws other values than the 0.1 code that made the shipped model:
+    # its recorded "untrained merge" row stays as the history of that run and is not compared below.
+    set_seed(recorded["seed"])
     teachers = load_mosaic_teachers()
     untrained = SamClipModel.from_teachers(
         teachers["sam_model"],
@@ -235,6 +238,8 @@ def test_shipped_distilled_model_meets_the_targets_and_beats_its_untrained_start
     )
     merged, start = rows["SAM-CLIP (distilled)"], rows["untrained merge"]
     for name, row in recorded["rows"].items():  # inference only: the recorded table is reproduced
+        if name == "untrained merge":
+            continue
         for key, value in row.items():
             if key.endswith(("_top1", "_top1_heldout", "_top1_raw", "_miou", "_ap50", "_pq")) or (
                 key.startswith("recognition_") and not key.endswith(("_confusion", "_items"))
@@ -256,6 +261,8 @@ def test_shipped_distilled_model_meets_the_targets_and_beats_its_untrained_start
     assert merged["semseg_instances_miou"] > merged["semseg_refined_miou"] > merged["semseg_miou"]
     for key in ("zero_shot_top1", "semseg_miou", "recognition_one_pass"):
         assert merged[key] > start[key], key
+    # A fresh draw is a start of the same kind as the recorded one: zero-shot near chance (0.1; 0.0945 recorded).
+    assert start["zero_shot_top1"] < 0.2 and recorded["rows"]["untrained merge"]["zero_shot_top1"] < 0.2
     for key in ("box_miou", "point1_miou", "point3_miou"):  # the start IS the SAM teacher there
         assert merged[key] >= 0.99 * start[key], key
 
