@@ -287,7 +287,9 @@ def test_cli_on_tiny_saved_model(merged, processor, tmp_path):
 # A little below what the shipped teachers measured (300 items / 50 mosaics: CLIP 0.743, SAM box 0.830,
 # 1-point 0.786, 3-point 0.800, MaskCLIP 0.071, cascade 0.363 at its calibrated IoU threshold 0.4; full split:
 # CLIP 0.698, SAM 0.846 / 0.806 / 0.825). The metrics are deterministic; the floors sit under both sizes. CLIP is
-# below the mosaic world's 0.80 target: see BUILD.json and the closing notes for what limits it.
+# below the mosaic world's 0.80 target: see BUILD.json and the closing notes for what limits it. The teachers at
+# the evaluation protocol's size (2,000 items, 200 mosaics) are re-measured, to 0.005 of the recorded rows, by the
+# slow shipped-model test in test_distillation_e2e.py; a full-split run (6 minutes) added nothing to the two.
 SUBSET_FLOORS = {
     "CLIP teacher": {"zero_shot_top1": 0.66},
     "SAM teacher": {"box_miou": 0.80, "point1_miou": 0.75, "point3_miou": 0.77},
@@ -304,11 +306,6 @@ def _check_floors(rows, floors):
 
 def test_shipped_teachers_subset():
     _check_floors(evaluate_teachers_on_mosaic(num_items=300, num_mosaics=50), SUBSET_FLOORS)
-
-
-@pytest.mark.slow
-def test_shipped_teachers_full_test_split():
-    _check_floors(evaluate_teachers_on_mosaic(num_items=None, num_mosaics=500), SUBSET_FLOORS)
 
 
 def test_cli_teachers_from_a_folder(tiny_teachers, tmp_path):
