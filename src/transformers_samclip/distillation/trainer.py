@@ -367,6 +367,8 @@ class SamClipDistillationTrainer(Trainer):
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        if self.is_fsdp_enabled:  # each rank reads its shard (SHARDED_STATE_DICT) or its part of the whole one
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
         student = self.student
         path = os.path.join(resume_from_checkpoint, "adapter_model.safetensors")
         if os.path.isfile(path):  # a PEFT student saves its adapters (and the modules it trains in full)
