@@ -164,7 +164,6 @@ class IterableDistillationImageDataset(torch.utils.data.IterableDataset):
             if "__key__" in row:
                 item["key"] = row["__key__"]
                 item.update({name: values[row["__key__"]] for name, values in self.cached.items()})
-
             yield item
             skipped = 0
 
