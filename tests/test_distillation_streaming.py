@@ -169,3 +169,42 @@ def test_distill_names_a_shard_glob_that_matches_nothing(tmp_path):
                 f"data.clip.data_files={tmp_path / 'none-*.tar'}",
             ]
         )
+
+
+def test_teacher_cache_keeps_streamed_samples_by_key_in_per_rank_shards(shards, tmp_path, teachers):
+    """Two ranks each cache the CLIP teacher's outputs of their own tar (shards of 5 rows named by rank); every rank
+    then reads all 23 readable samples by `__key__`, equal to the teacher's own outputs; a stream with the cache
+    attached carries them; a second run hits the entry and computes nothing."""
+    import torch
+    from transformers import CLIPImageProcessorPil
+
+    from transformers_samclip.distillation import TeacherOutputCache
+
+    _, clip = teachers
+    processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    spec = _clip_spec(shards)
+
+    def stream(rank=None):
+        state = None if rank is None else SimpleNamespace(num_processes=2, process_index=rank)
+        return _wrap(load_image_dataset(spec), spec, state=state)
+
+    for rank in (1, 0):  # rank 0 last: it marks the entry complete once every rank's shards are written
+        cache = TeacherOutputCache(tmp_path, batch_size=4, shard_size=5, rank=rank, num_ranks=2)
+        outputs = cache.clip_image_embeddings(clip, processor, stream(rank))
+    (entry,) = tmp_path.glob("clip-*")
+    assert sorted(p.name for p in entry.glob("*.safetensors")) == [
+        f"rank0000{rank}-of-00002-shard-0000{shard}.safetensors" for rank in (0, 1) for shard in range(3)
+    ]  # 11 readable samples on rank 0 (one corrupt), 12 on rank 1
+    items = list(stream())
+    with torch.no_grad():
+        pixels = processor([item["image"] for item in items], return_tensors="pt")["pixel_values"]
+        expected = clip.get_image_features(pixel_values=pixels).pooler_output
+    assert outputs.shape == (23, clip.config.projection_dim) and all(item["key"] in outputs for item in items)
+    torch.testing.assert_close(torch.stack([outputs[item["key"]] for item in items]), expected, atol=1e-5, rtol=1e-5)
+
+    again = TeacherOutputCache(tmp_path)
+    attached = stream()
+    attached.cached["clip_teacher_embeds"] = again.clip_image_embeddings(clip, processor, attached)
+    assert (again.hits, again.misses) == (1, 0)
+    carried = torch.stack([item["clip_teacher_embeds"] for item in attached])
+    torch.testing.assert_close(carried, expected, atol=1e-5, rtol=1e-5)

@@ -1,18 +1,25 @@
 """Teacher-output cache: the CLIP teacher's image embeddings and the SAM teacher's image embeddings of fixed
-views, computed once and stored as safetensors shards, reused across epochs and runs.
+views, computed once, stored as safetensors shards keyed by sample id, read memory-mapped, reused across epochs,
+stages and resumed runs.
 
-An entry lives in `cache_dir/<kind>-<fingerprint>/`; the fingerprint hashes the teacher (state dict and
-config), the preprocessing and the dataset, so changing any of them misses and recomputes. A `complete.json`
-marker is written last; every file is written whole (temporary file, then rename), so shards written before an
-interruption are reused and a half-written one is never read."""
+An entry (one view: a teacher, its preprocessing, a dataset) lives in `cache_dir/<kind>-<fingerprint>/`; the
+fingerprint hashes the teacher (state dict and config), the preprocessing and the dataset, so changing any of them
+misses and recomputes. Each rank writes the shards of its own samples (`rank{R}-of-{W}-shard-{N}.safetensors`; one
+process: `shard-{N}.safetensors`), each holding `values` and, in its metadata, the ids of its rows: the dataset
+index of a map-style dataset, the `__key__` of a streamed WebDataset / SA-1B sample. A `complete.json` marker is
+written last; every file is written whole (temporary file, then rename), so shards written before an interruption
+are reused and a half-written one is never read. Reading opens no tensor until a row is asked for
+(`TeacherOutputs`), so a cache larger than memory serves a run."""
 
+import functools
 import hashlib
 import json
 import logging
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from .._atomic import write_text_atomic
 
@@ -40,18 +47,72 @@ def _preprocessing(image_processor) -> dict:
     return image_processor.to_dict() if hasattr(image_processor, "to_dict") else repr(image_processor)
 
 
+class TeacherOutputs:
+    """The rows of one cache entry, read lazily: `outputs[sample_id]` (a dataset index or a stream's `__key__`) is
+    one sample's tensor, read from its shard through safetensors' memory map; `outputs[a:b]` stacks the rows of
+    indices `a..b-1` (map-style data). `len`, `in` and `shape` read only the shards' headers."""
+
+    def __init__(self, directory):
+        self.directory = Path(directory)
+        self._rows: dict[str, tuple[str, int]] = {}
+        self.row_shape: tuple[int, ...] = ()
+        for path in sorted(self.directory.glob("*shard-*.safetensors")):
+            with safe_open(str(path), framework="pt") as shard:
+                ids = json.loads(shard.metadata()["ids"])
+                self.row_shape = tuple(shard.get_slice("values").get_shape()[1:])
+            for row, sample_id in enumerate(ids):
+                self._rows.setdefault(sample_id, (path.name, row))
+        self._open: dict = {}
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __contains__(self, sample_id) -> bool:
+        return str(sample_id) in self._rows
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """`(number of samples, *row shape)`."""
+        return (len(self), *self.row_shape)
+
+    def __getitem__(self, sample_id) -> torch.Tensor:
+        if isinstance(sample_id, slice):
+            return torch.stack([self[index] for index in range(len(self))[sample_id]])
+        name, row = self._rows[str(sample_id)]
+        if name not in self._open:  # opened once per process (DataLoader workers reopen theirs)
+            self._open[name] = safe_open(str(self.directory / name), framework="pt")
+        return self._open[name].get_slice("values")[row : row + 1][0]
+
+    def __getstate__(self):
+        return {**self.__dict__, "_open": {}}
+
+
 class TeacherOutputCache:
-    """Per-sample teacher outputs of a `DistillationImageDataset`, on disk under `cache_dir`.
+    """Per-sample teacher outputs of a `DistillationImageDataset` (rows keyed by index) or of a streamed
+    `IterableDistillationImageDataset` (rows keyed by `__key__`), on disk under `cache_dir`.
 
-    `hits`/`misses` count entries found/computed by this object."""
+    Under several processes, give each its `rank`, the `num_ranks` and a `barrier` (e.g.
+    `PartialState().wait_for_everyone`): rank R computes the indices R, R + W, ... of a map-style dataset, or the
+    samples of its own part of a stream (split by `run._wrap`), then every rank reads every shard. `hits`/`misses`
+    count entries found/computed by this object."""
 
-    def __init__(self, cache_dir, batch_size: int = 64, shard_size: int = 4096, dtype: torch.dtype | None = None):
+    def __init__(
+        self,
+        cache_dir,
+        batch_size: int = 64,
+        shard_size: int = 4096,
+        dtype: torch.dtype | None = None,
+        rank: int = 0,
+        num_ranks: int = 1,
+        barrier=None,
+    ):
         self.cache_dir = Path(cache_dir)
         self.batch_size, self.shard_size, self.dtype = batch_size, shard_size, dtype
+        self.rank, self.num_ranks, self.barrier = rank, num_ranks, barrier
         self.hits = self.misses = 0
 
-    def clip_image_embeddings(self, teacher, image_processor, dataset) -> torch.Tensor:
-        """`(len(dataset), dim)` unnormalised `get_image_features(...).pooler_output` of the CLIP teacher."""
+    def clip_image_embeddings(self, teacher, image_processor, dataset) -> TeacherOutputs:
+        """Per sample, `(dim,)`: the unnormalised `get_image_features(...).pooler_output` of the CLIP teacher."""
 
         def compute(images):
             pixels = image_processor(images, return_tensors="pt")["pixel_values"].to(teacher.device, teacher.dtype)
@@ -60,8 +121,8 @@ class TeacherOutputCache:
 
         return self._load_or_compute("clip", teacher, image_processor, dataset, compute)
 
-    def sam_image_embeddings(self, teacher, image_processor, dataset) -> torch.Tensor:
-        """`(len(dataset), channels, grid, grid)` SAM image embeddings of the SAM teacher (the SAM view)."""
+    def sam_image_embeddings(self, teacher, image_processor, dataset) -> TeacherOutputs:
+        """Per sample, `(channels, grid, grid)`: the SAM teacher's image embeddings of the SAM view."""
 
         def compute(images):
             pixels = image_processor(images, return_tensors="pt")["pixel_values"].to(teacher.device, teacher.dtype)
@@ -70,56 +131,83 @@ class TeacherOutputCache:
         return self._load_or_compute("sam", teacher, image_processor, dataset, compute)
 
     def entry_dir(self, kind: str, teacher, image_processor, dataset) -> Path:
-        """Where the outputs of `teacher` on `dataset` with this preprocessing live."""
+        """Where the outputs of `teacher` on `dataset` with this preprocessing live (the same for every rank)."""
         key = fingerprint(
             fingerprint_model(teacher),
             _preprocessing(image_processor),
             dataset.fingerprint,
             dataset.image_column,
-            len(dataset),
+            len(dataset) if hasattr(dataset, "__len__") else None,
             repr(self.dtype),
         )
         return self.cache_dir / f"{kind}-{key}"
 
     @torch.no_grad()
-    def _load_or_compute(self, kind, teacher, image_processor, dataset, compute) -> torch.Tensor:
+    def _load_or_compute(self, kind, teacher, image_processor, dataset, compute) -> TeacherOutputs:
         if dataset.fingerprint is None:
-            raise ValueError("The teacher cache needs a dataset with a fingerprint (a datasets.Dataset).")
+            raise ValueError(
+                "The teacher cache needs a dataset with a fingerprint (a datasets.Dataset, or a stream's data spec)."
+            )
         directory = self.entry_dir(kind, teacher, image_processor, dataset)
         if (directory / "complete.json").exists():
             self.hits += 1
-            return self._read(directory)
+            return TeacherOutputs(directory)
         self.misses += 1
         directory.mkdir(parents=True, exist_ok=True)
-        logger.info("computing %s teacher outputs for %d samples into %s", kind, len(dataset), directory)
+        logger.info("computing %s teacher outputs (rank %d of %d) into %s", kind, self.rank, self.num_ranks, directory)
         was_training = teacher.training
         teacher.eval()
-        for shard, start in enumerate(range(0, len(dataset), self.shard_size)):
-            path = directory / f"shard-{shard:05d}.safetensors"
+        prefix = f"rank{self.rank:05d}-of-{self.num_ranks:05d}-" if self.num_ranks > 1 else ""
+        for shard, samples in enumerate(self._shards(dataset)):
+            path = directory / f"{prefix}shard-{shard:05d}.safetensors"
             if path.exists():
                 continue
-            outputs = []
-            for first in range(start, min(start + self.shard_size, len(dataset)), self.batch_size):
-                indices = range(first, min(first + self.batch_size, start + self.shard_size, len(dataset)))
-                images, readable = [], []
-                for index in indices:
-                    try:
-                        images.append(dataset.load(index)["image"])
-                        readable.append(index - first)
-                    except Exception as error:  # unreadable: a zero row, never read (the dataset skips it)
-                        logger.warning("teacher cache: unreadable sample %d: %s", index, error)
-                values = compute(images) if images else None
-                rows = torch.zeros(len(indices), *(values.shape[1:] if values is not None else ()))
-                if values is not None:
-                    rows = rows.to(values.dtype)
-                    rows[readable] = values.cpu()
-                outputs.append(rows.to(self.dtype) if self.dtype else rows)
-            save_file({"values": torch.cat(outputs).contiguous()}, str(path.with_suffix(".tmp")))
-            path.with_suffix(".tmp").replace(path)
+            ids, outputs = [], []
+            for first in range(0, len(samples), self.batch_size):
+                batch = [(sample_id, load()) for sample_id, load in samples[first : first + self.batch_size]]
+                batch = [(sample_id, image) for sample_id, image in batch if image is not None]
+                if batch:
+                    values = compute([image for _, image in batch]).cpu()
+                    outputs.append(values.to(self.dtype) if self.dtype else values)
+                    ids.extend(sample_id for sample_id, _ in batch)
+            if outputs:
+                values = torch.cat(outputs).contiguous()
+                save_file({"values": values}, str(path.with_suffix(".tmp")), metadata={"ids": json.dumps(ids)})
+                path.with_suffix(".tmp").replace(path)
         teacher.train(was_training)
-        write_text_atomic(directory / "complete.json", json.dumps({"num_samples": len(dataset), "kind": kind}))
-        return self._read(directory)
+        if self.barrier is not None:
+            self.barrier()  # every rank's shards are written
+        outputs = TeacherOutputs(directory)
+        if self.rank == 0:
+            write_text_atomic(directory / "complete.json", json.dumps({"num_samples": len(outputs), "kind": kind}))
+        return outputs
+
+    def _shards(self, dataset):
+        """This rank's samples in lists of `shard_size` `(id, load)` pairs, `load()` giving the image (None:
+        unreadable, not stored). A stream is decoded again up to where an interrupted pass stopped."""
+        if hasattr(dataset, "__len__"):
+            indices = list(range(self.rank, len(dataset), self.num_ranks))
+            for start in range(0, len(indices), self.shard_size):
+                yield [
+                    (str(i), functools.partial(self._image, dataset, i))
+                    for i in indices[start : start + self.shard_size]
+                ]
+            return
+        samples = []
+        for item in dataset:
+            if item.get("key") is None:
+                raise ValueError("a streamed sample has no __key__: only keyed streams (webdataset, sa1b) are cached")
+            samples.append((str(item["key"]), functools.partial(lambda image: image, item["image"])))
+            if len(samples) == self.shard_size:
+                yield samples
+                samples = []
+        if samples:
+            yield samples
 
     @staticmethod
-    def _read(directory: Path) -> torch.Tensor:
-        return torch.cat([load_file(str(p))["values"] for p in sorted(directory.glob("shard-*.safetensors"))])
+    def _image(dataset, index: int):
+        try:
+            return dataset.load(index)["image"]
+        except Exception as error:  # unreadable: no row (the dataset skips it, so it is never looked up)
+            logger.warning("teacher cache: unreadable sample %d: %s", index, error)
+            return None

@@ -102,15 +102,15 @@ class DistillationImageDataset(torch.utils.data.Dataset):
     Items are dicts: `index`, `image` (RGB PIL), `masks` (list of bool arrays, when `masks_column` is set; COCO
     RLE dicts stay encoded, checked, for the prompt sampler to decode the few it prompts: an SA-1B image has
     about 100 masks of 1500 x 2250 px, 340 MB decoded),
-    `skipped` (unreadable samples replaced by this one), plus row `index` of each tensor in `cached` (teacher
-    outputs from `TeacherOutputCache`).
+    `skipped` (unreadable samples replaced by this one), plus row `index` of each entry in `cached` (teacher
+    outputs from `TeacherOutputCache`, keyed by index).
     """
 
     def __init__(self, dataset, image_column: str = "image", masks_column: str | None = None, max_retries: int = 16):
         self.dataset = _without_decoding(dataset, [image_column] + ([masks_column] if masks_column else []))
         self.fingerprint = getattr(dataset, "_fingerprint", None)
         self.image_column, self.masks_column, self.max_retries = image_column, masks_column, max_retries
-        self.cached: dict[str, torch.Tensor] = {}
+        self.cached: dict = {}
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -138,15 +138,18 @@ class DistillationImageDataset(torch.utils.data.Dataset):
 class IterableDistillationImageDataset(torch.utils.data.IterableDataset):
     """A streaming (`datasets.IterableDataset`) source of D_CLIP images or of D_SAM images with their masks
     (`masks_column`, as in `DistillationImageDataset`); unreadable samples are skipped and counted on the next
-    readable item. Its views change with the stream, so no teacher cache applies. `sharded_by_node` marks a stream
-    already split among the ranks (`datasets.distributed.split_dataset_by_node`), which the trainer must not split
-    again."""
+    readable item. Items carry their `key` (`__key__`) and that key's row of each entry in `cached` (teacher outputs
+    from `TeacherOutputCache`, keyed by `__key__`; `fingerprint` names the stream for it). `sharded_by_node` marks a
+    stream already split among the ranks (`datasets.distributed.split_dataset_by_node`), which the trainer must not
+    split again."""
 
     def __init__(
         self, dataset, image_column: str = "image", masks_column: str | None = None, sharded_by_node: bool = False
     ):
         self.dataset = _without_decoding(dataset, [image_column] + ([masks_column] if masks_column else []))
         self.image_column, self.masks_column, self.sharded_by_node = image_column, masks_column, sharded_by_node
+        self.fingerprint: str | None = None
+        self.cached: dict = {}
 
     def __iter__(self):
         skipped = 0
@@ -160,6 +163,7 @@ class IterableDistillationImageDataset(torch.utils.data.IterableDataset):
             item["skipped"] = skipped
             if "__key__" in row:
                 item["key"] = row["__key__"]
+                item.update({name: values[row["__key__"]] for name, values in self.cached.items()})
             yield item
             skipped = 0
 

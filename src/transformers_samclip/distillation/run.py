@@ -164,7 +164,10 @@ def _wrap(dataset, spec: dict, masks: bool = False, state=None):
             from datasets.distributed import split_dataset_by_node
 
             dataset = split_dataset_by_node(dataset, rank=state.process_index, world_size=state.num_processes)
-        return IterableDistillationImageDataset(dataset, image_column, masks_column, sharded_by_node=sharded)
+        stream = IterableDistillationImageDataset(dataset, image_column, masks_column, sharded_by_node=sharded)
+        if spec.get("source") in ("webdataset", "sa1b"):  # keyed samples: the teacher cache can hold them
+            stream.fingerprint = fingerprint({k: v for k, v in spec.items() if k != "num_samples"})
+        return stream
     return DistillationImageDataset(dataset, image_column, masks_column)
 
 
@@ -180,22 +183,28 @@ def last_complete_checkpoint(stage_dir: Path) -> str | None:
 
 
 def _load_data(recipe: Recipe, config: SamClipDistillationConfig, teachers: dict, sam_processor):
-    """D_CLIP and D_SAM wrapped for the collator, with the teachers' cached outputs attached (map-style data and
-    `config.teacher_cache`); returns `(clip_data, sam_data, cache)`, `cache` None when uncached."""
-    with config.main_process_first(desc="datasets and teacher cache"):
-        state = config.distributed_state
+    """D_CLIP and D_SAM wrapped for the collator, with the teachers' cached outputs attached
+    (`config.teacher_cache`; map-style data, or keyed webdataset / SA-1B streams), each rank computing its own
+    samples' outputs; returns `(clip_data, sam_data, cache)`, `cache` None when uncached."""
+    state = config.distributed_state
+    with config.main_process_first(desc="datasets"):
         clip_data = _wrap(*load_clip_images(recipe.data.clip), state=state)
         sam_data = _wrap(load_image_dataset(recipe.data.sam), recipe.data.sam, masks=True, state=state)
-        cache = None
-        if config.teacher_cache and isinstance(clip_data, DistillationImageDataset):
-            cache = TeacherOutputCache(config.teacher_cache_dir)
-            clip_data.cached["clip_teacher_embeds"] = cache.clip_image_embeddings(
-                teachers["clip_model"], teachers["clip_processor"].image_processor, clip_data
+    cache = None
+    if config.teacher_cache and clip_data.fingerprint is not None:
+        cache = TeacherOutputCache(
+            config.teacher_cache_dir,
+            rank=state.process_index,
+            num_ranks=state.num_processes,
+            barrier=state.wait_for_everyone,
+        )
+        clip_data.cached["clip_teacher_embeds"] = cache.clip_image_embeddings(
+            teachers["clip_model"], teachers["clip_processor"].image_processor, clip_data
+        )
+        if recipe.rehearses_sam and sam_data.fingerprint is not None:
+            sam_data.cached["sam_teacher_embeddings"] = cache.sam_image_embeddings(
+                teachers["sam_model"], sam_processor.image_processor, sam_data
             )
-            if recipe.rehearses_sam:
-                sam_data.cached["sam_teacher_embeddings"] = cache.sam_image_embeddings(
-                    teachers["sam_model"], sam_processor.image_processor, sam_data
-                )
     return clip_data, sam_data, cache
 
 

@@ -254,6 +254,14 @@ class SamClipDistillationTrainer(Trainer):
         for role, teacher in model.teachers.items():
             if teacher is not None:
                 model.teachers[role] = self.accelerator.prepare_model(teacher, evaluation_mode=True)
+        if self.is_fsdp_enabled and self.accelerator.is_fsdp2:
+            # fully_shard cannot shard 0-dim parameters (the student's logit_scale): frozen in every stage, they stay
+            # whole on every rank, handed to FSDP2's ignored_params through the plugin's ignored_modules.
+            scalars = [parameter for parameter in model.parameters() if parameter.ndim == 0]
+            if any(parameter.requires_grad for parameter in scalars):
+                raise ValueError("FSDP2 cannot train 0-dim parameters; keep logit_scale frozen.")
+            if scalars:
+                self.accelerator.state.fsdp_plugin.ignored_modules = [nn.ParameterList(scalars)]
 
     @property
     def student(self):
@@ -305,6 +313,23 @@ class SamClipDistillationTrainer(Trainer):
         self.optimizer = optimizer_cls(list(groups.values()), **optimizer_kwargs)
         return self.optimizer
 
+    def create_accelerator_and_postprocess(self):
+        """Trainer's accelerator, except that an FSDP2 launch on CPU (gloo) shards as on GPUs: accelerate turns
+        any CPU launch into plain multi-CPU DDP and drops the FSDP plugin, though FSDP2's `fully_shard` runs there."""
+        super().create_accelerator_and_postprocess()
+        from accelerate import PartialState
+        from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+        state = self.accelerator.state
+        if state.distributed_type == DistributedType.MULTI_CPU and os.environ.get("ACCELERATE_USE_FSDP") == "true":
+            plugin = FullyShardedDataParallelPlugin()  # read from the launcher's FSDP_* variables
+            if plugin.fsdp_version != 2:
+                raise ValueError("FSDP on CPU needs fsdp_version: 2 (FSDP1 needs GPUs).")
+            # Both states: every AcceleratorState() copies the PartialState's type over its own.
+            PartialState().distributed_type = state.distributed_type = DistributedType.FSDP
+            state.fsdp_plugin = plugin
+            self.is_fsdp_enabled = True
+
     def get_train_dataloader(self):
         """Trainer's dataloader, except that a stream the ranks already split (`sharded_by_node`:
         `split_dataset_by_node` in `run._wrap`) is not split again by accelerate's `IterableDatasetShard`."""
@@ -342,6 +367,8 @@ class SamClipDistillationTrainer(Trainer):
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        if self.is_fsdp_enabled:  # each rank reads its shard (SHARDED_STATE_DICT) or its part of the whole one
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
         student = self.student
         path = os.path.join(resume_from_checkpoint, "adapter_model.safetensors")
         if os.path.isfile(path):  # a PEFT student saves its adapters (and the modules it trains in full)
