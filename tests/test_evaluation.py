@@ -282,30 +282,11 @@ def test_cli_on_tiny_saved_model(merged, processor, tmp_path):
     assert set(ROW_KEYS) <= set(row) and record["sizes"]["num_mosaics"] == 2
 
 
-# ----------------------------------------------------------------------------------- shipped teachers
-
-# A little below what the shipped teachers measured (300 items / 50 mosaics: CLIP 0.743, SAM box 0.830,
-# 1-point 0.786, 3-point 0.800, MaskCLIP 0.071, cascade 0.363 at its calibrated IoU threshold 0.4; full split:
-# CLIP 0.698, SAM 0.846 / 0.806 / 0.825). The metrics are deterministic; the floors sit under both sizes. CLIP is
-# below the mosaic world's 0.80 target: see BUILD.json and the closing notes for what limits it. The teachers at
-# the evaluation protocol's size (2,000 items, 200 mosaics) are re-measured, to 0.005 of the recorded rows, by the
-# slow shipped-model test in test_distillation_e2e.py; a full-split run (6 minutes) added nothing to the two.
-SUBSET_FLOORS = {
-    "CLIP teacher": {"zero_shot_top1": 0.66},
-    "SAM teacher": {"box_miou": 0.80, "point1_miou": 0.75, "point3_miou": 0.77},
-    "MaskCLIP baseline": {"semseg_miou": 0.04},
-    "SAM+CLIP cascade": {"semseg_miou": 0.30},
-}
-
-
-def _check_floors(rows, floors):
-    for name, metrics in floors.items():
-        for key, floor in metrics.items():
-            assert rows[name][key] >= floor, f"{name} {key} = {rows[name][key]:.3f} < {floor}"
-
-
-def test_shipped_teachers_subset():
-    _check_floors(evaluate_teachers_on_mosaic(num_items=300, num_mosaics=50), SUBSET_FLOORS)
+# The shipped teachers are measured by `test_shipped_teachers_measured_by_the_harness` (test_mosaic_world.py: CLIP
+# and SAM floors on 500 views / 100 mosaics, 20 s) and, every row of the evaluation protocol (2,000 items, 200
+# mosaics: CLIP, SAM, MaskCLIP, both cascades) to 0.005 of the recorded values, by the slow shipped-model test in
+# test_distillation_e2e.py. A floors check on 300 items / 50 mosaics (the fast set's longest
+# test: 486 s of its 1,322 s at load 5) and one on the full split (6 minutes) repeated those two and were removed.
 
 
 def test_cli_teachers_from_a_folder(tiny_teachers, tmp_path):
