@@ -249,6 +249,14 @@ def mask_pooled_tokens(tokens: torch.Tensor, masks: torch.Tensor) -> torch.Tenso
     return mask_token_weights(masks, tokens.shape[:2]).to(tokens.dtype) @ tokens.flatten(0, 1)
 
 
+def mask_region_features(clip_head, tokens: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """`(M, projection_dim)` unnormalised text-space features of `M` masks `(M, H, W)` over one image's `(h, w,
+    hidden)` CLIP-head tokens (`clip_head.dense_tokens`): the tokens pooled inside each mask
+    (:func:`mask_pooled_tokens`), then projected. The one region read-out: label-everything labels its masks with
+    it, recognition on ground-truth masks measures it, and region distillation trains it."""
+    return clip_head.projector(mask_pooled_tokens(tokens, masks))
+
+
 def peak_points(
     score_map: torch.Tensor,
     max_points: int,
@@ -662,7 +670,9 @@ class SamClipMaskGenerator:
         # Masks come at SAM's low resolution (4x the token grid); the pooling is the shared `mask_pooled_tokens`.
         projector = self.model.clip_head.projector
         if mask_pooling == "mean_tokens":
-            return F.normalize(projector(mask_pooled_tokens(tokens, mask_logits)), dim=-1) @ class_embeds.T
+            return (
+                F.normalize(mask_region_features(self.model.clip_head, tokens, mask_logits), dim=-1) @ class_embeds.T
+            )
         weights = mask_token_weights(mask_logits, tokens.shape[:2]).to(tokens.dtype)  # (M, g*g)
         features = F.normalize(projector(tokens.flatten(0, 1)), dim=-1)  # (g*g, dim)
         if mask_pooling == "mean":
@@ -680,6 +690,7 @@ __all__ = [
     "grid_points",
     "mask_padding",
     "mask_pooled_tokens",
+    "mask_region_features",
     "mask_token_weights",
     "peak_points",
     "select_generated_masks",

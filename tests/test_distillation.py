@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from transformers import CLIPImageProcessorPil, TrainingArguments
 
-from transformers_samclip import SamClipModel
+from transformers_samclip import SamClipMaskGenerator, SamClipModel
 from transformers_samclip.distillation import (
     DistillationImageDataset,
     IterableDistillationImageDataset,
@@ -28,11 +28,12 @@ from transformers_samclip.distillation import (
     clip_distillation_loss,
     dice_loss,
     encode_rle,
+    region_frame_mask,
     sam_distillation_loss,
     sigmoid_focal_loss,
 )
 from transformers_samclip.distillation.prompts import POINT_PAD_LABEL
-from transformers_samclip.evaluation.geometry import square_crop
+from transformers_samclip.evaluation.geometry import masked_crop, square_crop
 
 LN2 = math.log(2)
 
@@ -264,48 +265,68 @@ def test_streaming_imagefolder_feeds_the_collator(tmp_path, processor, teacher_p
 REGION_KEYS = {"region_masks", "region_valid", "region_teacher_pixel_values"}
 
 
-def test_region_masks_land_on_the_token_grid_where_the_image_does(merged, processor, teacher_processor):
-    patch = merged.config.patch_size  # 8: the 64 px SAM view is an 8 x 8 token grid
-    # A 40 x 80 image is resized by 0.8 to 32 x 64 and padded at the bottom to 64 x 64.
+def test_region_masks_land_on_the_low_res_frame_where_the_image_does(merged, processor, teacher_processor):
+    patch = merged.config.patch_size  # 8: the 64 px SAM view is an 8 x 8 token grid, a 32 x 32 mask frame
+    # A 40 x 80 image is resized by 0.8 to 32 x 64 and padded at the bottom to 64 x 64; a frame pixel is 2 x 2 px.
     aligned = np.zeros((40, 80), dtype=bool)
-    aligned[10:20, 20:40] = True  # -> rows 8..16, cols 16..32: token cells (1, 2) and (1, 3), whole
+    aligned[10:20, 20:40] = True  # -> rows 8..16, cols 16..32: frame rows 4..8, cols 8..16, whole
     partial = np.zeros((40, 80), dtype=bool)
-    partial[3:7, 5:13] = True  # -> rows 2.4..5.6, cols 4..10.4: 0.4 of row 0, 0.5 of col 0 and 0.3 of col 1
-    expected_aligned, expected_partial = torch.zeros(8, 8), torch.zeros(8, 8)
-    expected_aligned[1, 2:4] = 1
-    expected_partial[0, 0], expected_partial[0, 1] = 0.4 * 0.5, 0.4 * 0.3
+    partial[3:7, 5:13] = True  # -> rows 2.4..5.6 (0.8 of frame rows 1, 2), cols 4..10.4 (cols 2-4 whole, 0.2 of 5)
+    speck = np.zeros((40, 80), dtype=bool)
+    speck[39, 79] = True  # -> 0.16 of frame pixel (15, 31): below half of any pixel, so it keeps its best one
+    expected_aligned, expected_partial, expected_speck = (torch.zeros(32, 32, dtype=torch.bool) for _ in range(3))
+    expected_aligned[4:8, 8:16] = True
+    expected_partial[1:3, 2:5] = True
+    expected_speck[15, 31] = True
     array = np.zeros((40, 80, 3), dtype=np.uint8)
     array[aligned] = 255
     image = Image.fromarray(array)
     features = datasets.Features({"image": datasets.Image(), "masks": datasets.List(datasets.Image())})
-    masks = [Image.fromarray(aligned), Image.fromarray(partial)]
+    masks = [Image.fromarray(aligned), Image.fromarray(partial), Image.fromarray(speck)]
     dataset = datasets.Dataset.from_dict({"image": [image], "masks": [masks]}, features=features)
-    collator = SamClipDistillationCollator(
-        processor,
-        teacher_processor,
-        sam_dataset=DistillationImageDataset(dataset, masks_column="masks"),
-        prompt_sampler=PromptSampler(num_regions=3, min_mask_area=1),
-        region_teacher_image_processor=teacher_processor,
-        patch_size=patch,
-    )
-    batch = collator([PairedDataset(DistillationImageDataset(dataset), 1)[0]])
-    assert batch["region_masks"].shape == (1, 3, 8, 8) and batch["region_valid"].tolist() == [[True, True, False]]
-    assert not batch["region_masks"][0, 2].any()  # only two masks: the third row stays empty
-    grid_area = batch["region_masks"][0, :2].sum((-2, -1))
-    rows = grid_area.argsort()  # the partial mask first, then the aligned one
-    # The fractions sum to each mask's area in grid units: area * 0.8 * 0.8 / 8 ** 2.
-    torch.testing.assert_close(grid_area[rows], torch.tensor([32, 200]) * 0.64 / 64)
-    torch.testing.assert_close(batch["region_masks"][0, rows[0]], expected_partial)
-    torch.testing.assert_close(batch["region_masks"][0, rows[1]], expected_aligned)
-    # The image went the same way: its white pixels, averaged per token cell of the SAM view, are the aligned mask.
+
+    def collate(**options):
+        collator = SamClipDistillationCollator(
+            processor,
+            teacher_processor,
+            sam_dataset=DistillationImageDataset(dataset, masks_column="masks"),
+            prompt_sampler=PromptSampler(num_regions=4, min_mask_area=1),
+            region_teacher_image_processor=teacher_processor,
+            patch_size=patch,
+            **options,
+        )
+        return collator([PairedDataset(DistillationImageDataset(dataset), 1)[0]])
+
+    batch = collate()
+    assert batch["region_masks"].dtype == torch.bool and batch["region_masks"].shape == (1, 4, 32, 32)
+    assert batch["region_valid"].tolist() == [[True, True, True, False]]
+    assert not batch["region_masks"][0, 3].any()  # only three masks: the fourth row stays empty
+    rows = batch["region_masks"][0, :3].sum((-2, -1)).argsort()  # the speck, the partial mask, the aligned one
+    for row, expected in zip(rows, (expected_speck, expected_partial, expected_aligned)):
+        assert torch.equal(batch["region_masks"][0, row], expected)
+    # The image went the same way: its white pixels, averaged per frame pixel of the SAM view, are the aligned mask.
     white = (batch["sam_pixel_values"][0, 0] > 0).float()
-    torch.testing.assert_close(torch.nn.functional.avg_pool2d(white[None], patch)[0], expected_aligned)
+    assert torch.equal(torch.nn.functional.avg_pool2d(white[None], 2)[0] > 0.5, expected_aligned)
     # The teacher sees each valid region's square crop of the original image, in region_masks[region_valid] order.
-    source = {int(rows[0]): partial, int(rows[1]): aligned}
-    crops = [square_crop(image, source[row]) for row in range(2)]
+    source = dict(zip(rows.tolist(), (speck, partial, aligned)))
+    crops = [square_crop(image, source[row]) for row in range(3)]
     torch.testing.assert_close(
         batch["region_teacher_pixel_values"], teacher_processor(crops, return_tensors="pt")["pixel_values"]
     )
+    # Masked crops grey what is outside the mask; the background region (no mask covers it) comes last.
+    batch = collate(region_target="masked_crop", background_region=True)
+    assert batch["region_valid"].tolist() == [[True, True, True, True, False]]
+    background = ~(aligned | partial | speck)
+    assert torch.equal(
+        batch["region_masks"][0, 3], torch.from_numpy(region_frame_mask(background, (32, 64), (64, 64), (32, 32)))
+    )
+    assert batch["region_masks"][0, 3, 16:].sum() == 0 and batch["region_masks"][0, 3, 4:8, 8:16].sum() == 0
+    views = [masked_crop(image, source[row]) for row in range(3)] + [masked_crop(image, background)]
+    torch.testing.assert_close(
+        batch["region_teacher_pixel_values"], teacher_processor(views, return_tensors="pt")["pixel_values"]
+    )
+    with pytest.raises(ValueError, match="region_target"):
+        SamClipDistillationCollator(processor, region_target="box")
 
 
 def test_regions_are_deterministic_distinct_and_decode_rle_as_arrays():
@@ -338,17 +359,18 @@ class _FixedTeacher(torch.nn.Module):
 def test_region_loss_is_zero_at_the_teachers_embedding_and_positive_elsewhere(merged):
     torch.manual_seed(0)
     pixels = torch.randn(2, 3, 64, 64)
-    region_masks = torch.rand(2, 2, 8, 8)
+    region_masks = torch.rand(2, 2, 32, 32) > 0.7  # on the 32 x 32 mask frame, 4 x 4 frame pixels per token
     region_valid = torch.tensor([[True, False], [True, True]])
     with torch.no_grad():
-        dense = merged.get_dense_image_features(pixels)
-    # The student's region features, by hand: its dense features averaged with the area fractions as weights.
-    pooled = torch.stack(
-        [
-            (dense[b] * region_masks[b, r]).sum((-2, -1)) / region_masks[b, r].sum()
-            for b, r in region_valid.nonzero().tolist()
-        ]
-    )
+        tokens = merged.clip_head.dense_tokens(merged.vision_encoder(pixels, compute_neck=False).trunk_hidden_state)
+    # The student's region features, by hand: the head tokens averaged with each token's share of the mask as
+    # weight, then projected.
+    pooled = []
+    for b, r in region_valid.nonzero().tolist():
+        share = region_masks[b, r].float().unflatten(0, (8, 4)).unflatten(2, (8, 4)).mean((1, 3))  # (8, 8)
+        with torch.no_grad():
+            pooled.append(merged.clip_head.projector((tokens[b] * share[..., None]).sum((0, 1)) / share.sum()))
+    pooled = torch.stack(pooled)
     inputs = dict(
         sam_pixel_values=pixels,
         region_masks=region_masks,
@@ -373,6 +395,30 @@ def test_region_loss_is_zero_at_the_teachers_embedding_and_positive_elsewhere(me
     assert away["loss_region"].item() == pytest.approx(expected, abs=1e-5) and expected > 0
     assert torch.equal(away["loss"], away["loss_region"])
     assert terms(pooled)["loss_region"].requires_grad  # the CLIP head learns from it
+
+
+def test_region_features_trained_are_those_label_everything_reads(merged, tokenizer):
+    # Region distillation and label-everything read a mask through one function: the student feature a training
+    # region gets is the one whose cosines label-everything reports for the same mask.
+    torch.manual_seed(1)
+    pixels = torch.randn(1, 3, 64, 64)
+    names = ["red square", "blue circle", "green bag"]
+    class_embeds = torch.nn.functional.normalize(
+        merged.get_text_features(**tokenizer(names, padding=True, return_tensors="pt")).pooler_output, dim=-1
+    )
+    generator = SamClipMaskGenerator(
+        merged, points_per_side=4, prompts="grid", pred_iou_threshold=-100.0, stability_threshold=0.0
+    )
+    with torch.no_grad():
+        instances = generator.instance_segmentation(pixels, class_embeds)
+        trunk = merged.vision_encoder(pixels, compute_neck=False).trunk_hidden_state
+        masks = instances.mask_logits[0] > 0
+        module = SamClipDistillationModule(merged, losses=LossWeights(region_weight=1.0))
+        features = module.region_features(trunk, masks[None], torch.ones(1, len(masks), dtype=torch.bool))
+    assert len(masks) >= 2
+    torch.testing.assert_close(
+        torch.nn.functional.normalize(features, dim=-1) @ class_embeds.T, instances.class_cosines[0]
+    )
 
 
 def test_without_region_distillation_batches_and_loss_are_as_before(

@@ -119,6 +119,8 @@ def test_ablation_flags_are_overrides_of_the_same_object():
         ({"losses.region_weight": -0.5}, ["losses.region_weight", ">= 0"]),
         ({"prompts.num_regions": 2.5}, ["prompts.num_regions", "integer"]),
         ({"prompts.num_regions": -1}, ["prompts.num_regions", ">= 0"]),
+        ({"losses.region_target": "box"}, ["losses.region_target", "'crop', 'masked_crop'", "box"]),
+        ({"losses.region_background": 1}, ["losses.region_background", "true or false"]),
     ],
 )
 def test_bad_keys_and_values_raise_naming_the_field(overrides, names):

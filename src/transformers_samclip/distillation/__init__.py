@@ -18,9 +18,10 @@ from .data import (
     PairedDataset,
     PairedIterableDataset,
     SamClipDistillationCollator,
+    background_mask,
     decode_image,
     decode_mask,
-    region_grid_fractions,
+    region_frame_mask,
 )
 from .losses import (
     clip_distillation_loss,
@@ -88,7 +89,8 @@ __all__ = [
     "load_sa1b",
     "parse_override",
     "polygons_to_mask",
-    "region_grid_fractions",
+    "background_mask",
+    "region_frame_mask",
     "rle_area",
     "sam_distillation_loss",
     "sigmoid_focal_loss",

@@ -26,8 +26,9 @@ class SamClipDistillationConfig(TrainingArguments):
 
     Args:
         stage: `head_probing`, `distillation` or `resolution_adaptation` (see `recipe.Stage`).
-        sam_loss_weight, focal_weight, dice_weight, iou_weight, distill_single_mask, region_weight: the loss
-            weights (`recipe.LossWeights`, whose defaults these are; `losses` gives them as one object).
+        sam_loss_weight, focal_weight, dice_weight, iou_weight, distill_single_mask, region_weight, region_target,
+            region_background: the loss settings (`recipe.LossWeights`, whose defaults these are; `losses` gives
+            them as one object).
         sam_batch_size: D_SAM images per step (stages that need D_SAM batches).
         encoder_lr_scale: LR multiplier of the shared encoder and the SAM head (stage 2).
         clip_sizes: CLIP input sizes drawn per batch (None: the model's `clip_size`).
@@ -44,6 +45,12 @@ class SamClipDistillationConfig(TrainingArguments):
         default=LossWeights.distill_single_mask, metadata={"help": "also distill the single-mask output"}
     )
     region_weight: float = field(default=LossWeights.region_weight, metadata={"help": "weight of L_region"})
+    region_target: str = field(
+        default=LossWeights.region_target, metadata={"help": "teacher view of a region: crop or masked_crop"}
+    )
+    region_background: bool = field(
+        default=LossWeights.region_background, metadata={"help": "the background as one more region per image"}
+    )
     sam_batch_size: int = field(default=Stage.sam_batch_size, metadata={"help": "D_SAM images per step"})
     encoder_lr_scale: float = field(
         default=Stage.encoder_lr_scale, metadata={"help": "LR multiplier of the shared encoder and SAM head"}
@@ -73,6 +80,8 @@ class SamClipDistillationConfig(TrainingArguments):
             iou_weight=self.iou_weight,
             distill_single_mask=self.distill_single_mask,
             region_weight=self.region_weight,
+            region_target=self.region_target,
+            region_background=self.region_background,
         )
 
     @classmethod

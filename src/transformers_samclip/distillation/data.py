@@ -15,9 +15,10 @@ import torch
 from PIL import Image
 
 from ..evaluation._common import decode_image
-from ..evaluation.geometry import square_crop
+from ..evaluation.geometry import masked_crop, square_crop
 from .annotations import decode_rle, is_rle, rle_area, sa1b_masks
 from .prompts import PromptSampler
+from .recipe import REGION_TARGETS
 
 logger = logging.getLogger(__name__)
 
@@ -42,21 +43,37 @@ def _cell_overlaps(length: int, resized: int, cells: int, patch: int) -> np.ndar
     return np.clip(high - low, 0, None) / patch
 
 
-def region_grid_fractions(
-    mask: np.ndarray, resized_size: tuple[int, int], grid_size: tuple[int, int], patch_size: int
+def region_frame_mask(
+    mask: np.ndarray, resized_size: tuple[int, int], input_size: tuple[int, int], frame_size: tuple[int, int]
 ) -> np.ndarray:
-    """The fraction of each token cell `(grid_h, grid_w)` of the SAM view that `mask` (bool `(height, width)`, in
-    original pixels) covers, for a view that resizes the image to `resized_size` (height, width) and pads it
-    bottom/right (as SAM's processor does): the mask area-averaged down to the token grid, exactly (pixels are
-    unit squares). The fractions sum to the mask's area in grid units, `area * sy * sx / patch_size**2`."""
+    """`mask` (bool `(height, width)`, original pixels) as a bool `frame_size` mask over the SAM view, an
+    `input_size` square holding the image resized to `resized_size` (height, width) and padded bottom/right (as
+    SAM's processor does). A frame pixel is inside when the mask covers at least half of it (exact area fractions:
+    pixels are unit squares); a mask too small for any keeps its best-covered frame pixels, so it is never empty.
+    Region distillation gives these masks to `mask_region_features` at SAM's low-resolution mask size (4 frame
+    pixels per token), the frame in which label-everything pools its own masks."""
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
     if not len(rows):
-        return np.zeros(grid_size, dtype=np.float32)
+        return np.zeros(frame_size, dtype=bool)
     # Only the mask's box matters: the products stay small on SA-1B's multi-megapixel masks.
     y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    row_weights = _cell_overlaps(mask.shape[0], resized_size[0], grid_size[0], patch_size)[:, y0:y1]
-    col_weights = _cell_overlaps(mask.shape[1], resized_size[1], grid_size[1], patch_size)[:, x0:x1]
-    return (row_weights @ mask[y0:y1, x0:x1].astype(np.float64) @ col_weights.T).astype(np.float32)
+    cell_h, cell_w = input_size[0] / frame_size[0], input_size[1] / frame_size[1]
+    row_weights = _cell_overlaps(mask.shape[0], resized_size[0], frame_size[0], cell_h)[:, y0:y1]
+    col_weights = _cell_overlaps(mask.shape[1], resized_size[1], frame_size[1], cell_w)[:, x0:x1]
+    fractions = row_weights @ mask[y0:y1, x0:x1].astype(np.float64) @ col_weights.T
+    inside = fractions >= 0.5
+    return inside if inside.any() else fractions >= fractions.max()
+
+
+def background_mask(masks) -> np.ndarray | None:
+    """The pixels no mask of `masks` (bool arrays or COCO RLE dicts of one image) covers; None when there are no
+    masks or they cover everything."""
+    if not masks:
+        return None
+    covered = np.zeros_like(decode_mask(masks[0]), dtype=bool)
+    for mask in masks:
+        covered |= decode_mask(mask)
+    return None if covered.all() else ~covered
 
 
 def _without_decoding(dataset, columns):
@@ -237,11 +254,14 @@ class SamClipDistillationCollator:
     student: the merged encoder starts as the SAM teacher's and sees the same input), `input_boxes`,
     `input_points`, `input_labels` from `prompt_sampler` in the SAM frame, and `sam_teacher_embeddings` when cached.
     Regions (region distillation: when `region_teacher_image_processor` is set and `prompt_sampler.num_regions >
-    0`): `region_masks (sam_batch, num_regions, grid_h, grid_w)`, each region's area fractions on the SAM view's
-    token grid (`region_grid_fractions`; zero rows where an image has fewer usable masks), `region_valid
-    (sam_batch, num_regions)` which rows hold a region, and `region_teacher_pixel_values`, the teacher's
-    preprocessing of each valid region's square crop of the original image, in the order of
-    `region_masks[region_valid]` (absent when no region is valid).
+    0`): `region_masks (sam_batch, regions, 4 * grid_h, 4 * grid_w)`, each region as a bool mask on SAM's
+    low-resolution mask frame of the view (`region_frame_mask`; all-false rows where an image has fewer usable
+    masks), `region_valid (sam_batch, regions)` which rows hold a region, and `region_teacher_pixel_values`, the
+    teacher's preprocessing of each valid region's view of the original image (`region_target`: `"crop"`, the
+    square crop around the mask, or `"masked_crop"`, the same with the pixels outside the mask grey), in the order
+    of `region_masks[region_valid]` (absent when no region is valid). `regions` is `num_regions`, plus one when
+    `background_region`: the pixels no mask of the image covers, shown to the teacher as their masked crop (the
+    items greyed out), so that background pools toward what the teacher sees in background, not toward a class.
     `num_skipped` counts unreadable samples replaced in this batch.
     """
 
@@ -253,7 +273,13 @@ class SamClipDistillationCollator:
     clip_sizes: list[int] | None = None
     seed: int = 0
     region_teacher_image_processor: object | None = None
-    patch_size: int = 16  # the student encoder's: region masks live on its token grid of the SAM view
+    patch_size: int = 16  # the student encoder's: region masks live on 4x its token grid of the SAM view
+    region_target: str = "crop"
+    background_region: bool = False
+
+    def __post_init__(self):
+        if self.region_target not in REGION_TARGETS:
+            raise ValueError(f"region_target must be one of {list(REGION_TARGETS)}, got {self.region_target!r}")
 
     @property
     def distills_regions(self) -> bool:
@@ -318,18 +344,26 @@ class SamClipDistillationCollator:
         return batch
 
     def _regions(self, items: list[dict], resized_sizes, view_size) -> dict:
-        grid = (view_size[0] // self.patch_size, view_size[1] // self.patch_size)
-        count = self.prompt_sampler.num_regions
-        masks = torch.zeros(len(items), count, *grid)
+        view_size = tuple(int(side) for side in view_size)
+        frame = (4 * view_size[0] // self.patch_size, 4 * view_size[1] // self.patch_size)
+        count = self.prompt_sampler.num_regions + int(self.background_region)
+        masks = torch.zeros(len(items), count, *frame, dtype=torch.bool)
         valid = torch.zeros(len(items), count, dtype=torch.bool)
-        crops = []
+        views = []
         for i, (item, resized) in enumerate(zip(items, resized_sizes)):
-            for j, mask in enumerate(self.prompt_sampler.regions(item.get("masks"), item["index"])):
-                masks[i, j] = torch.from_numpy(region_grid_fractions(mask, resized, grid, self.patch_size))
+            regions = [
+                (mask, self.region_target) for mask in self.prompt_sampler.regions(item.get("masks"), item["index"])
+            ]
+            if self.background_region and (background := background_mask(item.get("masks"))) is not None:
+                regions.append((background, "masked_crop"))
+            for j, (mask, target) in enumerate(regions):
+                masks[i, j] = torch.from_numpy(region_frame_mask(mask, resized, view_size, frame))
                 valid[i, j] = True
-                crops.append(square_crop(item["image"], mask))
+                views.append(
+                    masked_crop(item["image"], mask) if target == "masked_crop" else square_crop(item["image"], mask)
+                )
         batch = {"region_masks": masks, "region_valid": valid}
-        if crops:
-            teacher_views = self.region_teacher_image_processor(crops, return_tensors="pt")
+        if views:
+            teacher_views = self.region_teacher_image_processor(views, return_tensors="pt")
             batch["region_teacher_pixel_values"] = teacher_views["pixel_values"]
         return batch

@@ -20,6 +20,9 @@ from transformers import TrainingArguments
 from .. import SamClipHeadConfig
 from .prompts import PromptSampler
 
+# What the CLIP teacher sees of a region in region distillation (`LossWeights.region_target`).
+REGION_TARGETS = ("crop", "masked_crop")
+
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 # What each stage trains (parameter-name prefixes of the student); everything else stays frozen.
 STAGE_TRAINS = {
@@ -168,10 +171,16 @@ class LossWeights:
         focal_weight, dice_weight: SAM's 20:1 mask-loss weights.
         iou_weight: weight of the MSE between the student's and the teacher's IoU predictions.
         distill_single_mask: also distill the single-mask output (box and multi-point prompts use it at test time).
-        region_weight: weight of `L_region` (CLIPSelf/RegionCLIP-style region distillation: the student's dense
-            CLIP-head features pooled inside a D_SAM instance mask, pulled by cosine toward the CLIP teacher's
-            embedding of the mask's square crop; `prompts.num_regions` masks per image). 0 (default) turns it off;
-            when on, every stage gets D_SAM batches, and head-only stages add `L_region` without `L_SAM`.
+        region_weight: weight of `L_region` (CLIPSelf/RegionCLIP-style region distillation: the student's
+            CLIP-head tokens pooled inside a D_SAM instance mask and projected, as label-everything reads a mask
+            (`mask_region_features`), pulled by cosine toward the CLIP teacher's embedding of the region's view;
+            `prompts.num_regions` masks per image). 0 (default) turns it off; when on, every stage gets D_SAM
+            batches, and head-only stages add `L_region` without `L_SAM`.
+        region_target: the teacher's view of a region: `"crop"` (the square crop around the mask) or
+            `"masked_crop"` (the same with the pixels outside the mask grey).
+        region_background: one more region per D_SAM image, the pixels no mask covers, whose target is the
+            teacher's embedding of that background's masked crop (DenseVLM-style: background pools toward
+            background, not toward a class).
     """
 
     sam_loss_weight: float = 10.0
@@ -180,6 +189,8 @@ class LossWeights:
     iou_weight: float = 1.0
     distill_single_mask: bool = True
     region_weight: float = 0.0
+    region_target: str = "crop"
+    region_background: bool = False
 
     def __post_init__(self):
         self.sam_loss_weight = _number("sam_loss_weight", self.sam_loss_weight, minimum=0)
@@ -188,6 +199,8 @@ class LossWeights:
         self.iou_weight = _number("iou_weight", self.iou_weight, minimum=0)
         _boolean("distill_single_mask", self.distill_single_mask)
         self.region_weight = _number("region_weight", self.region_weight, minimum=0)
+        _choice("region_target", self.region_target, REGION_TARGETS)
+        _boolean("region_background", self.region_background)
 
 
 @dataclass

@@ -248,6 +248,8 @@ def _train_stage(
         seed=config.seed,
         region_teacher_image_processor=teacher_processor if config.region_weight > 0 else None,
         patch_size=student.config.patch_size,
+        region_target=config.region_target,
+        background_region=config.region_background,
     )
     train_dataset = clip_data
     if with_sam and isinstance(sam_data, IterableDistillationImageDataset):

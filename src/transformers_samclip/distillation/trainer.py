@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import Trainer
 
+from ..modeling import mask_region_features
 from .losses import clip_distillation_loss, sam_distillation_loss
 from .recipe import LossWeights, Stage, rehearses_sam, stage_trains
 
@@ -148,27 +149,31 @@ class SamClipDistillationModule(nn.Module):
             return self.student.vision_encoder(pixel_values, compute_neck=compute_neck)
 
     def region_loss(self, trunk_tokens, region_masks, region_valid, teacher_pixel_values) -> torch.Tensor:
-        """`L_region`: the mean over valid regions of `1 - cos(student region feature, teacher crop embedding)`.
-
-        A student region feature is its dense CLIP-head features (`clip_head.dense_features` of `trunk_tokens`,
-        the SAM view's) averaged with the region's area fractions `region_masks (batch, regions, h, w)` as weights;
-        `region_valid (batch, regions)` marks the real rows, whose crops are `teacher_pixel_values`, in order.
-        0 when the batch has no region."""
-        valid = region_valid.bool()
-        if not valid.any():
+        """`L_region`: the mean over valid regions of `1 - cos(student region feature, teacher region embedding)`,
+        with the student region features of :meth:`region_features` and the teacher's embeddings of
+        `teacher_pixel_values`, one view per valid region in `region_masks[region_valid]` order. 0 when the batch
+        has no region."""
+        if not region_valid.bool().any():
             return trunk_tokens.new_zeros(())
         with torch.no_grad():
             teacher_embeds = _embedding(self.teachers["clip"].get_image_features(pixel_values=teacher_pixel_values))
-        dense = self.student.clip_head.dense_features(trunk_tokens)
-        if dense.shape[-2:] != region_masks.shape[-2:]:
-            raise ValueError(
-                f"region masks on a {tuple(region_masks.shape[-2:])} grid, dense features on "
-                f"{tuple(dense.shape[-2:])}: give the collator the student's patch_size."
-            )
-        weights = region_masks.to(dense.dtype)
-        features = torch.einsum("brhw,bdhw->brd", weights, dense)[valid]
-        features = features / weights[valid].sum((-2, -1)).clamp_min(1e-6)[:, None]
-        return clip_distillation_loss(features, teacher_embeds)
+        return clip_distillation_loss(self.region_features(trunk_tokens, region_masks, region_valid), teacher_embeds)
+
+    def region_features(self, trunk_tokens, region_masks, region_valid) -> torch.Tensor:
+        """`(valid regions, projection_dim)` student features of the valid rows of `region_masks (batch, regions,
+        H, W)` (bool, on a grid over the SAM view; `region_valid (batch, regions)`), in `region_masks[region_valid]`
+        order: the CLIP head's dense tokens of `trunk_tokens` (the SAM view's) read out by `mask_region_features`,
+        exactly as label-everything labels a mask, so that what is trained is what is read."""
+        head = self.student.clip_head
+        tokens = head.dense_tokens(trunk_tokens)
+        valid = region_valid.bool()
+        return torch.cat(
+            [
+                mask_region_features(head, tokens[b], region_masks[b][valid[b]])
+                for b in range(len(tokens))
+                if valid[b].any()
+            ]
+        )
 
     def sam_loss(
         self, pixel_values, teacher_embeddings, input_boxes, input_points, input_labels, embeddings=None

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..modeling import mask_pooled_tokens
+from ..modeling import mask_region_features
 from ._common import SkippedSamples, clip_view, iter_batches, model_device, rgb, sam_view, subset
 from .classification import class_text_embeddings
 from .geometry import masked_crop, square_crop
@@ -54,8 +54,8 @@ def crop_labeller(model, processor, class_names, templates=None, masked: bool = 
 
 def one_pass_labeller(model, processor, class_names, templates=None) -> Labeller:
     """Label each mask as `SamClipMaskGenerator.instance_segmentation` labels its own masks: the CLIP head's dense
-    tokens of one SAM-path encoder pass, averaged inside the mask (`mask_pooled_tokens`, the one region pooling),
-    projected, against the class names."""
+    tokens of one SAM-path encoder pass, averaged inside the mask (`mask_region_features`, the one region read-out:
+    pooled, then projected), against the class names."""
     model.eval()
     class_embeds = class_text_embeddings(model, processor.tokenizer, class_names, templates)
 
@@ -73,7 +73,7 @@ def one_pass_labeller(model, processor, class_names, templates=None) -> Labeller
         tokens = model.clip_head.dense_tokens(
             model.vision_encoder(pixel_values, compute_neck=False).trunk_hidden_state
         )
-        embeddings = F.normalize(model.clip_head.projector(mask_pooled_tokens(tokens[0], frame)), dim=-1)
+        embeddings = F.normalize(mask_region_features(model.clip_head, tokens[0], frame), dim=-1)
         return (embeddings @ class_embeds.to(embeddings.dtype).T).argmax(dim=1).cpu().numpy()
 
     return label
