@@ -174,6 +174,11 @@ class SamClipVisionLayer(SamVisionLayer):
             ),
         )
 
+    def value_path(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The block with its attention output replaced by its value projection (MaskCLIP's dense read-out); a
+        method of the block so that a wrapper (FSDP2's `register_fsdp_forward_method`) can run it like `forward`."""
+        return value_only_block(self, hidden_states)
+
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         if not isinstance(self.attn, SamVisionSdpaAttention):
             return super().forward(hidden_states)
@@ -320,7 +325,7 @@ class SamClipHead(nn.Module):
             if index < first_special:
                 tokens = layer(tokens)
             elif self.dense_readout == "value":
-                tokens = value_only_block(layer, tokens)
+                tokens = layer.value_path(tokens)
             else:
                 tokens = training_free_block(layer, tokens, self.dense_readout, self.neighbourhood_sigma)
         return tokens

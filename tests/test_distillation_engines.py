@@ -121,10 +121,11 @@ def test_ddp_and_fsdp_launches_through_the_shipped_configs_agree_and_resume_afte
     teachers,
 ):
     """`accelerate launch --config_file recipes/accelerate/{8gpu,fsdp-8gpu}.yaml --num_processes 2` on CPU (gloo): the
-    mosaic recipe shortened to 1 + 4 steps on tiny teachers, D_CLIP and D_SAM streamed from tar shards split between
-    the ranks. DDP runs through; FSDP2 (sharded checkpoints) is killed mid-epoch after checkpoint 2 of stage 2 and
-    launched again into the same folder. FSDP's losses equal DDP's step by step, the resumed run ends at DDP's weights,
-    both save a whole model that loads with from_pretrained, and the ranks read disjoint samples."""
+    mosaic recipe shortened to 1 + 4 steps on tiny teachers (region distillation on), D_CLIP and D_SAM streamed from
+    tar shards split between the ranks. DDP runs through; FSDP2 (sharded checkpoints) is killed mid-epoch after
+    checkpoint 2 of stage 2 and launched again into the same folder. FSDP's losses equal DDP's step by step, the
+    resumed run ends at DDP's weights, both save a whole model that loads with from_pretrained, and the ranks read
+    disjoint samples."""
     sam, clip = teachers
     sam.save_pretrained(tmp_path / "sam")
     SamProcessor(
@@ -145,8 +146,6 @@ def test_ddp_and_fsdp_launches_through_the_shipped_configs_agree_and_resume_afte
         "data": {"clip": _clip_spec(shards), "sam": _sam_spec(shards)},
         "evaluation": None,
         "calibration": None,
-        # L_region reads the CLIP head's blocks outside their forward, which FSDP2 has not gathered (not yet sharded).
-        "losses.region_weight": 0.0,
     }
     for index, steps in enumerate((1, 4)):
         for key, value in dict(max_steps=steps, per_device_train_batch_size=4, save_steps=2, logging_steps=1).items():
@@ -185,7 +184,7 @@ def test_ddp_and_fsdp_launches_through_the_shipped_configs_agree_and_resume_afte
     ddp_steps, fsdp_steps = _logged_steps(tmp_path / "ddp" / "stage2-distillation"), _logged_steps(stage2)
     assert [entry["step"] for entry in fsdp_steps] == [entry["step"] for entry in ddp_steps] == [1, 2, 3, 4]
     for ours, theirs in zip(fsdp_steps, ddp_steps):
-        for name in ("loss", "loss_clip", "loss_sam", "grad_norm"):
+        for name in ("loss", "loss_clip", "loss_sam", "loss_region", "grad_norm"):
             assert ours[name] == pytest.approx(theirs[name], rel=1e-5), (ours["step"], name)
     whole = SamClipModel.from_pretrained(tmp_path / "ddp").state_dict()
     for name, value in SamClipModel.from_pretrained(tmp_path / "fsdp").state_dict().items():

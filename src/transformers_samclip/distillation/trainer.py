@@ -52,6 +52,17 @@ def _student_part(state_dict: dict) -> dict:
     return {name[len("student.") :]: value for name, value in state_dict.items() if name.startswith("student.")}
 
 
+def _run_value_paths_through_fsdp(head) -> None:
+    """Under FSDP2, make the CLIP head blocks' `value_path` (the dense read-out `L_region` pools) gather the block's
+    shards and reduce its gradients as `forward` does: FSDP2 hooks only `forward`, and outside it a sharded block's
+    weights are DTensor shards. Registered once per block; nothing to do without FSDP2."""
+    from torch.distributed.fsdp import FSDPModule, register_fsdp_forward_method
+
+    for layer in head.layers:
+        if isinstance(layer, FSDPModule) and "value_path" not in vars(layer):
+            register_fsdp_forward_method(layer, "value_path")
+
+
 class SamClipDistillationModule(nn.Module):
     """Student + frozen teachers + losses, as one module whose forward returns the loss terms.
 
@@ -165,6 +176,7 @@ class SamClipDistillationModule(nn.Module):
         order: the CLIP head's dense tokens of `trunk_tokens` (the SAM view's) read out by `mask_region_features`,
         exactly as label-everything labels a mask, so that what is trained is what is read."""
         head = self.student.clip_head
+        _run_value_paths_through_fsdp(head)
         tokens = head.dense_tokens(trunk_tokens)
         valid = region_valid.bool()
         return torch.cat(
