@@ -48,6 +48,11 @@ def samclip_command(*args) -> list[str]:
     return [sys.executable, "-c", PIN_SHIPPED_MOSAIC_MODEL + run, *map(str, args)]
 
 
+def distill_args(recipe, output_dir, *extra) -> list[str]:
+    """`samclip distill`'s arguments in the end-to-end runs: `recipe` into `output_dir`, no evaluation, 1 thread."""
+    return ["--recipe", str(recipe), "--output-dir", str(output_dir), "--no-eval", "--threads", "1", *map(str, extra)]
+
+
 @pytest.fixture(scope="session", autouse=True)
 def shipped_mosaic_model_only():
     """The name "mosaic" resolves to the model shipped in the package, never to an outputs/samclip-mosaic that a user's

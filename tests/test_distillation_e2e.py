@@ -14,6 +14,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest
 import torch
+from conftest import distill_args
 from transformers import (
     CLIPImageProcessorPil,
     CLIPProcessor,
@@ -79,19 +80,7 @@ def tiny_recipe(tmp_path_factory, tokenizer, teachers):
 
 
 def _command(recipe, output_dir, *extra):
-    return [
-        sys.executable,
-        "-m",
-        "transformers_samclip.distillation.cli",
-        "--recipe",
-        str(recipe),
-        "--output-dir",
-        str(output_dir),
-        "--no-eval",
-        "--threads",
-        "1",
-        *extra,
-    ]
+    return [sys.executable, "-m", "transformers_samclip.distillation.cli", *distill_args(recipe, output_dir, *extra)]
 
 
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_recipe):
@@ -149,15 +138,7 @@ def test_accelerate_launch_on_cpu(tmp_path, tiny_recipe, num_processes):
         "0",
         "-m",
         "transformers_samclip.distillation.cli",
-        "--recipe",
-        str(tiny_recipe),
-        "--output-dir",
-        str(tmp_path / "ddp"),
-        "--no-eval",
-        "--threads",
-        "1",
-        "--max-steps",
-        "3",
+        *distill_args(tiny_recipe, tmp_path / "ddp", "--max-steps", 3),
     ]
     result = subprocess.run(
         command, env={**ENV, "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True, timeout=TINY_RUN_TIMEOUT

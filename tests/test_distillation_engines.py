@@ -14,6 +14,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import pytest
 import torch
 from accelerate.commands.config.config_args import load_config_from_file
+from conftest import distill_args
 from test_distillation_streaming import _clip_spec, _sam_spec, shards  # noqa: F401  (shards: a fixture)
 from transformers import (
     CLIPImageProcessorPil,
@@ -95,13 +96,7 @@ def _launch(config: str, recipe, output_dir, **env) -> subprocess.CompletedProce
         "--main_process_port",
         "0",
         str(HOOKS),
-        "--recipe",
-        str(recipe),
-        "--output-dir",
-        str(output_dir),
-        "--no-eval",
-        "--threads",
-        "1",
+        *distill_args(recipe, output_dir),
     ]
     return subprocess.run(command, env={**ENV, **env}, capture_output=True, text=True, timeout=1200)
 
@@ -323,13 +318,7 @@ def test_two_process_ddp_first_step_equals_one_process_at_the_same_global_batch(
             "0",
             "-m",
             "transformers_samclip.distillation.cli",
-            "--recipe",
-            str(path),
-            "--output-dir",
-            str(tmp_path / "ddp"),
-            "--no-eval",
-            "--threads",
-            "1",
+            *distill_args(path, tmp_path / "ddp"),
         ],
         env=ENV,
         capture_output=True,

@@ -18,7 +18,7 @@ from ..evaluation._common import decode_image
 from ..evaluation.geometry import masked_crop, square_crop
 from .annotations import decode_rle, is_rle, rle_area, sa1b_masks
 from .prompts import PromptSampler
-from .recipe import REGION_TARGETS
+from .recipe import REGION_TARGETS, _choice
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +70,8 @@ def background_mask(masks) -> np.ndarray | None:
     masks or they cover everything."""
     if not masks:
         return None
-    covered = np.zeros_like(decode_mask(masks[0]), dtype=bool)
-    for mask in masks:
+    covered = decode_mask(masks[0]).astype(bool)  # a copy: the masks given stay as they are
+    for mask in masks[1:]:
         covered |= decode_mask(mask)
     return None if covered.all() else ~covered
 
@@ -278,8 +278,7 @@ class SamClipDistillationCollator:
     background_region: bool = False
 
     def __post_init__(self):
-        if self.region_target not in REGION_TARGETS:
-            raise ValueError(f"region_target must be one of {list(REGION_TARGETS)}, got {self.region_target!r}")
+        _choice("region_target", self.region_target, REGION_TARGETS)
 
     @property
     def distills_regions(self) -> bool:
