@@ -447,7 +447,7 @@ def build_demo(demo: SamClipDemo, cache_dir: Path | None = None) -> gr.Blocks:
     """The four-tab Blocks app around a loaded model; its examples' outputs are computed at launch and cached in
     `cache_dir` (default `examples_cache_dir(demo)`)."""
     cache_dir = cache_dir or examples_cache_dir(demo)
-    mosaics = {index: str(EXAMPLES_DIR / f"mosaic-{index}.png") for index in (0, 2, 10)}
+    mosaics = {index: str(EXAMPLES_DIR / f"mosaic-{index}.png") for index in (0, 2, 21, 36)}
     photos = {name: str(path) for name, path in example_photos().items()}
     classify, segment, segment_text, label_everything = (
         on_gpu(task) for task in (demo.classify, demo.segment, demo.segment_text, demo.label_everything)
@@ -496,7 +496,7 @@ def build_demo(demo: SamClipDemo, cache_dir: Path | None = None) -> gr.Blocks:
                     cls_button = gr.Button("Classify", variant="primary")
                 cls_output = gr.Label(num_top_classes=MAX_LABELS, label="Ranked labels")
             gr.Examples(
-                [[path, FASHION_LABELS] for path in mosaics.values()] + [[photos["chelsea"], photo_labels]],
+                [[mosaics[index], FASHION_LABELS] for index in (0, 2, 36)] + [[photos["chelsea"], photo_labels]],
                 inputs=[cls_image, cls_labels],
                 outputs=cls_output,
                 fn=classify,
@@ -553,9 +553,9 @@ def build_demo(demo: SamClipDemo, cache_dir: Path | None = None) -> gr.Blocks:
                 sem_output = gr.AnnotatedImage(format="png", height=DISPLAY_SIZE, label="Classes (share of the image)")
             gr.Examples(
                 [
-                    [mosaics[2], "Bag, Sandal, Coat", one_pass, stored],
-                    [mosaics[2], "Bag, Sandal, Coat", refined, stored],
-                    [mosaics[10], "Bag, Coat, Pullover", one_pass, stored],
+                    [mosaics[36], "Ankle boot, Sandal, Coat", one_pass, stored],
+                    [mosaics[36], "Ankle boot, Sandal, Coat", refined, stored],
+                    [mosaics[21], "Bag, Trouser, Sneaker", one_pass, stored],
                     [photos["coffee"], "Bag, Sandal, Coat", one_pass, stored],
                 ],
                 inputs=[sem_image, sem_labels, sem_method, sem_threshold],
@@ -590,8 +590,8 @@ def build_demo(demo: SamClipDemo, cache_dir: Path | None = None) -> gr.Blocks:
             )
             gr.Examples(
                 [
-                    [mosaics[0], FASHION_LABELS, -1],
-                    [mosaics[10], FASHION_LABELS, -1],
+                    [mosaics[36], FASHION_LABELS, -1],
+                    [mosaics[21], FASHION_LABELS, -1],
                     [photos["chelsea"], photo_labels, -1],
                 ],
                 inputs=[all_image, all_labels, all_threshold],
