@@ -16,6 +16,7 @@ import pytest
 import torch
 from conftest import distill_args
 from transformers import (
+    AutoProcessor,
     CLIPImageProcessorPil,
     CLIPProcessor,
     SamImageProcessorPil,
@@ -114,6 +115,13 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_recipe):
     assert state["global_step"] == 40
     resumed_steps = [entry["step"] for entry in state["log_history"] if "loss" in entry]
     assert resumed_steps[-1] == 40 and (output / "model.safetensors").is_file()
+    # Each stage's final/ is a whole model folder (stage 1 alone is the paper's "head probing only" row).
+    stage1 = output / "stage1-head_probing" / "final"
+    assert (stage1 / "processor_config.json").read_text() == (output / "processor_config.json").read_text()
+    assert (
+        AutoProcessor.from_pretrained(stage1).tokenizer("a bag")["input_ids"]
+        == AutoProcessor.from_pretrained(output).tokenizer("a bag")["input_ids"]
+    )
 
 
 @pytest.mark.parametrize("num_processes", [1, 2])

@@ -341,6 +341,7 @@ def run_recipe(
         if state.is_main_process:
             with atomic_folder(final_dir) as folder:  # a half-saved final/ would pass for a finished stage
                 student.save_pretrained(folder, state_dict=gathered)
+                processor.save_pretrained(folder)  # a stage's model is a whole folder: from_pretrained, evaluate
                 (folder / "skipped_samples.json").write_text(json.dumps({"skipped_samples": trainer.skipped_samples}))
         state.wait_for_everyone()
         if gathered is not None:  # a sharded student goes on (next stage, saving, evaluation) whole
