@@ -1,34 +1,39 @@
-"""Distillation throughput of the mosaic recipe: stage 1 (head probing) and stage 2 (multi-task distillation),
-with and without the teacher-output cache, through `SamClipDistillationTrainer.compute_loss`.
+"""Distillation throughput of the mosaic recipe: stage 1 (head probing, with region distillation) and stage 2
+(multi-task distillation), without caches, with the teacher-output cache, and (stage 1) with the student token cache
+too, through `SamClipDistillationTrainer.compute_loss`.
 
 Command (the CPU suite runs it with these settings)::
 
     python -m benchmarks.bench_distillation --threads 1 --repeats 10
 
-Run time: ~2-5 min wall here (2 Xeon cores shared with training jobs, load ~6), ~1.5 min of CPU at 1 thread;
-`--tiny` (CI) takes ~5 s.
+Run time: 288 s wall here (2 AMD EPYC cores shared with two training jobs and tests, load ~4, under `nice -n 10`),
+~2 min of CPU at 1 thread; `--tiny` (CI) takes ~5 s.
 
 Timed on process CPU time (at 1 thread, a step's time on an idle core; stable while other jobs share the cores).
 One optimizer step = the trainer's `compute_loss` (the distillation module's forward: student, teachers unless
 cached, losses), backward and its AdamW step, on batches shaped as `recipes/mosaic.json` says (stage 1: 64 CLIP
-images, 64 px student view, 32 px teacher view; stage 2: 32 CLIP images + 4 SAM images at 128 px with 2 box and
-2 point prompts, 3+1 masks each). Teachers have the mosaic teachers' shapes with random weights. Variants,
-interleaved round-robin per step:
+images, 64 px student view, 32 px teacher view, plus `L_region` on 8 SAM views at 128 px with 4 regions each and
+their 32 teacher crops; stage 2: 32 CLIP images + 4 SAM images at 128 px with 2 box and 2 point prompts, 3+1 masks
+each, and their regions). Teachers have the mosaic teachers' shapes with random weights. Variants, interleaved
+round-robin per step:
   - `no_cache`: the teachers' encoders run every step;
   - `teacher_cache`: batches carry the cached CLIP teacher embeddings and SAM teacher image embeddings (what
-    `TeacherOutputCache` stores; the SAM teacher's decoder still runs per prompt);
-  - `stage1_trunk_cache` (what-if, not in the trainer): stage 1 also caches the frozen encoder's trunk tokens,
-    so that only the CLIP head runs.
-Data loading and preprocessing are excluded (ready tensors); a real run with the cache also skips the teacher's
-preprocessing.
+    `TeacherOutputCache` stores; the SAM teacher's decoder still runs per prompt, the CLIP teacher on region crops);
+  - `stage1_trunk_cache`: the teacher cache plus the student token cache (`"student_token_cache": true`): batches
+    carry the frozen encoder's trunk tokens of the CLIP and SAM views (what `student_trunk_tokens` stores) in place
+    of their pixels, and the module runs only the CLIP head.
+Data loading and preprocessing are excluded (ready tensors); a real run with the caches also skips the teacher's
+preprocessing and, with the token cache, the student's CLIP-view preprocessing.
 
-Expected (measured here): stage 1 with the teacher cache ~1.06x the no-cache images/s, with the trunk cache too
-~1.6x; stage 2 ~1.1x. The >= 3x stage-1 target is out of reach at the mosaic shapes whatever is cached: the
-mosaic CLIP teacher (4 layers, 128 wide, 32 px) costs ~10% of a stage-1 step, the student's frozen encoder ~30%
-and the CLIP head's own forward, backward and AdamW ~60% (3 global blocks, forward and backward, against the
-encoder's 4 blocks forward only; the step breakdown table). At paper scale the ViT-L/14 teacher dominates
-instead: by the FLOPs of `bench_inference` (teacher 162 GFLOPs per 224 px image; student encoder ~35 and head ~9
-forward, ~26 forward+backward) the teacher cache should give ~3.6x there (`bench_gpu` measures it).
+Expected (measured here, 10 repeats): stage 1 1076 ms per step without caches, 952 ms with the teacher cache
+(1.17x), 633 ms with the student token cache too (1.73x over no cache, 1.50x over the teacher cache alone); stage 2
+~1.16x with the teacher cache. Over the mosaic recipe's 1,125 stage-1 steps the token cache saves ~320 ms a step,
+~6 min of CPU, less the one pass over 24,000 item views and 1,000 mosaics that fills it. The >= 3x stage-1 target is
+out of reach at the mosaic shapes whatever is cached: the mosaic CLIP teacher (4 layers, 128 wide, 32 px) costs ~12%
+of a stage-1 step, the student's frozen encoder ~30% and the rest ~59% (the CLIP head's forward, backward and AdamW,
+the region read-out and the CLIP teacher on the region crops; the step breakdown table). At paper scale the ViT-L/14
+teacher dominates instead: by the FLOPs of `bench_inference` (teacher 162 GFLOPs per 224 px image; student encoder
+~35 and head ~9 forward, ~26 forward+backward) the teacher cache should give ~3.6x there (`bench_gpu` measures it).
 """
 
 from __future__ import annotations

@@ -222,7 +222,7 @@ def student_token_cache_off(config: SamClipDistillationConfig, clip_data) -> str
     model's one `clip_size`, not per size), FSDP is on (the cache is computed by whole students before the trainer
     shards them; untested with the encoder left out of FSDP's forward), or D_CLIP has no fingerprint to key it."""
     if not config.student_token_cache:
-        return "off in the recipe"
+        return "student_token_cache is false"
     if "vision_encoder." in stage_trains(config.stage):
         return "the stage trains the encoder"
     if config.clip_sizes:
