@@ -120,7 +120,7 @@ class DistillationImageDataset(torch.utils.data.Dataset):
     RLE dicts stay encoded, checked, for the prompt sampler to decode the few it prompts: an SA-1B image has
     about 100 masks of 1500 x 2250 px, 340 MB decoded),
     `skipped` (unreadable samples replaced by this one), plus row `index` of each entry in `cached` (teacher
-    outputs from `TeacherOutputCache`, keyed by index).
+    outputs, or a frozen student encoder's trunk tokens, from `TeacherOutputCache`, keyed by index).
     """
 
     def __init__(self, dataset, image_column: str = "image", masks_column: str | None = None, max_retries: int = 16):
@@ -156,9 +156,9 @@ class IterableDistillationImageDataset(torch.utils.data.IterableDataset):
     """A streaming (`datasets.IterableDataset`) source of D_CLIP images or of D_SAM images with their masks
     (`masks_column`, as in `DistillationImageDataset`); unreadable samples are skipped and counted on the next
     readable item. Items carry their `key` (`__key__`) and that key's row of each entry in `cached` (teacher outputs
-    from `TeacherOutputCache`, keyed by `__key__`; `fingerprint` names the stream for it). `sharded_by_node` marks a
-    stream already split among the ranks (`datasets.distributed.split_dataset_by_node`), which the trainer must not
-    split again."""
+    or student tokens from `TeacherOutputCache`, keyed by `__key__`; `fingerprint` names the stream for it).
+    `sharded_by_node` marks a stream already split among the ranks (`datasets.distributed.split_dataset_by_node`),
+    which the trainer must not split again."""
 
     def __init__(
         self, dataset, image_column: str = "image", masks_column: str | None = None, sharded_by_node: bool = False

@@ -1,5 +1,6 @@
-"""Run a distillation recipe end to end: teachers, merge, data, teacher cache, stages (each resumable), saving,
-and (mosaic world) the evaluation table. `samclip distill` (cli.py) is a thin command line over `run_recipe`."""
+"""Run a distillation recipe end to end: teachers, merge, data, teacher cache, stages (each resumable; head-only
+stages on the student token cache), saving, and (mosaic world) the evaluation table. `samclip distill` (cli.py) is
+a thin command line over `run_recipe`."""
 
 import copy
 import dataclasses
