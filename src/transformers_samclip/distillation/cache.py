@@ -89,8 +89,9 @@ class TeacherOutputs:
 
 
 class TeacherOutputCache:
-    """Per-sample teacher outputs of a `DistillationImageDataset` (rows keyed by index) or of a streamed
-    `IterableDistillationImageDataset` (rows keyed by `__key__`), on disk under `cache_dir`.
+    """Per-sample teacher outputs (and a frozen student encoder's trunk tokens) of a `DistillationImageDataset` (rows
+    keyed by index) or of a streamed `IterableDistillationImageDataset` (rows keyed by `__key__`), on disk under
+    `cache_dir`.
 
     Under several processes, give each its `rank`, the `num_ranks` and a `barrier` (e.g.
     `PartialState().wait_for_everyone`): rank R computes the indices R, R + W, ... of a map-style dataset, or the
