@@ -548,6 +548,29 @@ def test_teacher_cache_hit_miss_and_invalidation(tmp_path, tokenizer, teachers, 
     assert (again.hits, again.misses) == (1, 3)
 
 
+def test_student_trunk_tokens_are_the_encoders_and_keyed_by_its_weights_and_view(
+    tmp_path, merged, processor, image_dataset
+):
+    data = DistillationImageDataset(image_dataset)
+    encoder, view = merged.vision_encoder, processor.clip_image_processor
+    cache = TeacherOutputCache(tmp_path, batch_size=5)
+    tokens = cache.student_trunk_tokens(encoder, view, data, "clip")
+    with torch.no_grad():
+        pixels = view([data[i]["image"] for i in (3, 11)], return_tensors="pt")["pixel_values"]
+        expected = merged.get_image_features(pixels).pooler_output
+        _, from_tokens = merged.clip_head(torch.stack([tokens[3], tokens[11]]))
+    assert tokens.shape == (len(data), 4, 4, merged.config.vision_config.hidden_size)  # 32 px view, patch 8
+    torch.testing.assert_close(from_tokens, expected, atol=1e-5, rtol=1e-5)
+    assert (cache.hits, cache.misses) == (0, 1) and cache.student_trunk_tokens(encoder, view, data, "clip") is not None
+    assert (cache.hits, cache.misses) == (1, 1)
+    bigger = CLIPImageProcessorPil(size={"shortest_edge": 48}, crop_size={"height": 48, "width": 48})
+    assert cache.student_trunk_tokens(encoder, bigger, data, "clip").shape[1:3] == (6, 6)  # another view size
+    with torch.no_grad():
+        encoder.layers[0].mlp.lin1.bias.add_(0.1)  # another encoder (a later stage's)
+    cache.student_trunk_tokens(encoder, view, data, "clip")
+    assert (cache.hits, cache.misses) == (1, 3) and len(list(tmp_path.glob("clip-trunk-*"))) == 3
+
+
 def test_cached_teacher_outputs_reach_the_batch(tmp_path, teachers, processor, teacher_processor, image_dataset):
     sam, clip = teachers
     clip_data = DistillationImageDataset(image_dataset)

@@ -96,6 +96,30 @@ def test_recipe_stages_map_onto_the_config(tmp_path):
     )
 
 
+def test_student_token_cache_runs_only_on_a_frozen_encoder_at_one_view_size(tmp_path, monkeypatch):
+    """`student_token_cache_off` names why a stage recomputes the encoder's tokens: the mosaic recipe caches them in
+    stage 1 alone; the switch, multi-size CLIP views (the paper recipe), FSDP and an unkeyed D_CLIP turn it off."""
+    from types import SimpleNamespace
+
+    keyed, unkeyed = SimpleNamespace(fingerprint="abc"), SimpleNamespace(fingerprint=None)
+    recipe = load_recipe("mosaic")
+    configs = [SamClipDistillationConfig.from_recipe(recipe, i, tmp_path) for i in range(2)]
+    assert recipe.student_token_cache and all(config.student_token_cache for config in configs)
+    assert [run_module.student_token_cache_off(c, keyed) for c in configs] == [None, "the stage trains the encoder"]
+    assert run_module.student_token_cache_off(configs[0], unkeyed) == "D_CLIP has no fingerprint (an unkeyed stream)"
+    off = SamClipDistillationConfig.from_recipe(recipe.override({"student_token_cache": False}), 0, tmp_path)
+    assert run_module.student_token_cache_off(off, keyed) == "student_token_cache is false"
+    paper = load_recipe("samclip-vit-b16")
+    assert not paper.student_token_cache  # off unless a recipe turns it on (disk: 588 KiB per 224 px view)
+    paper = paper.override({"student_token_cache": True})
+    probing = SamClipDistillationConfig.from_recipe(paper, 0, tmp_path)
+    assert run_module.student_token_cache_off(probing, keyed) == (
+        "clip_sizes [224, 448] draws the CLIP view's size per batch"
+    )
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # as `accelerate launch` with an FSDP config sets it
+    assert run_module.student_token_cache_off(configs[0], keyed) == "FSDP is on"
+
+
 class _KeywordTrainer(SamClipDistillationTrainer):
     """The trainer as `run_recipe` built it before the config: plain `TrainingArguments` from the recipe stage's
     `training_args`, and the stage, losses and LR scale as keywords read from the recipe, not from the config."""

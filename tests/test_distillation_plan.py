@@ -55,9 +55,11 @@ def test_plan_steps_and_samples_equal_a_real_short_run(tmp_path, monkeypatch, to
     compute_loss = SamClipDistillationTrainer.compute_loss
 
     def counting(self, model, inputs, *args, **kwargs):
-        # Batches trained on (the dataloader also prefetches one it may never train on).
-        read["clip"].append(len(inputs["clip_pixel_values"]))
-        read["sam"].append(len(inputs["sam_pixel_values"]) if "sam_pixel_values" in inputs else 0)
+        # Batches trained on (the dataloader also prefetches one it may never train on); a view comes as pixels, or
+        # as the frozen encoder's cached tokens (stage 1 of the mosaic recipe: student_token_cache).
+        for view in read:
+            batch = inputs.get(f"{view}_pixel_values", inputs.get(f"{view}_trunk_tokens"))
+            read[view].append(0 if batch is None else len(batch))
         return compute_loss(self, model, inputs, *args, **kwargs)
 
     monkeypatch.setattr(SamClipDistillationTrainer, "compute_loss", counting)

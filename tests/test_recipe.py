@@ -264,3 +264,61 @@ def test_run_with_region_distillation_logs_it_in_both_stages_and_trains_the_head
     for stage in ("stage1-head_probing", "stage2-distillation"):
         with_regions, without = weights(runs[1], stage), weights(runs[0], stage)
         assert any(not torch.equal(with_regions[k], without[k]) for k in with_regions if k.startswith("clip_head."))
+
+
+class _Killed(Exception):
+    """Stands for a kill after a checkpoint: the run stops between optimizer steps."""
+
+
+def test_student_token_cache_keeps_stage1_and_resumes_onto_the_same_tokens(tmp_path, monkeypatch, tokenizer, teachers):
+    """Stage 1 of the tiny mosaic recipe (3 steps of L_CLIP + L_region) without, then with the frozen encoder's
+    cached trunk tokens, the cached run stopped after checkpoint 2 and run again: with the cache the encoder never
+    runs (tokens stand for both views' pixels), the resumed run reads the entries the first one wrote, and every
+    step's loss terms and the final weights are those of the run without the cache."""
+    from safetensors.torch import load_file
+
+    from transformers_samclip.distillation.run import run_recipe
+
+    recipe = _cli(*TINY, "--set", "stages.0.sam_batch_size=2", "--set", "stages.0.training_args.save_steps=2")
+    recipe = recipe.override({"stages": recipe.to_dict()["stages"][:1]})
+    options = dict(
+        max_steps=3, cache_dir=tmp_path / "cache", evaluate=False, teachers=_tiny_teachers(tokenizer, teachers)
+    )
+    compute_loss, training_step = SamClipDistillationTrainer.compute_loss, SamClipDistillationTrainer.training_step
+    steps = {False: [], True: []}
+
+    def recorded(self, model, inputs, *args, **kwargs):
+        keys = {key for key in inputs if key.endswith(("pixel_values", "trunk_tokens"))}
+        loss, outputs = compute_loss(self, model, inputs, True)
+        steps["clip_trunk_tokens" in keys].append((keys, {name: value.item() for name, value in outputs.items()}))
+        return loss
+
+    def killed_at_step_3(self, *args, **kwargs):
+        if self.state.global_step == 2:
+            raise _Killed
+        return training_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(SamClipDistillationTrainer, "compute_loss", recorded)
+    run_recipe(recipe.override({"student_token_cache": False}), tmp_path / "plain", **options)
+    cached_recipe = recipe.override({"student_token_cache": True})
+    monkeypatch.setattr(SamClipDistillationTrainer, "training_step", killed_at_step_3)
+    with pytest.raises(_Killed):
+        run_recipe(cached_recipe, tmp_path / "cached", **options)
+    monkeypatch.setattr(SamClipDistillationTrainer, "training_step", training_step)
+    run_recipe(cached_recipe, tmp_path / "cached", **options)
+
+    region_view = {"region_teacher_pixel_values"}
+    assert [keys for keys, _ in steps[False]] == [{"clip_pixel_values", "sam_pixel_values"} | region_view] * 3
+    assert [keys for keys, _ in steps[True]] == [{"clip_trunk_tokens", "sam_trunk_tokens"} | region_view] * 3
+    assert steps[False][2][1]["loss"] != steps[False][0][1]["loss"]  # the head trains: equal runs are not trivially so
+    for (_, ours), (_, theirs) in zip(steps[True], steps[False]):
+        assert ours.keys() == theirs.keys() == {"loss", "loss_clip", "loss_region"}
+        assert all(ours[name] == pytest.approx(theirs[name], rel=1e-5) for name in ours)
+    plain, cached = (
+        load_file(tmp_path / run / "stage1-head_probing" / "final" / "model.safetensors")
+        for run in ("plain", "cached")
+    )
+    for name in plain:
+        torch.testing.assert_close(cached[name], plain[name], rtol=0, atol=1e-6, msg=name)
+    # One entry per view: the resumed run's encoder is the same, so it read the tokens the first run wrote.
+    assert [len(list((tmp_path / "cache").glob(f"{view}-trunk-*"))) for view in ("clip", "sam")] == [1, 1]

@@ -1,9 +1,10 @@
 """Teacher-output cache: the CLIP teacher's image embeddings and the SAM teacher's image embeddings of fixed
 views, computed once, stored as safetensors shards keyed by sample id, read memory-mapped, reused across epochs,
-stages and resumed runs.
+stages and resumed runs. It also holds the student encoder's trunk tokens while a stage keeps that encoder frozen
+(`student_trunk_tokens`): the same rows of a fixed model on fixed views.
 
-An entry (one view: a teacher, its preprocessing, a dataset) lives in `cache_dir/<kind>-<fingerprint>/`; the
-fingerprint hashes the teacher (state dict and config), the preprocessing and the dataset, so changing any of them
+An entry (one view: a model, its preprocessing, a dataset) lives in `cache_dir/<kind>-<fingerprint>/`; the
+fingerprint hashes the model (state dict and config), the preprocessing and the dataset, so changing any of them
 misses and recomputes. Each rank writes the shards of its own samples (`rank{R}-of-{W}-shard-{N}.safetensors`; one
 process: `shard-{N}.safetensors`), each holding `values` and, in its metadata, the ids of its rows: the dataset
 index of a map-style dataset, the `__key__` of a streamed WebDataset / SA-1B sample. A `complete.json` marker is
@@ -88,8 +89,9 @@ class TeacherOutputs:
 
 
 class TeacherOutputCache:
-    """Per-sample teacher outputs of a `DistillationImageDataset` (rows keyed by index) or of a streamed
-    `IterableDistillationImageDataset` (rows keyed by `__key__`), on disk under `cache_dir`.
+    """Per-sample teacher outputs (and a frozen student encoder's trunk tokens) of a `DistillationImageDataset` (rows
+    keyed by index) or of a streamed `IterableDistillationImageDataset` (rows keyed by `__key__`), on disk under
+    `cache_dir`.
 
     Under several processes, give each its `rank`, the `num_ranks` and a `barrier` (e.g.
     `PartialState().wait_for_everyone`): rank R computes the indices R, R + W, ... of a map-style dataset, or the
@@ -130,10 +132,26 @@ class TeacherOutputCache:
 
         return self._load_or_compute("sam", teacher, image_processor, dataset, compute)
 
-    def entry_dir(self, kind: str, teacher, image_processor, dataset) -> Path:
-        """Where the outputs of `teacher` on `dataset` with this preprocessing live (the same for every rank)."""
+    def student_trunk_tokens(self, encoder, image_processor, dataset, view: str) -> TeacherOutputs:
+        """Per sample, `(grid_h, grid_w, hidden_size)`: the trunk tokens (`trunk_hidden_state`) of a student's frozen
+        `SamClipVisionEncoder` on `view` (`"clip"` or `"sam"`, naming the entry) as `image_processor` makes it. Keyed
+        by the encoder's own weights, so tokens of another encoder (a later stage's) are never read. On disk, one
+        image takes grid_h x grid_w x hidden_size values in the encoder's dtype (fp32: 4 bytes each): 8x8x128, 32 KiB,
+        per 64 px mosaic item view and 16x16x128, 128 KiB, per 128 px mosaic SAM view (~0.85 GiB for the mosaic
+        recipe's 24,000 views and 1,000 mosaics); 14x14x768, 588 KiB, per 224 px view of the paper's ViT-B/16, and
+        64x64x768, 12 MiB, per 1024 px SAM view."""
+
+        def compute(images):
+            pixels = image_processor(images, return_tensors="pt")["pixel_values"].to(encoder.device, encoder.dtype)
+            return encoder(pixels, compute_neck=False).trunk_hidden_state
+
+        return self._load_or_compute(f"{view}-trunk", encoder, image_processor, dataset, compute)
+
+    def entry_dir(self, kind: str, model, image_processor, dataset) -> Path:
+        """Where the outputs of `model` (a teacher, or a frozen student encoder) on `dataset` with this preprocessing
+        live (the same for every rank)."""
         key = fingerprint(
-            fingerprint_model(teacher),
+            fingerprint_model(model),
             _preprocessing(image_processor),
             dataset.fingerprint,
             dataset.image_column,
@@ -143,20 +161,20 @@ class TeacherOutputCache:
         return self.cache_dir / f"{kind}-{key}"
 
     @torch.no_grad()
-    def _load_or_compute(self, kind, teacher, image_processor, dataset, compute) -> TeacherOutputs:
+    def _load_or_compute(self, kind, model, image_processor, dataset, compute) -> TeacherOutputs:
         if dataset.fingerprint is None:
             raise ValueError(
                 "The teacher cache needs a dataset with a fingerprint (a datasets.Dataset, or a stream's data spec)."
             )
-        directory = self.entry_dir(kind, teacher, image_processor, dataset)
+        directory = self.entry_dir(kind, model, image_processor, dataset)
         if (directory / "complete.json").exists():
             self.hits += 1
             return TeacherOutputs(directory)
         self.misses += 1
         directory.mkdir(parents=True, exist_ok=True)
-        logger.info("computing %s teacher outputs (rank %d of %d) into %s", kind, self.rank, self.num_ranks, directory)
-        was_training = teacher.training
-        teacher.eval()
+        logger.info("computing %s outputs (rank %d of %d) into %s", kind, self.rank, self.num_ranks, directory)
+        was_training = model.training
+        model.eval()
         prefix = f"rank{self.rank:05d}-of-{self.num_ranks:05d}-" if self.num_ranks > 1 else ""
         for shard, samples in enumerate(self._shards(dataset)):
             path = directory / f"{prefix}shard-{shard:05d}.safetensors"
@@ -174,7 +192,7 @@ class TeacherOutputCache:
                 values = torch.cat(outputs).contiguous()
                 save_file({"values": values}, str(path.with_suffix(".tmp")), metadata={"ids": json.dumps(ids)})
                 path.with_suffix(".tmp").replace(path)
-        teacher.train(was_training)
+        model.train(was_training)
         if self.barrier is not None:
             self.barrier()  # every rank's shards are written
         outputs = TeacherOutputs(directory)

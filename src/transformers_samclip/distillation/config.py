@@ -34,6 +34,8 @@ class SamClipDistillationConfig(TrainingArguments):
         clip_sizes: CLIP input sizes drawn per batch (None: the model's `clip_size`).
         teacher_cache: cache the teachers' outputs on disk (map-style data only).
         teacher_cache_dir: where the cache lives (None: `output_dir/../teacher-cache`, shared by the stages).
+        student_token_cache: in stages that keep the encoder frozen, cache its trunk tokens of the student's views
+            beside the teacher outputs, so that only the CLIP head runs (see `run.student_token_cache_off`).
     """
 
     stage: str = field(default="distillation", metadata={"help": f"one of {list(STAGES)}"})
@@ -58,6 +60,9 @@ class SamClipDistillationConfig(TrainingArguments):
     clip_sizes: list[int] | None = field(default=None, metadata={"help": "CLIP input sizes drawn per batch"})
     teacher_cache: bool = field(default=True, metadata={"help": "cache teacher outputs on disk"})
     teacher_cache_dir: str | None = field(default=None, metadata={"help": "teacher-output cache folder"})
+    student_token_cache: bool = field(
+        default=False, metadata={"help": "cache the frozen encoder's trunk tokens in head-only stages"}
+    )
     # The collator's batches are dicts of named tensors the model's forward reads; none may be dropped.
     remove_unused_columns: bool = False
 
@@ -122,6 +127,7 @@ class SamClipDistillationConfig(TrainingArguments):
             encoder_lr_scale=stage.encoder_lr_scale,
             clip_sizes=list(clip_sizes) if clip_sizes else None,
             teacher_cache=recipe.teacher_cache,
+            student_token_cache=recipe.student_token_cache,
             teacher_cache_dir=str(cache_dir or output_dir / "teacher-cache"),
             **dataclasses.asdict(recipe.losses),
         )

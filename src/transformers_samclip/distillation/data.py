@@ -120,7 +120,7 @@ class DistillationImageDataset(torch.utils.data.Dataset):
     RLE dicts stay encoded, checked, for the prompt sampler to decode the few it prompts: an SA-1B image has
     about 100 masks of 1500 x 2250 px, 340 MB decoded),
     `skipped` (unreadable samples replaced by this one), plus row `index` of each entry in `cached` (teacher
-    outputs from `TeacherOutputCache`, keyed by index).
+    outputs, or a frozen student encoder's trunk tokens, from `TeacherOutputCache`, keyed by index).
     """
 
     def __init__(self, dataset, image_column: str = "image", masks_column: str | None = None, max_retries: int = 16):
@@ -156,9 +156,9 @@ class IterableDistillationImageDataset(torch.utils.data.IterableDataset):
     """A streaming (`datasets.IterableDataset`) source of D_CLIP images or of D_SAM images with their masks
     (`masks_column`, as in `DistillationImageDataset`); unreadable samples are skipped and counted on the next
     readable item. Items carry their `key` (`__key__`) and that key's row of each entry in `cached` (teacher outputs
-    from `TeacherOutputCache`, keyed by `__key__`; `fingerprint` names the stream for it). `sharded_by_node` marks a
-    stream already split among the ranks (`datasets.distributed.split_dataset_by_node`), which the trainer must not
-    split again."""
+    or student tokens from `TeacherOutputCache`, keyed by `__key__`; `fingerprint` names the stream for it).
+    `sharded_by_node` marks a stream already split among the ranks (`datasets.distributed.split_dataset_by_node`),
+    which the trainer must not split again."""
 
     def __init__(
         self, dataset, image_column: str = "image", masks_column: str | None = None, sharded_by_node: bool = False
@@ -263,6 +263,9 @@ class SamClipDistillationCollator:
     `background_region`: the pixels no mask of the image covers, shown to the teacher as their masked crop (the
     items greyed out), so that background pools toward what the teacher sees in background, not toward a class.
     `num_skipped` counts unreadable samples replaced in this batch.
+    Items carrying the frozen student encoder's cached trunk tokens of their view (`clip_trunk_tokens`,
+    `sam_trunk_tokens`: head-only stages, see `run._train_stage`) give `clip_trunk_tokens` in place of
+    `clip_pixel_values` and `sam_trunk_tokens` in place of `sam_pixel_values`.
     """
 
     processor: object  # SamClipProcessor of the student
@@ -303,15 +306,16 @@ class SamClipDistillationCollator:
 
     def _clip_batch(self, items: list[dict]) -> dict:
         images = [item["image"] for item in items]
-        kwargs = {}
-        if self.clip_sizes:
-            size = int(np.random.default_rng([self.seed, items[0]["index"]]).choice(self.clip_sizes))
-            kwargs = {"size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size}}
-        batch = {
-            "clip_pixel_values": self.processor.clip_image_processor(images, return_tensors="pt", **kwargs)[
-                "pixel_values"
-            ]
-        }
+        if all("clip_trunk_tokens" in item for item in items):
+            # The frozen encoder's tokens of this very view (`TeacherOutputCache.student_trunk_tokens`, one size).
+            batch = {"clip_trunk_tokens": torch.stack([item["clip_trunk_tokens"] for item in items])}
+        else:
+            kwargs = {}
+            if self.clip_sizes:
+                size = int(np.random.default_rng([self.seed, items[0]["index"]]).choice(self.clip_sizes))
+                kwargs = {"size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size}}
+            pixel_values = self.processor.clip_image_processor(images, return_tensors="pt", **kwargs)["pixel_values"]
+            batch = {"clip_pixel_values": pixel_values}
         if all("clip_teacher_embeds" in item for item in items):
             batch["clip_teacher_embeds"] = torch.stack([item["clip_teacher_embeds"] for item in items])
         elif self.clip_teacher_image_processor is not None:
@@ -328,7 +332,10 @@ class SamClipDistillationCollator:
         ):
             sampled = self.prompt_sampler(item.get("masks"), height, width, item["index"])
             prompts.append(sampled.scaled(new_width / width, new_height / height))
-        batch = {"sam_pixel_values": encoding["pixel_values"]}
+        if all("sam_trunk_tokens" in item for item in items):
+            batch = {"sam_trunk_tokens": torch.stack([item["sam_trunk_tokens"] for item in items])}
+        else:
+            batch = {"sam_pixel_values": encoding["pixel_values"]}
         if self.prompt_sampler.num_boxes:
             batch["input_boxes"] = torch.from_numpy(np.stack([p.boxes for p in prompts]))
         if self.prompt_sampler.num_point_prompts:

@@ -383,6 +383,8 @@ class Recipe:
         about: free text (command, run time, what it reaches).
         prompts, losses, lora: see `Prompts`, `LossWeights`, `LoraSpec`.
         teacher_cache: cache the teachers' outputs on disk (map-style data only).
+        student_token_cache: in head-only stages, cache the frozen student encoder's trunk tokens on disk too (see
+            `TeacherOutputCache.student_trunk_tokens` for their disk size; off unless the recipe turns it on).
         calibration: a data spec of images with a semantic map for `run.calibrate_background`, or null.
         evaluation: `evaluate_samclip_on_mosaic` options of the results table, or null (no table).
     """
@@ -397,6 +399,7 @@ class Recipe:
     losses: LossWeights = field(default_factory=LossWeights)
     lora: LoraSpec = field(default_factory=LoraSpec)
     teacher_cache: bool = True
+    student_token_cache: bool = False
     calibration: dict | None = None
     evaluation: dict | None = None
 
@@ -413,6 +416,7 @@ class Recipe:
         self.losses = _section(LossWeights, self.losses, "losses")
         self.lora = _section(LoraSpec, self.lora, "lora")
         _boolean("teacher_cache", self.teacher_cache)
+        _boolean("student_token_cache", self.student_token_cache)
         _data_spec(self.calibration, "calibration", optional=True)
         if self.evaluation is not None and not isinstance(self.evaluation, Mapping):
             _fail("evaluation", f"must be null or a JSON object of evaluation options, got {self.evaluation!r}")

@@ -1,6 +1,8 @@
-"""Run a distillation recipe end to end: teachers, merge, data, teacher cache, stages (each resumable), saving,
-and (mosaic world) the evaluation table. `samclip distill` (cli.py) is a thin command line over `run_recipe`."""
+"""Run a distillation recipe end to end: teachers, merge, data, teacher cache, stages (each resumable; head-only
+stages on the student token cache), saving, and (mosaic world) the evaluation table. `samclip distill` (cli.py) is
+a thin command line over `run_recipe`."""
 
+import copy
 import dataclasses
 import json
 import logging
@@ -208,6 +210,61 @@ def _load_data(recipe: Recipe, config: SamClipDistillationConfig, teachers: dict
     return clip_data, sam_data, cache
 
 
+def _with_cached(dataset, name: str, values):
+    # A copy for one stage: the datasets are shared by the stages, and the tokens hold for this stage's encoder only.
+    dataset = copy.copy(dataset)
+    dataset.cached = {**dataset.cached, name: values}
+    return dataset
+
+
+def student_token_cache_off(config: SamClipDistillationConfig, clip_data) -> str | None:
+    """Why `config`'s stage runs without the student token cache, or None when it caches: the switch is off, the
+    stage trains the encoder, `clip_sizes` draws the CLIP view's size per batch (the tokens are cached at the
+    model's one `clip_size`, not per size), FSDP is on (the cache is computed by whole students before the trainer
+    shards them; untested with the encoder left out of FSDP's forward), or D_CLIP has no fingerprint to key it."""
+    if not config.student_token_cache:
+        return "student_token_cache is false"
+    if "vision_encoder." in stage_trains(config.stage):
+        return "the stage trains the encoder"
+    if config.clip_sizes:
+        return f"clip_sizes {config.clip_sizes} draws the CLIP view's size per batch"
+    if config.fsdp or os.environ.get("ACCELERATE_USE_FSDP") == "true":
+        return "FSDP is on"
+    if clip_data.fingerprint is None:
+        return "D_CLIP has no fingerprint (an unkeyed stream)"
+    return None
+
+
+def _student_tokens(config: SamClipDistillationConfig, student, processor, clip_data, sam_data, with_sam: bool):
+    """`(clip_data, sam_data)` of one stage, carrying the frozen student encoder's trunk tokens of the CLIP view and
+    (when the stage reads D_SAM, for `L_region`) of the SAM view, computed once per stage by each rank for its own
+    samples; as given when `student_token_cache_off` says why not."""
+    state = config.distributed_state
+    reason = student_token_cache_off(config, clip_data)
+    state.print(f"{config.stage}: student token cache " + (f"off ({reason})" if reason else "on"))
+    if reason is not None:
+        return clip_data, sam_data
+    cache = TeacherOutputCache(
+        config.teacher_cache_dir,
+        rank=state.process_index,
+        num_ranks=state.num_processes,
+        barrier=state.wait_for_everyone,
+    )
+    encoder = student.vision_encoder
+    clip_data = _with_cached(
+        clip_data,
+        "clip_trunk_tokens",
+        cache.student_trunk_tokens(encoder, processor.clip_image_processor, clip_data, "clip"),
+    )
+    if with_sam and sam_data.fingerprint is not None:
+        sam_data = _with_cached(
+            sam_data,
+            "sam_trunk_tokens",
+            cache.student_trunk_tokens(encoder, processor.image_processor, sam_data, "sam"),
+        )
+    return clip_data, sam_data
+
+
 def _train_stage(
     recipe: Recipe,
     config: SamClipDistillationConfig,
@@ -237,6 +294,7 @@ def _train_stage(
         )
     # L_SAM (stage 2, lambda > 0) and L_region (any stage) read D_SAM; head-only stages then get L_region alone.
     with_sam = needs_sam_batches(config.stage, config.losses)
+    clip_data, sam_data = _student_tokens(config, student, processor, clip_data, sam_data, with_sam)
     teacher_processor = teachers["clip_processor"].image_processor
     collator = SamClipDistillationCollator(
         processor,

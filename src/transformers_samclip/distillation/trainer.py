@@ -11,6 +11,7 @@ import os
 from collections import defaultdict
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 from transformers import Trainer
@@ -115,24 +116,35 @@ class SamClipDistillationModule(nn.Module):
         region_masks=None,
         region_valid=None,
         region_teacher_pixel_values=None,
+        clip_trunk_tokens=None,
+        sam_trunk_tokens=None,
     ) -> dict[str, torch.Tensor]:
         """Loss terms of one step: `loss` and, when computed, `loss_clip`, `loss_sam`, `loss_focal`, `loss_dice`,
-        `loss_iou`, `loss_region`. `L_SAM` and `L_region` share one encoder pass over `sam_pixel_values`."""
+        `loss_iou`, `loss_region`. `L_SAM` and `L_region` share one encoder pass over `sam_pixel_values`.
+        `clip_trunk_tokens` and `sam_trunk_tokens` (the frozen encoder's cached trunk tokens of the two views, in
+        head-only stages) stand for `clip_pixel_values` and `sam_pixel_values`: the encoder does not run."""
+        if (clip_trunk_tokens is not None or sam_trunk_tokens is not None) and self._encoder_trains():
+            raise ValueError("cached trunk tokens stand for a frozen encoder; this stage trains the encoder.")
         terms = {}
         loss = 0.0
-        if clip_pixel_values is not None:
+        if clip_pixel_values is not None or clip_trunk_tokens is not None:
             if clip_teacher_embeds is None:
                 with torch.no_grad():
                     clip_teacher_embeds = _embedding(
                         self.teachers["clip"].get_image_features(pixel_values=clip_teacher_pixel_values)
                     )
-            student_embeds = self.student(pixel_values=clip_pixel_values).image_embeds
+            if clip_trunk_tokens is None:
+                student_embeds = self.student(pixel_values=clip_pixel_values).image_embeds
+            else:  # what the student's forward computes after its encoder
+                student_embeds = F.normalize(self.student.clip_head(clip_trunk_tokens)[1], dim=-1)
             terms["loss_clip"] = clip_distillation_loss(student_embeds, clip_teacher_embeds)
             loss = loss + terms["loss_clip"]
-        with_sam = sam_pixel_values is not None and bool(self.losses.sam_loss_weight)
-        with_regions = sam_pixel_values is not None and region_masks is not None and bool(self.losses.region_weight)
-        if with_sam or with_regions:
+        sam_view = sam_pixel_values is not None or sam_trunk_tokens is not None
+        with_sam = sam_view and bool(self.losses.sam_loss_weight)
+        with_regions = sam_view and region_masks is not None and bool(self.losses.region_weight)
+        if with_sam or (with_regions and sam_trunk_tokens is None):
             encoded = self._encode_sam_view(sam_pixel_values, compute_neck=with_sam)
+            sam_trunk_tokens = encoded.trunk_hidden_state
         if with_sam:
             sam = self.sam_loss(
                 sam_pixel_values,
@@ -147,16 +159,18 @@ class SamClipDistillationModule(nn.Module):
             loss = loss + self.losses.sam_loss_weight * sam["loss"]
         if with_regions:
             terms["loss_region"] = self.region_loss(
-                encoded.trunk_hidden_state, region_masks, region_valid, region_teacher_pixel_values
+                sam_trunk_tokens, region_masks, region_valid, region_teacher_pixel_values
             )
             loss = loss + self.losses.region_weight * terms["loss_region"]
         terms["loss"] = loss
         return terms
 
+    def _encoder_trains(self) -> bool:
+        return any(parameter.requires_grad for parameter in self.student.vision_encoder.parameters())
+
     def _encode_sam_view(self, pixel_values, compute_neck: bool):
         # A frozen encoder (head-only stages) gets no autograd graph: nothing would flow back through it.
-        trains = any(parameter.requires_grad for parameter in self.student.vision_encoder.parameters())
-        with torch.set_grad_enabled(torch.is_grad_enabled() and trains):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self._encoder_trains()):
             return self.student.vision_encoder(pixel_values, compute_neck=compute_neck)
 
     def region_loss(self, trunk_tokens, region_masks, region_valid, teacher_pixel_values) -> torch.Tensor:
