@@ -568,7 +568,7 @@ def test_student_trunk_tokens_are_the_encoders_and_keyed_by_its_weights_and_view
     with torch.no_grad():
         encoder.layers[0].mlp.lin1.bias.add_(0.1)  # another encoder (a later stage's)
     cache.student_trunk_tokens(encoder, view, data, "clip")
-    assert (cache.hits, cache.misses) == (1, 3) and len(list(tmp_path.glob("clip-trunk-*"))) == 3
+    assert (cache.hits, cache.misses) == (1, 3) and len(list(tmp_path.glob("student-clip-*"))) == 3
 
 
 def test_cached_teacher_outputs_reach_the_batch(tmp_path, teachers, processor, teacher_processor, image_dataset):

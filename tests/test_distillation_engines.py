@@ -156,8 +156,9 @@ def test_ddp_and_fsdp_launches_through_the_shipped_configs_agree_and_resume_afte
     for side in ("clip", "sam"):
         read = [set((keys / f"{side}-rank{rank}.txt").read_text().split()) for rank in (0, 1)]
         assert read[0] and read[1] and not read[0] & read[1], side
-    # The teacher cache: one entry per view, each rank's shards keyed by the samples it read.
-    for view in ("clip", "sam"):
+    # The teacher cache and stage 1's student token cache: one entry per view, each rank's shards keyed by the
+    # samples it read.
+    for view in ("clip", "sam", "student-clip", "student-sam"):
         (entry,) = (tmp_path / "ddp" / "teacher-cache").glob(f"{view}-*")
         assert (entry / "complete.json").is_file()
         assert {p.name.split("-shard")[0] for p in entry.glob("*.safetensors")} == {

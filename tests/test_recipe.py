@@ -321,4 +321,4 @@ def test_student_token_cache_keeps_stage1_and_resumes_onto_the_same_tokens(tmp_p
     for name in plain:
         torch.testing.assert_close(cached[name], plain[name], rtol=0, atol=1e-6, msg=name)
     # One entry per view: the resumed run's encoder is the same, so it read the tokens the first run wrote.
-    assert [len(list((tmp_path / "cache").glob(f"{view}-trunk-*"))) for view in ("clip", "sam")] == [1, 1]
+    assert [len(list((tmp_path / "cache").glob(f"student-{view}-*"))) for view in ("clip", "sam")] == [1, 1]

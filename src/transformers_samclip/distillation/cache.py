@@ -3,7 +3,8 @@ views, computed once, stored as safetensors shards keyed by sample id, read memo
 stages and resumed runs. It also holds the student encoder's trunk tokens while a stage keeps that encoder frozen
 (`student_trunk_tokens`): the same rows of a fixed model on fixed views.
 
-An entry (one view: a model, its preprocessing, a dataset) lives in `cache_dir/<kind>-<fingerprint>/`; the
+An entry (one view: a model, its preprocessing, a dataset) lives in `cache_dir/<kind>-<fingerprint>/` (kind: `clip`
+and `sam` for the teachers, `student-clip` and `student-sam` for the student's tokens); the
 fingerprint hashes the model (state dict and config), the preprocessing and the dataset, so changing any of them
 misses and recomputes. Each rank writes the shards of its own samples (`rank{R}-of-{W}-shard-{N}.safetensors`; one
 process: `shard-{N}.safetensors`), each holding `values` and, in its metadata, the ids of its rows: the dataset
@@ -145,7 +146,7 @@ class TeacherOutputCache:
             pixels = image_processor(images, return_tensors="pt")["pixel_values"].to(encoder.device, encoder.dtype)
             return encoder(pixels, compute_neck=False).trunk_hidden_state
 
-        return self._load_or_compute(f"{view}-trunk", encoder, image_processor, dataset, compute)
+        return self._load_or_compute(f"student-{view}", encoder, image_processor, dataset, compute)
 
     def entry_dir(self, kind: str, model, image_processor, dataset) -> Path:
         """Where the outputs of `model` (a teacher, or a frozen student encoder) on `dataset` with this preprocessing
