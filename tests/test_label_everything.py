@@ -143,11 +143,11 @@ def test_instance_pipeline_labels_the_items_of_test_mosaics(shipped, test_mosaic
         assert [s["score"] for s in segments] == sorted((s["score"] for s in segments), reverse=True)
         hits, count = labelled_recall(segments, row)
         found, total = found + hits, total + count
-    # Measured on these 12 mosaics: 12 of 32 items found and rightly labelled (0.375); a right mask with a chance
-    # label would score about 0.09 (10 classes).
-    assert total >= 20 and found / total >= 0.25, (found, total)
-    # Labelling each mask's crop through the CLIP path (a second, small pass) does better: measured 15 of 32.
-    assert crops_found / total >= 0.25 and crops_found >= found, (crops_found, found, total)
+    # Measured on these 12 mosaics with the shipped model: 14 of 32 items found and rightly labelled (0.44; the
+    # model shipped before it: 12); a right mask with a chance label would score about 0.09 (10 classes).
+    assert total >= 20 and found / total >= 0.35, (found, total)
+    # Labelling each mask's crop through the CLIP path (a second, small pass) instead: measured 12 of 32 (before: 15).
+    assert crops_found / total >= 0.3, (crops_found, found, total)
 
 
 def test_panoptic_segments_do_not_overlap_and_semantic_alias_still_works(shipped, test_mosaics):
