@@ -117,9 +117,8 @@ class TeacherOutputCache:
     def clip_image_embeddings(self, teacher, image_processor, dataset) -> TeacherOutputs:
         """Per sample, `(dim,)`: the unnormalised `get_image_features(...).pooler_output` of the CLIP teacher."""
 
-        def compute(images):
-            pixels = image_processor(images, return_tensors="pt")["pixel_values"].to(teacher.device, teacher.dtype)
-            output = teacher.get_image_features(pixel_values=pixels)
+        def compute(pixel_values):
+            output = teacher.get_image_features(pixel_values=pixel_values)
             return getattr(output, "pooler_output", output)
 
         return self._load_or_compute("clip", teacher, image_processor, dataset, compute)
@@ -127,11 +126,7 @@ class TeacherOutputCache:
     def sam_image_embeddings(self, teacher, image_processor, dataset) -> TeacherOutputs:
         """Per sample, `(channels, grid, grid)`: the SAM teacher's image embeddings of the SAM view."""
 
-        def compute(images):
-            pixels = image_processor(images, return_tensors="pt")["pixel_values"].to(teacher.device, teacher.dtype)
-            return teacher.get_image_embeddings(pixels)
-
-        return self._load_or_compute("sam", teacher, image_processor, dataset, compute)
+        return self._load_or_compute("sam", teacher, image_processor, dataset, teacher.get_image_embeddings)
 
     def student_trunk_tokens(self, encoder, image_processor, dataset, view: str) -> TeacherOutputs:
         """Per sample, `(grid_h, grid_w, hidden_size)`: the trunk tokens (`trunk_hidden_state`) of a student's frozen
@@ -142,9 +137,8 @@ class TeacherOutputCache:
         recipe's 24,000 views and 1,000 mosaics); 14x14x768, 588 KiB, per 224 px view of the paper's ViT-B/16, and
         64x64x768, 12 MiB, per 1024 px SAM view."""
 
-        def compute(images):
-            pixels = image_processor(images, return_tensors="pt")["pixel_values"].to(encoder.device, encoder.dtype)
-            return encoder(pixels, compute_neck=False).trunk_hidden_state
+        def compute(pixel_values):
+            return encoder(pixel_values, compute_neck=False).trunk_hidden_state
 
         return self._load_or_compute(f"student-{view}", encoder, image_processor, dataset, compute)
 
@@ -163,6 +157,7 @@ class TeacherOutputCache:
 
     @torch.no_grad()
     def _load_or_compute(self, kind, model, image_processor, dataset, compute) -> TeacherOutputs:
+        # `compute` maps a batch of `image_processor`'s pixel values (on the model's device and dtype) to its rows.
         if dataset.fingerprint is None:
             raise ValueError(
                 "The teacher cache needs a dataset with a fingerprint (a datasets.Dataset, or a stream's data spec)."
@@ -186,7 +181,8 @@ class TeacherOutputCache:
                 batch = [(sample_id, load()) for sample_id, load in samples[first : first + self.batch_size]]
                 batch = [(sample_id, image) for sample_id, image in batch if image is not None]
                 if batch:
-                    values = compute([image for _, image in batch]).cpu()
+                    pixel_values = image_processor([image for _, image in batch], return_tensors="pt")["pixel_values"]
+                    values = compute(pixel_values.to(model.device, model.dtype)).cpu()
                     outputs.append(values.to(self.dtype) if self.dtype else values)
                     ids.extend(sample_id for sample_id, _ in batch)
             if outputs:
