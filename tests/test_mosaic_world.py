@@ -192,6 +192,25 @@ def test_heldout_and_raw_item_views():
         make_item_views("test", num_items=2, style="noir")
 
 
+def test_item_views_in_the_clip_teachers_looks():
+    looks = make_item_views("train", num_items=1200, seed=3, style="looks")
+    again = make_item_views("train", num_items=1200, seed=3, style="looks")
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(looks["image"], again["image"]))
+    assert list(looks["label"]) == list(again["label"]) and set(looks["item_index"]) == {-1}
+    # Every class, and every look by its size: 28 px photos, 64 px item and flat views, crops of other sizes.
+    assert set(looks["label"]) == set(range(len(FASHION_MNIST_CLASSES)))
+    sizes = np.array([image.size[0] for image in looks["image"]])
+    assert all(image.mode == "RGB" and image.size[0] == image.size[1] for image in looks["image"][:100])
+    assert 0.10 < np.mean(sizes == 28) < 0.20  # raw photos: 15%
+    assert 0.40 < np.mean(sizes == 64) < 0.60  # item views 30% + flat views 20% (+ the odd 64 px crop)
+    assert 0.25 < np.mean((sizes != 28) & (sizes != 64)) < 0.45  # crops and masked crops: 35%
+    # A view depends on its position only: the first chunk of a longer set is the same set.
+    shorter = make_item_views("train", num_items=1000, seed=3, style="looks")
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(shorter["image"], looks["image"][:1000]))
+    with pytest.raises(ValueError, match="drop size"):
+        make_item_views("train", num_items=2, size=32, style="looks")
+
+
 def test_mask_geometry_is_the_harness_one():
     # Moved to evaluation.geometry (tested in test_evaluation.py); the mosaic world still exports it.
     for name in ("center_point", "evaluation_points", "mask_iou", "mask_to_box", "random_points"):

@@ -251,7 +251,9 @@ def make_mosaic_dataset(
     return datasets.Dataset.from_dict(rows, features=mosaic_features())
 
 
-ITEM_VIEW_STYLES = ("training", "heldout", "raw")
+# Views per random stream of style="looks": a view does not change when num_items does (beyond its chunk).
+_LOOKS_CHUNK = 1000
+ITEM_VIEW_STYLES = ("training", "heldout", "raw", "looks")
 
 
 def make_item_views(
@@ -262,16 +264,38 @@ def make_item_views(
     style: str = "training",
 ):
     """Each Fashion-MNIST item alone as a ``datasets.Dataset`` with ``image`` (RGB), ``label`` (ClassLabel) and
-    ``item_index``: ``style="training"`` tinted on a random background at ``size`` (the look D_CLIP and the
-    teachers train on), ``"heldout"`` the look of :func:`generate_heldout_view`, ``"raw"`` the 28 px greyscale
-    photo itself. ``num_items=None`` takes the whole split (10,000 test / 60,000 train items), in order."""
+    ``item_index``: ``style="training"`` tinted on a random background at ``size`` (the look the SAM teacher's
+    world and the first CLIP teacher train on), ``"heldout"`` the look of :func:`generate_heldout_view`, ``"raw"``
+    the 28 px greyscale photo itself. ``num_items=None`` takes the whole split (10,000 test / 60,000 train items),
+    in order.
+
+    ``style="looks"`` is a training set, not an evaluation look: ``num_items`` views in every look the CLIP teacher
+    is trained on (:data:`.clip_views.LOOK_WEIGHTS`: item views, small items on flat backgrounds, raw photos, square
+    and masked crops of mosaic items), at the sizes the teacher saw them (64 px views, 28 px photos, crops as cut;
+    the CLIP processor resizes), items drawn at random, so ``item_index`` is -1."""
     import datasets
 
     if style not in ITEM_VIEW_STYLES:
         raise ValueError(f"style must be one of {ITEM_VIEW_STYLES}, got {style!r}.")
+    if style == "looks" and size != 64:
+        raise ValueError(f'style="looks" draws its views at the CLIP teacher\'s 64 px; got size={size}: drop size.')
     source = item_source(split)
     count = len(source.labels) if num_items is None else min(num_items, len(source.labels))
-    if style == "raw":
+    item_indices = list(range(count))
+    labels = source.labels[:count].tolist()
+    if style == "looks":
+        from .clip_views import clip_training_views  # it builds on this module
+
+        # Drawn in chunks, each from its own (seed, chunk) stream, so a view depends on its position only.
+        images, labels = [], []
+        for chunk, first in enumerate(range(0, count, _LOOKS_CHUNK)):
+            chunk_images, chunk_labels = clip_training_views(
+                np.random.default_rng([seed, chunk, 17]), source, min(_LOOKS_CHUNK, count - first)
+            )
+            images.extend(chunk_images)
+            labels.extend(chunk_labels.tolist())
+        item_indices = [-1] * count
+    elif style == "raw":
         images = [Image.fromarray(source.images[index]).convert("RGB") for index in range(count)]
     elif style == "heldout":  # its own seed stream, so no held-out view repeats a training draw
         images = [
@@ -291,5 +315,5 @@ def make_item_views(
         }
     )
     return datasets.Dataset.from_dict(
-        {"image": images, "label": source.labels[:count].tolist(), "item_index": list(range(count))}, features=features
+        {"image": images, "label": labels, "item_index": item_indices}, features=features
     )
