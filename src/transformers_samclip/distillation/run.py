@@ -51,7 +51,8 @@ def load_teachers(spec: Teachers) -> dict:
 
 
 def load_image_dataset(spec: dict):
-    """A `datasets` dataset from a recipe `data` entry: `source` is `mosaic-items`, `mosaic` (the mosaic world),
+    """A `datasets` dataset from a recipe `data` entry: `source` is `mosaic-items` (`make_item_views`' arguments;
+    `style: "looks"` for every look the mosaic CLIP teacher trains on), `mosaic` (the mosaic world),
     `coco` (`annotation_file`, `image_dir`, and `load_coco_instances`' options), `sa1b` (`data_dir` of extracted
     files and `max_images`, or `data_files`: SA-1B's own tars, streamed), `webdataset` (`data_files`: tar shards,
     e.g. img2dataset's output, streamed; the image column is the first of jpg/jpeg/png/webp), or anything

@@ -284,11 +284,14 @@ def make_item_views(
     item_indices = list(range(count))
     labels = source.labels[:count].tolist()
     if style == "looks":
+        from tqdm.auto import tqdm
+
         from .clip_views import clip_training_views  # it builds on this module
 
         # Drawn in chunks, each from its own (seed, chunk) stream, so a view depends on its position only.
         images, labels = [], []
-        for chunk, first in enumerate(range(0, count, _LOOKS_CHUNK)):
+        starts = range(0, count, _LOOKS_CHUNK)
+        for chunk, first in enumerate(tqdm(starts, desc=f"drawing {count} views in the CLIP teacher's looks")):
             chunk_images, chunk_labels = clip_training_views(
                 np.random.default_rng([seed, chunk, 17]), source, min(_LOOKS_CHUNK, count - first)
             )
