@@ -22,9 +22,10 @@ latency ~30 s quiet); `--parts real --repeats 1` 616 s (export and quantization 
   and each graph int8 alone (the others fp32), so that the loss is pinned on the graph that causes it.
 
 Reaches (measured here, README's ONNX section): fp32 onnxruntime equals torch eager's quality exactly; int8 of all
-graphs moves zero-shot top-1 / box mIoU / semseg mIoU by +0.004 / -0.0002 / +0.0008 (no graph alone by more than
-0.002) and shrinks the graphs 2.9x (mosaic) to 3.6x (ViT-B encoder); latency ratios to torch eager 0.37-0.70 (fp32)
-and 0.11-0.51 (int8) at mosaic size, 0.5-1.28 (fp32) and 0.18-0.81 (int8) at real size.
+graphs (per-channel, 2026-12-03) moves zero-shot top-1 / box mIoU / semseg mIoU by -0.003 / +0.0007 / -0.0001 (no
+graph alone by more than 0.005) and shrinks the graphs 2.9x (mosaic) to 3.6x (ViT-B encoder, per-tensor then);
+latency ratios to torch eager 0.24-0.76 (fp32) and 0.16-0.67 (int8) at mosaic size, 0.5-1.28 (fp32) and 0.18-0.81
+(int8, per-tensor) at real size.
 """
 
 from __future__ import annotations

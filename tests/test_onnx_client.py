@@ -141,7 +141,8 @@ def test_int8_graphs_stay_close_to_fp32(mosaic):
         for graph, graph_pixels in (("vision_model", pixels), ("dense_encoder", dense_pixels))
     )
     assert (fp32 * int8).sum(-1).min() >= 0.999  # measured 0.99998
-    # Per-patch features of the shipped model: mean cosine 0.9998, 1st percentile 0.998, worst patch 0.9895.
+    # Per-patch features of the shipped model (per-channel int8): mean cosine 0.9999, 1st percentile 0.9991, worst
+    # patch 0.990.
     patches = (fp32_dense * int8_dense).sum(1)
     assert patches.mean() >= 0.999 and np.percentile(patches, 1) >= 0.995 and patches.min() >= 0.98
     assert (folder / "onnx" / "vision_model_quantized.onnx").stat().st_size < (
@@ -184,4 +185,4 @@ def test_int8_decoder_keeps_its_prompt_inputs(mosaic):
     assert np.abs(refined_int8 - box_int8).max() > 1.0  # the mask prompt reached the int8 graph (measured 3.5)
     for ours, reference in ((box_int8, box_fp32), (refined_int8, refined_fp32)):
         overlap = ((ours > 0) & (reference > 0)).sum() / ((ours > 0) | (reference > 0)).sum()
-        assert overlap >= 0.95  # measured 0.969 (box), 0.976 (refined)
+        assert overlap >= 0.95  # measured 0.994 (box; 0.934 with one int8 scale per tensor)

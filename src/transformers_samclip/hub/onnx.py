@@ -382,7 +382,9 @@ def _set_transformers_js_config(out_dir: Path, quantized: bool) -> None:
 def quantize_onnx(onnx_dir: str | Path, graphs=GRAPH_NAMES) -> dict[str, Path]:
     """int8 dynamic quantization (weights int8, activations quantized on the fly) of each graph with
     onnxruntime's quantizer: `NAME.onnx` -> `NAME_quantized.onnx` (transformers.js's dtype "q8"); the export
-    folder's `transformers.js_config` then sends the wasm backend to them."""
+    folder's `transformers.js_config` then sends the wasm backend to them. Weights get one scale per output channel
+    (one per tensor moved the shipped model's box masks to 0.934 IoU with fp32's; per channel: 0.994) in a 7-bit
+    range (`reduce_range`: in the full 8 bits x86's int8 dot products overflow, 0.801)."""
     import logging
     import tempfile
 
@@ -403,7 +405,7 @@ def quantize_onnx(onnx_dir: str | Path, graphs=GRAPH_NAMES) -> dict[str, Path]:
                 defaults = _pop_input_defaults(graph_model)
                 source = Path(tmp) / f"{name}.onnx"
                 onnx.save(graph_model, str(source))
-                quantize_dynamic(source, target, weight_type=QuantType.QInt8)
+                quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=True, reduce_range=True)
                 if defaults:
                     quantized = onnx.load(str(target))
                     quantized.graph.initializer.extend(defaults)
