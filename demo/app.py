@@ -590,8 +590,8 @@ def build_demo(demo: SamClipDemo, cache_dir: Path | None = None) -> gr.Blocks:
             )
             gr.Examples(
                 [
-                    [mosaics[36], FASHION_LABELS, -1],
                     [mosaics[2], FASHION_LABELS, -1],
+                    [mosaics[0], FASHION_LABELS, -1],
                     [photos["chelsea"], photo_labels, -1],
                 ],
                 inputs=[all_image, all_labels, all_threshold],

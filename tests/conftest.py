@@ -21,6 +21,7 @@ from transformers import (
     CLIPProcessor,
     CLIPTokenizer,
     SamConfig,
+    SamImageProcessorPil,
     SamModel,
     SamProcessor,
 )
@@ -170,6 +171,28 @@ def tiny_teachers(teachers, processor, tokenizer):
         "clip_model": clip,
         "clip_processor": clip_processor,
     }
+
+
+@pytest.fixture(scope="session")
+def saved_tiny_teachers(tmp_path_factory, teachers, tokenizer):
+    """The tiny teachers saved as Hub checkpoints are, each with its processor (64 px SAM, 32 px CLIP):
+    `{"sam": folder, "clip": folder}`, a recipe's `teachers` entry."""
+    root = tmp_path_factory.mktemp("tiny-teachers")
+    sam, clip = teachers
+    sam.save_pretrained(root / "sam")
+    SamProcessor(
+        SamImageProcessorPil(
+            size={"longest_edge": 64},
+            pad_size={"height": 64, "width": 64},
+            mask_size={"longest_edge": 16},
+            mask_pad_size={"height": 16, "width": 16},
+        )
+    ).save_pretrained(root / "sam")
+    clip.save_pretrained(root / "clip")
+    CLIPProcessor(
+        CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}), tokenizer
+    ).save_pretrained(root / "clip")
+    return {"sam": str(root / "sam"), "clip": str(root / "clip")}
 
 
 @pytest.fixture(scope="session")

@@ -112,8 +112,7 @@ def _logged_steps(stage_dir) -> list[dict]:
 def test_ddp_and_fsdp_launches_through_the_shipped_configs_agree_and_resume_after_a_kill(
     tmp_path,
     shards,  # noqa: F811  (the fixture imported above)
-    tokenizer,
-    teachers,
+    saved_tiny_teachers,
 ):
     """`accelerate launch --config_file recipes/accelerate/{8gpu,fsdp-8gpu}.yaml --num_processes 2` on CPU (gloo): the
     mosaic recipe shortened to 1 + 4 steps on tiny teachers (region distillation on), D_CLIP and D_SAM streamed from
@@ -121,22 +120,8 @@ def test_ddp_and_fsdp_launches_through_the_shipped_configs_agree_and_resume_afte
     checkpoint 2 of stage 2 and launched again into the same folder. FSDP's losses equal DDP's step by step, the
     resumed run ends at DDP's weights, both save a whole model that loads with from_pretrained, and the ranks read
     disjoint samples."""
-    sam, clip = teachers
-    sam.save_pretrained(tmp_path / "sam")
-    SamProcessor(
-        SamImageProcessorPil(
-            size={"longest_edge": 64},
-            pad_size={"height": 64, "width": 64},
-            mask_size={"longest_edge": 16},
-            mask_pad_size={"height": 16, "width": 16},
-        )
-    ).save_pretrained(tmp_path / "sam")
-    clip.save_pretrained(tmp_path / "clip")
-    CLIPProcessor(
-        CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}), tokenizer
-    ).save_pretrained(tmp_path / "clip")
     overrides = {
-        "teachers": {"sam": str(tmp_path / "sam"), "clip": str(tmp_path / "clip")},
+        "teachers": saved_tiny_teachers,
         "model": {"sam_size": 64, "clip_size": 32, "head": {"num_hidden_layers": 1}},
         "data": {"clip": _clip_spec(shards), "sam": _sam_spec(shards)},
         "evaluation": None,

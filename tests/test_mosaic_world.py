@@ -207,8 +207,10 @@ def test_item_views_in_the_clip_teachers_looks():
     # A view depends on its position only: the first chunk of a longer set is the same set.
     shorter = make_item_views("train", num_items=1000, seed=3, style="looks")
     assert all(a.tobytes() == b.tobytes() for a, b in zip(shorter["image"], looks["image"][:1000]))
-    with pytest.raises(ValueError, match="drop size"):
-        make_item_views("train", num_items=2, size=32, style="looks")
+    # `size` is the item and flat views' side, as in the other styles.
+    small = make_item_views("train", 300, seed=3, size=32, style="looks")["image"]
+    small = np.array([image.size[0] for image in small])
+    assert 0.4 < np.mean(small == 32) < 0.6  # item and flat views: 50%
 
 
 def test_mask_geometry_is_the_harness_one():

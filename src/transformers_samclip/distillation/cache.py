@@ -133,8 +133,8 @@ class TeacherOutputCache:
         `SamClipVisionEncoder` on `view` (`"clip"` or `"sam"`, naming the entry) as `image_processor` makes it. Keyed
         by the encoder's own weights, so tokens of another encoder (a later stage's) are never read. On disk, one
         image takes grid_h x grid_w x hidden_size values in the encoder's dtype (fp32: 4 bytes each): 8x8x128, 32 KiB,
-        per 64 px mosaic item view and 16x16x128, 128 KiB, per 128 px mosaic SAM view (~0.85 GiB for the mosaic
-        recipe's 24,000 views and 1,000 mosaics); 14x14x768, 588 KiB, per 224 px view of the paper's ViT-B/16, and
+        per 64 px mosaic item view and 16x16x128, 128 KiB, per 128 px mosaic SAM view (~1.2 GiB for the mosaic
+        recipe's 24,000 views and 4,000 mosaics); 14x14x768, 588 KiB, per 224 px view of the paper's ViT-B/16, and
         64x64x768, 12 MiB, per 1024 px SAM view."""
 
         def compute(pixel_values):

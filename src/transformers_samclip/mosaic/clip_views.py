@@ -78,8 +78,11 @@ def mosaic_crops(rng: np.random.Generator, source: ItemSource, count: int) -> tu
     return images, labels
 
 
-def clip_training_views(rng: np.random.Generator, source: ItemSource, count: int) -> tuple[list, np.ndarray]:
-    """`count` labelled views of train items in the looks of :data:`LOOK_WEIGHTS` (PIL images, int64 labels)."""
+def clip_training_views(
+    rng: np.random.Generator, source: ItemSource, count: int, size: int = 64
+) -> tuple[list, np.ndarray]:
+    """`count` labelled views of train items in the looks of :data:`LOOK_WEIGHTS` (PIL images, int64 labels); item
+    and flat views at `size`, raw photos at 28 px, crops as cut from 128 px mosaics."""
     looks = list(LOOK_WEIGHTS)
     weights = np.array([LOOK_WEIGHTS[look] for look in looks])
     drawn = rng.choice(len(looks), size=count, p=weights / weights.sum())
@@ -91,9 +94,9 @@ def clip_training_views(rng: np.random.Generator, source: ItemSource, count: int
         index = int(rng.integers(len(source.labels)))
         item = source.images[index]
         if looks[look] == "item":
-            images.append(generate_item_view(rng, item)[0])
+            images.append(generate_item_view(rng, item, size)[0])
         elif looks[look] == "flat":
-            images.append(flat_view(rng, item))
+            images.append(flat_view(rng, item, size))
         else:
             images.append(raw_view(rng, item))
         labels.append(int(source.labels[index]))

@@ -271,14 +271,12 @@ def make_item_views(
 
     ``style="looks"`` is a training set, not an evaluation look: ``num_items`` views in every look the CLIP teacher
     is trained on (:data:`.clip_views.LOOK_WEIGHTS`: item views, small items on flat backgrounds, raw photos, square
-    and masked crops of mosaic items), at the sizes the teacher saw them (64 px views, 28 px photos, crops as cut;
-    the CLIP processor resizes), items drawn at random, so ``item_index`` is -1."""
+    and masked crops of mosaic items), item and flat views at ``size``, photos at 28 px and crops as cut (the CLIP
+    processor resizes), items drawn at random, so ``item_index`` is -1."""
     import datasets
 
     if style not in ITEM_VIEW_STYLES:
         raise ValueError(f"style must be one of {ITEM_VIEW_STYLES}, got {style!r}.")
-    if style == "looks" and size != 64:
-        raise ValueError(f'style="looks" draws its views at the CLIP teacher\'s 64 px; got size={size}: drop size.')
     source = item_source(split)
     count = len(source.labels) if num_items is None else min(num_items, len(source.labels))
     item_indices = list(range(count))
@@ -293,7 +291,7 @@ def make_item_views(
         starts = range(0, count, _LOOKS_CHUNK)
         for chunk, first in enumerate(tqdm(starts, desc=f"drawing {count} views in the CLIP teacher's looks")):
             chunk_images, chunk_labels = clip_training_views(
-                np.random.default_rng([seed, chunk, 17]), source, min(_LOOKS_CHUNK, count - first)
+                np.random.default_rng([seed, chunk, 17]), source, min(_LOOKS_CHUNK, count - first), size
             )
             images.extend(chunk_images)
             labels.extend(chunk_labels.tolist())
