@@ -19,8 +19,6 @@ from test_distillation_streaming import _clip_spec, _sam_spec, shards  # noqa: F
 from transformers import (
     CLIPImageProcessorPil,
     CLIPProcessor,
-    SamImageProcessorPil,
-    SamProcessor,
     TrainingArguments,
 )
 
@@ -241,31 +239,20 @@ def test_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(
 
 
 @pytest.mark.slow
-def test_two_process_ddp_first_step_equals_one_process_at_the_same_global_batch(tmp_path, tokenizer, teachers):
+def test_two_process_ddp_first_step_equals_one_process_at_the_same_global_batch(
+    tmp_path, teachers, saved_tiny_teachers
+):
     """Head probing (L_CLIP alone, no regions: every term is a mean over the batch) for one step: 2 DDP processes of
     4 images through the shipped 8gpu.yaml read the same 8 images as one process of 8, so the logged loss and
     gradient norm agree within float tolerance."""
     from transformers_samclip.distillation.run import run_recipe
 
     sam, clip = teachers
-    clip_processor = CLIPProcessor(
-        CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}), tokenizer
-    )
-    sam.save_pretrained(tmp_path / "sam")
-    SamProcessor(
-        SamImageProcessorPil(
-            size={"longest_edge": 64},
-            pad_size={"height": 64, "width": 64},
-            mask_size={"longest_edge": 16},
-            mask_pad_size={"height": 16, "width": 16},
-        )
-    ).save_pretrained(tmp_path / "sam")
-    clip.save_pretrained(tmp_path / "clip")
-    clip_processor.save_pretrained(tmp_path / "clip")
+    clip_processor = CLIPProcessor.from_pretrained(saved_tiny_teachers["clip"])
     base = load_recipe("mosaic")
     recipe = base.override(
         {
-            "teachers": {"sam": str(tmp_path / "sam"), "clip": str(tmp_path / "clip")},
+            "teachers": saved_tiny_teachers,
             "model": {"sam_size": 64, "clip_size": 32, "head": {"num_hidden_layers": 1}},
             "data.clip.num_items": 32,
             "data.clip.size": 32,
