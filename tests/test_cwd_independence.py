@@ -65,7 +65,7 @@ def test_readme_order_distill_then_test(saved_tiny_model, tmp_path):
     clone = tmp_path / "clone"
     distill_output_in(clone, saved_tiny_model)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider"]
+    command = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-n", "0"]
     started = time.perf_counter()
     result = subprocess.run(
         [*command, *(str(REPO_ROOT / test) for test in README_ORDER_TESTS)],

@@ -266,6 +266,30 @@ def test_run_with_region_distillation_logs_it_in_both_stages_and_trains_the_head
         assert any(not torch.equal(with_regions[k], without[k]) for k in with_regions if k.startswith("clip_head."))
 
 
+def test_sam_teacher_is_cached_only_when_the_run_reads_every_d_sam_image(tmp_path, tokenizer, teachers):
+    """The tiny recipe's stage 2 reads one D_SAM image a step (`sam_batch_size=1`) of its 4: at 3 steps the SAM
+    teacher runs per step and nothing is cached for it; at 4 steps its embeddings of all 4 are cached. Stage 2 computes
+    L_SAM either way. The mosaic recipe's stage 2 reads 188 x 4 of its D_SAM images, as the plan counts them."""
+    from transformers_samclip.distillation.config import SamClipDistillationConfig
+    from transformers_samclip.distillation.plan import stage_steps
+    from transformers_samclip.distillation.run import run_recipe, sam_teacher_reads
+
+    recipe = _cli(*TINY)
+    for steps, cached in ((3, False), (4, True)):
+        run = tmp_path / f"steps{steps}"
+        options = dict(max_steps=steps, evaluate=False, teachers=_tiny_teachers(tokenizer, teachers))
+        run_recipe(recipe, run, cache_dir=run / "cache", **options)
+        assert bool(list((run / "cache").glob("sam-*/complete.json"))) is cached, steps
+        state = json.loads(next((run / "stage2-distillation").glob("checkpoint-*/trainer_state.json")).read_text())
+        assert state["log_history"][0]["loss_sam"] > 0
+
+    mosaic = load_recipe("mosaic")
+    configs = [SamClipDistillationConfig.from_recipe(mosaic, i, tmp_path / "plan", use_cpu=True) for i in (0, 1)]
+    assert sam_teacher_reads(configs, 24000, 1) == 188 * 4 == stage_steps(configs[1], 24000, 1, True)["sam_images"]
+    naive = [SamClipDistillationConfig.from_recipe(mosaic.override({"losses.sam_loss_weight": 0}), 1, tmp_path)]
+    assert sam_teacher_reads(naive, 24000, 1) == 0
+
+
 class _Killed(Exception):
     """Stands for a kill after a checkpoint: the run stops between optimizer steps."""
 

@@ -26,7 +26,7 @@ from .data import (
     SamClipDistillationCollator,
 )
 from .prompts import PromptSampler
-from .recipe import Recipe, Teachers, as_recipe, needs_sam_batches, stage_trains
+from .recipe import Recipe, Teachers, as_recipe, needs_sam_batches, rehearses_sam, stage_trains
 from .trainer import SamClipDistillationTrainer
 
 logger = logging.getLogger(__name__)
@@ -185,10 +185,26 @@ def last_complete_checkpoint(stage_dir: Path) -> str | None:
     return str(max(finished, key=lambda path: int(path.name.split("-")[-1]))) if finished else None
 
 
-def _load_data(recipe: Recipe, config: SamClipDistillationConfig, teachers: dict, sam_processor):
+def sam_teacher_reads(configs: list[SamClipDistillationConfig], num_clip: int, num_processes: int) -> int:
+    """D_SAM images whose SAM-teacher embeddings the stages of `configs` read (those that compute `L_SAM`), for a
+    map-style D_CLIP of `num_clip` samples (`plan.stage_steps`' count)."""
+    from .plan import stage_steps
+
+    return sum(
+        stage_steps(config, num_clip, num_processes, with_sam=True)["sam_images"]
+        for config in configs
+        if rehearses_sam(config.stage) and config.losses.sam_loss_weight > 0
+    )
+
+
+def _load_data(recipe: Recipe, configs: list[SamClipDistillationConfig], teachers: dict, sam_processor):
     """D_CLIP and D_SAM wrapped for the collator, with the teachers' cached outputs attached
-    (`config.teacher_cache`; map-style data, or keyed webdataset / SA-1B streams), each rank computing its own
-    samples' outputs; returns `(clip_data, sam_data, cache)`, `cache` None when uncached."""
+    (`teacher_cache`; map-style data, or keyed webdataset / SA-1B streams), each rank computing its own
+    samples' outputs; returns `(clip_data, sam_data, cache)`, `cache` None when uncached. The SAM teacher's
+    outputs are cached only when the run reads D_SAM's samples at least once on average: caching a sample costs
+    the teacher pass that reading it uncached costs, so a run that reads fewer (the mosaic recipe's stage 2: 752
+    of 4,000) computes them per step."""
+    config = configs[0]
     state = config.distributed_state
     with config.main_process_first(desc="datasets"):
         clip_data = _wrap(*load_clip_images(recipe.data.clip), state=state)
@@ -204,7 +220,13 @@ def _load_data(recipe: Recipe, config: SamClipDistillationConfig, teachers: dict
         clip_data.cached["clip_teacher_embeds"] = cache.clip_image_embeddings(
             teachers["clip_model"], teachers["clip_processor"].image_processor, clip_data
         )
-        if recipe.rehearses_sam and sam_data.fingerprint is not None:
+        reads_all = not hasattr(sam_data, "__len__") or not hasattr(clip_data, "__len__")
+        if not reads_all:
+            reads = sam_teacher_reads(configs, len(clip_data), state.num_processes)
+            reads_all = reads >= len(sam_data)
+            if recipe.rehearses_sam and not reads_all:
+                state.print(f"SAM teacher run per step: the stages read {reads} of D_SAM's {len(sam_data)} images")
+        if recipe.rehearses_sam and sam_data.fingerprint is not None and reads_all:
             sam_data.cached["sam_teacher_embeddings"] = cache.sam_image_embeddings(
                 teachers["sam_model"], sam_processor.image_processor, sam_data
             )
@@ -371,7 +393,7 @@ def run_recipe(
         teachers["clip_processor"].tokenizer, sam_size=recipe.model.sam_size, clip_size=recipe.model.clip_size
     )
     untrained_state = {k: v.clone() for k, v in student.state_dict().items()} if evaluate else None
-    clip_data, sam_data, cache = _load_data(recipe, configs[0], teachers, processor)
+    clip_data, sam_data, cache = _load_data(recipe, configs, teachers, processor)
 
     trainer = None
     for index, config in enumerate(configs):
