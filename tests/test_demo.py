@@ -377,7 +377,6 @@ def shown_large(page) -> None:
     """The open tab's result is the 128 px mosaic enlarged to 512 px, and shown at least 400 px wide."""
     result = visible(page.locator(RESULT_IMAGE))
     # The element is in the page before its picture has loaded (naturalWidth 0 on a loaded machine): wait for it.
-    result.wait_for(timeout=30_000)
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=result.element_handle(), timeout=30_000)
     assert result.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [512, 512]
     assert result.bounding_box()["width"] >= 400

@@ -197,6 +197,18 @@ def sam_teacher_reads(configs: list[SamClipDistillationConfig], num_clip: int, n
     )
 
 
+def _reads_every_sam_image(configs: list[SamClipDistillationConfig], clip_data, sam_data) -> bool:
+    """Whether the stages read at least as many D_SAM images as it holds (always, for a stream: its length is
+    unknown); says so on the main process when they read fewer."""
+    if not (hasattr(clip_data, "__len__") and hasattr(sam_data, "__len__")):
+        return True
+    state = configs[0].distributed_state
+    reads = sam_teacher_reads(configs, len(clip_data), state.num_processes)
+    if reads < len(sam_data):
+        state.print(f"SAM teacher run per step: the stages read {reads} of D_SAM's {len(sam_data)} images")
+    return reads >= len(sam_data)
+
+
 def _load_data(recipe: Recipe, configs: list[SamClipDistillationConfig], teachers: dict, sam_processor):
     """D_CLIP and D_SAM wrapped for the collator, with the teachers' cached outputs attached
     (`teacher_cache`; map-style data, or keyed webdataset / SA-1B streams), each rank computing its own
@@ -220,13 +232,11 @@ def _load_data(recipe: Recipe, configs: list[SamClipDistillationConfig], teacher
         clip_data.cached["clip_teacher_embeds"] = cache.clip_image_embeddings(
             teachers["clip_model"], teachers["clip_processor"].image_processor, clip_data
         )
-        reads_all = not hasattr(sam_data, "__len__") or not hasattr(clip_data, "__len__")
-        if not reads_all:
-            reads = sam_teacher_reads(configs, len(clip_data), state.num_processes)
-            reads_all = reads >= len(sam_data)
-            if recipe.rehearses_sam and not reads_all:
-                state.print(f"SAM teacher run per step: the stages read {reads} of D_SAM's {len(sam_data)} images")
-        if recipe.rehearses_sam and sam_data.fingerprint is not None and reads_all:
+        if (
+            recipe.rehearses_sam
+            and sam_data.fingerprint is not None
+            and _reads_every_sam_image(configs, clip_data, sam_data)
+        ):
             sam_data.cached["sam_teacher_embeddings"] = cache.sam_image_embeddings(
                 teachers["sam_model"], sam_processor.image_processor, sam_data
             )
