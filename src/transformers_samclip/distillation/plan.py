@@ -17,7 +17,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .config import SamClipDistillationConfig
-from .recipe import Recipe, as_recipe, needs_sam_batches, rehearses_sam
+from .recipe import Recipe, as_recipe, needs_sam_batches, stage_losses
 from .trainer import SamClipDistillationModule, configure_trainable
 
 ADAMW_STATES = 2  # exp_avg and exp_avg_sq, fp32, per trainable parameter
@@ -219,7 +219,7 @@ def measure_step(recipe: Recipe, config: SamClipDistillationConfig, models: dict
     """FLOPs of one optimizer step per device (student forward + backward, teachers forward, uncached), averaged
     over the stage's CLIP sizes, and the largest activation memory among them."""
     student, sam, clip = models["student"], models["sam"], models["clip"]
-    losses = config.losses if rehearses_sam(config.stage) else dataclasses.replace(config.losses, sam_loss_weight=0.0)
+    losses = stage_losses(config.stage, config.losses)
     module = SamClipDistillationModule(student, clip_teacher=clip, sam_teacher=sam, losses=losses).train()
     configure_trainable(student, config.stage, train_sam_head=bool(losses.sam_loss_weight))
     with_sam = needs_sam_batches(config.stage, config.losses)

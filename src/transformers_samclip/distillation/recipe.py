@@ -47,10 +47,20 @@ def rehearses_sam(stage: str) -> bool:
     return "mask_decoder." in stage_trains(stage)
 
 
+def stage_losses(stage: str, losses: "LossWeights") -> "LossWeights":
+    """`losses` as `stage` applies them: lambda is 0 in a stage that does not rehearse SAM."""
+    return losses if rehearses_sam(stage) else dataclasses.replace(losses, sam_loss_weight=0.0)
+
+
+def computes_sam_loss(stage: str, losses: "LossWeights") -> bool:
+    """Whether `stage` adds `lambda * L_SAM` under `losses` (it rehearses SAM, with lambda > 0)."""
+    return stage_losses(stage, losses).sam_loss_weight > 0
+
+
 def needs_sam_batches(stage: str, losses: "LossWeights") -> bool:
-    """Whether `stage` needs D_SAM batches under `losses`: it computes `L_SAM` (a stage that rehearses SAM, with
-    lambda > 0) or `L_region` (`region_weight > 0`, in any stage: head-only stages too, without `L_SAM`)."""
-    return (rehearses_sam(stage) and losses.sam_loss_weight > 0) or losses.region_weight > 0
+    """Whether `stage` needs D_SAM batches under `losses`: it computes `L_SAM` or `L_region` (`region_weight > 0`,
+    in any stage: head-only stages too, without `L_SAM`)."""
+    return computes_sam_loss(stage, losses) or losses.region_weight > 0
 
 
 def is_streaming(spec) -> bool:

@@ -26,7 +26,7 @@ from .data import (
     SamClipDistillationCollator,
 )
 from .prompts import PromptSampler
-from .recipe import Recipe, Teachers, as_recipe, needs_sam_batches, rehearses_sam, stage_trains
+from .recipe import Recipe, Teachers, as_recipe, computes_sam_loss, needs_sam_batches, stage_trains
 from .trainer import SamClipDistillationTrainer
 
 logger = logging.getLogger(__name__)
@@ -193,7 +193,7 @@ def sam_teacher_reads(configs: list[SamClipDistillationConfig], num_clip: int, n
     return sum(
         stage_steps(config, num_clip, num_processes, with_sam=True)["sam_images"]
         for config in configs
-        if rehearses_sam(config.stage) and config.losses.sam_loss_weight > 0
+        if computes_sam_loss(config.stage, config.losses)
     )
 
 

@@ -6,7 +6,6 @@ pass and SAM pass and the losses: one forward and one backward per step is what 
 requires, and the teachers (frozen, eval mode, kept out of the state dict and moved with the module) never
 enter checkpoints. Checkpoints hold the student as a `save_pretrained` folder."""
 
-import dataclasses
 import os
 from collections import defaultdict
 
@@ -18,7 +17,7 @@ from transformers import Trainer
 
 from ..modeling import mask_region_features
 from .losses import clip_distillation_loss, sam_distillation_loss
-from .recipe import LossWeights, Stage, rehearses_sam, stage_trains
+from .recipe import LossWeights, Stage, stage_losses, stage_trains
 
 # Parameter-name parts trained at `encoder_lr_scale` x the learning rate in stage 2 (the SAM side).
 SCALED_LR_PARTS = ("vision_encoder.", "mask_decoder.")
@@ -271,9 +270,7 @@ class SamClipDistillationTrainer(Trainer):
         stage = stage or "distillation"
         encoder_lr_scale = Stage.encoder_lr_scale if encoder_lr_scale is None else encoder_lr_scale
         if not isinstance(model, SamClipDistillationModule):
-            losses = losses or LossWeights()
-            if not rehearses_sam(stage):
-                losses = dataclasses.replace(losses, sam_loss_weight=0.0)
+            losses = stage_losses(stage, losses or LossWeights())
             model = SamClipDistillationModule(model, clip_teacher=clip_teacher, sam_teacher=sam_teacher, losses=losses)
         configure_trainable(model.student, stage, train_sam_head=bool(model.losses.sam_loss_weight))
         self.stage, self.encoder_lr_scale = stage, encoder_lr_scale
