@@ -74,3 +74,12 @@ def test_asking_for_a_gpu_that_is_not_there_is_one_clear_line(tmp_path, capsys):
     assert main(["build-teachers", "--only", "clip", "--device", "cuda", "--output-dir", str(tmp_path / "t")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--device cuda" in err[0] and "--device cpu" in err[0]
+
+
+def test_a_learning_curve_interval_that_is_not_positive_is_one_clear_line(tmp_path, capsys):
+    from transformers_samclip.cli import main
+
+    code = main(["build-teachers", "--only", "clip", "--measure-every", "0", "--output-dir", str(tmp_path / "t")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--measure-every 0" in err[0] and "positive" in err[0]
+    assert not (tmp_path / "t" / "BUILD.json").exists()

@@ -833,9 +833,11 @@ def build_teachers(
     init_from: Path | str | None = None,
     device: str = "cpu",
     workers: int = 0,
+    measure_every_minutes: float = 10.0,
 ) -> dict:
     """Train the teachers from ``seed``, save them to ``output_dir/{clip,sam}`` (safetensors, with their
-    processors) and record the measured test metrics in ``output_dir/BUILD.json``."""
+    processors) and record the measured test metrics in ``output_dir/BUILD.json``; the CLIP learning curve on
+    train data is taken every ``measure_every_minutes`` of training."""
     torch.set_num_threads(threads)
     output_dir, work_dir = Path(output_dir), Path(work_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -849,6 +851,7 @@ def build_teachers(
                 lr=clip_lr,
                 work_dir=work_dir,
                 init_from=None if init_from is None else Path(init_from) / "clip",
+                measure_every_minutes=measure_every_minutes,
                 device=device,
                 workers=workers,
             ),
@@ -953,6 +956,12 @@ def main(argv: list[str] | None = None) -> dict:
         "--init-from", type=Path, help="warm-start from the teachers saved in this folder (its clip/ and sam/)"
     )
     parser.add_argument("--measure-only", action="store_true", help="re-measure the saved teachers, no training")
+    parser.add_argument(
+        "--measure-every",
+        type=float,
+        default=10.0,
+        help="minutes of CLIP training between points of its learning curve on train data (a short GPU build: 1)",
+    )
     args = parser.parse_args(argv)
     from .._cli import UsageError, check_at_least, check_path
 
@@ -962,6 +971,8 @@ def main(argv: list[str] | None = None) -> dict:
         check_path(args.init_from, "--init-from", "folder")
     check_at_least("--threads", args.threads, 1)
     check_at_least("--workers", args.workers, 0)
+    if not args.measure_every > 0:
+        raise UsageError(f"--measure-every {args.measure_every}: give a positive number of minutes, e.g. 1")
     if args.device != "cpu" and not (args.device.startswith("cuda") and torch.cuda.is_available()):
         raise UsageError(
             f"--device {args.device}: no such device here (torch sees "
@@ -984,6 +995,7 @@ def main(argv: list[str] | None = None) -> dict:
         init_from=args.init_from,
         device=args.device,
         workers=args.workers,
+        measure_every_minutes=args.measure_every,
         command=command.strip(),
     )
 
