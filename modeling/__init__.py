@@ -21,6 +21,7 @@ from .mask_generation_samclip import (
     mask_token_weights,
     peak_points,
     select_generated_masks,
+    suppress_contained,
 )
 from .modeling_samclip import SamClipModel, SamClipOutput, SamClipPreTrainedModel
 from .processing_samclip import SamClipImageProcessor, SamClipProcessor
@@ -50,5 +51,6 @@ __all__ = [
     "peak_points",
     "samclip_config_from_preset",
     "select_generated_masks",
+    "suppress_contained",
     "trunk_affinity",
 ]

@@ -102,6 +102,9 @@ class SamClipMaskGeneratorOptions:
         (None: none is).
     score_threshold (`float`, None): instances whose confidence (class probability x predicted IoU) is below it are
         dropped (None: `config.instance_score_threshold`; painted maps: every mask is painted).
+    containment_threshold (`float`, 0.6): an instance is dropped when at least this share of its area lies inside
+        one more confident instance (SAM's part and sub-part masks of a thing, and near-copies NMS let through: a
+        part is not a thing); None keeps them. Chosen on train mosaics (docs/text-to-mask.md).
 
     SAM refinement of the dense map (`semantic_segmentation_refined`):
     num_points (`int`, 3): positive points per class prompt, at the class's most confident patches.
@@ -125,6 +128,7 @@ class SamClipMaskGeneratorOptions:
     crop_padding: float = 0.2
     background_threshold: float | None = None
     score_threshold: float | None = None
+    containment_threshold: float | None = 0.6
     num_points: int = 3
     min_pixels: int = 1
     mask_prompt_scale: float = 8.0
@@ -154,6 +158,15 @@ class SamClipMaskGeneratorOptions:
             raise ValueError(
                 f"score_threshold must be >= 0 (scores lie in [0, 1]; 0 keeps every mask), got "
                 f"{self.score_threshold!r}."
+            )
+        if self.containment_threshold is not None and (
+            isinstance(self.containment_threshold, bool)
+            or not isinstance(self.containment_threshold, (int, float))
+            or not 0 < self.containment_threshold <= 1
+        ):
+            raise ValueError(
+                f"containment_threshold must be a share of a mask's area in (0, 1], or None to keep contained masks; "
+                f"got {self.containment_threshold!r} (default {_default('containment_threshold')})."
             )
         if not isinstance(self.per_component, bool):
             raise ValueError(f"per_component must be True or False, got {self.per_component!r}.")
@@ -226,6 +239,22 @@ def select_generated_masks(
         kept.append(index)
         suppressed |= overlap[index] > nms_threshold
     return candidates[kept]
+
+
+def suppress_contained(masks: torch.Tensor, scores: torch.Tensor, threshold: float | None) -> torch.Tensor:
+    """Indices of the bool masks `(N, H, W)` to keep, best score first: going down the scores, a mask is dropped when
+    at least `threshold` of its area lies inside one mask kept before it (`None` drops none). Label-everything
+    counts things; SAM's automatic masks also hold their parts and near-copies that NMS on IoU lets through."""
+    order = scores.argsort(descending=True)
+    if threshold is None or len(order) < 2:
+        return order
+    flat = masks[order].flatten(1).float()
+    inside = (flat @ flat.T) / flat.sum(1)[:, None].clamp(min=1)  # [i, j]: share of mask i inside mask j
+    kept = []
+    for index in range(len(order)):
+        if not any(inside[index, j] >= threshold for j in kept):
+            kept.append(index)
+    return order[kept]
 
 
 def mask_token_weights(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -491,7 +520,8 @@ class SamClipMaskGenerator:
         "None of these": a mask is dropped when its best class cosine is below `background_threshold`, when its
         confidence is below `score_threshold` (default `config.instance_score_threshold`, calibrated on training
         mosaics by `evaluation.instance.calibrate_instance_score_threshold`; `None` there keeps every mask), or when
-        one of `background_embeds` (e.g. the embedding of "background") matches it better than every class.
+        one of `background_embeds` (e.g. the embedding of "background") matches it better than every class. Of what
+        is left, a mask mostly inside a more confident one is dropped (`containment_threshold`: parts, near-copies).
         `label_source="crops"` labels each mask instead by its square crop of the input through the CLIP path (one
         more, small, batched encoder pass: the teachers' cascade within one model). `input_sizes` are the unpadded
         `(height, width)` of each image in the SAM input (the processor's `reshaped_input_sizes`), so that no prompt
@@ -568,7 +598,8 @@ class SamClipMaskGenerator:
                 keep &= scores >= score_threshold
             if background_embeds is not None and len(logits):
                 keep &= best > self._label_cosines(*image, background_embeds.to(class_embeds), options).amax(dim=1)
-            order = scores[keep].argsort(descending=True)
+            kept = torch.nonzero(keep)[:, 0]
+            kept = kept[suppress_contained(logits[kept] > 0, scores[kept], options.containment_threshold)]
             for name, value in (
                 ("mask_logits", logits),
                 ("class_ids", class_ids),
@@ -576,7 +607,7 @@ class SamClipMaskGenerator:
                 ("class_cosines", cosines),
                 ("iou_scores", ious),
             ):
-                getattr(output, name).append(value[keep][order])
+                getattr(output, name).append(value[kept])
         return output
 
     @torch.no_grad()

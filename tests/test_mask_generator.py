@@ -10,7 +10,7 @@ from transformers import SamModel, pipeline
 
 from transformers_samclip import SamClipMaskGenerator, SamClipMaskGeneratorOptions, SamClipModel
 from transformers_samclip.evaluation.semantic import segment_everything
-from transformers_samclip.modeling import select_generated_masks
+from transformers_samclip.modeling import select_generated_masks, suppress_contained
 from transformers_samclip.modeling.pipeline_samclip import GENERATOR_OPTIONS
 
 LABELS = ["red square", "grey noise"]
@@ -85,6 +85,25 @@ def test_a_generator_threshold_equals_the_same_call_override(merged, processor, 
         assert torch.equal(getattr(by_generator, name)[0], getattr(by_call, name)[0]), name
 
 
+def test_label_everything_drops_masks_inside_a_more_confident_one(merged, processor, image, tokenizer):
+    inputs = processor(images=image, view="sam")
+    class_embeds = merged.encode_class_names(LABELS, tokenizer)
+    loose = dict(pred_iou_threshold=-10.0, stability_threshold=0.0, points_per_side=4, score_threshold=0.0)
+    generator = SamClipMaskGenerator(merged, **loose)
+    with torch.no_grad():
+        every = generator.instance_segmentation(inputs["pixel_values"], class_embeds, containment_threshold=None)
+        default = generator.instance_segmentation(inputs["pixel_values"], class_embeds)
+    masks, scores = every.mask_logits[0] > 0, every.scores[0]
+    kept = suppress_contained(masks, scores, SamClipMaskGeneratorOptions().containment_threshold)
+    assert 0 < len(kept) < len(scores)  # the untrained decoder's masks hold parts of each other
+    assert torch.equal(default.scores[0], scores[kept])
+    assert torch.equal(default.mask_logits[0], every.mask_logits[0][kept])
+    inside = default.mask_logits[0] > 0
+    for worse in range(1, len(inside)):  # no kept mask lies 60% inside a better one
+        shares = (inside[worse] & inside[:worse]).flatten(1).sum(1) / inside[worse].sum().clamp(min=1)
+        assert shares.max() < 0.6
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -104,6 +123,8 @@ def test_a_generator_threshold_equals_the_same_call_override(merged, processor, 
         ({"mask_pooling": "median"}, r"mask_pooling must be 'mean', 'max' or 'mean_tokens', got 'median'"),
         ({"prompts": "everywhere"}, r"prompts must be 'grid' or 'peaks', got 'everywhere'"),
         ({"per_component": "yes"}, r"per_component must be True or False, got 'yes'"),
+        ({"containment_threshold": 1.5}, r"containment_threshold must be a share of a mask's area in \(0, 1\]"),
+        ({"containment_threshold": 0}, r"or None to keep contained masks; got 0 \(default 0.6\)"),
     ],
 )
 def test_bad_options_name_the_option_and_the_fix(merged, overrides, message):
@@ -113,6 +134,26 @@ def test_bad_options_name_the_option_and_the_fix(merged, overrides, message):
         SamClipMaskGenerator(merged, **overrides)
     with pytest.raises(ValueError, match=message):  # at call time, before the encoder runs
         SamClipMaskGenerator(merged).instance_segmentation(torch.zeros(1, 3, 2, 2), torch.zeros(1, 24), **overrides)
+
+
+def _square(top, left, side, size=10):
+    mask = torch.zeros(size, size, dtype=torch.bool)
+    mask[top : top + side, left : left + side] = True
+    return mask
+
+
+def test_a_part_inside_a_more_confident_thing_is_dropped_and_the_order_is_by_score():
+    thing, part, neighbour, hanging = _square(0, 0, 6), _square(1, 1, 3), _square(6, 6, 4), _square(4, 4, 4)
+    masks = torch.stack([part, thing, neighbour, hanging])
+    scores = torch.tensor([0.5, 0.9, 0.7, 0.6])
+    # The part (9 of 9 pixels inside the thing) goes; the hanging square has 4 of 16 pixels in the thing and 4 of 16
+    # in the neighbour: 0.25 each, below 0.6, so it stays; order is by score.
+    assert suppress_contained(masks, scores, 0.6).tolist() == [1, 2, 3]
+    assert suppress_contained(masks, scores, 0.25).tolist() == [1, 2]
+    assert suppress_contained(masks, scores, None).tolist() == [1, 2, 3, 0]
+    # A part more confident than its thing keeps both: only a better mask can absorb a worse one.
+    assert suppress_contained(masks, torch.tensor([0.95, 0.9, 0.7, 0.6]), 0.6).tolist() == [0, 1, 2, 3]
+    assert suppress_contained(masks[:0], scores[:0], 0.6).tolist() == []
 
 
 def test_predicted_iou_thresholds_may_be_negative():

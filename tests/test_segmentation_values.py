@@ -178,7 +178,11 @@ def per_component_by_hand(model, pixels, class_embeds, threshold, iou_gate, mask
 def test_per_component_refinement_keeps_sams_mask_only_where_it_is_confident(merged, pixels, class_embeds):
     threshold = float(np.median(cosines(merged, pixels, class_embeds).max(1)))
     _, ious = per_component_by_hand(merged, pixels, class_embeds, threshold, iou_gate=0.0)
-    iou_gate = float(np.median(ious))  # SAM's mask for about half of the components, the coarse region for the rest
+    # SAM's mask for about half of the components, the coarse region for the rest; the gate lies halfway between two
+    # predicted IoUs, so that float rounding between the two computations cannot flip a component (the median itself
+    # is one of them when the count is odd, and flipped one in a full-file run).
+    ordered = sorted(ious)
+    iou_gate = (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2
     low_logits, _ = per_component_by_hand(merged, pixels, class_embeds, threshold, iou_gate)
     expected = bilinear(low_logits, SIZE, SIZE)
     out = segmentation(

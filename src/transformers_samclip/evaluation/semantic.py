@@ -33,6 +33,7 @@ from ..modeling import (
     grid_points,
     mask_padding,
     select_generated_masks,
+    suppress_contained,
 )
 from ._common import SkippedSamples, iter_batches, model_device, rgb, sam_view, subset
 from .classification import class_text_embeddings, image_embeddings
@@ -387,14 +388,18 @@ def cascade_instances(
     """The SAM-then-CLIP cascade on one image: :func:`segment_everything`, then each mask's square crop (with the
     pixels outside the mask greyed when `masked`) classified zero-shot by the CLIP model (one CLIP image per mask).
     Returns `{"masks", "class_ids", "scores"}` (score: the CLIP class probability times SAM's predicted IoU, the same
-    confidence SAM-CLIP's instances carry)."""
+    confidence SAM-CLIP's instances carry), best score first; masks mostly inside a more confident one are dropped as
+    SAM-CLIP's are (`containment_threshold`, :func:`suppress_contained`)."""
     masks, ious = segment_everything(sam_model, sam_processor, image, **options)
     if not len(masks):
         return {"masks": masks, "class_ids": torch.zeros(0, dtype=torch.long), "scores": torch.zeros(0)}
     crops = [masked_crop(image, mask.numpy()) if masked else square_crop(image, mask) for mask in masks]
     logits = (image_embeddings(clip_model, clip_processor, crops) @ class_embeds.T) * clip_model.logit_scale.exp()
     probabilities, class_ids = logits.softmax(dim=1).max(dim=1)
-    return {"masks": masks, "class_ids": class_ids.cpu(), "scores": (probabilities.cpu() * ious.clamp(0, 1))}
+    scores = probabilities.cpu() * ious.cpu().clamp(0, 1)
+    threshold = SamClipMaskGeneratorOptions().replace(**options).containment_threshold
+    kept = suppress_contained(masks, scores, threshold)
+    return {"masks": masks[kept], "class_ids": class_ids.cpu()[kept], "scores": scores[kept]}
 
 
 def cascade_segmenter(
