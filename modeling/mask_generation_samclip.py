@@ -231,14 +231,20 @@ def select_generated_masks(
     flat = (mask_logits[candidates] > 0).flatten(1).float()
     intersection = flat @ flat.T
     overlap = intersection / (flat.sum(1)[:, None] + flat.sum(1)[None, :] - intersection).clamp(min=1)
-    suppressed = torch.zeros(len(candidates), dtype=torch.bool, device=mask_logits.device)
+    return candidates[_greedy_keep(overlap > nms_threshold)]
+
+
+def _greedy_keep(suppresses: torch.Tensor) -> list[int]:
+    """Greedy selection down a ranked list of `N` items: item `i` is kept unless an item `j` kept before it has
+    `suppresses[i, j]` (an `(N, N)` bool matrix). Mask NMS and the containment rule both walk this way."""
+    suppressed = torch.zeros(len(suppresses), dtype=torch.bool, device=suppresses.device)
     kept = []
-    for index in range(len(candidates)):
+    for index in range(len(suppresses)):
         if suppressed[index]:
             continue
         kept.append(index)
-        suppressed |= overlap[index] > nms_threshold
-    return candidates[kept]
+        suppressed |= suppresses[:, index]
+    return kept
 
 
 def suppress_contained(masks: torch.Tensor, scores: torch.Tensor, threshold: float | None) -> torch.Tensor:
@@ -250,11 +256,7 @@ def suppress_contained(masks: torch.Tensor, scores: torch.Tensor, threshold: flo
         return order
     flat = masks[order].flatten(1).float()
     inside = (flat @ flat.T) / flat.sum(1)[:, None].clamp(min=1)  # [i, j]: share of mask i inside mask j
-    kept = []
-    for index in range(len(order)):
-        if not any(inside[index, j] >= threshold for j in kept):
-            kept.append(index)
-    return order[kept]
+    return order[_greedy_keep(inside >= threshold)]
 
 
 def mask_token_weights(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
