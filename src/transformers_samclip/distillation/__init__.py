@@ -26,6 +26,7 @@ from .data import (
 from .losses import (
     clip_distillation_loss,
     dice_loss,
+    relational_distillation_loss,
     sam_distillation_loss,
     sigmoid_focal_loss,
 )
@@ -88,6 +89,7 @@ __all__ = [
     "load_recipe",
     "load_sa1b",
     "parse_override",
+    "relational_distillation_loss",
     "polygons_to_mask",
     "background_mask",
     "region_frame_mask",

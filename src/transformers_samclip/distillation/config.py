@@ -27,8 +27,8 @@ class SamClipDistillationConfig(TrainingArguments):
     Args:
         stage: `head_probing`, `distillation` or `resolution_adaptation` (see `recipe.Stage`).
         sam_loss_weight, focal_weight, dice_weight, iou_weight, distill_single_mask, region_weight, region_target,
-            region_background: the loss settings (`recipe.LossWeights`, whose defaults these are; `losses` gives
-            them as one object).
+            region_background, relational_weight, relational_temperature: the loss settings (`recipe.LossWeights`,
+            whose defaults these are; `losses` gives them as one object).
         sam_batch_size: D_SAM images per step (stages that need D_SAM batches).
         encoder_lr_scale: LR multiplier of the shared encoder and the SAM head (stage 2).
         clip_sizes: CLIP input sizes drawn per batch (None: the model's `clip_size`).
@@ -52,6 +52,12 @@ class SamClipDistillationConfig(TrainingArguments):
     )
     region_background: bool = field(
         default=LossWeights.region_background, metadata={"help": "the background as one more region per image"}
+    )
+    relational_weight: float = field(
+        default=LossWeights.relational_weight, metadata={"help": "weight of L_relational"}
+    )
+    relational_temperature: float = field(
+        default=LossWeights.relational_temperature, metadata={"help": "softmax temperature of L_relational"}
     )
     sam_batch_size: int = field(default=Stage.sam_batch_size, metadata={"help": "D_SAM images per step"})
     encoder_lr_scale: float = field(
@@ -87,6 +93,8 @@ class SamClipDistillationConfig(TrainingArguments):
             region_weight=self.region_weight,
             region_target=self.region_target,
             region_background=self.region_background,
+            relational_weight=self.relational_weight,
+            relational_temperature=self.relational_temperature,
         )
 
     @classmethod

@@ -1,5 +1,6 @@
-"""SAM-CLIP distillation losses (SAM-CLIP.md section 3): cosine distillation for the CLIP head; focal + dice
-against the SAM teacher's soft masks (and optionally MSE on the IoU head) for the SAM head."""
+"""SAM-CLIP distillation losses (SAM-CLIP.md section 3): cosine distillation for the CLIP head (and, as an option,
+relational distillation over the step's teacher embeddings); focal + dice against the SAM teacher's soft masks (and
+optionally MSE on the IoU head) for the SAM head."""
 
 import torch
 import torch.nn.functional as F
@@ -10,6 +11,21 @@ from .recipe import LossWeights
 def clip_distillation_loss(student_embeds: torch.Tensor, teacher_embeds: torch.Tensor) -> torch.Tensor:
     """Mean over images of `1 - cos(student, teacher)`; inputs `(batch, dim)`, normalised or not."""
     return (1 - F.cosine_similarity(student_embeds, teacher_embeds.to(student_embeds.dtype), dim=-1)).mean()
+
+
+def relational_distillation_loss(
+    student_embeds: torch.Tensor, teacher_embeds: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """SEED/CompRess-style relational distillation: the mean over rows of KL(teacher || student) between the softmax
+    similarities (at `temperature`) of row i's teacher embedding and of its student embedding to every teacher
+    embedding of the step. Inputs `(n, dim)`, row i of both the same image or region, normalised or not."""
+    # Cosine spends itself on the direction all embeddings share; class names are read from how an embedding sits
+    # among the others, which is what this ranks.
+    teacher = F.normalize(teacher_embeds.detach().to(student_embeds.dtype), dim=-1)
+    student = F.normalize(student_embeds, dim=-1)
+    target = (teacher @ teacher.T / temperature).log_softmax(dim=-1)
+    predicted = (student @ teacher.T / temperature).log_softmax(dim=-1)
+    return F.kl_div(predicted, target, log_target=True, reduction="batchmean")
 
 
 def sigmoid_focal_loss(

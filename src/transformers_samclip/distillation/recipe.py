@@ -173,7 +173,8 @@ def _section(cls, value, where: str):
 # -------------------------------------------------------------------------------------------------- entries
 @dataclass
 class LossWeights:
-    """The `losses` entry: `L = L_CLIP + sam_loss_weight * L_SAM + region_weight * L_region` with
+    """The `losses` entry: `L = L_CLIP + sam_loss_weight * L_SAM + region_weight * L_region + relational_weight *
+    L_relational` with
     `L_SAM = focal_weight * focal + dice_weight * dice + iou_weight * MSE(IoU heads)`.
 
     Args:
@@ -191,6 +192,10 @@ class LossWeights:
         region_background: one more region per D_SAM image, the pixels no mask covers, whose target is the
             teacher's embedding of that background's masked crop (DenseVLM-style: background pools toward
             background, not toward a class).
+        relational_weight: weight of `L_relational` (SEED/CompRess-style, `losses.relational_distillation_loss`):
+            every student embedding of a step (the D_CLIP views' and the regions') should rank the step's teacher
+            embeddings as its own teacher embedding does. 0 (default) turns it off.
+        relational_temperature: the softmax temperature of `L_relational` (teacher and student alike).
     """
 
     sam_loss_weight: float = 10.0
@@ -201,6 +206,8 @@ class LossWeights:
     region_weight: float = 0.0
     region_target: str = "crop"
     region_background: bool = False
+    relational_weight: float = 0.0
+    relational_temperature: float = 0.1
 
     def __post_init__(self):
         self.sam_loss_weight = _number("sam_loss_weight", self.sam_loss_weight, minimum=0)
@@ -211,6 +218,8 @@ class LossWeights:
         self.region_weight = _number("region_weight", self.region_weight, minimum=0)
         _choice("region_target", self.region_target, REGION_TARGETS)
         _boolean("region_background", self.region_background)
+        self.relational_weight = _number("relational_weight", self.relational_weight, minimum=0)
+        self.relational_temperature = _number("relational_temperature", self.relational_temperature, positive=True)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from torch import nn
 from transformers import Trainer
 
 from ..modeling import mask_region_features
-from .losses import clip_distillation_loss, sam_distillation_loss
+from .losses import clip_distillation_loss, relational_distillation_loss, sam_distillation_loss
 from .recipe import LossWeights, Stage, stage_losses, stage_trains
 
 # Parameter-name parts trained at `encoder_lr_scale` x the learning rate in stage 2 (the SAM side).
@@ -71,8 +71,9 @@ class SamClipDistillationModule(nn.Module):
         clip_teacher: a dual encoder with `get_image_features` (CLIPModel, SiglipModel); `None` when every batch
             brings cached `clip_teacher_embeds`.
         sam_teacher: a `SamModel`; needed for SAM batches with `sam_loss_weight > 0`.
-        losses: lambda of `L_CLIP + lambda * L_SAM + region_weight * L_region`, the weights inside `L_SAM` and
-            whether the single-mask output is distilled (default `LossWeights()`, the paper's).
+        losses: lambda of `L_CLIP + lambda * L_SAM + region_weight * L_region + relational_weight * L_relational`,
+            the weights inside `L_SAM` and whether the single-mask output is distilled (default `LossWeights()`, the
+            paper's).
     """
 
     def __init__(self, student, clip_teacher=None, sam_teacher=None, losses: LossWeights | None = None):
@@ -119,13 +120,15 @@ class SamClipDistillationModule(nn.Module):
         sam_trunk_tokens=None,
     ) -> dict[str, torch.Tensor]:
         """Loss terms of one step: `loss` and, when computed, `loss_clip`, `loss_sam`, `loss_focal`, `loss_dice`,
-        `loss_iou`, `loss_region`. `L_SAM` and `L_region` share one encoder pass over `sam_pixel_values`.
+        `loss_iou`, `loss_region`, `loss_relational` (over the views' and the regions' embeddings together). `L_SAM`
+        and `L_region` share one encoder pass over `sam_pixel_values`.
         `clip_trunk_tokens` and `sam_trunk_tokens` (the frozen encoder's cached trunk tokens of the two views, in
         head-only stages) stand for `clip_pixel_values` and `sam_pixel_values`: the encoder does not run."""
         if (clip_trunk_tokens is not None or sam_trunk_tokens is not None) and self._encoder_trains():
             raise ValueError("cached trunk tokens stand for a frozen encoder; this stage trains the encoder.")
         terms = {}
         loss = 0.0
+        pairs = []  # (student, teacher) embeddings of this step, for L_relational
         if clip_pixel_values is not None or clip_trunk_tokens is not None:
             if clip_teacher_embeds is None:
                 with torch.no_grad():
@@ -138,6 +141,7 @@ class SamClipDistillationModule(nn.Module):
                 student_embeds = F.normalize(self.student.clip_head(clip_trunk_tokens)[1], dim=-1)
             terms["loss_clip"] = clip_distillation_loss(student_embeds, clip_teacher_embeds)
             loss = loss + terms["loss_clip"]
+            pairs.append((student_embeds, clip_teacher_embeds))
         sam_view = sam_pixel_values is not None or sam_trunk_tokens is not None
         with_sam = sam_view and bool(self.losses.sam_loss_weight)
         with_regions = sam_view and region_masks is not None and bool(self.losses.region_weight)
@@ -156,11 +160,22 @@ class SamClipDistillationModule(nn.Module):
             terms.update({f"loss_{name}": value for name, value in sam.items() if name != "loss"})
             terms["loss_sam"] = sam["loss"]
             loss = loss + self.losses.sam_loss_weight * sam["loss"]
-        if with_regions:
-            terms["loss_region"] = self.region_loss(
+        if with_regions and region_valid.bool().any():
+            student_regions, teacher_regions = self.region_embeddings(
                 sam_trunk_tokens, region_masks, region_valid, region_teacher_pixel_values
             )
+            terms["loss_region"] = clip_distillation_loss(student_regions, teacher_regions)
+            pairs.append((student_regions, teacher_regions))
+        elif with_regions:
+            terms["loss_region"] = sam_trunk_tokens.new_zeros(())
+        if with_regions:
             loss = loss + self.losses.region_weight * terms["loss_region"]
+        if self.losses.relational_weight and pairs:
+            students, teachers = (torch.cat(side) for side in zip(*pairs))
+            terms["loss_relational"] = relational_distillation_loss(
+                students, teachers, self.losses.relational_temperature
+            )
+            loss = loss + self.losses.relational_weight * terms["loss_relational"]
         terms["loss"] = loss
         return terms
 
@@ -172,16 +187,15 @@ class SamClipDistillationModule(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and self._encoder_trains()):
             return self.student.vision_encoder(pixel_values, compute_neck=compute_neck)
 
-    def region_loss(self, trunk_tokens, region_masks, region_valid, teacher_pixel_values) -> torch.Tensor:
-        """`L_region`: the mean over valid regions of `1 - cos(student region feature, teacher region embedding)`,
-        with the student region features of :meth:`region_features` and the teacher's embeddings of
-        `teacher_pixel_values`, one view per valid region in `region_masks[region_valid]` order. 0 when the batch
-        has no region."""
-        if not region_valid.bool().any():
-            return trunk_tokens.new_zeros(())
+    def region_embeddings(
+        self, trunk_tokens, region_masks, region_valid, teacher_pixel_values
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(student, teacher)` embeddings of the valid regions (at least one), whose cosine is `L_region`: the
+        student region features of :meth:`region_features` and the teacher's embeddings of `teacher_pixel_values`,
+        one view per valid region in `region_masks[region_valid]` order."""
         with torch.no_grad():
             teacher_embeds = _embedding(self.teachers["clip"].get_image_features(pixel_values=teacher_pixel_values))
-        return clip_distillation_loss(self.region_features(trunk_tokens, region_masks, region_valid), teacher_embeds)
+        return self.region_features(trunk_tokens, region_masks, region_valid), teacher_embeds
 
     def region_features(self, trunk_tokens, region_masks, region_valid) -> torch.Tensor:
         """`(valid regions, projection_dim)` student features of the valid rows of `region_masks (batch, regions,
@@ -246,7 +260,7 @@ class SamClipDistillationTrainer(Trainer):
             `SamClipDistillationConfig`, `stage`, `losses` and `encoder_lr_scale` default to its values.
 
     Each loss term is logged on its own (`loss_clip`, `loss_sam`, `loss_focal`, `loss_dice`, `loss_iou`,
-    `loss_region`), and `skipped_samples` counts unreadable samples replaced so far.
+    `loss_region`, `loss_relational`), and `skipped_samples` counts unreadable samples replaced so far.
     """
 
     def __init__(
