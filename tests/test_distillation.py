@@ -29,6 +29,7 @@ from transformers_samclip.distillation import (
     dice_loss,
     encode_rle,
     region_frame_mask,
+    relational_distillation_loss,
     sam_distillation_loss,
     sigmoid_focal_loss,
 )
@@ -119,6 +120,24 @@ def test_clip_distillation_loss_is_one_minus_cosine():
     teacher = torch.tensor([[0.0, 3.0], [1.0, 1.0]])
     expected = ((1 - 0.0) + (1 - 1 / math.sqrt(2))) / 2
     assert clip_distillation_loss(student, teacher).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_relational_loss_matches_the_teachers_ranking_not_its_scale():
+    teacher = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    # A student that points where its teacher points ranks the teacher embeddings alike: nothing to learn.
+    assert relational_distillation_loss(3.0 * teacher, teacher, 0.1).item() == pytest.approx(0.0, abs=1e-6)
+    cos = torch.nn.functional.normalize(teacher, dim=-1) @ torch.nn.functional.normalize(teacher, dim=-1).T
+    target = (cos / 0.5).softmax(-1)
+    swapped = teacher[[1, 0, 2]]  # rows 0 and 1 point at each other's teacher
+    predicted = torch.nn.functional.normalize(swapped, dim=-1) @ torch.nn.functional.normalize(teacher, dim=-1).T / 0.5
+    expected = (target * (target.log() - predicted.log_softmax(-1))).sum(-1).mean()
+    assert relational_distillation_loss(swapped, teacher, 0.5).item() == pytest.approx(expected.item(), abs=1e-6)
+    assert expected > 0.1
+    # Only the student learns from it.
+    student = swapped.clone().requires_grad_(True)
+    frozen = teacher.clone().requires_grad_(True)
+    relational_distillation_loss(student, frozen, 0.5).backward()
+    assert student.grad.abs().sum() > 0 and frozen.grad is None
 
 
 def test_focal_and_dice_match_hand_computed_values():
@@ -395,6 +414,40 @@ def test_region_loss_is_zero_at_the_teachers_embedding_and_positive_elsewhere(me
     assert away["loss_region"].item() == pytest.approx(expected, abs=1e-5) and expected > 0
     assert torch.equal(away["loss"], away["loss_region"])
     assert terms(pooled)["loss_region"].requires_grad  # the CLIP head learns from it
+
+
+def test_relational_loss_ranks_the_views_and_the_regions_of_a_step_together(merged):
+    torch.manual_seed(0)
+    views = torch.randn(3, 3, 32, 32)
+    pixels = torch.randn(1, 3, 64, 64)
+    region_masks = torch.rand(1, 2, 32, 32) > 0.6
+    inputs = dict(
+        clip_pixel_values=views,
+        clip_teacher_embeds=torch.randn(3, merged.config.head_config.projection_dim),
+        sam_pixel_values=pixels,
+        region_masks=region_masks,
+        region_valid=torch.ones(1, 2, dtype=torch.bool),
+        region_teacher_pixel_values=torch.zeros(2, 3, 32, 32),
+    )
+    region_teacher = torch.randn(2, merged.config.head_config.projection_dim)
+
+    def terms(relational_weight):
+        losses = LossWeights(sam_loss_weight=0.0, region_weight=1.0, relational_weight=relational_weight)
+        module = SamClipDistillationModule(merged, clip_teacher=_FixedTeacher(region_teacher), losses=losses)
+        return module(**inputs)
+
+    off, on = terms(0.0), terms(0.5)
+    assert "loss_relational" not in off
+    with torch.no_grad():
+        views_out = merged(pixel_values=views).image_embeds
+        module = SamClipDistillationModule(merged, losses=LossWeights(region_weight=1.0))
+        trunk = merged.vision_encoder(pixels, compute_neck=False).trunk_hidden_state
+        regions_out = module.region_features(trunk, region_masks, torch.ones(1, 2, dtype=torch.bool))
+    expected = relational_distillation_loss(
+        torch.cat([views_out, regions_out]), torch.cat([inputs["clip_teacher_embeds"], region_teacher]), 0.1
+    )
+    assert on["loss_relational"].item() == pytest.approx(expected.item(), abs=1e-5) and expected > 0
+    torch.testing.assert_close(on["loss"], off["loss"] + 0.5 * on["loss_relational"])
 
 
 def test_region_features_trained_are_those_label_everything_reads(merged, tokenizer):

@@ -121,6 +121,8 @@ def test_ablation_flags_are_overrides_of_the_same_object():
         ({"prompts.num_regions": -1}, ["prompts.num_regions", ">= 0"]),
         ({"losses.region_target": "box"}, ["losses.region_target", "'crop', 'masked_crop'", "box"]),
         ({"losses.region_background": 1}, ["losses.region_background", "true or false"]),
+        ({"losses.relational_weight": -1}, ["losses.relational_weight", ">= 0"]),
+        ({"losses.relational_temperature": 0}, ["losses.relational_temperature", "> 0"]),
     ],
 )
 def test_bad_keys_and_values_raise_naming_the_field(overrides, names):
