@@ -214,6 +214,28 @@ def test_samclip_on_mosaic_ranges_and_determinism(merged, processor):
     assert {k: second[k] for k in ROW_KEYS} == {k: first[k] for k in ROW_KEYS}
 
 
+def test_sam_outputs_shared_between_thresholds_give_the_masks_sam_gives_each_time(tiny_teachers):
+    from transformers_samclip.evaluation import segment_everything
+
+    sam, sam_processor = tiny_teachers["sam_model"], tiny_teachers["sam_processor"]
+    images = make_mosaic_dataset("test", 3, 0)["image"]
+    encoded, get_image_embeddings = [], sam.get_image_embeddings
+    sam.get_image_embeddings = lambda pixel_values: encoded.append(1) or get_image_embeddings(pixel_values)
+    try:
+        cache = {}
+        for threshold in (-100.0, 0.0, -100.0):
+            for image in images:
+                options = dict(pred_iou_threshold=threshold, stability_threshold=0.0)
+                fresh = segment_everything(sam, sam_processor, image, **options)
+                shared = segment_everything(sam, sam_processor, image, cache=cache, **options)
+                assert torch.equal(fresh[0], shared[0]) and torch.equal(fresh[1], shared[1])
+    finally:
+        del sam.get_image_embeddings
+    # 9 uncached calls and 3 images encoded once for the cache; a threshold keeping everything keeps some mask.
+    assert len(encoded) == 9 + 3 and len(cache) == 3
+    assert len(segment_everything(sam, sam_processor, images[0], pred_iou_threshold=-100.0, stability_threshold=0)[0])
+
+
 def test_teachers_on_mosaic_rows_and_merge_parity(tiny_teachers, merged, processor):
     rows = evaluate_teachers_on_mosaic(tiny_teachers, **TINY)
     assert list(rows) == [

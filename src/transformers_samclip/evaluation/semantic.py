@@ -20,6 +20,7 @@ VOC 60.6 vs MaskCLIP-style and cascade 27.2).
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Callable
 
@@ -337,21 +338,15 @@ def evaluate_maskclip_baseline(
 
 
 @torch.no_grad()
-def segment_everything(
-    sam_model,
-    sam_processor,
-    image,
-    **options,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """SAM's automatic masks with a `SamModel`: a `points_per_side`^2 grid of one-point prompts over the image (one
-    encoder pass), SAM's three masks per point, filtered and de-duplicated by the model package's
-    `select_generated_masks` (the same selection SAM-CLIP's mask generator uses). `options` override
-    `SamClipMaskGeneratorOptions` (`points_per_side`, `pred_iou_threshold`, `stability_threshold`,
-    `nms_threshold`, ...; their defaults are the generator's). Returns `(masks (M, H, W) bool at the original size,
-    predicted IoUs (M,))`, best predicted IoU first."""
-    options = SamClipMaskGeneratorOptions().replace(**options)
-    points_per_side = options.points_per_side
-    image = rgb(image)
+def _grid_candidates(sam_model, sam_processor, image, points_per_side: int, cache: dict | None):
+    """SAM's three low-resolution masks (padding emptied) and predicted IoUs for each point of a `points_per_side`^2
+    grid over `image`, with the image's sizes before and after SAM's resize; looked up in (and stored into) `cache` when given, keyed by
+    the model, the grid and the image's pixels."""
+    key = None
+    if cache is not None:
+        key = (id(sam_model), points_per_side, image.size, hashlib.sha1(image.tobytes()).digest())
+        if key in cache:
+            return cache[key]
     encoding = sam_view(sam_processor, [image])
     new_h, new_w = encoding["reshaped_input_sizes"][0].tolist()
     device = model_device(sam_model)
@@ -364,7 +359,31 @@ def segment_everything(
         multimask_output=True,
     )
     logits = mask_padding(outputs.pred_masks[0].flatten(0, 1), new_h, new_w, encoding["pixel_values"].shape[-1])
-    scores = outputs.iou_scores[0].flatten()
+    sizes = {name: encoding[name] for name in ("original_sizes", "reshaped_input_sizes")}
+    candidates = (logits, outputs.iou_scores[0].flatten(), sizes)
+    if key is not None:
+        cache[key] = candidates
+    return candidates
+
+
+def segment_everything(
+    sam_model,
+    sam_processor,
+    image,
+    cache: dict | None = None,
+    **options,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM's automatic masks with a `SamModel`: a `points_per_side`^2 grid of one-point prompts over the image (one
+    encoder pass), SAM's three masks per point, filtered and de-duplicated by the model package's
+    `select_generated_masks` (the same selection SAM-CLIP's mask generator uses). `options` override
+    `SamClipMaskGeneratorOptions` (`points_per_side`, `pred_iou_threshold`, `stability_threshold`,
+    `nms_threshold`, ...; their defaults are the generator's). `cache` (a dict the caller keeps, e.g. `{}` shared
+    by the rows of one evaluation) holds SAM's grid outputs per image, so that other thresholds and labellers on the
+    same images run the selection alone. Returns `(masks (M, H, W) bool at the original size, predicted IoUs (M,))`,
+    best predicted IoU first."""
+    options = SamClipMaskGeneratorOptions().replace(**options)
+    image = rgb(image)
+    logits, scores, sizes = _grid_candidates(sam_model, sam_processor, image, options.points_per_side, cache)
     kept = select_generated_masks(
         logits,
         scores,
@@ -376,21 +395,29 @@ def segment_everything(
     if not len(kept):
         return torch.zeros((0, image.height, image.width), dtype=torch.bool), torch.zeros(0)
     (masks,) = sam_processor.post_process_masks(
-        [logits[kept][None].cpu()], encoding["original_sizes"], encoding["reshaped_input_sizes"]
+        [logits[kept][None].cpu()], sizes["original_sizes"], sizes["reshaped_input_sizes"]
     )
     nonempty = masks[0].flatten(1).any(dim=1)  # a sliver can vanish when resized to the original size
     return masks[0][nonempty], scores[kept].cpu()[nonempty]
 
 
 def cascade_instances(
-    sam_model, sam_processor, clip_model, clip_processor, class_embeds, image, masked: bool = False, **options
+    sam_model,
+    sam_processor,
+    clip_model,
+    clip_processor,
+    class_embeds,
+    image,
+    masked: bool = False,
+    cache: dict | None = None,
+    **options,
 ) -> dict:
     """The SAM-then-CLIP cascade on one image: :func:`segment_everything`, then each mask's square crop (with the
     pixels outside the mask greyed when `masked`) classified zero-shot by the CLIP model (one CLIP image per mask).
     Returns `{"masks", "class_ids", "scores"}` (score: the CLIP class probability times SAM's predicted IoU, the same
     confidence SAM-CLIP's instances carry), best score first; masks mostly inside a more confident one are dropped as
-    SAM-CLIP's are (`containment_threshold`, :func:`suppress_contained`)."""
-    masks, ious = segment_everything(sam_model, sam_processor, image, **options)
+    SAM-CLIP's are (`containment_threshold`, :func:`suppress_contained`). `cache`: see :func:`segment_everything`."""
+    masks, ious = segment_everything(sam_model, sam_processor, image, cache=cache, **options)
     if not len(masks):
         return {"masks": masks, "class_ids": torch.zeros(0, dtype=torch.long), "scores": torch.zeros(0)}
     crops = [masked_crop(image, mask.numpy()) if masked else square_crop(image, mask) for mask in masks]
@@ -413,10 +440,11 @@ def cascade_segmenter(
     nms_threshold: float = 0.7,
     templates=None,
     masked: bool = False,
+    cache: dict | None = None,
 ) -> Segmenter:
     """The SAM-then-CLIP cascade as a segmenter `images -> label maps`: :func:`cascade_instances` (its labeller on
-    masked crops when `masked`), masks painted largest first (so smaller ones stay visible on top); pixels no mask
-    covers are background."""
+    masked crops when `masked`; SAM's outputs kept in `cache` when given), masks painted largest first (so smaller
+    ones stay visible on top); pixels no mask covers are background."""
     sam_model.eval()
     clip_model.eval()
     class_embeds = class_text_embeddings(clip_model, clip_processor.tokenizer, class_names, templates)
@@ -425,6 +453,7 @@ def cascade_segmenter(
         pred_iou_threshold=pred_iou_threshold,
         nms_threshold=nms_threshold,
         masked=masked,
+        cache=cache,
     )
 
     @torch.no_grad()
@@ -491,14 +520,18 @@ def evaluate_cascade_baseline(
     ignore_index: int | None = 255,
     limit: int | None = None,
     masked: bool = False,
+    cache: dict | None = None,
 ) -> dict:
     """Semantic mIoU of the SAM-then-CLIP cascade (the paper's Table 7 baseline, :func:`cascade_segmenter`; its CLIP
     labeller on masked crops when `masked`). With `pred_iou_threshold=None` the threshold is the one of
     :data:`CASCADE_IOU_THRESHOLDS` with the best mIoU on `calibration_dataset` (training images), as SAM-CLIP's
-    background threshold is calibrated."""
+    background threshold is calibrated. `cache` (see :func:`segment_everything`) lets every threshold tried, and
+    other rows on the same images, share SAM's outputs."""
     columns = dict(image_column=image_column, semantic_column=semantic_column, ignore_index=ignore_index)
     teachers = (sam_model, sam_processor, clip_model, clip_processor, class_names)
-    options = dict(points_per_side=points_per_side, nms_threshold=nms_threshold, templates=templates, masked=masked)
+    options = dict(
+        points_per_side=points_per_side, nms_threshold=nms_threshold, templates=templates, masked=masked, cache=cache
+    )
     if pred_iou_threshold is None:
         if calibration_dataset is None:
             raise ValueError("pred_iou_threshold=None calibrates it: give calibration_dataset (training images).")

@@ -243,6 +243,8 @@ def evaluate_teachers_on_mosaic(
                 )
             ),
         )
+        # SAM's grid outputs per image, computed once for both cascades, every calibrated threshold and both rows.
+        sam_outputs = {}
         for name, masked in (("SAM+CLIP cascade", False), ("SAM+CLIP cascade (masked crops)", True)):
             labeller = "masked_crop" if masked else "crop"
             timed(
@@ -259,11 +261,18 @@ def evaluate_teachers_on_mosaic(
                             pred_iou_threshold=None,
                             calibration_dataset=data["calibration"],
                             masked=masked,
+                            cache=sam_outputs,
                         )
                     ),
                     **_instance_row(
                         cascade_instance_segmenter(
-                            sam, sam_processor, clip, clip_processor, FASHION_MNIST_CLASSES, masked=masked
+                            sam,
+                            sam_processor,
+                            clip,
+                            clip_processor,
+                            FASHION_MNIST_CLASSES,
+                            masked=masked,
+                            cache=sam_outputs,
                         ),
                         data["mosaics"],
                         f"cascade instances ({labeller})",
