@@ -340,8 +340,8 @@ def evaluate_maskclip_baseline(
 @torch.no_grad()
 def _grid_candidates(sam_model, sam_processor, image, points_per_side: int, cache: dict | None):
     """SAM's three low-resolution masks (padding emptied) and predicted IoUs for each point of a `points_per_side`^2
-    grid over `image`, with the image's sizes before and after SAM's resize; looked up in (and stored into) `cache` when given, keyed by
-    the model, the grid and the image's pixels."""
+    grid over `image`, with the image's sizes before and after SAM's resize; looked up in (and stored into) `cache`
+    when given, keyed by the model, the grid and the image's pixels."""
     key = None
     if cache is not None:
         key = (id(sam_model), points_per_side, image.size, hashlib.sha1(image.tobytes()).digest())
