@@ -261,6 +261,7 @@ def test_two_process_ddp_first_step_equals_one_process_at_the_same_global_batch(
             "evaluation": None,
             "calibration": None,
             "losses.region_weight": 0.0,
+            "losses.relational_weight": 0.0,  # ranks within each process's own batch: not the one-process pool
             "stages": [base.to_dict()["stages"][0]],
             "stages.0.training_args": {
                 "learning_rate": 2e-3,

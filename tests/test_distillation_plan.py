@@ -91,10 +91,14 @@ def test_plan_steps_and_samples_equal_a_real_short_run(tmp_path, monkeypatch, to
 
 
 def test_plan_flops_equal_the_real_models_step(teachers, tiny_models):
-    """Head probing without region distillation: the student's step is one CLIP pass forward and backward (the
+    """Head probing with the cosine loss alone (no region or relational distillation): the student's step is one CLIP pass forward and backward (the
     frozen encoder needs no backward), the teachers' is the CLIP teacher's forward, both at the batch size."""
     recipe = _short_mosaic_recipe().override(
-        {"losses.region_weight": 0.0, "stages.0.training_args": {"per_device_train_batch_size": 4, "max_steps": 1}}
+        {
+            "losses.region_weight": 0.0,
+            "losses.relational_weight": 0.0,
+            "stages.0.training_args": {"per_device_train_batch_size": 4, "max_steps": 1},
+        }
     )
     stage = plan_recipe(recipe, models=meta_models(recipe, tiny_models))["stages"][0]
     sam, clip = teachers

@@ -338,7 +338,7 @@ def test_student_token_cache_keeps_stage1_and_resumes_onto_the_same_tokens(tmp_p
     assert [keys for keys, _ in steps[True]] == [{"clip_trunk_tokens", "sam_trunk_tokens"} | region_view] * 3
     assert steps[False][2][1]["loss"] != steps[False][0][1]["loss"]  # the head trains: equal runs are not trivially so
     for (_, ours), (_, theirs) in zip(steps[True], steps[False]):
-        assert ours.keys() == theirs.keys() == {"loss", "loss_clip", "loss_region"}
+        assert ours.keys() == theirs.keys() == {"loss", "loss_clip", "loss_region", "loss_relational"}
         assert all(ours[name] == pytest.approx(theirs[name], rel=1e-5) for name in ours)
     plain, cached = (
         load_file(tmp_path / run / "stage1-head_probing" / "final" / "model.safetensors")

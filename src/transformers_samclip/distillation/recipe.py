@@ -194,7 +194,9 @@ class LossWeights:
             background, not toward a class).
         relational_weight: weight of `L_relational` (SEED/CompRess-style, `losses.relational_distillation_loss`):
             every student embedding of a step (the D_CLIP views' and the regions') should rank the step's teacher
-            embeddings as its own teacher embedding does. 0 (default) turns it off.
+            embeddings as its own teacher embedding does. 0 (default) turns it off. The embeddings ranked are those
+            of one process's micro-batch (not gathered across processes), so the loss follows
+            `per_device_train_batch_size` and `sam_batch_size`.
         relational_temperature: the softmax temperature of `L_relational` (teacher and student alike).
     """
 
