@@ -91,8 +91,9 @@ def test_plan_steps_and_samples_equal_a_real_short_run(tmp_path, monkeypatch, to
 
 
 def test_plan_flops_equal_the_real_models_step(teachers, tiny_models):
-    """Head probing with the cosine loss alone (no region or relational distillation): the student's step is one CLIP pass forward and backward (the
-    frozen encoder needs no backward), the teachers' is the CLIP teacher's forward, both at the batch size."""
+    """Head probing with the cosine loss alone (no region or relational distillation): the student's step is one
+    CLIP pass forward and backward (the frozen encoder needs no backward), the teachers' is the CLIP teacher's
+    forward, both at the batch size."""
     recipe = _short_mosaic_recipe().override(
         {
             "losses.region_weight": 0.0,
