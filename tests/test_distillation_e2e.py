@@ -210,21 +210,20 @@ def test_shipped_distilled_model_meets_the_targets_and_beats_its_untrained_start
             ):
                 assert abs(rows[name][key] - value) < 0.005, (name, key, rows[name][key], value)
     teacher = rows["CLIP teacher"]
-    # Zero-shot (issue 19's target: 0.95x the CLIP teacher): 0.945x measured on its item views (0.772 vs 0.817, one
-    # standard error 0.010), 0.957x on the held-out look and 0.896x on the raw photos, against the CLIP teacher
-    # continued on 2026-12-04 (stage 1 of 4 epochs; 3 epochs read 0.936x, 0.915x, 0.861x); against the 72-minute
-    # teacher the model distilled from it read 0.962x, 0.995x and 0.909x (0.740 / 0.581 / 0.728 absolute).
-    assert merged["zero_shot_top1"] >= 0.93 * teacher["zero_shot_top1"]
-    assert merged["zero_shot_top1_heldout"] >= 0.90 * teacher["zero_shot_top1_heldout"]
-    assert merged["zero_shot_top1_raw"] >= 0.85 * teacher["zero_shot_top1_raw"]
+    # Zero-shot (issue 19's target: 0.95x the CLIP teacher, met since relational distillation): 0.978x measured on its
+    # item views (0.799 vs 0.817, one standard error 0.010), 1.012x on the held-out look and 0.963x on the raw photos,
+    # against the CLIP teacher continued on 2026-12-04 (cosine only, the model before read 0.945x, 0.957x, 0.896x).
+    assert merged["zero_shot_top1"] >= 0.95 * teacher["zero_shot_top1"]
+    assert merged["zero_shot_top1_heldout"] >= 0.95 * teacher["zero_shot_top1_heldout"]
+    assert merged["zero_shot_top1_raw"] >= 0.95 * teacher["zero_shot_top1_raw"]
     assert merged["box_miou"] >= 0.97 * rows["SAM teacher"]["box_miou"]
     # Text-to-mask: above the teacher's own dense read-out (MaskCLIP) and, SAM-refined, well above the untrained
-    # start; the one-pass painted map is the best of the model's three (0.456) and 0.954x the SAM-everything +
+    # start; the one-pass painted map is the best of the model's three (0.462) and 0.967x the SAM-everything +
     # CLIP-crops cascade (0.478 recorded with the continued teacher, both without the parts that
     # containment_threshold drops; issue 19's target is 1.1x).
-    assert merged["semseg_instances_miou"] >= 0.93 * rows["SAM+CLIP cascade"]["semseg_miou"]
-    # Label everything without parts: F1@0.5 0.523 recorded (the 3-epoch model: 0.507, and 0.397 with parts kept).
-    assert merged["instance_f1"] >= 0.48
+    assert merged["semseg_instances_miou"] >= 0.95 * rows["SAM+CLIP cascade"]["semseg_miou"]
+    # Label everything without parts: F1@0.5 0.527 recorded (cosine only: 0.523; 3 epochs: 0.507, 0.397 with parts).
+    assert merged["instance_f1"] >= 0.50
     for key in ("semseg_miou", "semseg_refined_miou"):
         assert merged[key] > rows["MaskCLIP baseline"]["semseg_miou"] + 0.03, key
     assert merged["semseg_refined_miou"] > start["semseg_refined_miou"] + 0.05
