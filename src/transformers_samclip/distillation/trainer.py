@@ -160,15 +160,15 @@ class SamClipDistillationModule(nn.Module):
             terms.update({f"loss_{name}": value for name, value in sam.items() if name != "loss"})
             terms["loss_sam"] = sam["loss"]
             loss = loss + self.losses.sam_loss_weight * sam["loss"]
-        if with_regions and region_valid.bool().any():
-            student_regions, teacher_regions = self.region_embeddings(
-                sam_trunk_tokens, region_masks, region_valid, region_teacher_pixel_values
-            )
-            terms["loss_region"] = clip_distillation_loss(student_regions, teacher_regions)
-            pairs.append((student_regions, teacher_regions))
-        elif with_regions:
-            terms["loss_region"] = sam_trunk_tokens.new_zeros(())
         if with_regions:
+            if region_valid.bool().any():
+                student_regions, teacher_regions = self.region_embeddings(
+                    sam_trunk_tokens, region_masks, region_valid, region_teacher_pixel_values
+                )
+                terms["loss_region"] = clip_distillation_loss(student_regions, teacher_regions)
+                pairs.append((student_regions, teacher_regions))
+            else:  # a batch without regions still logs the term
+                terms["loss_region"] = sam_trunk_tokens.new_zeros(())
             loss = loss + self.losses.region_weight * terms["loss_region"]
         if self.losses.relational_weight and pairs:
             students, teachers = (torch.cat(side) for side in zip(*pairs))

@@ -337,7 +337,6 @@ def evaluate_maskclip_baseline(
     return result
 
 
-@torch.no_grad()
 def _grid_candidates(sam_model, sam_processor, image, points_per_side: int, cache: dict | None):
     """SAM's three low-resolution masks (padding emptied) and predicted IoUs for each point of a `points_per_side`^2
     grid over `image`, with the image's sizes before and after SAM's resize; looked up in (and stored into) `cache`
@@ -366,6 +365,7 @@ def _grid_candidates(sam_model, sam_processor, image, points_per_side: int, cach
     return candidates
 
 
+@torch.no_grad()
 def segment_everything(
     sam_model,
     sam_processor,
