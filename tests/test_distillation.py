@@ -140,6 +140,25 @@ def test_relational_loss_matches_the_teachers_ranking_not_its_scale():
     assert student.grad.abs().sum() > 0 and frozen.grad is None
 
 
+
+def test_relational_bank_adds_earlier_teacher_embeddings_to_the_ranking():
+    torch.manual_seed(0)
+    teacher, bank = torch.randn(4, 8), torch.randn(6, 8)
+    student = teacher + 0.5 * torch.randn(4, 8)
+    normalise = torch.nn.functional.normalize
+    anchors = normalise(torch.cat([teacher, bank]), dim=-1)
+    target = (normalise(teacher, dim=-1) @ anchors.T / 0.2).softmax(-1)
+    predicted = (normalise(student, dim=-1) @ anchors.T / 0.2).log_softmax(-1)
+    expected = (target * (target.log() - predicted)).sum(-1).mean()
+    with_bank = relational_distillation_loss(student, teacher, 0.2, bank=3.0 * bank)  # its scale does not matter
+    assert with_bank.item() == pytest.approx(expected.item(), abs=1e-6)
+    assert abs(with_bank.item() - relational_distillation_loss(student, teacher, 0.2).item()) > 1e-3
+    # An empty bank is the step alone; a student on its teacher still has nothing to learn.
+    assert relational_distillation_loss(student, teacher, 0.2, bank=torch.zeros(0, 8)).item() == pytest.approx(
+        relational_distillation_loss(student, teacher, 0.2).item(), abs=1e-7
+    )
+    assert relational_distillation_loss(2 * teacher, teacher, 0.2, bank=bank).item() == pytest.approx(0.0, abs=1e-6)
+
 def test_focal_and_dice_match_hand_computed_values():
     zero = torch.zeros(1, 1)
     # p = 0.5, target 1: ce = ln 2, (1 - p_t)^2 = 1/4, alpha_t = 0.25.
@@ -449,6 +468,29 @@ def test_relational_loss_ranks_the_views_and_the_regions_of_a_step_together(merg
     assert on["loss_relational"].item() == pytest.approx(expected.item(), abs=1e-5) and expected > 0
     torch.testing.assert_close(on["loss"], off["loss"] + 0.5 * on["loss_relational"])
 
+
+
+def test_relational_bank_keeps_the_newest_teacher_embeddings_of_training_steps(merged):
+    torch.manual_seed(0)
+    dim = merged.config.head_config.projection_dim
+    losses = LossWeights(sam_loss_weight=0.0, relational_weight=1.0, relational_bank_size=5)
+    module = SamClipDistillationModule(merged, losses=losses).train()
+    views = torch.randn(3, 3, 32, 32)
+    steps = [torch.randn(3, dim) for _ in range(3)]
+    first = module(clip_pixel_values=views, clip_teacher_embeds=steps[0])
+    torch.testing.assert_close(module.relational_bank, torch.nn.functional.normalize(steps[0], dim=-1))
+    second = module(clip_pixel_values=views, clip_teacher_embeds=steps[1])
+    # The second step ranked the first step's embeddings too; the bank holds the newest 5, newest first.
+    student = merged(pixel_values=views).image_embeds
+    expected = relational_distillation_loss(student, steps[1], 0.1, bank=steps[0])
+    assert second["loss_relational"].item() == pytest.approx(expected.item(), abs=1e-5)
+    assert first["loss_relational"].item() != pytest.approx(second["loss_relational"].item(), abs=1e-4)
+    newest = torch.nn.functional.normalize(torch.cat([steps[1], steps[0]]), dim=-1)[:5]
+    torch.testing.assert_close(module.relational_bank, newest)
+    # Evaluation reads the bank but does not fill it.
+    module.eval()
+    module(clip_pixel_values=views, clip_teacher_embeds=steps[2])
+    torch.testing.assert_close(module.relational_bank, newest)
 
 def test_region_features_trained_are_those_label_everything_reads(merged, tokenizer):
     # Region distillation and label-everything read a mask through one function: the student feature a training

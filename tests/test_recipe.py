@@ -123,6 +123,8 @@ def test_ablation_flags_are_overrides_of_the_same_object():
         ({"losses.region_background": 1}, ["losses.region_background", "true or false"]),
         ({"losses.relational_weight": -1}, ["losses.relational_weight", ">= 0"]),
         ({"losses.relational_temperature": 0}, ["losses.relational_temperature", "> 0"]),
+        ({"losses.relational_bank_size": 2.5}, ["losses.relational_bank_size", "an integer"]),
+        ({"losses.relational_bank_size": -1}, ["losses.relational_bank_size", ">= 0"]),
     ],
 )
 def test_bad_keys_and_values_raise_naming_the_field(overrides, names):

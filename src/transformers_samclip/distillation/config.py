@@ -27,8 +27,8 @@ class SamClipDistillationConfig(TrainingArguments):
     Args:
         stage: `head_probing`, `distillation` or `resolution_adaptation` (see `recipe.Stage`).
         sam_loss_weight, focal_weight, dice_weight, iou_weight, distill_single_mask, region_weight, region_target,
-            region_background, relational_weight, relational_temperature: the loss settings (`recipe.LossWeights`,
-            whose defaults these are; `losses` gives them as one object).
+            region_background, relational_weight, relational_temperature, relational_bank_size: the loss settings
+            (`recipe.LossWeights`, whose defaults these are; `losses` gives them as one object).
         sam_batch_size: D_SAM images per step (stages that need D_SAM batches).
         encoder_lr_scale: LR multiplier of the shared encoder and the SAM head (stage 2).
         clip_sizes: CLIP input sizes drawn per batch (None: the model's `clip_size`).
@@ -58,6 +58,10 @@ class SamClipDistillationConfig(TrainingArguments):
     )
     relational_temperature: float = field(
         default=LossWeights.relational_temperature, metadata={"help": "softmax temperature of L_relational"}
+    )
+    relational_bank_size: int = field(
+        default=LossWeights.relational_bank_size,
+        metadata={"help": "teacher embeddings of earlier steps L_relational ranks"},
     )
     sam_batch_size: int = field(default=Stage.sam_batch_size, metadata={"help": "D_SAM images per step"})
     encoder_lr_scale: float = field(
@@ -95,6 +99,7 @@ class SamClipDistillationConfig(TrainingArguments):
             region_background=self.region_background,
             relational_weight=self.relational_weight,
             relational_temperature=self.relational_temperature,
+            relational_bank_size=self.relational_bank_size,
         )
 
     @classmethod

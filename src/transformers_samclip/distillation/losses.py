@@ -14,17 +14,24 @@ def clip_distillation_loss(student_embeds: torch.Tensor, teacher_embeds: torch.T
 
 
 def relational_distillation_loss(
-    student_embeds: torch.Tensor, teacher_embeds: torch.Tensor, temperature: float
+    student_embeds: torch.Tensor,
+    teacher_embeds: torch.Tensor,
+    temperature: float,
+    bank: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """SEED/CompRess-style relational distillation: the mean over rows of KL(teacher || student) between the softmax
     similarities (at `temperature`) of row i's teacher embedding and of its student embedding to every teacher
-    embedding of the step. Inputs `(n, dim)`, row i of both the same image or region, normalised or not."""
+    embedding of the step, and to the `(m, dim)` teacher embeddings of `bank` (earlier steps') when given. Inputs
+    `(n, dim)`, row i of both the same image or region, normalised or not."""
     # Cosine spends itself on the direction all embeddings share; class names are read from how an embedding sits
     # among the others, which is what this ranks.
     teacher = F.normalize(teacher_embeds.detach().to(student_embeds.dtype), dim=-1)
     student = F.normalize(student_embeds, dim=-1)
-    target = (teacher @ teacher.T / temperature).log_softmax(dim=-1)
-    predicted = (student @ teacher.T / temperature).log_softmax(dim=-1)
+    anchors = teacher
+    if bank is not None and len(bank):
+        anchors = torch.cat([teacher, F.normalize(bank.detach().to(teacher), dim=-1)])
+    target = (teacher @ anchors.T / temperature).log_softmax(dim=-1)
+    predicted = (student @ anchors.T / temperature).log_softmax(dim=-1)
     return F.kl_div(predicted, target, log_target=True, reduction="batchmean")
 
 

@@ -196,8 +196,11 @@ class LossWeights:
             every student embedding of a step (the D_CLIP views' and the regions') should rank the step's teacher
             embeddings as its own teacher embedding does. 0 (default) turns it off. The embeddings ranked are those
             of one process's micro-batch (not gathered across processes), so the loss follows
-            `per_device_train_batch_size` and `sam_batch_size`.
+            `per_device_train_batch_size` and `sam_batch_size`, unless `relational_bank_size` adds past ones.
         relational_temperature: the softmax temperature of `L_relational` (teacher and student alike).
+        relational_bank_size: how many teacher embeddings of earlier steps `L_relational` ranks beside the step's
+            own (CompRess's memory bank; the teacher is frozen, so they never go stale): a first-in first-out bank
+            per process and per stage, refilled after a resume. 0 (default): the step's embeddings only.
     """
 
     sam_loss_weight: float = 10.0
@@ -210,6 +213,7 @@ class LossWeights:
     region_background: bool = False
     relational_weight: float = 0.0
     relational_temperature: float = 0.1
+    relational_bank_size: int = 0
 
     def __post_init__(self):
         self.sam_loss_weight = _number("sam_loss_weight", self.sam_loss_weight, minimum=0)
@@ -222,6 +226,7 @@ class LossWeights:
         _boolean("region_background", self.region_background)
         self.relational_weight = _number("relational_weight", self.relational_weight, minimum=0)
         self.relational_temperature = _number("relational_temperature", self.relational_temperature, positive=True)
+        _number("relational_bank_size", self.relational_bank_size, minimum=0, integer=True)
 
 
 @dataclass

@@ -85,6 +85,9 @@ class SamClipDistillationModule(nn.Module):
             if teacher is not None:
                 teacher.eval().requires_grad_(False)
         self.losses = losses or LossWeights()
+        # Teacher embeddings of earlier steps for L_relational; a plain attribute (not a buffer), so DDP does not
+        # broadcast rank 0's over the others and checkpoints stay the student's.
+        self.relational_bank = None
 
     @property
     def _no_split_modules(self) -> list[str]:
@@ -173,11 +176,20 @@ class SamClipDistillationModule(nn.Module):
         if self.losses.relational_weight and pairs:
             students, teachers = (torch.cat(side) for side in zip(*pairs))
             terms["loss_relational"] = relational_distillation_loss(
-                students, teachers, self.losses.relational_temperature
+                students, teachers, self.losses.relational_temperature, self.relational_bank
             )
             loss = loss + self.losses.relational_weight * terms["loss_relational"]
+            if self.training and self.losses.relational_bank_size:
+                self._remember(teachers)
         terms["loss"] = loss
         return terms
+
+    def _remember(self, teacher_embeds: torch.Tensor) -> None:
+        """Push this step's teacher embeddings into the relational bank, dropping the oldest beyond its size."""
+        latest = F.normalize(teacher_embeds.detach().float(), dim=-1)
+        if self.relational_bank is not None:
+            latest = torch.cat([latest, self.relational_bank.to(latest.device)])
+        self.relational_bank = latest[: self.losses.relational_bank_size]
 
     def _encoder_trains(self) -> bool:
         return any(parameter.requires_grad for parameter in self.student.vision_encoder.parameters())
