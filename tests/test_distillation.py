@@ -140,7 +140,6 @@ def test_relational_loss_matches_the_teachers_ranking_not_its_scale():
     assert student.grad.abs().sum() > 0 and frozen.grad is None
 
 
-
 def test_relational_bank_adds_earlier_teacher_embeddings_to_the_ranking():
     torch.manual_seed(0)
     teacher, bank = torch.randn(4, 8), torch.randn(6, 8)
@@ -158,6 +157,7 @@ def test_relational_bank_adds_earlier_teacher_embeddings_to_the_ranking():
         relational_distillation_loss(student, teacher, 0.2).item(), abs=1e-7
     )
     assert relational_distillation_loss(2 * teacher, teacher, 0.2, bank=bank).item() == pytest.approx(0.0, abs=1e-6)
+
 
 def test_focal_and_dice_match_hand_computed_values():
     zero = torch.zeros(1, 1)
@@ -469,7 +469,6 @@ def test_relational_loss_ranks_the_views_and_the_regions_of_a_step_together(merg
     torch.testing.assert_close(on["loss"], off["loss"] + 0.5 * on["loss_relational"])
 
 
-
 def test_relational_bank_keeps_the_newest_teacher_embeddings_of_training_steps(merged):
     torch.manual_seed(0)
     dim = merged.config.head_config.projection_dim
@@ -491,6 +490,7 @@ def test_relational_bank_keeps_the_newest_teacher_embeddings_of_training_steps(m
     module.eval()
     module(clip_pixel_values=views, clip_teacher_embeds=steps[2])
     torch.testing.assert_close(module.relational_bank, newest)
+
 
 def test_region_features_trained_are_those_label_everything_reads(merged, tokenizer):
     # Region distillation and label-everything read a mask through one function: the student feature a training
