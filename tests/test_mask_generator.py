@@ -114,6 +114,7 @@ def test_label_everything_drops_masks_inside_a_more_confident_one(merged, proces
         ({"colour": "red"}, r"Unknown mask generator option\(s\) 'colour'; the options are the fields"),
         ({"points_per_side": 0}, r"points_per_side must be a positive integer, got 0 \(default 8\)"),
         ({"num_points": 2.5}, r"num_points must be a positive integer, got 2.5 \(default 3\)"),
+        ({"peaks_grid_side": 0}, r"peaks_grid_side must be a positive integer, got 0 \(default 1\)"),
         ({"stability_threshold": -0.1}, r"stability_threshold must be >= 0, got -0.1 \(default 0.8\)"),
         ({"nms_threshold": float("nan")}, r"nms_threshold must be a finite number, got nan \(default 0.7\)"),
         ({"crop_padding": -1}, r"crop_padding must be >= 0, got -1 \(default 0.2\)"),

@@ -188,24 +188,32 @@ def test_none_of_these_drops_low_scores_and_masks_the_background_prompt_wins(mer
 def test_peak_prompts_send_at_most_peaks_plus_a_sparse_grid_to_the_decoder(merged, processor, image, tokenizer):
     inputs = processor(images=image, view="sam")
     class_embeds = merged.encode_class_names(LABELS, tokenizer)
-    prompted = []
+    prompted, points = [], []
     segment = merged.segment
 
     def counting_segment(embeddings, input_points=None, **kwargs):
         prompted.append(input_points.shape[0])
+        points.append(input_points.reshape(-1, 2))
         return segment(embeddings, input_points=input_points, **kwargs)
 
     merged.segment = counting_segment
     with torch.no_grad():
         SamClipMaskGenerator(merged).instance_segmentation(
-            inputs["pixel_values"], class_embeds, prompts="peaks", num_peaks=3, points_per_side=4
+            inputs["pixel_values"], class_embeds, prompts="peaks", num_peaks=3, peaks_grid_side=2, points_per_side=5
         )
         peaks_total = sum(prompted)
+        prompted.clear()
+        points.clear()
+        SamClipMaskGenerator(merged).instance_segmentation(inputs["pixel_values"], class_embeds, num_peaks=3)
+        default_total = sum(prompted)
+        centre = merged.config.image_size / 2
+        torch.testing.assert_close(torch.cat(points)[-1], torch.tensor([centre, centre]))
         prompted.clear()
         SamClipMaskGenerator(merged).instance_segmentation(
             inputs["pixel_values"], class_embeds, prompts="grid", points_per_side=4
         )
-    assert 4 <= peaks_total <= 3 + 4  # a 2x2 fallback grid plus up to 3 peaks
+    assert 4 <= peaks_total <= 3 + 4  # a 2x2 fallback grid plus up to 3 peaks; points_per_side is the grid's alone
+    assert 1 <= default_total <= 3 + 1  # by default the centre of the image beside the peaks
     assert sum(prompted) == 16
     with pytest.raises(ValueError, match="prompts must be 'grid' or 'peaks'"):
         SamClipMaskGenerator(merged).instance_segmentation(inputs["pixel_values"], class_embeds, prompts="everywhere")

@@ -14,12 +14,12 @@ markdown table and writes JSON (`--output`). ~8 min on 1 thread with 100 mosaics
     python -m transformers_samclip.mosaic.readouts --text-to-mask --threads 1  # text-to-mask options, train
 
 With `--text-to-mask` (issue 19): the plain map with the trunk-affinity read-out at each temperature, then per
-prompt set of label-everything (grid, peaks + sparse grid) the painted semantic map, AP50 / PQ / F1@0.5 (every mask
-kept, and with the "none of these" threshold calibrated for F1 on the calibration mosaics) and time, beside the
-teachers' cascade. ~15 min on 1 thread with 100 mosaics. `--timing` times label-everything with the grid, with
-the default peaks and the cascade, each on each mosaic in turn (medians; ~1 min with 40 mosaics). The defaults of
-`SamClipHeadConfig.dense_readout` and `SamClipMaskGeneratorOptions.mask_pooling` are the best on train mosaics
-(docs/ablations.md).
+prompt set of label-everything (grid, peaks + the centre or a sparse grid) the painted semantic map, AP50 / PQ /
+F1@0.5 (every mask kept, and with the "none of these" threshold calibrated for F1 on the calibration mosaics) and
+time, beside the teachers' cascade. ~15 min on 1 thread with 100 mosaics. `--timing` times label-everything with the
+grid, with the default peaks (+ the centre), with peaks + a 4x4 grid and the cascade, each on each mosaic in turn
+(medians; ~1 min with 40 mosaics). The defaults of `SamClipHeadConfig.dense_readout` and
+`SamClipMaskGeneratorOptions.mask_pooling` are the best on train mosaics (docs/ablations.md).
 """
 
 from __future__ import annotations
@@ -104,9 +104,10 @@ def format_ablation(results: dict) -> str:
 # Prompt sets of label-everything compared by the text-to-mask ablation: SamClipMaskGenerator options.
 PROMPT_VARIANTS = {
     "grid 8x8": dict(prompts="grid", points_per_side=8),
-    "peaks 8 + grid 4x4": dict(prompts="peaks", num_peaks=8, points_per_side=8),
-    "peaks 16 + grid 4x4": dict(prompts="peaks", num_peaks=16, points_per_side=8),
-    "peaks 16 + grid 3x3": dict(prompts="peaks", num_peaks=16, points_per_side=6),
+    "peaks 8 + centre": dict(prompts="peaks", num_peaks=8, peaks_grid_side=1),
+    "peaks 8 + grid 2x2": dict(prompts="peaks", num_peaks=8, peaks_grid_side=2),
+    "peaks 8 + grid 4x4": dict(prompts="peaks", num_peaks=8, peaks_grid_side=4),
+    "peaks 16 + grid 4x4": dict(prompts="peaks", num_peaks=16, peaks_grid_side=4),
 }
 AFFINITY_TEMPERATURES = (None, 0.1, 0.05)
 
@@ -205,7 +206,7 @@ def time_label_everything(model, processor, teachers, mosaics, class_names) -> d
 
     segmenters = {
         name: samclip_instance_segmenter(model, processor, class_names, **PROMPT_VARIANTS[name])
-        for name in ("grid 8x8", "peaks 8 + grid 4x4")
+        for name in ("grid 8x8", "peaks 8 + centre", "peaks 8 + grid 4x4")
     }
     segmenters["SAM+CLIP cascade (teachers)"] = cascade_instance_segmenter(
         teachers["sam_model"],
