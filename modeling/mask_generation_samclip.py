@@ -94,7 +94,8 @@ class SamClipMaskGeneratorOptions:
     stability_offset (`float`, 1.0): the logit offset of the stability score.
     nms_threshold (`float`, 0.7): greedy NMS on mask IoU drops a mask overlapping a better one by more.
     prompts (`str`, `"peaks"`): `"peaks"`, the `num_peaks` best local maxima of the head's per-patch best-class
-        cosine (above `config.background_threshold` when the model has one) plus the sparse grid; `"grid"`, SAM's.
+        cosine (above `config.background_threshold` when the model has one) plus the `peaks_grid_side` grid; `"grid"`,
+        SAM's.
     num_peaks (`int`, 8): peak prompts per image.
     peaks_grid_side (`int`, 1): with peaks, a `peaks_grid_side`^2 grid of prompts beside them, so that an image
         whose head map has no peak still gets one (1: the centre of the image). A 4x4 grid named no more than the

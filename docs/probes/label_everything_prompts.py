@@ -25,13 +25,10 @@ from transformers_samclip.evaluation.instance import evaluate_instance_segmentat
 from transformers_samclip.evaluation.semantic import evaluate_instance_semantic_segmentation
 from transformers_samclip.mosaic import FASHION_MNIST_CLASSES, SHIPPED_MOSAIC_MODEL_DIR, make_mosaic_dataset
 from transformers_samclip.mosaic.model import load_pretrained
-from transformers_samclip.mosaic.mosaics import item_source
+from transformers_samclip.mosaic.mosaics import item_source, mosaic_features
+from transformers_samclip.mosaic.readouts import PROMPT_VARIANTS
 
-PROMPTS = {
-    "peaks 8 + centre (default)": {},
-    "peaks 8 + grid 4x4": {"peaks_grid_side": 4},
-    "grid 8x8": {"prompts": "grid"},
-}
+PROMPTS = ("peaks 8 + centre", "peaks 8 + grid 4x4", "grid 8x8")  # the first is the default
 
 
 def other_scene(rng: np.random.Generator, source, size: int = 256) -> dict:
@@ -72,15 +69,8 @@ def other_scenes(num_scenes: int, seed: int) -> datasets.Dataset:
     """`num_scenes` scenes of :func:`other_scene`, scene i drawn from the generator keyed `(seed, i)`."""
     source = item_source("test")
     rows = [other_scene(np.random.default_rng([seed, i]), source) for i in range(num_scenes)]
-    features = datasets.Features(
-        {
-            "image": datasets.Image(),
-            "instance_masks": datasets.List(datasets.Image()),
-            "labels": datasets.List(datasets.ClassLabel(names=list(FASHION_MNIST_CLASSES))),
-            "visible_fraction": datasets.List(datasets.Value("float32")),
-            "semantic_map": datasets.Image(),
-        }
-    )
+    columns = ("image", "instance_masks", "labels", "visible_fraction", "semantic_map")
+    features = datasets.Features({name: mosaic_features()[name] for name in columns})
     return datasets.Dataset.from_dict({name: [row[name] for row in rows] for name in features}, features=features)
 
 
@@ -95,7 +85,8 @@ def main() -> None:
     }
     classes = list(FASHION_MNIST_CLASSES)
     for data_name, dataset in data.items():
-        for prompts, options in PROMPTS.items():
+        for prompts in PROMPTS:
+            options = PROMPT_VARIANTS[prompts]
             began = time.perf_counter()
             painted = evaluate_instance_semantic_segmentation(model, processor, dataset, classes, **options)
             segmenter = samclip_instance_segmenter(model, processor, classes, score_threshold=0.0, **options)
